@@ -1,0 +1,261 @@
+//! The builder: every setting of a connection, each with a bounded default.
+
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::error::{Error, Result};
+use crate::handler::Handler;
+use crate::message::Event;
+use crate::websocket::WebSocket;
+
+/// Settings for a connection, set with chained calls, then used to connect.
+///
+/// Every wait has a bound and every buffer a limit by default.
+///
+/// ```
+/// use std::time::Duration;
+/// use nwebsocket::WebSocket;
+///
+/// let builder = WebSocket::builder()
+///     .subprotocol("chat.v1")
+///     .header("X-Client", "docs")
+///     .connect_timeout(Duration::from_secs(5))
+///     .max_message_size(1 << 20);
+/// # drop(builder);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    pub(crate) config: Config,
+}
+
+/// The settled configuration the threads read. Private: set through [`Builder`].
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub subprotocols: Vec<String>,
+    pub headers: Vec<(String, String)>,
+    pub origin: Option<String>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Duration,
+    pub max_message_size: usize,
+    pub max_frame_size: usize,
+    pub incoming_queue: usize,
+    pub high_water_mark: usize,
+    pub nodelay: bool,
+    pub ping_events: bool,
+    pub read_buffer_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            subprotocols: Vec::new(),
+            headers: Vec::new(),
+            origin: None,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(10),
+            ping_interval: None,
+            pong_timeout: Duration::from_secs(10),
+            max_message_size: 16 << 20,
+            max_frame_size: 16 << 20,
+            incoming_queue: 256,
+            high_water_mark: 8 << 20,
+            nodelay: true,
+            ping_events: false,
+            read_buffer_size: 16 << 10,
+        }
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults listed on each setter.
+    pub fn new() -> Self {
+        Builder {
+            config: Config::default(),
+        }
+    }
+
+    /// Offers a subprotocol in `Sec-WebSocket-Protocol`; call once per protocol, in order of
+    /// preference. The server's choice is [`protocol()`](crate::WebSocketRef::protocol); a
+    /// choice that was not offered fails the connection. An empty, non-token or repeated
+    /// name is refused when connecting with [`Error::InvalidSubprotocol`].
+    /// Defaults to none.
+    pub fn subprotocol(mut self, protocol: impl Into<String>) -> Self {
+        self.config.subprotocols.push(protocol.into());
+        self
+    }
+
+    /// Adds a header to the opening handshake request (for example `Authorization` or a
+    /// cookie). Defaults to none.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the `Origin` header. Defaults to none (browsers always send one; servers
+    /// that check it need this).
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.config.origin = Some(origin.into());
+        self
+    }
+
+    /// Bounds DNS resolution and the TCP connect, over all resolved addresses.
+    /// Defaults to 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Bounds the TLS and WebSocket opening handshake, once TCP is connected.
+    /// Defaults to 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Bounds the closing handshake: after sending a Close frame (or echoing the server's),
+    /// how long to wait for the server's Close and the end of the TCP stream before
+    /// dropping the connection (reported as 1006). Dropping the last handle waits at most
+    /// about this long. Defaults to 10 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Sends a keepalive ping this often; a pong missing for [`pong_timeout`](Self::pong_timeout)
+    /// fails the connection with [`Timeout::Pong`](crate::Timeout::Pong). Defaults to off:
+    /// an idle connection then wakes the process for nothing at all.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = Some(interval);
+        self
+    }
+
+    /// How long to wait for a pong after a keepalive ping. Defaults to 10 s.
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.config.pong_timeout = timeout;
+        self
+    }
+
+    /// The largest incoming message, in bytes; a larger one closes the connection with
+    /// 1009 and [`Error::Capacity`]. Defaults to 16 MiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// The largest incoming frame payload, in bytes; a larger one closes the connection
+    /// with 1009 and [`Error::Capacity`]. Defaults to 16 MiB.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.max_frame_size = bytes;
+        self
+    }
+
+    /// How many events may wait for the consumer (the callback thread, or your `recv`).
+    /// When the queue is full the I/O thread stops reading the socket, so TCP slows the
+    /// server down: memory stays below about `incoming_queue × max_message_size`.
+    /// Defaults to 256. Values below 1 are taken as 1.
+    pub fn incoming_queue(mut self, events: usize) -> Self {
+        self.config.incoming_queue = events.max(1);
+        self
+    }
+
+    /// Outgoing high-water mark, in bytes of application data: when
+    /// [`buffered_amount()`](crate::WebSocketRef::buffered_amount) is above it, `send` blocks,
+    /// `try_send` returns [`SendError::Full`](crate::SendError::Full) and `send_timeout`
+    /// waits up to its timeout. Defaults to 8 MiB.
+    pub fn high_water_mark(mut self, bytes: usize) -> Self {
+        self.config.high_water_mark = bytes;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` (no Nagle delay on small messages). Defaults to `true`.
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.config.nodelay = nodelay;
+        self
+    }
+
+    /// Reports incoming pings and pongs as [`Event::Ping`] / [`Event::Pong`] and to
+    /// [`Handler::onping`] / [`Handler::onpong`]. Pings are answered either way.
+    /// Defaults to `false`.
+    pub fn ping_events(mut self, enabled: bool) -> Self {
+        self.config.ping_events = enabled;
+        self
+    }
+
+    /// Connects and blocks until the connection is OPEN or has failed; `handler`'s methods
+    /// then run on the connection's callback thread.
+    ///
+    /// # Errors
+    ///
+    /// A bad URL or subprotocol at once; otherwise whatever made the connection fail
+    /// (the handler also sees it through `onerror` and `onclose`).
+    pub fn connect<H>(self, url: &str, handler: H) -> Result<WebSocket<H>>
+    where
+        H: Handler + Send + 'static,
+    {
+        let ws = self.open(url, handler)?;
+        ws.wait_open()?;
+        Ok(ws)
+    }
+
+    /// Starts connecting and returns at once in CONNECTING, as the browser's constructor
+    /// does; `onopen` or `onerror` + `onclose` follow on the callback thread.
+    ///
+    /// # Errors
+    ///
+    /// Only synchronous ones: a bad URL or subprotocol, or a thread that cannot be spawned.
+    pub fn open<H>(self, url: &str, handler: H) -> Result<WebSocket<H>>
+    where
+        H: Handler + Send + 'static,
+    {
+        WebSocket::start_with_handler(self.checked()?, url, handler)
+    }
+
+    /// Connects and blocks until OPEN or failure; events are yours to take from the
+    /// returned channel (`recv`, `recv_timeout`, `try_recv`, `select!`), or to run through
+    /// a handler on your own thread with
+    /// [`dispatch_pending`](crate::WebSocketRef::dispatch_pending).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub fn connect_pull(self, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+        let (ws, events) = self.open_pull(url)?;
+        ws.wait_open()?;
+        Ok((ws, events))
+    }
+
+    /// Starts connecting and returns at once in CONNECTING, with the event channel.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_pull(self, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+        WebSocket::start_pull(self.checked()?, url)
+    }
+
+    fn checked(self) -> Result<Config> {
+        crate::url::check_subprotocols(&self.config.subprotocols)?;
+        for (name, value) in &self.config.headers {
+            let bad = |reason: &str| Error::InvalidHeader {
+                name: name.clone(),
+                reason: reason.to_owned(),
+            };
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| bad("not a valid header name"))?;
+            tungstenite::http::HeaderValue::from_str(value)
+                .map_err(|_| bad("not a valid header value"))?;
+        }
+        Ok(self.config)
+    }
+}

@@ -1,0 +1,927 @@
+//! The I/O thread: one per connection, the only owner of the socket.
+//!
+//! It is one state machine, [`Phase`]: `Connecting` (non-blocking TCP connect to each
+//! resolved address in turn) → `Handshaking` (TLS and the HTTP upgrade, resumed on each
+//! readiness event) → `Open` (which covers CLOSING too: tungstenite tracks the closing
+//! handshake) → the end, reported once as [`End`].
+//!
+//! Each turn of the loop runs the queued commands, makes what progress the phase allows
+//! without blocking, checks the timers, then sleeps in exactly one place:
+//! - in `mio::Poll`, on socket readiness and the waker that `send` pokes (only when this
+//!   thread is asleep), with a timeout only when a timer is set; or
+//! - when the event channel is full, in a crossbeam `Select` on "room in the event channel"
+//!   and "a command arrived". The socket is not read then, so TCP pushes back on the server.
+//!
+//! It never runs user code.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{fence, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::error::{CapacityError, ProtocolError};
+use tungstenite::handshake::client::{ClientHandshake, Request, Response};
+use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::http::{header, HeaderName, HeaderValue};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::Bytes;
+
+use crate::config::Config;
+use crate::error::{Error, Timeout, UrlError};
+use crate::message::{Binary, CloseEvent, Event, Message, Text};
+use crate::state::ReadyState;
+use crate::transport::{tls_error, Transport};
+use crate::url::Target;
+use crate::websocket::Shared;
+
+pub(crate) const SOCKET: Token = Token(0);
+pub(crate) const WAKER: Token = Token(1);
+
+/// What handles ask of the I/O thread, in order.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Send(Message),
+    Ping(Bytes),
+    /// Start the closing handshake (or abort the opening one).
+    Close(Option<(u16, String)>),
+    /// The last `WebSocket` handle is gone: close with 1001 and finish within the close
+    /// timeout, whatever the event consumer does.
+    Drop,
+}
+
+type Ws = tungstenite::WebSocket<Transport>;
+type Mid = MidHandshake<ClientHandshake<Transport>>;
+
+enum Phase {
+    Connecting {
+        addrs: VecDeque<SocketAddr>,
+        tcp: Option<TcpStream>,
+        last_error: Option<io::Error>,
+    },
+    Handshaking(Mid),
+    Open(Ws),
+    Done,
+}
+
+/// How the connection ended.
+pub(crate) enum End {
+    /// The closing handshake completed; the event carries the server's code and reason.
+    Clean(CloseEvent),
+    Failed(Error),
+}
+
+impl From<Error> for End {
+    fn from(e: Error) -> Self {
+        End::Failed(e)
+    }
+}
+
+pub(crate) struct IoThread {
+    phase: Phase,
+    io: Io,
+}
+
+/// Everything but the phase, so that methods can borrow the socket and this together.
+struct Io {
+    shared: Arc<Shared>,
+    poll: Poll,
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+    request: Option<Request>,
+    /// The one event that did not fit in the channel. While it waits, the socket is not read.
+    blocked: Option<Event>,
+    receiver_gone: bool,
+    /// Set by `Command::Drop`: the time by which everything must be over.
+    drop_deadline: Option<Instant>,
+    /// Edge-triggered readiness, remembered until a read returns `WouldBlock`.
+    readable: bool,
+    write_blocked: bool,
+    /// tungstenite holds a pong, close or ping frame to flush.
+    needs_flush: bool,
+    /// Application bytes written into tungstenite since the last complete flush.
+    unflushed: usize,
+    connect_deadline: Instant,
+    handshake_deadline: Option<Instant>,
+    close_deadline: Option<Instant>,
+    /// We sent our Close frame.
+    close_sent: bool,
+    /// The server's Close frame, once it arrived.
+    peer_close: Option<CloseEvent>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    ping_seq: u64,
+}
+
+impl IoThread {
+    pub fn new(
+        shared: Arc<Shared>,
+        poll: Poll,
+        commands: Receiver<Command>,
+        events: Sender<Event>,
+        request: Request,
+    ) -> Self {
+        let connect_deadline = Instant::now() + shared.config.connect_timeout;
+        IoThread {
+            phase: Phase::Done,
+            io: Io {
+                shared,
+                poll,
+                commands,
+                events,
+                request: Some(request),
+                blocked: None,
+                receiver_gone: false,
+                drop_deadline: None,
+                readable: false,
+                write_blocked: false,
+                needs_flush: false,
+                unflushed: 0,
+                connect_deadline,
+                handshake_deadline: None,
+                close_deadline: None,
+                close_sent: false,
+                peer_close: None,
+                next_ping: None,
+                pong_deadline: None,
+                ping_seq: 0,
+            },
+        }
+    }
+
+    pub fn run(mut self) {
+        let end = match self.resolve() {
+            Ok(()) => self.serve(),
+            Err(end) => end,
+        };
+        self.finish(end);
+    }
+
+    fn serve(&mut self) -> End {
+        let mut events = Events::with_capacity(8);
+        loop {
+            if let Err(end) = self.step() {
+                return end;
+            }
+            if let Err(end) = self.wait(&mut events) {
+                return end;
+            }
+        }
+    }
+
+    /// One turn: commands, then whatever progress the phase can make without blocking.
+    fn step(&mut self) -> Result<(), End> {
+        while let Ok(command) = self.io.commands.try_recv() {
+            self.command(command)?;
+        }
+        match &mut self.phase {
+            Phase::Connecting { .. } => self.progress_connect()?,
+            Phase::Handshaking(_) => self.progress_handshake()?,
+            Phase::Open(ws) => {
+                self.io.read(ws)?;
+                self.io.timers(ws)?;
+                self.io.flush(ws)?;
+            }
+            Phase::Done => {}
+        }
+        let now = Instant::now();
+        match self.phase {
+            Phase::Connecting { .. } if now >= self.io.connect_deadline => {
+                Err(Error::Timeout(Timeout::Connect).into())
+            }
+            Phase::Handshaking(_) if self.io.handshake_deadline.is_some_and(|d| now >= d) => {
+                Err(Error::Timeout(Timeout::Handshake).into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn command(&mut self, command: Command) -> Result<(), End> {
+        let io = &mut self.io;
+        match command {
+            Command::Drop => {
+                let config = &io.shared.config;
+                io.drop_deadline = Some(Instant::now() + config.close_timeout);
+                io.shared.transition(&[ReadyState::Connecting, ReadyState::Open], ReadyState::Closing);
+                self.command(Command::Close(Some((1001, String::new()))))
+            }
+            Command::Close(frame) => match &mut self.phase {
+                Phase::Open(ws) => io.start_close(ws, frame),
+                Phase::Done => Ok(()),
+                Phase::Connecting { .. } | Phase::Handshaking(_) => Err(Error::Aborted.into()),
+            },
+            Command::Send(msg) => {
+                let len = msg.len();
+                match &mut self.phase {
+                    Phase::Open(ws) => io.write(ws, msg.into_tungstenite(), len),
+                    _ => {
+                        // The gate keeps sends out of other phases; be loud if one slips by.
+                        log::warn!("{}: message of {len} bytes not sent: not open", io.url());
+                        Ok(())
+                    }
+                }
+            }
+            Command::Ping(payload) => match &mut self.phase {
+                Phase::Open(ws) => io.write(ws, tungstenite::Message::Ping(payload), 0),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// DNS, on this thread (the resolver blocks; the connect timeout bounds the rest).
+    fn resolve(&mut self) -> Result<(), End> {
+        let target = &self.io.shared.target;
+        let host = target.host.clone();
+        let addrs: VecDeque<SocketAddr> = (host.as_str(), target.port)
+            .to_socket_addrs()
+            .map_err(|e| Error::Dns {
+                host: host.clone(),
+                source: Arc::new(e),
+            })?
+            .collect();
+        if addrs.is_empty() {
+            let e = io::Error::new(io::ErrorKind::NotFound, "no addresses");
+            return Err(Error::Dns {
+                host,
+                source: Arc::new(e),
+            }
+            .into());
+        }
+        log::debug!("{}: resolved to {addrs:?}", self.io.url());
+        self.phase = Phase::Connecting {
+            addrs,
+            tcp: None,
+            last_error: None,
+        };
+        self.connect_next()
+    }
+
+    /// Starts a non-blocking connect to the next address.
+    fn connect_next(&mut self) -> Result<(), End> {
+        let Phase::Connecting {
+            addrs,
+            tcp,
+            last_error,
+        } = &mut self.phase
+        else {
+            return Ok(());
+        };
+        if let Some(mut old) = tcp.take() {
+            let _ = self.io.poll.registry().deregister(&mut old);
+        }
+        while let Some(addr) = addrs.pop_front() {
+            log::debug!("connecting to {addr}");
+            match TcpStream::connect(addr) {
+                Ok(mut stream) => {
+                    self.io
+                        .poll
+                        .registry()
+                        .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
+                        .map_err(Error::io)?;
+                    *tcp = Some(stream);
+                    return Ok(());
+                }
+                Err(e) => *last_error = Some(e),
+            }
+        }
+        let e = last_error
+            .take()
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to"));
+        Err(Error::Connect(Arc::new(e)).into())
+    }
+
+    fn progress_connect(&mut self) -> Result<(), End> {
+        let Phase::Connecting {
+            tcp: Some(stream),
+            last_error,
+            ..
+        } = &mut self.phase
+        else {
+            return Ok(());
+        };
+        // mio's recipe: an error, or a peer address once connected.
+        let failure = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                Err(e) => Some(e),
+            },
+        };
+        if let Some(e) = failure {
+            log::debug!("connect failed: {e}");
+            *last_error = Some(e);
+            return self.connect_next();
+        }
+        let Phase::Connecting { tcp: Some(tcp), .. } =
+            std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            return Ok(());
+        };
+        let io = &mut self.io;
+        log::debug!("{}: TCP connected", io.url());
+        tcp.set_nodelay(io.shared.config.nodelay).map_err(Error::io)?;
+        let target = &io.shared.target;
+        let transport = Transport::new(tcp, target.tls, &target.host)?;
+        io.handshake_deadline = Some(Instant::now() + io.shared.config.handshake_timeout);
+        let Some(request) = io.request.take() else {
+            return Err(Error::Handshake("request already used".into()).into());
+        };
+        let result =
+            tungstenite::client::client_with_config(request, transport, Some(io.ws_config()));
+        self.handshake_result(result)
+    }
+
+    fn progress_handshake(&mut self) -> Result<(), End> {
+        let Phase::Handshaking(mid) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return Ok(());
+        };
+        self.handshake_result(mid.handshake())
+    }
+
+    fn handshake_result(
+        &mut self,
+        result: Result<(Ws, Response), HandshakeError<ClientHandshake<Transport>>>,
+    ) -> Result<(), End> {
+        match result {
+            Ok((ws, response)) => {
+                self.io.opened(&response)?;
+                self.phase = Phase::Open(ws);
+                Ok(())
+            }
+            Err(HandshakeError::Interrupted(mid)) => {
+                self.phase = Phase::Handshaking(mid);
+                Ok(())
+            }
+            Err(HandshakeError::Failure(e)) => {
+                Err(map_error(e, true, &self.io.shared.config).into())
+            }
+        }
+    }
+
+    /// Sleeps until there is something to do.
+    fn wait(&mut self, events: &mut Events) -> Result<(), End> {
+        let busy = self.io.has_work(&self.phase);
+        let deadline = self.io.next_deadline(&self.phase);
+        if !busy {
+            if let Some(event) = self.io.blocked.take() {
+                return self.wait_for_consumer(event, deadline);
+            }
+        }
+        let shared = &self.io.shared;
+        shared.io_sleeping.store(true, SeqCst);
+        fence(SeqCst);
+        let timeout = if busy || !self.io.commands.is_empty() {
+            Some(Duration::ZERO)
+        } else {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        let polled = self.io.poll.poll(events, timeout);
+        shared.io_sleeping.store(false, SeqCst);
+        match polled {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(e).into()),
+        }
+        for event in events.iter() {
+            if event.token() == SOCKET {
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.io.readable = true;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    self.io.write_blocked = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The event channel is full: wait for room in it or for a command, not for the socket.
+    fn wait_for_consumer(&mut self, event: Event, deadline: Option<Instant>) -> Result<(), End> {
+        let io = &mut self.io;
+        // Output stuck behind a full socket buffer cannot be watched from here; retry it
+        // on a short timer. This needs a slow consumer and a slow server at once.
+        let retry_writes = io.write_blocked && (io.unflushed > 0 || io.needs_flush);
+        let deadline = match (deadline, retry_writes) {
+            (d, true) => Some(d.map_or(Instant::now() + RETRY, |d| d.min(Instant::now() + RETRY))),
+            (d, false) => d,
+        };
+        match select_send(&io.events, &io.commands, event, deadline) {
+            Selected::Sent => Ok(()),
+            Selected::Disconnected(event) => {
+                io.discard(event);
+                Ok(())
+            }
+            Selected::TimedOut(event) => {
+                io.blocked = Some(event);
+                io.write_blocked &= !retry_writes;
+                Ok(())
+            }
+            Selected::Command(event, command) => {
+                io.blocked = Some(event);
+                match command {
+                    Some(command) => self.command(command),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Reports the end: state CLOSED, the held-back event, `Error` if any, `Close`.
+    fn finish(mut self, end: End) {
+        // Drop the socket first, so the server sees the end at once.
+        self.phase = Phase::Done;
+        let io = &mut self.io;
+        let shared = Arc::clone(&io.shared);
+        shared.transition(
+            &[ReadyState::Connecting, ReadyState::Open, ReadyState::Closing],
+            ReadyState::Closed,
+        );
+        let (error, close) = match end {
+            End::Clean(close) => (None, close),
+            End::Failed(e) => {
+                log::debug!("{}: failed: {e}", io.url());
+                (Some(e), CloseEvent::abnormal())
+            }
+        };
+        let unsent = count_unsent(&io.commands);
+        let buffered = shared.buffered();
+        if unsent > 0 || buffered > 0 {
+            log::warn!(
+                "{}: closed with {buffered} bytes of application data not sent ({unsent} messages still queued)",
+                io.url()
+            );
+        }
+        shared.set_open(Err(error.clone().unwrap_or(Error::Aborted)));
+        if !shared.callback_mode {
+            shared.set_closed(close.clone());
+        }
+        log::debug!("{}: closed {close:?}", io.url());
+        let tail = io
+            .blocked
+            .take()
+            .into_iter()
+            .chain(error.map(Event::Error))
+            .chain(Some(Event::Close(close)));
+        for event in tail {
+            if !io.deliver_final(event) {
+                break;
+            }
+        }
+    }
+}
+
+/// What [`select_send`] saw first.
+enum Selected {
+    Sent,
+    Disconnected(Event),
+    TimedOut(Event),
+    /// A command arrived first (`None`: the command channel is closed); the event is back.
+    Command(Event, Option<Command>),
+}
+
+/// Waits until `event` fits in the event channel or a command arrives, whichever is first.
+fn select_send(
+    events: &Sender<Event>,
+    commands: &Receiver<Command>,
+    event: Event,
+    deadline: Option<Instant>,
+) -> Selected {
+    let mut select = Select::new();
+    let send = select.send(events);
+    select.recv(commands);
+    let selected = match deadline {
+        Some(d) => select.select_deadline(d).ok(),
+        None => Some(select.select()),
+    };
+    match selected {
+        None => Selected::TimedOut(event),
+        Some(op) if op.index() == send => match op.send(events, event) {
+            Ok(()) => Selected::Sent,
+            Err(e) => Selected::Disconnected(e.into_inner()),
+        },
+        Some(op) => Selected::Command(event, op.recv(commands).ok()),
+    }
+}
+
+/// How often output stuck behind a full socket is retried while the consumer is also full.
+const RETRY: Duration = Duration::from_millis(5);
+
+fn count_unsent(commands: &Receiver<Command>) -> usize {
+    commands
+        .try_iter()
+        .filter(|c| matches!(c, Command::Send(_)))
+        .count()
+}
+
+impl Io {
+    fn url(&self) -> &str {
+        self.shared.target.url.as_str()
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        let c = &self.shared.config;
+        WebSocketConfig::default()
+            .read_buffer_size(c.read_buffer_size)
+            .max_message_size(Some(c.max_message_size))
+            .max_frame_size(Some(c.max_frame_size))
+    }
+
+    /// The handshake succeeded: check what the server chose, go OPEN, report `Open`.
+    fn opened(&mut self, response: &Response) -> Result<(), End> {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let extensions = header("Sec-WebSocket-Extensions");
+        if !extensions.trim().is_empty() {
+            // RFC 6455 §4.1: an extension that was not offered fails the connection.
+            return Err(Error::Handshake(format!(
+                "the server chose extensions {extensions:?}, none were offered"
+            ))
+            .into());
+        }
+        let _ = self.shared.protocol.set(header("Sec-WebSocket-Protocol"));
+        let _ = self.shared.extensions.set(extensions);
+        if !self.shared.transition(&[ReadyState::Connecting], ReadyState::Open) {
+            // `close` was called while the handshake finished.
+            return Err(Error::Aborted.into());
+        }
+        self.shared.set_open(Ok(()));
+        self.emit(Event::Open);
+        // The handshake may have read frames already, and consumed the readiness edge.
+        self.readable = true;
+        self.next_ping = self.shared.config.ping_interval.map(|i| Instant::now() + i);
+        Ok(())
+    }
+
+    fn read(&mut self, ws: &mut Ws) -> Result<(), End> {
+        // Bounded, so queued sends and timers get a turn during a flood.
+        let mut budget = 256;
+        while self.readable && self.blocked.is_none() && budget > 0 {
+            budget -= 1;
+            match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    self.emit(Event::Message(Message::Text(Text(t))));
+                }
+                Ok(tungstenite::Message::Binary(b)) => {
+                    self.emit(Event::Message(Message::Binary(Binary(b))));
+                }
+                Ok(tungstenite::Message::Ping(p)) => {
+                    log::trace!("ping {p:?}");
+                    // tungstenite queued the pong; flush it this turn.
+                    self.needs_flush = true;
+                    if self.shared.config.ping_events {
+                        self.emit(Event::Ping(Binary(p)));
+                    }
+                }
+                Ok(tungstenite::Message::Pong(p)) => {
+                    log::trace!("pong {p:?}");
+                    self.pong_deadline = None;
+                    if self.shared.config.ping_events {
+                        self.emit(Event::Pong(Binary(p)));
+                    }
+                }
+                Ok(tungstenite::Message::Close(frame)) => self.peer_closed(frame),
+                Ok(tungstenite::Message::Frame(_)) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                }
+                Err(tungstenite::Error::ConnectionClosed) => {
+                    // Both Close frames went by and the server ended the TCP stream.
+                    return Err(End::Clean(self.peer_close.take().unwrap_or_else(|| {
+                        CloseEvent {
+                            code: 1005,
+                            reason: String::new(),
+                            was_clean: true,
+                        }
+                    })));
+                }
+                Err(e) => return Err(self.fail(ws, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn peer_closed(&mut self, frame: Option<CloseFrame>) {
+        let event = match frame {
+            Some(f) => CloseEvent {
+                code: u16::from(f.code),
+                reason: f.reason.as_str().to_owned(),
+                was_clean: true,
+            },
+            None => CloseEvent {
+                code: 1005,
+                reason: String::new(),
+                was_clean: true,
+            },
+        };
+        log::debug!("{}: server sent Close {} {:?}", self.url(), event.code, event.reason);
+        self.peer_close = Some(event);
+        // tungstenite queued the echo (when the server closed first); flush it.
+        self.needs_flush = true;
+        self.shared.transition(&[ReadyState::Open], ReadyState::Closing);
+        self.arm_close_timer();
+    }
+
+    fn arm_close_timer(&mut self) {
+        let timeout = self.shared.config.close_timeout;
+        self.close_deadline.get_or_insert_with(|| Instant::now() + timeout);
+        self.next_ping = None;
+    }
+
+    fn start_close(&mut self, ws: &mut Ws, frame: Option<(u16, String)>) -> Result<(), End> {
+        if self.close_sent {
+            return Ok(());
+        }
+        self.close_sent = true;
+        let frame = frame.map(|(code, reason)| CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        });
+        log::debug!("{}: sending Close {frame:?}", self.url());
+        self.arm_close_timer();
+        self.needs_flush = true;
+        match ws.close(frame) {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.write_blocked = true;
+                Ok(())
+            }
+            // The server closed first; its Close is being echoed instead.
+            Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => Ok(()),
+            Err(e) => Err(self.fail(ws, e)),
+        }
+    }
+
+    /// Puts one message into tungstenite's buffer; `flush` writes the batch.
+    fn write(&mut self, ws: &mut Ws, msg: tungstenite::Message, app_bytes: usize) -> Result<(), End> {
+        match ws.write(msg) {
+            Ok(()) => {}
+            // The frame is buffered; the socket is full for now.
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.write_blocked = true;
+            }
+            Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing))
+            | Err(tungstenite::Error::AlreadyClosed) => {
+                // Only a send racing with the server's Close gets here.
+                log::warn!(
+                    "{}: message of {app_bytes} bytes not sent: the server closed the connection first",
+                    self.url()
+                );
+                self.shared.sent(app_bytes);
+                return Ok(());
+            }
+            Err(e) => return Err(self.fail(ws, e)),
+        }
+        self.unflushed += app_bytes;
+        self.needs_flush = true;
+        Ok(())
+    }
+
+    fn flush(&mut self, ws: &mut Ws) -> Result<(), End> {
+        if self.write_blocked || !self.needs_flush {
+            return Ok(());
+        }
+        match ws.flush() {
+            Ok(()) => {
+                self.needs_flush = false;
+                self.shared.sent(std::mem::take(&mut self.unflushed));
+                Ok(())
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.write_blocked = true;
+                Ok(())
+            }
+            Err(tungstenite::Error::ConnectionClosed) => Err(End::Clean(
+                self.peer_close.take().unwrap_or_else(CloseEvent::abnormal),
+            )),
+            Err(e) => Err(self.fail(ws, e)),
+        }
+    }
+
+    /// Keepalive and the closing-handshake timer. While the consumer holds the I/O thread
+    /// back, the socket is not read, so the server cannot be blamed for a late pong or
+    /// Close: those timers wait, unless the last handle is gone.
+    fn timers(&mut self, ws: &mut Ws) -> Result<(), End> {
+        let now = Instant::now();
+        let judging = self.blocked.is_none() || self.drop_deadline.is_some();
+        if judging && !self.readable {
+            if self.close_deadline.is_some_and(|d| now >= d) {
+                return Err(match self.peer_close.take() {
+                    // Both Close frames went by; only the TCP end is missing.
+                    Some(close) if self.close_sent || !ws.can_write() => End::Clean(close),
+                    _ => End::Failed(Error::Timeout(Timeout::Close)),
+                });
+            }
+            if self.pong_deadline.is_some_and(|d| now >= d) {
+                return Err(Error::Timeout(Timeout::Pong).into());
+            }
+        }
+        if self.drop_deadline.is_some_and(|d| now >= d) {
+            return Err(Error::Timeout(Timeout::Close).into());
+        }
+        if let (Some(due), Some(interval)) = (self.next_ping, self.shared.config.ping_interval) {
+            if now >= due {
+                self.ping_seq += 1;
+                let payload = Bytes::copy_from_slice(&self.ping_seq.to_be_bytes());
+                self.write(ws, tungstenite::Message::Ping(payload), 0)?;
+                self.next_ping = Some(now + interval);
+                let timeout = self.shared.config.pong_timeout;
+                self.pong_deadline.get_or_insert(now + timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// "Fail the WebSocket connection": tell the server why when the RFC gives a code
+    /// (best effort, never waiting), then end.
+    fn fail(&mut self, ws: &mut Ws, e: tungstenite::Error) -> End {
+        let code = match &e {
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+            tungstenite::Error::Protocol(_) | tungstenite::Error::AttackAttempt => Some(1002),
+            tungstenite::Error::Utf8(_) => Some(1007),
+            tungstenite::Error::Capacity(_) => Some(1009),
+            _ => None,
+        };
+        if let Some(code) = code {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            };
+            let _ = ws.close(Some(frame));
+            let _ = ws.flush();
+        }
+        End::Failed(map_error(e, false, &self.shared.config))
+    }
+
+    fn emit(&mut self, event: Event) {
+        debug_assert!(self.blocked.is_none());
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => self.blocked = Some(event),
+            Err(TrySendError::Disconnected(event)) => self.discard(event),
+        }
+    }
+
+    fn discard(&mut self, event: Event) {
+        if !self.receiver_gone {
+            self.receiver_gone = true;
+            log::debug!("{}: the event receiver was dropped; events are discarded", self.url());
+        }
+        log::trace!("discarded {event:?}");
+    }
+
+    /// Delivers one of the last events, waiting for room; gives up only when the receiver
+    /// is gone, or when the last handle is gone and its deadline passed.
+    fn deliver_final(&mut self, event: Event) -> bool {
+        let mut event = event;
+        loop {
+            match select_send(&self.events, &self.commands, event, self.drop_deadline) {
+                Selected::Sent => return true,
+                Selected::Disconnected(event) => {
+                    self.discard(event);
+                    return false;
+                }
+                Selected::TimedOut(event) => {
+                    log::debug!("{}: last handle dropped; undelivered {event:?}", self.url());
+                    return false;
+                }
+                Selected::Command(back, command) => {
+                    if let Some(Command::Drop) = command {
+                        let timeout = self.shared.config.close_timeout;
+                        self.drop_deadline.get_or_insert(Instant::now() + timeout);
+                    }
+                    event = back;
+                }
+            }
+        }
+    }
+
+    /// Whether another turn can make progress at once.
+    fn has_work(&self, phase: &Phase) -> bool {
+        let open = matches!(phase, Phase::Open(_));
+        (open && self.readable && self.blocked.is_none())
+            || (open && self.needs_flush && !self.write_blocked)
+    }
+
+    fn next_deadline(&self, phase: &Phase) -> Option<Instant> {
+        let judging = self.blocked.is_none() || self.drop_deadline.is_some();
+        let candidates = match phase {
+            Phase::Connecting { .. } => [Some(self.connect_deadline), None, None, None],
+            Phase::Handshaking(_) => [self.handshake_deadline, None, None, None],
+            Phase::Open(_) => [
+                self.close_deadline.filter(|_| judging),
+                self.pong_deadline.filter(|_| judging),
+                self.next_ping,
+                self.drop_deadline,
+            ],
+            Phase::Done => [None; 4],
+        };
+        candidates.into_iter().flatten().min()
+    }
+}
+
+/// The opening handshake request: the URL's path and query intact, subprotocols,
+/// Origin, extra headers, and `Authorization: Basic` from URL credentials.
+pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request, Error> {
+    let mut request = target
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Error::Url(UrlError::Parse(e.to_string())))?;
+    let bad = |name: &str, reason: &str| Error::InvalidHeader {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let value = |name: &str, v: &str| {
+        HeaderValue::from_str(v).map_err(|_| bad(name, "not a valid header value"))
+    };
+    let headers = request.headers_mut();
+    if !config.subprotocols.is_empty() {
+        let offered = config.subprotocols.join(", ");
+        headers.insert(
+            "Sec-WebSocket-Protocol",
+            value("Sec-WebSocket-Protocol", &offered)?,
+        );
+    }
+    if let Some(origin) = &config.origin {
+        headers.insert(header::ORIGIN, value("Origin", origin)?);
+    }
+    for (name, v) in &config.headers {
+        let header_name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(name, "not a valid header name"))?;
+        const OWN: [&str; 6] = [
+            "host",
+            "connection",
+            "upgrade",
+            "sec-websocket-version",
+            "sec-websocket-key",
+            "sec-websocket-protocol",
+        ];
+        if OWN.contains(&header_name.as_str()) {
+            return Err(bad(name, "set by the handshake itself (use `subprotocol` for protocols)"));
+        }
+        headers.append(header_name, value(name, v)?);
+    }
+    if let Some(credentials) = &target.credentials {
+        if !headers.contains_key(header::AUTHORIZATION) {
+            let basic = format!("Basic {}", crate::url::base64(credentials.as_bytes()));
+            let mut v = value("Authorization", &basic)?;
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+    Ok(request)
+}
+
+/// Maps tungstenite's error to ours. `handshake` tells protocol errors during the upgrade
+/// (a bad response) from those after it (a bad frame).
+fn map_error(e: tungstenite::Error, handshake: bool, config: &Config) -> Error {
+    use tungstenite::Error as T;
+    match e {
+        T::Io(e) => match tls_error(&e) {
+            Some(tls) => Error::Tls(tls.to_string()),
+            None if handshake && e.kind() == io::ErrorKind::UnexpectedEof => {
+                Error::Handshake("the server closed the connection during the handshake".into())
+            }
+            None => Error::io(e),
+        },
+        T::Tls(e) => Error::Tls(e.to_string()),
+        T::Capacity(CapacityError::MessageTooLong { size, max_size }) => Error::Capacity {
+            what: if max_size == config.max_frame_size && max_size != config.max_message_size {
+                "frame"
+            } else {
+                "message"
+            },
+            size,
+            limit: max_size,
+        },
+        T::Capacity(c) => Error::Handshake(c.to_string()),
+        T::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Error::io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the TCP connection without a closing handshake",
+        )),
+        T::Protocol(p) if handshake => Error::Handshake(p.to_string()),
+        T::Protocol(p) => Error::Protocol(p.to_string()),
+        T::Utf8(s) => Error::Protocol(format!("invalid UTF-8 in a text message: {s}")),
+        T::AttackAttempt => Error::Protocol("attack attempt detected".into()),
+        T::Http(response) => Error::HandshakeRejected {
+            status: response.status().as_u16(),
+            body: response.into_body(),
+        },
+        T::HttpFormat(e) => Error::Handshake(e.to_string()),
+        T::Url(e) => Error::Url(UrlError::Parse(e.to_string())),
+        other => Error::io(io::Error::other(other.to_string())),
+    }
+}

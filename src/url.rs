@@ -1,0 +1,200 @@
+//! WebSocket URL checks, done synchronously before any thread starts (contract rule 1).
+
+use url::Url;
+
+use crate::error::{Error, UrlError};
+
+/// A checked WebSocket URL and what the I/O thread needs from it.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The URL as the user sees it: scheme mapped to ws/wss, userinfo removed.
+    pub url: Url,
+    /// TLS or not, chosen by the scheme only, never by the port.
+    pub tls: bool,
+    /// Host name or IP literal, without brackets.
+    pub host: String,
+    pub port: u16,
+    /// `user:password` from the URL, percent-decoded, for `Authorization: Basic`.
+    pub credentials: Option<String>,
+}
+
+pub(crate) fn parse(input: &str) -> Result<Target, Error> {
+    let mut url = Url::parse(input).map_err(|e| UrlError::Parse(e.to_string()))?;
+    let tls = match url.scheme() {
+        "ws" | "http" => false,
+        "wss" | "https" => true,
+        other => return Err(UrlError::Scheme(other.to_owned()).into()),
+    };
+    if url.fragment().is_some() {
+        return Err(UrlError::Fragment.into());
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        _ => return Err(UrlError::NoHost.into()),
+    };
+    // Map http(s) to ws(s) as the browser does. `set_scheme` refuses to switch between
+    // "special" schemes and the others, so rebuild the URL from its text.
+    if matches!(url.scheme(), "http" | "https") {
+        let rest = &url.as_str()[url.scheme().len()..];
+        let mapped = format!("{}{rest}", if tls { "wss" } else { "ws" });
+        url = Url::parse(&mapped).map_err(|e| UrlError::Parse(e.to_string()))?;
+    }
+    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let credentials = if url.username().is_empty() && url.password().is_none() {
+        None
+    } else {
+        let user = percent_decode(url.username());
+        let pass = percent_decode(url.password().unwrap_or(""));
+        // Removing userinfo from a URL with a host cannot fail; ignore the unit error.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Some(format!("{user}:{pass}"))
+    };
+    Ok(Target {
+        url,
+        tls,
+        host,
+        port,
+        credentials,
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RFC 7230 `token`: what a subprotocol name must be (RFC 6455 §4.1).
+pub(crate) fn check_subprotocols(protocols: &[String]) -> Result<(), Error> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    for (i, p) in protocols.iter().enumerate() {
+        if p.is_empty() || !p.chars().all(tchar) || protocols[..i].contains(p) {
+            return Err(Error::InvalidSubprotocol(p.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Standard base64 with padding, for `Authorization: Basic`.
+pub(crate) fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_err(s: &str) -> UrlError {
+        match parse(s) {
+            Err(Error::Url(e)) => e,
+            other => panic!("{s}: expected a URL error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn schemes_map_like_the_browser() {
+        let t = parse("http://example.com/a?b=c").unwrap();
+        assert_eq!(t.url.as_str(), "ws://example.com/a?b=c");
+        assert!(!t.tls);
+        assert_eq!(t.port, 80);
+        let t = parse("https://example.com").unwrap();
+        assert_eq!(t.url.scheme(), "wss");
+        assert!(t.tls);
+        assert_eq!(t.port, 443);
+    }
+
+    #[test]
+    fn tls_follows_scheme_not_port() {
+        assert!(!parse("ws://h:443/").unwrap().tls);
+        assert!(parse("wss://h:80/").unwrap().tls);
+        assert_eq!(parse("wss://h:80/").unwrap().port, 80);
+    }
+
+    #[test]
+    fn path_and_query_are_kept() {
+        let t = parse("ws://127.0.0.1:9/chat/room%201?x=1&y=%2F").unwrap();
+        assert_eq!(t.url.path(), "/chat/room%201");
+        assert_eq!(t.url.query(), Some("x=1&y=%2F"));
+    }
+
+    #[test]
+    fn bad_urls_are_syntax_errors() {
+        assert!(matches!(url_err("ftp://h/"), UrlError::Scheme(s) if s == "ftp"));
+        assert_eq!(url_err("ws://h/#frag"), UrlError::Fragment);
+        assert!(matches!(url_err("not a url"), UrlError::Parse(_)));
+        assert!(matches!(url_err("ws:///path"), UrlError::NoHost | UrlError::Parse(_)));
+    }
+
+    #[test]
+    fn ipv6_hosts_lose_brackets() {
+        let t = parse("ws://[::1]:8080/").unwrap();
+        assert_eq!(t.host, "::1");
+        assert_eq!(t.port, 8080);
+    }
+
+    #[test]
+    fn userinfo_becomes_credentials_and_leaves_the_url() {
+        let t = parse("ws://al%20ice:s%3Acret@h/").unwrap();
+        assert_eq!(t.credentials.as_deref(), Some("al ice:s:cret"));
+        assert_eq!(t.url.as_str(), "ws://h/");
+    }
+
+    #[test]
+    fn subprotocol_tokens() {
+        let ok = |v: &[&str]| check_subprotocols(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(ok(&["chat", "v2.json"]).is_ok());
+        assert!(matches!(ok(&["a b"]), Err(Error::InvalidSubprotocol(_))));
+        assert!(matches!(ok(&[""]), Err(Error::InvalidSubprotocol(_))));
+        assert!(matches!(ok(&["chat", "chat"]), Err(Error::InvalidSubprotocol(p)) if p == "chat"));
+        assert!(matches!(ok(&["a,b"]), Err(Error::InvalidSubprotocol(_))));
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+}

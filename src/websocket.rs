@@ -1,0 +1,748 @@
+//! The `WebSocket` handle, its non-owning twin `WebSocketRef`, and the state they share
+//! with the I/O thread.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::thread::{self, JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use tungstenite::Bytes;
+
+use crate::config::{Builder, Config};
+use crate::error::{Error, Result, SendError, Timeout};
+use crate::handler::{dispatch, Handler};
+use crate::io_thread::{Command, IoThread};
+use crate::message::{CloseEvent, Event, Message};
+use crate::state::ReadyState;
+use crate::url::Target;
+
+/// A connection: a cheap, clonable handle (`Clone + Send + Sync`) to one WebSocket whose
+/// socket lives on a background I/O thread.
+///
+/// All the connection's methods (`send`, `close`, `ready_state`, …) are on
+/// [`WebSocketRef`], which this dereferences to. `WebSocket<H>` adds ownership: the
+/// connection lives while a `WebSocket` handle does, and [`handler`](Self::handler) gives
+/// your thread the callback handler's state.
+///
+/// # Disconnection
+///
+/// Dropping the last `WebSocket` handle closes the connection with 1001 (going away),
+/// waits for the closing handshake up to the close timeout, and joins the I/O and
+/// callback threads: no thread outlives the handle (unless a callback of yours is still
+/// blocked after the timeout, which is logged). A [`WebSocketRef`] does not keep the
+/// connection alive; once it is gone, its sends return [`SendError::Closed`].
+pub struct WebSocket<H = ()> {
+    owner: Arc<Owner<H>>,
+}
+
+struct Owner<H> {
+    ws: WebSocketRef,
+    handler: Arc<Mutex<H>>,
+    threads: Mutex<Threads>,
+}
+
+#[derive(Default)]
+struct Threads {
+    io: Option<(JoinHandle<()>, Receiver<()>)>,
+    callback: Option<(JoinHandle<()>, Receiver<()>)>,
+}
+
+/// A non-owning handle to a connection: everything but keeping it alive.
+///
+/// Callbacks receive one. Clone and store it freely (in a handler, in another thread):
+/// it never keeps the connection open, so it cannot create a cycle that leaks threads.
+#[derive(Clone)]
+pub struct WebSocketRef {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// State shared by the handles, the I/O thread and the callback thread.
+pub(crate) struct Shared {
+    pub target: Target,
+    pub config: Config,
+    /// `ReadyState` as u8. Written only under `gate`'s write lock, so that a `send`
+    /// holding the read lock sees a state that cannot close under it.
+    state: AtomicU8,
+    gate: RwLock<()>,
+    commands: Sender<Command>,
+    waker: mio::Waker,
+    /// Set by the I/O thread while it sleeps in `poll`; senders wake it only then.
+    pub io_sleeping: AtomicBool,
+    /// Bytes of application data accepted by `send` and not yet handed to the OS.
+    buffered: AtomicUsize,
+    drain_waiters: AtomicUsize,
+    drained: (Mutex<()>, Condvar),
+    pub protocol: OnceLock<String>,
+    pub extensions: OnceLock<String>,
+    status: Mutex<Status>,
+    status_changed: Condvar,
+    /// Callback style: the callback thread publishes CLOSED after `onclose` ran.
+    pub callback_mode: bool,
+    /// The callback thread, when there is one: `Drop` on it must not join it.
+    callback_thread: OnceLock<ThreadId>,
+}
+
+#[derive(Default)]
+struct Status {
+    open: Option<Result<()>>,
+    closed: Option<CloseEvent>,
+}
+
+impl Shared {
+    pub fn ready_state(&self) -> ReadyState {
+        ReadyState::from_u8(self.state.load(SeqCst))
+    }
+
+    /// Moves the state forward from `from` to `to`; `false` if it was elsewhere.
+    pub fn transition(&self, from: &[ReadyState], to: ReadyState) -> bool {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let now = self.ready_state();
+        if !from.contains(&now) {
+            return false;
+        }
+        self.state.store(to as u8, SeqCst);
+        log::debug!("{}: {now:?} -> {to:?}", self.target.url);
+        if to == ReadyState::Closed {
+            self.notify_drained();
+        }
+        true
+    }
+
+    fn enqueue(&self, command: Command) {
+        // The channel is unbounded: sending only fails once the I/O thread is gone, and
+        // then the state is already CLOSED and no caller got an `Ok`.
+        let _ = self.commands.send(command);
+        fence(SeqCst);
+        if self.io_sleeping.swap(false, SeqCst) {
+            if let Err(e) = self.waker.wake() {
+                log::warn!("could not wake the I/O thread: {e}");
+            }
+        }
+    }
+
+    /// The I/O thread handed `bytes` of application data to the OS.
+    pub fn sent(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.buffered.fetch_sub(bytes, SeqCst);
+        if self.drain_waiters.load(SeqCst) > 0 {
+            self.notify_drained();
+        }
+    }
+
+    fn notify_drained(&self) {
+        let _lock = self.drained.0.lock().unwrap_or_else(PoisonError::into_inner);
+        self.drained.1.notify_all();
+    }
+
+    pub fn set_open(&self, result: Result<()>) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.open.get_or_insert(result);
+        self.status_changed.notify_all();
+    }
+
+    pub fn set_closed(&self, event: CloseEvent) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.open.get_or_insert(Err(Error::Aborted));
+        status.closed.get_or_insert(event);
+        self.status_changed.notify_all();
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buffered.load(SeqCst)
+    }
+}
+
+impl WebSocketRef {
+    /// Sends a message (text from `&str`/`String`, binary from `&[u8]`/`Vec<u8>`), blocking
+    /// only while [`buffered_amount()`](Self::buffered_amount) is above the high-water mark.
+    ///
+    /// The message is queued for the I/O thread, which writes it at once: there is no
+    /// polling interval. Messages sent from one thread go out in that order.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::NotOpen`] in CONNECTING, [`SendError::Closed`] after `close` or once the
+    /// connection is closing or gone. Each hands the message back.
+    pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
+        self.send_inner(msg.into(), Wait::Forever)
+    }
+
+    /// Sends without blocking.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), plus [`SendError::Full`] when the outgoing buffer is above
+    /// the high-water mark.
+    pub fn try_send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
+        self.send_inner(msg.into(), Wait::Never)
+    }
+
+    /// Sends, waiting at most `timeout` for room under the high-water mark.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), plus [`SendError::Timeout`] when no room was made in time.
+    pub fn send_timeout(&self, msg: impl Into<Message>, timeout: Duration) -> Result<(), SendError> {
+        self.send_inner(msg.into(), Wait::Until(Instant::now() + timeout))
+    }
+
+    fn send_inner(&self, msg: Message, wait: Wait) -> Result<(), SendError> {
+        let shared = &*self.shared;
+        if shared.buffered.load(SeqCst) > shared.config.high_water_mark {
+            let waited = match wait {
+                Wait::Never => Err(Waited::TimedOut),
+                Wait::Forever => self.wait_for_room(None),
+                Wait::Until(deadline) => self.wait_for_room(Some(deadline)),
+            };
+            match (waited, wait) {
+                (Ok(()), _) => {}
+                (Err(Waited::Closed), _) => return Err(SendError::Closed(msg)),
+                (Err(Waited::TimedOut), Wait::Never) => return Err(SendError::Full(msg)),
+                (Err(Waited::TimedOut), _) => return Err(SendError::Timeout(msg)),
+            }
+        }
+        let _gate = shared.gate.read().unwrap_or_else(PoisonError::into_inner);
+        match shared.ready_state() {
+            ReadyState::Open => {}
+            ReadyState::Connecting => return Err(SendError::NotOpen(msg)),
+            ReadyState::Closing | ReadyState::Closed => return Err(SendError::Closed(msg)),
+        }
+        shared.buffered.fetch_add(msg.len(), SeqCst);
+        shared.enqueue(Command::Send(msg));
+        Ok(())
+    }
+
+    fn wait_for_room(&self, deadline: Option<Instant>) -> Result<(), Waited> {
+        let shared = &*self.shared;
+        let (lock, cv) = &shared.drained;
+        shared.drain_waiters.fetch_add(1, SeqCst);
+        let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = loop {
+            if shared.ready_state() >= ReadyState::Closing {
+                break Err(Waited::Closed);
+            }
+            if shared.buffered.load(SeqCst) <= shared.config.high_water_mark {
+                break Ok(());
+            }
+            match deadline {
+                None => guard = cv.wait(guard).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break Err(Waited::TimedOut);
+                    }
+                    guard = cv
+                        .wait_timeout(guard, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        };
+        drop(guard);
+        shared.drain_waiters.fetch_sub(1, SeqCst);
+        result
+    }
+
+    /// Serializes `value` to JSON and sends it as a text message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Send`] as for [`send`](Self::send); [`Error::Json`] if `value` cannot be
+    /// serialized (for example a map with non-string keys).
+    pub fn send_json<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let text = serde_json::to_string(value).map_err(|e| Error::Json(e.to_string()))?;
+        Ok(self.send(text)?)
+    }
+
+    /// Sends a ping with `payload` (at most 125 bytes). Its pong reaches
+    /// [`Handler::onpong`] when [`Builder::ping_events`] is on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPingPayload`] for more than 125 bytes; [`Error::InvalidState`] when
+    /// the connection is not OPEN.
+    pub fn ping(&self, payload: impl Into<Vec<u8>>) -> Result<()> {
+        let payload = payload.into();
+        if payload.len() > 125 {
+            return Err(Error::InvalidPingPayload(payload.len()));
+        }
+        let shared = &*self.shared;
+        let _gate = shared.gate.read().unwrap_or_else(PoisonError::into_inner);
+        match shared.ready_state() {
+            ReadyState::Open => {
+                shared.enqueue(Command::Ping(Bytes::from(payload)));
+                Ok(())
+            }
+            other => Err(Error::InvalidState(other)),
+        }
+    }
+
+    /// Closes the connection normally (code 1000, no reason). See
+    /// [`close_with`](Self::close_with).
+    ///
+    /// # Errors
+    ///
+    /// None in practice; the signature matches `close_with`.
+    pub fn close(&self) -> Result<()> {
+        self.request_close(Some((1000, String::new())))
+    }
+
+    /// Starts the closing handshake with `code` (1000 or 3000–4999) and `reason` (at most
+    /// 123 UTF-8 bytes), as the browser's `close(code, reason)`.
+    ///
+    /// From OPEN the state becomes CLOSING; every message sent before this call goes out
+    /// before the Close frame; `onclose` follows when the server's Close arrives (or the
+    /// close timeout passes). In CONNECTING the handshake is aborted (`onerror` with
+    /// [`Error::Aborted`], then `onclose` with 1006). When CLOSING or CLOSED this does
+    /// nothing. It does not block; [`wait_closed`](Self::wait_closed) does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCloseCode`] or [`Error::InvalidCloseReason`], synchronously; then
+    /// nothing is sent.
+    pub fn close_with(&self, code: u16, reason: &str) -> Result<()> {
+        if code != 1000 && !(3000..=4999).contains(&code) {
+            return Err(Error::InvalidCloseCode(code));
+        }
+        if reason.len() > 123 {
+            return Err(Error::InvalidCloseReason(reason.len()));
+        }
+        self.request_close(Some((code, reason.to_owned())))
+    }
+
+    pub(crate) fn request_close(&self, frame: Option<(u16, String)>) -> Result<()> {
+        let shared = &*self.shared;
+        if shared.transition(&[ReadyState::Connecting, ReadyState::Open], ReadyState::Closing) {
+            shared.enqueue(Command::Close(frame));
+        }
+        Ok(())
+    }
+
+    /// The connection's state, as the browser's `readyState`.
+    pub fn ready_state(&self) -> ReadyState {
+        self.shared.ready_state()
+    }
+
+    /// Bytes of application data accepted by `send` and not yet handed to the operating
+    /// system, as the browser's `bufferedAmount`. Like the browser's, it does not go back
+    /// to zero when the connection fails with data unsent.
+    pub fn buffered_amount(&self) -> usize {
+        self.shared.buffered.load(SeqCst)
+    }
+
+    /// The URL, with `http`/`https` mapped to `ws`/`wss` and credentials removed.
+    pub fn url(&self) -> &str {
+        self.shared.target.url.as_str()
+    }
+
+    /// The subprotocol the server chose; empty before OPEN or when none was.
+    pub fn protocol(&self) -> &str {
+        self.shared.protocol.get().map_or("", String::as_str)
+    }
+
+    /// The extensions the server chose; this crate offers none, so this is empty.
+    pub fn extensions(&self) -> &str {
+        self.shared.extensions.get().map_or("", String::as_str)
+    }
+
+    /// Blocks until the connection is CLOSED and returns how it ended. In callback style
+    /// it returns after `onclose` has run.
+    pub fn wait_closed(&self) -> CloseEvent {
+        let mut status = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(ev) = &status.closed {
+                return ev.clone();
+            }
+            status = self
+                .shared
+                .status_changed
+                .wait(status)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// As [`wait_closed`](Self::wait_closed), giving up after `timeout` with `None`.
+    pub fn wait_closed_timeout(&self, timeout: Duration) -> Option<CloseEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut status = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(ev) = &status.closed {
+                return Some(ev.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            status = self
+                .shared
+                .status_changed
+                .wait_timeout(status, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Blocks until OPEN, returning the error if the connection failed first.
+    pub(crate) fn wait_open(&self) -> Result<()> {
+        let config = &self.shared.config;
+        // The I/O thread bounds connecting and the handshake itself; this outer bound
+        // only covers a resolver that ignores the connect timeout.
+        let deadline =
+            Instant::now() + config.connect_timeout + config.handshake_timeout + Duration::from_secs(1);
+        let mut status = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(result) = &status.open {
+                return result.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(status);
+                let _ = self.request_close(None);
+                return Err(Error::Timeout(Timeout::Connect));
+            }
+            status = self
+                .shared
+                .status_changed
+                .wait_timeout(status, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Runs `handler`'s method for one event, on this thread. A panic inside is caught
+    /// and reported to `onerror`, as on the callback thread.
+    pub fn dispatch<H: Handler + ?Sized>(&self, handler: &mut H, event: Event) {
+        dispatch(self, handler, event);
+    }
+
+    /// Pull style: runs `handler` for every event already waiting in `events`, on this
+    /// thread, and returns how many there were. It never blocks, so a CPU-bound loop can
+    /// call it between chunks of work. The handler need not be `Send`.
+    pub fn dispatch_pending<H: Handler + ?Sized>(
+        &self,
+        events: &Receiver<Event>,
+        handler: &mut H,
+    ) -> usize {
+        let mut n = 0;
+        while let Ok(event) = events.try_recv() {
+            dispatch(self, handler, event);
+            n += 1;
+        }
+        n
+    }
+}
+
+/// How long `send` may wait for room under the high-water mark.
+#[derive(Clone, Copy)]
+enum Wait {
+    Never,
+    Forever,
+    Until(Instant),
+}
+
+enum Waited {
+    Closed,
+    TimedOut,
+}
+
+impl fmt::Debug for WebSocketRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketRef")
+            .field("url", &self.url())
+            .field("ready_state", &self.ready_state())
+            .field("buffered_amount", &self.buffered_amount())
+            .finish()
+    }
+}
+
+impl WebSocket {
+    /// A [`Builder`] for every setting.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// Pull style: connects, blocks until OPEN or failure, and returns the handle with the
+    /// channel of [`Event`]s. Defaults as in [`Builder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`WebSocket::connect`].
+    pub fn connect_pull(url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+        Builder::new().connect_pull(url)
+    }
+
+    /// Pull style, browser-like: returns at once in CONNECTING with the event channel.
+    ///
+    /// # Errors
+    ///
+    /// Synchronous ones only: a bad URL.
+    pub fn open_pull(url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+        Builder::new().open_pull(url)
+    }
+
+    pub(crate) fn start_pull(config: Config, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+        let (ws, events, io) = start(config, url, false)?;
+        let owner = Owner {
+            ws,
+            handler: Arc::new(Mutex::new(())),
+            threads: Mutex::new(Threads {
+                io: Some(io),
+                callback: None,
+            }),
+        };
+        Ok((
+            WebSocket {
+                owner: Arc::new(owner),
+            },
+            events,
+        ))
+    }
+}
+
+impl<H: Handler + Send + 'static> WebSocket<H> {
+    /// Connects with default settings and blocks until OPEN or failure; `handler`'s
+    /// `onopen`/`onmessage`/`onerror`/`onclose` then run on the callback thread.
+    ///
+    /// # Errors
+    ///
+    /// A bad URL at once ([`Error::Url`]); otherwise what made the connection fail:
+    /// [`Error::Dns`], [`Error::Connect`], [`Error::Tls`], [`Error::HandshakeRejected`],
+    /// [`Error::Handshake`], [`Error::Timeout`]. The handler also gets `onerror` and
+    /// `onclose` for it.
+    pub fn connect(url: &str, handler: H) -> Result<Self> {
+        Builder::new().connect(url, handler)
+    }
+
+    /// Browser-style: starts connecting and returns at once in CONNECTING.
+    ///
+    /// # Errors
+    ///
+    /// Synchronous ones only: a bad URL, or a thread that cannot be spawned.
+    pub fn open(url: &str, handler: H) -> Result<Self> {
+        Builder::new().open(url, handler)
+    }
+
+    pub(crate) fn start_with_handler(config: Config, url: &str, handler: H) -> Result<Self> {
+        let (ws, events, io) = start(config, url, true)?;
+        let handler = Arc::new(Mutex::new(handler));
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let cb_ws = ws.clone();
+        let cb_handler = Arc::clone(&handler);
+        let spawned = thread::Builder::new()
+            .name("nwebsocket-cb".into())
+            .spawn(move || {
+                let _done = done_tx;
+                callback_loop(&cb_ws, &cb_handler, &events);
+            });
+        let owner = Owner {
+            ws: ws.clone(),
+            handler,
+            threads: Mutex::new(Threads {
+                io: Some(io),
+                callback: None,
+            }),
+        };
+        match spawned {
+            Ok(handle) => {
+                let _ = ws.shared.callback_thread.set(handle.thread().id());
+                owner
+                    .threads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .callback = Some((handle, done_rx));
+                Ok(WebSocket {
+                    owner: Arc::new(owner),
+                })
+            }
+            // Dropping `owner` stops and joins the I/O thread.
+            Err(e) => Err(Error::io(e)),
+        }
+    }
+}
+
+impl<H> WebSocket<H> {
+    /// Locks and returns the handler, so your thread can read (or change) the state the
+    /// callbacks fill in, with no locking of your own. Callbacks wait while you hold it:
+    /// keep it briefly.
+    ///
+    /// ```
+    /// # use nwebsocket::{Handler, Message, WebSocket, WebSocketRef};
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let addr = server.local_addr()?;
+    /// # std::thread::spawn(move || {
+    /// #     let mut ws = tungstenite::accept(server.accept().unwrap().0).unwrap();
+    /// #     ws.send("hello".into()).unwrap();
+    /// #     while ws.read().is_ok() {}
+    /// # });
+    /// #[derive(Default)]
+    /// struct Log { messages: Vec<String> }
+    ///
+    /// impl Handler for Log {
+    ///     fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+    ///         self.messages.extend(msg.as_text().map(str::to_owned));
+    ///     }
+    /// }
+    ///
+    /// let ws = WebSocket::connect(&format!("ws://{addr}/"), Log::default())?;
+    /// # let start = std::time::Instant::now();
+    /// # while ws.handler().messages.is_empty() && start.elapsed().as_secs() < 10 {
+    /// #     std::thread::yield_now();
+    /// # }
+    /// let first = ws.handler().messages.first().cloned();
+    /// assert_eq!(first.as_deref(), Some("hello"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn handler(&self) -> HandlerGuard<'_, H> {
+        HandlerGuard(
+            self.owner
+                .handler
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// A non-owning handle to the same connection, to store in handlers or other threads.
+    pub fn downgrade(&self) -> WebSocketRef {
+        self.owner.ws.clone()
+    }
+}
+
+/// The locked handler, from [`WebSocket::handler`]. Callbacks wait until it is dropped.
+pub struct HandlerGuard<'a, H>(MutexGuard<'a, H>);
+
+impl<H> Deref for HandlerGuard<'_, H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.0
+    }
+}
+
+impl<H> DerefMut for HandlerGuard<'_, H> {
+    fn deref_mut(&mut self) -> &mut H {
+        &mut self.0
+    }
+}
+
+impl<H> fmt::Debug for HandlerGuard<'_, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandlerGuard { .. }")
+    }
+}
+
+impl<H> Deref for WebSocket<H> {
+    type Target = WebSocketRef;
+    fn deref(&self) -> &WebSocketRef {
+        &self.owner.ws
+    }
+}
+
+impl<H> Clone for WebSocket<H> {
+    fn clone(&self) -> Self {
+        WebSocket {
+            owner: Arc::clone(&self.owner),
+        }
+    }
+}
+
+impl<H> fmt::Debug for WebSocket<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("url", &self.url())
+            .field("ready_state", &self.ready_state())
+            .field("buffered_amount", &self.buffered_amount())
+            .finish()
+    }
+}
+
+impl<H> Drop for Owner<H> {
+    fn drop(&mut self) {
+        let shared = &self.ws.shared;
+        shared.enqueue(Command::Drop);
+        let threads = std::mem::take(self.threads.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if shared.callback_thread.get() == Some(&thread::current().id()) {
+            // Dropped from inside a callback: joining would wait for ourselves. Both
+            // threads end on their own, bounded by the close timeout.
+            log::debug!("last handle dropped on the callback thread; threads detached");
+            return;
+        }
+        let config = &shared.config;
+        let deadline = Instant::now() + config.close_timeout + Duration::from_secs(1);
+        for (name, joined) in [("I/O", threads.io), ("callback", threads.callback)] {
+            let Some((handle, done)) = joined else { continue };
+            // `done` disconnects when the thread's closure returns.
+            match done.recv_deadline(deadline) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    log::warn!("the {name} thread did not stop within the close timeout; detached");
+                }
+                _ => {
+                    let _ = handle.join();
+                }
+            }
+        }
+    }
+}
+
+/// The callback thread: runs the handler for each event until `Close`.
+fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &Mutex<H>, events: &Receiver<Event>) {
+    for event in events.iter() {
+        let close = match &event {
+            Event::Close(c) => Some(c.clone()),
+            _ => None,
+        };
+        {
+            let mut h = handler.lock().unwrap_or_else(PoisonError::into_inner);
+            dispatch(ws, &mut *h, event);
+        }
+        if let Some(c) = close {
+            ws.shared.set_closed(c);
+            return;
+        }
+    }
+}
+
+/// Checks the URL, builds the shared state and spawns the I/O thread.
+fn start(
+    config: Config,
+    url: &str,
+    callback_mode: bool,
+) -> Result<(WebSocketRef, Receiver<Event>, (JoinHandle<()>, Receiver<()>))> {
+    let target = crate::url::parse(url)?;
+    let request = crate::io_thread::build_request(&target, &config)?;
+    let poll = mio::Poll::new().map_err(Error::io)?;
+    let waker = mio::Waker::new(poll.registry(), crate::io_thread::WAKER).map_err(Error::io)?;
+    let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+    let (events_tx, events_rx) = crossbeam_channel::bounded(config.incoming_queue);
+    let shared = Arc::new(Shared {
+        target,
+        config,
+        state: AtomicU8::new(ReadyState::Connecting as u8),
+        gate: RwLock::new(()),
+        commands: commands_tx,
+        waker,
+        io_sleeping: AtomicBool::new(false),
+        buffered: AtomicUsize::new(0),
+        drain_waiters: AtomicUsize::new(0),
+        drained: (Mutex::new(()), Condvar::new()),
+        protocol: OnceLock::new(),
+        extensions: OnceLock::new(),
+        status: Mutex::new(Status::default()),
+        status_changed: Condvar::new(),
+        callback_mode,
+        callback_thread: OnceLock::new(),
+    });
+    let io = IoThread::new(Arc::clone(&shared), poll, commands_rx, events_tx, request);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let handle = thread::Builder::new()
+        .name("nwebsocket-io".into())
+        .spawn(move || {
+            let _done = done_tx;
+            io.run();
+        })
+        .map_err(Error::io)?;
+    Ok((WebSocketRef { shared }, events_rx, (handle, done_rx)))
+}
