@@ -47,6 +47,7 @@ pub(crate) struct Config {
     pub nodelay: bool,
     pub ping_events: bool,
     pub read_buffer_size: usize,
+    pub request_id_field: String,
 }
 
 impl Default for Config {
@@ -67,6 +68,7 @@ impl Default for Config {
             nodelay: true,
             ping_events: false,
             read_buffer_size: 16 << 10,
+            request_id_field: "id".to_owned(),
         }
     }
 }
@@ -189,6 +191,13 @@ impl Builder {
     /// Defaults to `false`.
     pub fn ping_events(mut self, enabled: bool) -> Self {
         self.config.ping_events = enabled;
+        self
+    }
+
+    /// The JSON field that carries the correlation id of
+    /// [`request`](crate::WebSocketRef::request)s and their replies. Defaults to `"id"`.
+    pub fn request_id_field(mut self, field: impl Into<String>) -> Self {
+        self.config.request_id_field = field.into();
         self
     }
 

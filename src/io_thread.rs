@@ -458,6 +458,7 @@ impl IoThread {
                 io.url()
             );
         }
+        crate::json::fail_requests(&shared);
         shared.set_open(Err(error.clone().unwrap_or(Error::Aborted)));
         if !shared.callback_mode {
             shared.set_closed(close.clone());
@@ -572,7 +573,9 @@ impl Io {
             budget -= 1;
             match ws.read() {
                 Ok(tungstenite::Message::Text(t)) => {
-                    self.emit(Event::Message(Message::Text(Text(t))));
+                    if let Some(msg) = crate::json::route_reply(&self.shared, Message::Text(Text(t))) {
+                        self.emit(Event::Message(msg));
+                    }
                 }
                 Ok(tungstenite::Message::Binary(b)) => {
                     self.emit(Event::Message(Message::Binary(Binary(b))));

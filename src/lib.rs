@@ -1,11 +1,192 @@
-//! A synchronous, browser-style WebSocket client: no async anywhere.
+//! A synchronous, browser-style WebSocket client: `onopen`, `onmessage`, `onerror` and
+//! `onclose` for programs that are not async and do not want to be.
 //!
-//! TODO: crate docs.
+//! ```
+//! # let addr = nwebsocket_doc_server();
+//! use nwebsocket::{Handler, Message, WebSocket, WebSocketRef};
+//!
+//! #[derive(Default)]
+//! struct Chat {
+//!     messages: Vec<String>,
+//! }
+//!
+//! impl Handler for Chat {
+//!     fn onopen(&mut self, ws: &WebSocketRef) {
+//!         ws.send("hello").unwrap();
+//!     }
+//!     fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+//!         if let Some(text) = msg.as_text() {
+//!             self.messages.push(text.to_owned());
+//!         }
+//!     }
+//! }
+//!
+//! // Blocks until the connection is OPEN (or returns why it could not be).
+//! let ws = WebSocket::connect(&format!("ws://{addr}/chat"), Chat::default())?;
+//!
+//! // Your thread is free: compute, then look at what the callbacks collected.
+//! # let t = std::time::Instant::now();
+//! # while ws.handler().messages.is_empty() && t.elapsed().as_secs() < 10 { std::thread::yield_now() }
+//! println!("{:?}", ws.handler().messages);
+//!
+//! ws.close()?;
+//! let closed = ws.wait_closed();
+//! assert!(closed.was_clean);
+//! # fn nwebsocket_doc_server() -> std::net::SocketAddr {
+//! #     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! #     let a = l.local_addr().unwrap();
+//! #     std::thread::spawn(move || {
+//! #         let mut ws = tungstenite::accept(l.accept().unwrap().0).unwrap();
+//! #         while let Ok(m) = ws.read() { if m.is_text() || m.is_binary() { let _ = ws.send(m); } }
+//! #     });
+//! #     a
+//! # }
+//! # Ok::<(), nwebsocket::Error>(())
+//! ```
+//!
+//! # The model
+//!
+//! Each connection has one background **I/O thread** (named `nwebsocket-io`). It owns the
+//! socket, sleeps in a readiness poller until the socket, a `send`, or a timer you set
+//! needs it, answers pings, runs the closing handshake, and turns what arrives into
+//! [`Event`]s: `Open`, then `Message`s, then, on failure, `Error`, and always `Close`, last.
+//! It never runs your code, so a slow callback or a busy main thread cannot stall pongs,
+//! keepalive or the close. An idle connection costs no CPU at all.
+//!
+//! You take the events one of two ways:
+//!
+//! 1. **Callback style**: [`WebSocket::connect(url, handler)`](WebSocket::connect). A
+//!    [`Handler`]'s methods run in order on the connection's callback thread
+//!    (`nwebsocket-cb`). [`WebSocket::handler`] locks the handler so your own thread can
+//!    read the state the callbacks fill in, with no locking of your own.
+//! 2. **Pull style**: [`WebSocket::connect_pull(url)`](WebSocket::connect_pull) returns a
+//!    crossbeam [`Receiver<Event>`](crossbeam_channel::Receiver). Use `recv`,
+//!    `recv_timeout`, `try_recv`, or `select!` beside your own channels; or
+//!    [`dispatch_pending`](WebSocketRef::dispatch_pending) to run a handler on *your*
+//!    thread at the moments you choose (between chunks of numeric work), with no `Send`
+//!    bound and no lock.
+//!
+//! ```
+//! # let addr = nwebsocket_doc_server();
+//! use std::time::Duration;
+//! use nwebsocket::{Event, WebSocket};
+//!
+//! let (ws, events) = WebSocket::connect_pull(&format!("ws://{addr}/"))?;
+//! ws.send("ping me back")?;
+//! loop {
+//!     match events.recv_timeout(Duration::from_secs(5)).expect("an event") {
+//!         Event::Open => {}
+//!         Event::Message(msg) => {
+//!             assert_eq!(msg.as_text(), Some("ping me back"));
+//!             break;
+//!         }
+//!         other => panic!("unexpected {other:?}"),
+//!     }
+//! }
+//! # fn nwebsocket_doc_server() -> std::net::SocketAddr {
+//! #     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! #     let a = l.local_addr().unwrap();
+//! #     std::thread::spawn(move || {
+//! #         let mut ws = tungstenite::accept(l.accept().unwrap().0).unwrap();
+//! #         while let Ok(m) = ws.read() { if m.is_text() || m.is_binary() { let _ = ws.send(m); } }
+//! #     });
+//! #     a
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! CPU-bound work that takes events between chunks:
+//!
+//! ```
+//! # let addr = nwebsocket_doc_server();
+//! use nwebsocket::{Handler, Message, WebSocket, WebSocketRef};
+//!
+//! struct Progress { acks: usize } // not Send: fine, it never leaves this thread
+//! impl Handler for Progress {
+//!     fn onmessage(&mut self, _ws: &WebSocketRef, _msg: Message) { self.acks += 1; }
+//! }
+//!
+//! let (ws, events) = WebSocket::connect_pull(&format!("ws://{addr}/"))?;
+//! let mut progress = Progress { acks: 0 };
+//! let mut x = 0.5_f64;
+//! for chunk in 0..3 {
+//!     for _ in 0..100_000 { x = 3.9 * x * (1.0 - x); } // the real work
+//!     ws.send(format!("chunk {chunk} done: {x:.6}"))?;
+//!     ws.dispatch_pending(&events, &mut progress);       // events, when *we* choose
+//! }
+//! # while progress.acks < 3 {
+//! #     let ev = events.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+//! #     ws.dispatch(&mut progress, ev);
+//! # }
+//! # fn nwebsocket_doc_server() -> std::net::SocketAddr {
+//! #     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! #     let a = l.local_addr().unwrap();
+//! #     std::thread::spawn(move || {
+//! #         let mut ws = tungstenite::accept(l.accept().unwrap().0).unwrap();
+//! #         while let Ok(m) = ws.read() { if m.is_text() || m.is_binary() { let _ = ws.send(m); } }
+//! #     });
+//! #     a
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Sending
+//!
+//! [`WebSocket`] is `Clone + Send + Sync`: send from any thread. [`send`](WebSocketRef::send)
+//! takes `&str`, `String`, `&[u8]` or `Vec<u8>` and queues the message for the I/O thread,
+//! which writes it at once (many queued messages go out in one write). Messages from one
+//! thread keep their order. [`buffered_amount`](WebSocketRef::buffered_amount) counts the
+//! bytes accepted and not yet handed to the OS; above the
+//! [high-water mark](Builder::high_water_mark) `send` blocks,
+//! [`try_send`](WebSocketRef::try_send) returns [`SendError::Full`] and
+//! [`send_timeout`](WebSocketRef::send_timeout) waits a bounded time. A send that cannot be
+//! taken (not yet OPEN, closing, closed) returns the message in its [`SendError`]: nothing
+//! is dropped silently.
+//!
+//! Incoming messages queue up to [`incoming_queue`](Builder::incoming_queue) events; when
+//! the consumer falls behind, the I/O thread stops reading the socket and TCP slows the
+//! server down, so memory stays bounded.
+//!
+//! # Disconnection
+//!
+//! [`close`](WebSocketRef::close) / [`close_with(code, reason)`](WebSocketRef::close_with)
+//! start the closing handshake (messages sent before go out first) and return at once;
+//! [`wait_closed`](WebSocketRef::wait_closed) blocks until CLOSED and returns the
+//! [`CloseEvent`]. Dropping the last [`WebSocket`] handle closes with 1001 (going away) and
+//! joins both threads within the [close timeout](Builder::close_timeout). Callbacks get a
+//! [`WebSocketRef`], which does not keep the connection alive.
+//!
+//! # Errors
+//!
+//! One enum, [`Error`], `Clone + Send + Sync`: syntax errors (bad URL, subprotocol, close
+//! code) are returned synchronously; connection failures (DNS, refused, TLS, a rejected
+//! handshake with its HTTP status, protocol violations, limits, timeouts) come back from
+//! `connect` and through `onerror`, always followed by `onclose` with code 1006.
+//!
+//! # Defaults
+//!
+//! Every wait is bounded: connect 10 s, opening handshake 10 s, closing handshake 10 s.
+//! Incoming messages and frames are limited to 16 MiB each; the incoming queue to 256
+//! events; the outgoing high-water mark is 8 MiB. `TCP_NODELAY` is on. No keepalive
+//! pings unless you set [`ping_interval`](Builder::ping_interval). `wss://` uses rustls
+//! with the Mozilla root certificates from `webpki-roots`, compiled in.
+//!
+//! # Log levels
+//!
+//! Through the `log` crate: state changes at `debug`, frames at `trace`, dropped data and
+//! detached threads at `warn`, caught callback panics at `error`. Nothing is printed.
+//! tungstenite's own `trace` output includes handshake headers; keep the `tungstenite`
+//! target below `trace` where requests carry credentials.
+//!
+//! # Minimum Rust version
+//!
+//! 1.85.
 
 mod config;
 mod error;
 mod handler;
 mod io_thread;
+mod json;
 mod message;
 mod state;
 mod transport;
@@ -15,10 +196,11 @@ mod websocket;
 pub use crate::config::Builder;
 pub use crate::error::{Error, Result, SendError, Timeout, UrlError};
 pub use crate::handler::Handler;
+pub use crate::json::Router;
 pub use crate::message::{Binary, CloseEvent, Event, Message, Text};
 pub use crate::state::ReadyState;
 pub use crate::websocket::{HandlerGuard, WebSocket, WebSocketRef};
 
-/// The channel crate the event receiver comes from, re-exported so that `select!` and
-/// `Receiver` match the version this crate uses.
+/// The channel crate of the event [`Receiver`](crossbeam_channel::Receiver), re-exported so
+/// that `select!` and the channel types match the version this crate uses.
 pub use crossbeam_channel;

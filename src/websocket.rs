@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -79,6 +80,11 @@ pub(crate) struct Shared {
     pub extensions: OnceLock<String>,
     status: Mutex<Status>,
     status_changed: Condvar,
+    /// Callers of `request` waiting for a reply, by correlation id.
+    pub requests: Mutex<HashMap<u64, Sender<Message>>>,
+    /// `requests.len()`, readable without the lock on every incoming message.
+    pub pending_requests: AtomicUsize,
+    pub next_request_id: AtomicU64,
     /// Callback style: the callback thread publishes CLOSED after `onclose` ran.
     pub callback_mode: bool,
     /// The callback thread, when there is one: `Drop` on it must not join it.
@@ -732,6 +738,9 @@ fn start(
         extensions: OnceLock::new(),
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
+        requests: Mutex::new(HashMap::new()),
+        pending_requests: AtomicUsize::new(0),
+        next_request_id: AtomicU64::new(1),
         callback_mode,
         callback_thread: OnceLock::new(),
     });
