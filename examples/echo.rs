@@ -43,13 +43,15 @@ fn spawn_echo_server() -> std::io::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     thread::spawn(move || {
-        let Ok((stream, _)) = listener.accept() else { return };
-        let Ok(mut ws) = tungstenite::accept(stream) else { return };
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let Ok(mut ws) = tungstenite::accept(stream) else {
+            return;
+        };
         while let Ok(msg) = ws.read() {
-            if msg.is_text() || msg.is_binary() {
-                if ws.send(msg).is_err() {
-                    break;
-                }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).is_err() {
+                break;
             }
         }
     });

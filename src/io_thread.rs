@@ -208,7 +208,10 @@ impl IoThread {
             Command::Drop => {
                 let config = &io.shared.config;
                 io.drop_deadline = Some(Instant::now() + config.close_timeout);
-                io.shared.transition(&[ReadyState::Connecting, ReadyState::Open], ReadyState::Closing);
+                io.shared.transition(
+                    &[ReadyState::Connecting, ReadyState::Open],
+                    ReadyState::Closing,
+                );
                 self.command(Command::Close(Some((1001, String::new()))))
             }
             Command::Close(frame) => match &mut self.phase {
@@ -326,7 +329,8 @@ impl IoThread {
         };
         let io = &mut self.io;
         log::debug!("{}: TCP connected", io.url());
-        tcp.set_nodelay(io.shared.config.nodelay).map_err(Error::io)?;
+        tcp.set_nodelay(io.shared.config.nodelay)
+            .map_err(Error::io)?;
         let target = &io.shared.target;
         let transport = Transport::new(tcp, target.tls, &target.host)?;
         io.handshake_deadline = Some(Instant::now() + io.shared.config.handshake_timeout);
@@ -440,7 +444,11 @@ impl IoThread {
         let io = &mut self.io;
         let shared = Arc::clone(&io.shared);
         shared.transition(
-            &[ReadyState::Connecting, ReadyState::Open, ReadyState::Closing],
+            &[
+                ReadyState::Connecting,
+                ReadyState::Open,
+                ReadyState::Closing,
+            ],
             ReadyState::Closed,
         );
         let (error, close) = match end {
@@ -554,7 +562,10 @@ impl Io {
         }
         let _ = self.shared.protocol.set(header("Sec-WebSocket-Protocol"));
         let _ = self.shared.extensions.set(extensions);
-        if !self.shared.transition(&[ReadyState::Connecting], ReadyState::Open) {
+        if !self
+            .shared
+            .transition(&[ReadyState::Connecting], ReadyState::Open)
+        {
             // `close` was called while the handshake finished.
             return Err(Error::Aborted.into());
         }
@@ -573,7 +584,9 @@ impl Io {
             budget -= 1;
             match ws.read() {
                 Ok(tungstenite::Message::Text(t)) => {
-                    if let Some(msg) = crate::json::route_reply(&self.shared, Message::Text(Text(t))) {
+                    if let Some(msg) =
+                        crate::json::route_reply(&self.shared, Message::Text(Text(t)))
+                    {
                         self.emit(Event::Message(msg));
                     }
                 }
@@ -629,17 +642,24 @@ impl Io {
                 was_clean: true,
             },
         };
-        log::debug!("{}: server sent Close {} {:?}", self.url(), event.code, event.reason);
+        log::debug!(
+            "{}: server sent Close {} {:?}",
+            self.url(),
+            event.code,
+            event.reason
+        );
         self.peer_close = Some(event);
         // tungstenite queued the echo (when the server closed first); flush it.
         self.needs_flush = true;
-        self.shared.transition(&[ReadyState::Open], ReadyState::Closing);
+        self.shared
+            .transition(&[ReadyState::Open], ReadyState::Closing);
         self.arm_close_timer();
     }
 
     fn arm_close_timer(&mut self) {
         let timeout = self.shared.config.close_timeout;
-        self.close_deadline.get_or_insert_with(|| Instant::now() + timeout);
+        self.close_deadline
+            .get_or_insert_with(|| Instant::now() + timeout);
         self.next_ping = None;
     }
 
@@ -668,7 +688,12 @@ impl Io {
     }
 
     /// Puts one message into tungstenite's buffer; `flush` writes the batch.
-    fn write(&mut self, ws: &mut Ws, msg: tungstenite::Message, app_bytes: usize) -> Result<(), End> {
+    fn write(
+        &mut self,
+        ws: &mut Ws,
+        msg: tungstenite::Message,
+        app_bytes: usize,
+    ) -> Result<(), End> {
         match ws.write(msg) {
             Ok(()) => {}
             // The frame is buffered; the socket is full for now.
@@ -780,7 +805,10 @@ impl Io {
     fn discard(&mut self, event: Event) {
         if !self.receiver_gone {
             self.receiver_gone = true;
-            log::debug!("{}: the event receiver was dropped; events are discarded", self.url());
+            log::debug!(
+                "{}: the event receiver was dropped; events are discarded",
+                self.url()
+            );
         }
         log::trace!("discarded {event:?}");
     }
@@ -862,8 +890,8 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
         headers.insert(header::ORIGIN, value("Origin", origin)?);
     }
     for (name, v) in &config.headers {
-        let header_name =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(name, "not a valid header name"))?;
+        let header_name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad(name, "not a valid header name"))?;
         const OWN: [&str; 6] = [
             "host",
             "connection",
@@ -873,7 +901,10 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
             "sec-websocket-protocol",
         ];
         if OWN.contains(&header_name.as_str()) {
-            return Err(bad(name, "set by the handshake itself (use `subprotocol` for protocols)"));
+            return Err(bad(
+                name,
+                "set by the handshake itself (use `subprotocol` for protocols)",
+            ));
         }
         headers.append(header_name, value(name, v)?);
     }

@@ -45,6 +45,9 @@ impl Message {
 /// A route returns `false` when the message does not fit its type.
 type Route = Box<dyn FnMut(&WebSocketRef, &Value) -> bool + Send>;
 type Fallback = Box<dyn FnMut(&WebSocketRef, Message) + Send>;
+type OnOpen = Box<dyn FnMut(&WebSocketRef) + Send>;
+type OnError = Box<dyn FnMut(&WebSocketRef, Error) + Send>;
+type OnClose = Box<dyn FnMut(&WebSocketRef, CloseEvent) + Send>;
 
 /// A ready-made [`Handler`] that routes JSON messages by their `"type"` field.
 ///
@@ -71,9 +74,9 @@ pub struct Router {
     field: String,
     routes: HashMap<String, Route>,
     fallback: Option<Fallback>,
-    on_open: Option<Box<dyn FnMut(&WebSocketRef) + Send>>,
-    on_error: Option<Box<dyn FnMut(&WebSocketRef, Error) + Send>>,
-    on_close: Option<Box<dyn FnMut(&WebSocketRef, CloseEvent) + Send>>,
+    on_open: Option<OnOpen>,
+    on_error: Option<OnError>,
+    on_close: Option<OnClose>,
 }
 
 impl Default for Router {
@@ -329,7 +332,9 @@ pub(crate) fn fail_requests(shared: &crate::websocket::Shared) {
 }
 
 impl crate::websocket::Shared {
-    fn requests(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crossbeam_channel::Sender<Message>>> {
+    fn requests(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, crossbeam_channel::Sender<Message>>> {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -399,7 +404,10 @@ mod tests {
 
     #[test]
     fn extract_id_reads_only_the_field() {
-        assert_eq!(extract_id(r#"{"type":"x","id":42,"data":[1,2,{"id":7}]}"#, "id"), Some(42));
+        assert_eq!(
+            extract_id(r#"{"type":"x","id":42,"data":[1,2,{"id":7}]}"#, "id"),
+            Some(42)
+        );
         assert_eq!(extract_id(r#"{"data":{"id":7}}"#, "id"), None);
         assert_eq!(extract_id(r#"{"id":"42"}"#, "id"), None);
         assert_eq!(extract_id(r#"{"rid":5}"#, "rid"), Some(5));
@@ -410,8 +418,14 @@ mod tests {
 
     #[test]
     fn json_view_errors_are_typed() {
-        assert!(matches!(Message::from(vec![1u8]).json::<Value>(), Err(Error::Json(_))));
-        assert!(matches!(Message::from("{").json::<Value>(), Err(Error::Json(_))));
+        assert!(matches!(
+            Message::from(vec![1u8]).json::<Value>(),
+            Err(Error::Json(_))
+        ));
+        assert!(matches!(
+            Message::from("{").json::<Value>(),
+            Err(Error::Json(_))
+        ));
         let v: Value = Message::from(r#"{"a":1}"#).json().unwrap();
         assert_eq!(v["a"], 1);
     }

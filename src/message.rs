@@ -80,7 +80,10 @@ impl fmt::Debug for Message {
         const SHOWN: usize = 64;
         match self {
             Message::Text(t) if t.len() > SHOWN => {
-                let cut = (0..=SHOWN).rev().find(|&i| t.is_char_boundary(i)).unwrap_or(0);
+                let cut = (0..=SHOWN)
+                    .rev()
+                    .find(|&i| t.is_char_boundary(i))
+                    .unwrap_or(0);
                 write!(f, "Text({:?}… {} bytes)", &t[..cut], t.len())
             }
             Message::Text(t) => write!(f, "Text({:?})", &**t),

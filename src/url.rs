@@ -41,7 +41,9 @@ pub(crate) fn parse(input: &str) -> Result<Target, Error> {
         let mapped = format!("{}{rest}", if tls { "wss" } else { "ws" });
         url = Url::parse(&mapped).map_err(|e| UrlError::Parse(e.to_string()))?;
     }
-    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let credentials = if url.username().is_empty() && url.password().is_none() {
         None
     } else {
@@ -93,8 +95,7 @@ pub(crate) fn check_subprotocols(protocols: &[String]) -> Result<(), Error> {
 
 /// Standard base64 with padding, for `Authorization: Basic`.
 pub(crate) fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
         let b = [
@@ -157,8 +158,14 @@ mod tests {
         assert_eq!(url_err("ws://h/#frag"), UrlError::Fragment);
         assert!(matches!(url_err("not a url"), UrlError::Parse(_)));
         // WHATWG parsing (the browser's) reads `ws:///x` as host `x`; these have none.
-        assert!(matches!(url_err("ws://"), UrlError::NoHost | UrlError::Parse(_)));
-        assert!(matches!(url_err("ws://:80/"), UrlError::NoHost | UrlError::Parse(_)));
+        assert!(matches!(
+            url_err("ws://"),
+            UrlError::NoHost | UrlError::Parse(_)
+        ));
+        assert!(matches!(
+            url_err("ws://:80/"),
+            UrlError::NoHost | UrlError::Parse(_)
+        ));
     }
 
     #[test]
@@ -177,7 +184,8 @@ mod tests {
 
     #[test]
     fn subprotocol_tokens() {
-        let ok = |v: &[&str]| check_subprotocols(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let ok =
+            |v: &[&str]| check_subprotocols(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert!(ok(&["chat", "v2.json"]).is_ok());
         assert!(matches!(ok(&["a b"]), Err(Error::InvalidSubprotocol(_))));
         assert!(matches!(ok(&[""]), Err(Error::InvalidSubprotocol(_))));

@@ -1,9 +1,9 @@
 //! The `WebSocket` handle, its non-owning twin `WebSocketRef`, and the state they share
 //! with the I/O thread.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::thread::{self, JoinHandle, ThreadId};
@@ -47,8 +47,8 @@ struct Owner<H> {
 
 #[derive(Default)]
 struct Threads {
-    io: Option<(JoinHandle<()>, Receiver<()>)>,
-    callback: Option<(JoinHandle<()>, Receiver<()>)>,
+    io: Option<Joinable>,
+    callback: Option<Joinable>,
 }
 
 /// A non-owning handle to a connection: everything but keeping it alive.
@@ -141,7 +141,11 @@ impl Shared {
     }
 
     fn notify_drained(&self) {
-        let _lock = self.drained.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let _lock = self
+            .drained
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.drained.1.notify_all();
     }
 
@@ -193,7 +197,11 @@ impl WebSocketRef {
     /// # Errors
     ///
     /// As [`send`](Self::send), plus [`SendError::Timeout`] when no room was made in time.
-    pub fn send_timeout(&self, msg: impl Into<Message>, timeout: Duration) -> Result<(), SendError> {
+    pub fn send_timeout(
+        &self,
+        msg: impl Into<Message>,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
         self.send_inner(msg.into(), Wait::Until(Instant::now() + timeout))
     }
 
@@ -323,7 +331,10 @@ impl WebSocketRef {
 
     pub(crate) fn request_close(&self, frame: Option<(u16, String)>) -> Result<()> {
         let shared = &*self.shared;
-        if shared.transition(&[ReadyState::Connecting, ReadyState::Open], ReadyState::Closing) {
+        if shared.transition(
+            &[ReadyState::Connecting, ReadyState::Open],
+            ReadyState::Closing,
+        ) {
             shared.enqueue(Command::Close(frame));
         }
         Ok(())
@@ -359,7 +370,11 @@ impl WebSocketRef {
     /// Blocks until the connection is CLOSED and returns how it ended. In callback style
     /// it returns after `onclose` has run.
     pub fn wait_closed(&self) -> CloseEvent {
-        let mut status = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut status = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(ev) = &status.closed {
                 return ev.clone();
@@ -375,7 +390,11 @@ impl WebSocketRef {
     /// As [`wait_closed`](Self::wait_closed), giving up after `timeout` with `None`.
     pub fn wait_closed_timeout(&self, timeout: Duration) -> Option<CloseEvent> {
         let deadline = Instant::now() + timeout;
-        let mut status = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut status = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(ev) = &status.closed {
                 return Some(ev.clone());
@@ -398,9 +417,15 @@ impl WebSocketRef {
         let config = &self.shared.config;
         // The I/O thread bounds connecting and the handshake itself; this outer bound
         // only covers a resolver that ignores the connect timeout.
-        let deadline =
-            Instant::now() + config.connect_timeout + config.handshake_timeout + Duration::from_secs(1);
-        let mut status = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now()
+            + config.connect_timeout
+            + config.handshake_timeout
+            + Duration::from_secs(1);
+        let mut status = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(result) = &status.open {
                 return result.clone();
@@ -669,7 +694,11 @@ impl<H> Drop for Owner<H> {
     fn drop(&mut self) {
         let shared = &self.ws.shared;
         shared.enqueue(Command::Drop);
-        let threads = std::mem::take(self.threads.get_mut().unwrap_or_else(PoisonError::into_inner));
+        let threads = std::mem::take(
+            self.threads
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         if shared.callback_thread.get() == Some(&thread::current().id()) {
             // Dropped from inside a callback: joining would wait for ourselves. Both
             // threads end on their own, bounded by the close timeout.
@@ -679,7 +708,9 @@ impl<H> Drop for Owner<H> {
         let config = &shared.config;
         let deadline = Instant::now() + config.close_timeout + Duration::from_secs(1);
         for (name, joined) in [("I/O", threads.io), ("callback", threads.callback)] {
-            let Some((handle, done)) = joined else { continue };
+            let Some((handle, done)) = joined else {
+                continue;
+            };
             // `done` disconnects when the thread's closure returns.
             match done.recv_deadline(deadline) {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -711,12 +742,15 @@ fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &Mutex<H>, events: &Rec
     }
 }
 
+/// A spawned thread and the channel that disconnects when it has finished.
+type Joinable = (JoinHandle<()>, Receiver<()>);
+
 /// Checks the URL, builds the shared state and spawns the I/O thread.
 fn start(
     config: Config,
     url: &str,
     callback_mode: bool,
-) -> Result<(WebSocketRef, Receiver<Event>, (JoinHandle<()>, Receiver<()>))> {
+) -> Result<(WebSocketRef, Receiver<Event>, Joinable)> {
     let target = crate::url::parse(url)?;
     let request = crate::io_thread::build_request(&target, &config)?;
     let poll = mio::Poll::new().map_err(Error::io)?;
