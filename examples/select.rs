@@ -29,9 +29,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     loop {
         select! {
-            recv(jobs) -> job => match job {
-                Ok(n) => ws.send(format!("job {n}: {} squared is {}", n, n * n))?,
-                Err(_) => {} // producer finished
+            recv(jobs) -> job => {
+                // `Err` once the producer is done.
+                if let Ok(n) = job {
+                    ws.send(format!("job {n}: {n} squared is {}", n * n))?;
+                }
             },
             recv(ticker) -> _ => {
                 ticks += 1;
