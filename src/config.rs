@@ -1,5 +1,6 @@
 //! The builder: every setting of a connection, each with a bounded default.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -7,6 +8,7 @@ use crossbeam_channel::Receiver;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::message::Event;
+use crate::transport::TlsOptions;
 use crate::websocket::WebSocket;
 
 /// Settings for a connection, set with chained calls, then used to connect.
@@ -48,6 +50,11 @@ pub(crate) struct Config {
     pub ping_events: bool,
     pub read_buffer_size: usize,
     pub request_id_field: String,
+    pub tls_options: TlsOptions,
+    /// Built from `tls_options` when connecting; `None` for the shared default.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub max_redirects: usize,
+    pub reconnect: Option<Reconnect>,
 }
 
 impl Default for Config {
@@ -69,6 +76,10 @@ impl Default for Config {
             ping_events: false,
             read_buffer_size: 16 << 10,
             request_id_field: "id".to_owned(),
+            tls_options: TlsOptions::default(),
+            tls: None,
+            max_redirects: 3,
+            reconnect: None,
         }
     }
 }
@@ -201,6 +212,61 @@ impl Builder {
         self
     }
 
+    /// Trusts the certificate authorities in `pem` (one or more PEM certificates) for
+    /// `wss://`, besides the built-in Mozilla roots of `webpki-roots`. For private CAs
+    /// and self-signed test servers. A bad PEM is an [`Error::Tls`] when connecting.
+    /// Defaults to none.
+    pub fn add_root_certificate(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.config
+            .tls_options
+            .extra_roots_pem
+            .push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Authenticates with a client certificate (TLS mutual authentication): the
+    /// certificate chain and its private key, both PEM. Defaults to none.
+    pub fn client_certificate(
+        mut self,
+        chain_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.config.tls_options.client_cert_pem =
+            Some((chain_pem.as_ref().to_vec(), key_pem.as_ref().to_vec()));
+        self
+    }
+
+    /// Turns TLS certificate verification **off**: any server can then impersonate any
+    /// host. Only for tests against throwaway certificates; a warning is logged each
+    /// time it is used. Defaults to `false`.
+    pub fn danger_accept_invalid_certificates(mut self, accept: bool) -> Self {
+        self.config.tls_options.accept_invalid_certs = accept;
+        self
+    }
+
+    /// Follows up to this many HTTP redirects (301, 302, 303, 307, 308) of the opening
+    /// handshake; one more is [`Error::TooManyRedirects`]. A redirect from `wss://` to
+    /// `ws://` is refused, and credentials are not sent to another host. Defaults to 3.
+    pub fn max_redirects(mut self, redirects: usize) -> Self {
+        self.config.max_redirects = redirects;
+        self
+    }
+
+    /// Reconnects after a lost connection, with the given backoff policy. Each lost
+    /// connection gives its own `onclose`, each new one its own `onopen` (where an
+    /// application re-subscribes); `ready_state()` goes CLOSED → CONNECTING → OPEN, and
+    /// sends in between return [`SendError::Closed`](crate::SendError::Closed) with the
+    /// message. [`close`](crate::WebSocketRef::close) ends reconnecting, and so does a
+    /// clean close from the server unless
+    /// [`Reconnect::stop_on_clean_close`] says otherwise.
+    /// [`connect`](Self::connect) still returns the first attempt's error; use
+    /// [`open`](Self::open) to keep trying in the background from the start.
+    /// Defaults to off.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.config.reconnect = Some(policy);
+        self
+    }
+
     /// Connects and blocks until the connection is OPEN or has failed; `handler`'s methods
     /// then run on the connection's callback thread.
     ///
@@ -253,8 +319,9 @@ impl Builder {
         WebSocket::start_pull(self.checked()?, url)
     }
 
-    fn checked(self) -> Result<Config> {
+    fn checked(mut self) -> Result<Config> {
         crate::url::check_subprotocols(&self.config.subprotocols)?;
+        self.config.tls = self.config.tls_options.build()?;
         for (name, value) in &self.config.headers {
             let bad = |reason: &str| Error::InvalidHeader {
                 name: name.clone(),
@@ -266,5 +333,134 @@ impl Builder {
                 .map_err(|_| bad("not a valid header value"))?;
         }
         Ok(self.config)
+    }
+}
+
+/// When and how often to reconnect: exponential backoff with jitter.
+///
+/// The delay before attempt *n* (counting from 0 after each successful open) is
+/// `min(initial_delay × multiplier^n, max_delay)`, shortened by a random fraction of up to
+/// `jitter`, so that many clients dropped at once do not come back at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use nwebsocket::{Reconnect, WebSocket};
+///
+/// let builder = WebSocket::builder().reconnect(
+///     Reconnect::new()
+///         .initial_delay(Duration::from_millis(200))
+///         .max_delay(Duration::from_secs(10))
+///         .max_attempts(20),
+/// );
+/// # drop(builder);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconnect {
+    initial_delay: Duration,
+    max_delay: Duration,
+    multiplier: f64,
+    jitter: f64,
+    max_attempts: Option<u32>,
+    pub(crate) stop_on_clean_close: bool,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reconnect {
+    /// The defaults: 0.5 s doubling up to 30 s, 20 % jitter, no attempt limit, and a clean
+    /// close from the server ends reconnecting.
+    pub fn new() -> Self {
+        Reconnect {
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            multiplier: 2.0,
+            jitter: 0.2,
+            max_attempts: None,
+            stop_on_clean_close: true,
+        }
+    }
+
+    /// The delay before the first reconnect. Defaults to 0.5 s.
+    pub fn initial_delay(mut self, delay: Duration) -> Self {
+        self.initial_delay = delay;
+        self
+    }
+
+    /// The longest delay. Defaults to 30 s.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// How much each delay grows over the previous one. Defaults to 2. Values below 1
+    /// are taken as 1.
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier.max(1.0);
+        self
+    }
+
+    /// The largest random fraction taken off each delay, 0 to 1. Defaults to 0.2.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Gives up after this many consecutive failed attempts. Defaults to no limit.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    pub(crate) fn max_attempts_limit(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
+    /// Whether a clean close by the server (a Close frame, say 1000 or 1001) ends
+    /// reconnecting. Defaults to `true`; set `false` to reconnect after server restarts
+    /// that close politely.
+    pub fn stop_on_clean_close(mut self, stop: bool) -> Self {
+        self.stop_on_clean_close = stop;
+        self
+    }
+
+    /// The delay before attempt `n` (from 0), with `unit` a random number in `[0, 1)`.
+    pub(crate) fn delay(&self, n: u32, unit: f64) -> Duration {
+        let grown = self.initial_delay.as_secs_f64() * self.multiplier.powi(n.min(64) as i32);
+        let capped = grown.min(self.max_delay.as_secs_f64());
+        Duration::from_secs_f64(capped * (1.0 - self.jitter * unit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let r = Reconnect::new()
+            .initial_delay(Duration::from_millis(100))
+            .max_delay(Duration::from_secs(1))
+            .jitter(0.0);
+        let ms = |n| r.delay(n, 0.5).as_millis();
+        assert_eq!(
+            [ms(0), ms(1), ms(2), ms(3), ms(4), ms(10)],
+            [100, 200, 400, 800, 1000, 1000]
+        );
+    }
+
+    #[test]
+    fn jitter_only_shortens() {
+        let r = Reconnect::new()
+            .initial_delay(Duration::from_secs(1))
+            .jitter(0.5);
+        assert_eq!(r.delay(0, 0.0), Duration::from_secs(1));
+        assert_eq!(
+            r.delay(0, 0.999_999),
+            Duration::from_secs_f64(1.0 - 0.5 * 0.999_999)
+        );
     }
 }

@@ -71,6 +71,15 @@ pub enum Error {
         /// The response body, if any (capped by tungstenite).
         body: Option<Vec<u8>>,
     },
+    /// The opening handshake was redirected more times than
+    /// [`Builder::max_redirects`](crate::Builder::max_redirects) allows (or in a loop).
+    #[error("too many redirects (limit {limit}), the last one to {location}")]
+    TooManyRedirects {
+        /// The configured limit.
+        limit: usize,
+        /// Where the refused redirect pointed.
+        location: String,
+    },
     /// The opening handshake response was not a valid WebSocket upgrade
     /// (bad `Sec-WebSocket-Accept`, a subprotocol or extension that was not offered…).
     #[error("invalid handshake response: {0}")]

@@ -94,7 +94,18 @@ struct Io {
     poll: Poll,
     commands: Receiver<Command>,
     events: Sender<Event>,
+    /// Where this attempt connects: the URL, or where a redirect pointed.
+    target: Target,
+    redirects: usize,
     request: Option<Request>,
+    /// `close` was called or the last handle dropped: no more reconnecting.
+    stopped: bool,
+    /// This attempt reached OPEN.
+    opened: bool,
+    /// Consecutive failed attempts, for the reconnect backoff.
+    failures: u32,
+    last_close: Option<CloseEvent>,
+    rng: u64,
     /// The one event that did not fit in the channel. While it waits, the socket is not read.
     blocked: Option<Event>,
     receiver_gone: bool,
@@ -125,9 +136,15 @@ impl IoThread {
         poll: Poll,
         commands: Receiver<Command>,
         events: Sender<Event>,
-        request: Request,
     ) -> Self {
         let connect_deadline = Instant::now() + shared.config.connect_timeout;
+        let target = shared.target.clone();
+        // Seed for the backoff jitter; it only needs to differ between processes and
+        // connections, not to be unpredictable.
+        let rng = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            ^ (Arc::as_ptr(&shared) as usize as u64);
         IoThread {
             phase: Phase::Done,
             io: Io {
@@ -135,7 +152,14 @@ impl IoThread {
                 poll,
                 commands,
                 events,
-                request: Some(request),
+                target,
+                redirects: 0,
+                request: None,
+                stopped: false,
+                opened: false,
+                failures: 0,
+                last_close: None,
+                rng: rng | 1,
                 blocked: None,
                 receiver_gone: false,
                 drop_deadline: None,
@@ -155,12 +179,30 @@ impl IoThread {
         }
     }
 
+    /// Connects, serves until the connection ends, and reconnects while the policy says so.
     pub fn run(mut self) {
-        let end = match self.resolve() {
-            Ok(()) => self.serve(),
-            Err(end) => end,
-        };
-        self.finish(end);
+        loop {
+            let end = match self.resolve() {
+                Ok(()) => self.serve(),
+                Err(end) => end,
+            };
+            self.phase = Phase::Done; // drop the socket: the server sees the end at once
+            let unsent = self.io.drain_after_end();
+            let retry = self.io.retry_delay(&end);
+            self.io.finish(end, unsent, retry.is_none());
+            match retry {
+                Some(delay) if self.io.backoff(delay) => self.io.new_attempt(),
+                _ => break,
+            }
+        }
+        if !self.io.shared.callback_mode {
+            let last = self
+                .io
+                .last_close
+                .take()
+                .unwrap_or_else(CloseEvent::abnormal);
+            self.io.shared.set_closed(last);
+        }
     }
 
     fn serve(&mut self) -> End {
@@ -206,19 +248,21 @@ impl IoThread {
         let io = &mut self.io;
         match command {
             Command::Drop => {
-                let config = &io.shared.config;
-                io.drop_deadline = Some(Instant::now() + config.close_timeout);
+                io.dropped();
                 io.shared.transition(
                     &[ReadyState::Connecting, ReadyState::Open],
                     ReadyState::Closing,
                 );
                 self.command(Command::Close(Some((1001, String::new()))))
             }
-            Command::Close(frame) => match &mut self.phase {
-                Phase::Open(ws) => io.start_close(ws, frame),
-                Phase::Done => Ok(()),
-                Phase::Connecting { .. } | Phase::Handshaking(_) => Err(Error::Aborted.into()),
-            },
+            Command::Close(frame) => {
+                io.stopped = true;
+                match &mut self.phase {
+                    Phase::Open(ws) => io.start_close(ws, frame),
+                    Phase::Done => Ok(()),
+                    Phase::Connecting { .. } | Phase::Handshaking(_) => Err(Error::Aborted.into()),
+                }
+            }
             Command::Send(msg) => {
                 let len = msg.len();
                 match &mut self.phase {
@@ -239,7 +283,8 @@ impl IoThread {
 
     /// DNS, on this thread (the resolver blocks; the connect timeout bounds the rest).
     fn resolve(&mut self) -> Result<(), End> {
-        let target = &self.io.shared.target;
+        self.io.request = Some(build_request(&self.io.target, &self.io.shared.config)?);
+        let target = &self.io.target;
         let host = target.host.clone();
         let addrs: VecDeque<SocketAddr> = (host.as_str(), target.port)
             .to_socket_addrs()
@@ -331,8 +376,9 @@ impl IoThread {
         log::debug!("{}: TCP connected", io.url());
         tcp.set_nodelay(io.shared.config.nodelay)
             .map_err(Error::io)?;
-        let target = &io.shared.target;
-        let transport = Transport::new(tcp, target.tls, &target.host)?;
+        let target = &io.target;
+        let tls = io.shared.config.tls.as_ref();
+        let transport = Transport::new(tcp, target.tls, &target.host, tls)?;
         io.handshake_deadline = Some(Instant::now() + io.shared.config.handshake_timeout);
         let Some(request) = io.request.take() else {
             return Err(Error::Handshake("request already used".into()).into());
@@ -363,10 +409,56 @@ impl IoThread {
                 self.phase = Phase::Handshaking(mid);
                 Ok(())
             }
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response)))
+                if redirect_location(&response).is_some() =>
+            {
+                let location = redirect_location(&response).unwrap_or_default();
+                self.redirect(&location)
+            }
             Err(HandshakeError::Failure(e)) => {
                 Err(map_error(e, true, &self.io.shared.config).into())
             }
         }
+    }
+
+    /// Follows a redirect of the opening handshake: a new attempt at the new target.
+    fn redirect(&mut self, location: &str) -> Result<(), End> {
+        let io = &mut self.io;
+        let config = &io.shared.config;
+        if io.redirects >= config.max_redirects {
+            return Err(Error::TooManyRedirects {
+                limit: config.max_redirects,
+                location: location.to_owned(),
+            }
+            .into());
+        }
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::Handshake(format!("bad redirect location {location:?}: {e}"))
+        };
+        let joined = io.target.url.join(location).map_err(|e| bad(&e))?;
+        let mut next = crate::url::parse(joined.as_str()).map_err(|e| bad(&e))?;
+        if io.target.tls && !next.tls {
+            let refused = format!("refused redirect from wss:// to {}", next.url);
+            return Err(Error::Handshake(refused).into());
+        }
+        if (&next.host, next.port) == (&io.target.host, io.target.port) {
+            next.credentials = next.credentials.or_else(|| io.target.credentials.clone());
+        } else {
+            // URL credentials are for the host they were written for.
+            next.credentials = None;
+        }
+        io.redirects += 1;
+        log::info!(
+            "{}: redirected ({}/{}) to {}",
+            io.url(),
+            io.redirects,
+            config.max_redirects,
+            next.url
+        );
+        io.connect_deadline = Instant::now() + config.connect_timeout;
+        io.target = next;
+        self.phase = Phase::Done;
+        self.resolve()
     }
 
     /// Sleeps until there is something to do.
@@ -436,54 +528,6 @@ impl IoThread {
             }
         }
     }
-
-    /// Reports the end: state CLOSED, the held-back event, `Error` if any, `Close`.
-    fn finish(mut self, end: End) {
-        // Drop the socket first, so the server sees the end at once.
-        self.phase = Phase::Done;
-        let io = &mut self.io;
-        let shared = Arc::clone(&io.shared);
-        shared.transition(
-            &[
-                ReadyState::Connecting,
-                ReadyState::Open,
-                ReadyState::Closing,
-            ],
-            ReadyState::Closed,
-        );
-        let (error, close) = match end {
-            End::Clean(close) => (None, close),
-            End::Failed(e) => {
-                log::debug!("{}: failed: {e}", io.url());
-                (Some(e), CloseEvent::abnormal())
-            }
-        };
-        let unsent = count_unsent(&io.commands);
-        let buffered = shared.buffered();
-        if unsent > 0 || buffered > 0 {
-            log::warn!(
-                "{}: closed with {buffered} bytes of application data not sent ({unsent} messages still queued)",
-                io.url()
-            );
-        }
-        crate::json::fail_requests(&shared);
-        shared.set_open(Err(error.clone().unwrap_or(Error::Aborted)));
-        if !shared.callback_mode {
-            shared.set_closed(close.clone());
-        }
-        log::debug!("{}: closed {close:?}", io.url());
-        let tail = io
-            .blocked
-            .take()
-            .into_iter()
-            .chain(error.map(Event::Error))
-            .chain(Some(Event::Close(close)));
-        for event in tail {
-            if !io.deliver_final(event) {
-                break;
-            }
-        }
-    }
 }
 
 /// What [`select_send`] saw first.
@@ -522,16 +566,161 @@ fn select_send(
 /// How often output stuck behind a full socket is retried while the consumer is also full.
 const RETRY: Duration = Duration::from_millis(5);
 
-fn count_unsent(commands: &Receiver<Command>) -> usize {
-    commands
-        .try_iter()
-        .filter(|c| matches!(c, Command::Send(_)))
-        .count()
+/// The `Location` of a redirect response to the opening handshake.
+fn redirect_location(response: &tungstenite::http::Response<Option<Vec<u8>>>) -> Option<String> {
+    if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
+    Some(location.to_owned())
 }
 
 impl Io {
     fn url(&self) -> &str {
-        self.shared.target.url.as_str()
+        self.target.url.as_str()
+    }
+
+    fn dropped(&mut self) {
+        let timeout = self.shared.config.close_timeout;
+        self.drop_deadline.get_or_insert(Instant::now() + timeout);
+        self.stopped = true;
+    }
+
+    /// After the end: takes the commands still queued (sends that will not go out; a
+    /// close or drop that ends reconnecting) and returns how many messages were unsent.
+    fn drain_after_end(&mut self) -> usize {
+        let mut unsent = 0;
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Send(_) => unsent += 1,
+                Command::Close(_) => self.stopped = true,
+                Command::Drop => self.dropped(),
+                Command::Ping(_) => {}
+            }
+        }
+        unsent
+    }
+
+    /// How long to wait before reconnecting, or `None` when this was the last connection.
+    fn retry_delay(&mut self, end: &End) -> Option<Duration> {
+        let policy = self.shared.config.reconnect.as_ref()?;
+        if self.stopped || (matches!(end, End::Clean(_)) && policy.stop_on_clean_close) {
+            return None;
+        }
+        if self.opened {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        if policy
+            .max_attempts_limit()
+            .is_some_and(|max| self.failures > max)
+        {
+            log::debug!(
+                "{}: giving up after {} attempts",
+                self.url(),
+                self.failures - 1
+            );
+            return None;
+        }
+        // xorshift64, for the jitter only.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        Some(policy.delay(self.failures - 1, unit))
+    }
+
+    /// Waits out the reconnect delay; `false` if `close` or the last handle's drop ended it.
+    fn backoff(&mut self, delay: Duration) -> bool {
+        log::info!(
+            "{}: reconnecting in {delay:?} (attempt {})",
+            self.url(),
+            self.failures
+        );
+        let deadline = Instant::now() + delay;
+        loop {
+            match self.commands.recv_deadline(deadline) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return !self.stopped,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return false,
+                Ok(Command::Close(_)) => return false,
+                Ok(Command::Drop) => {
+                    self.dropped();
+                    return false;
+                }
+                // The gate refuses sends and pings while CLOSED.
+                Ok(Command::Send(_) | Command::Ping(_)) => {}
+            }
+        }
+    }
+
+    /// Resets everything that belongs to one connection, and goes CONNECTING again.
+    fn new_attempt(&mut self) {
+        self.target = self.shared.target.clone();
+        self.redirects = 0;
+        self.opened = false;
+        self.readable = false;
+        self.write_blocked = false;
+        self.needs_flush = false;
+        self.unflushed = 0;
+        self.connect_deadline = Instant::now() + self.shared.config.connect_timeout;
+        self.handshake_deadline = None;
+        self.close_deadline = None;
+        self.close_sent = false;
+        self.peer_close = None;
+        self.next_ping = None;
+        self.pong_deadline = None;
+        self.shared
+            .transition(&[ReadyState::Closed], ReadyState::Connecting);
+    }
+
+    /// Reports the end of one connection: state CLOSED, the held-back event, `Error` if
+    /// any, then `Close`.
+    fn finish(&mut self, end: End, unsent: usize, last: bool) {
+        let shared = Arc::clone(&self.shared);
+        shared.transition(
+            &[
+                ReadyState::Connecting,
+                ReadyState::Open,
+                ReadyState::Closing,
+            ],
+            ReadyState::Closed,
+        );
+        let (error, close) = match end {
+            End::Clean(close) => (None, close),
+            End::Failed(e) => {
+                log::debug!("{}: failed: {e}", self.url());
+                (Some(e), CloseEvent::abnormal())
+            }
+        };
+        let buffered = shared.buffered();
+        if buffered > 0 {
+            log::warn!(
+                "{}: connection ended with {buffered} bytes of application data not sent ({unsent} messages still queued)",
+                self.url()
+            );
+            if !last {
+                // A new connection starts from nothing; the old one's leftovers are gone.
+                shared.sent(buffered);
+            }
+        }
+        crate::json::fail_requests(&shared);
+        shared.set_open(Err(error.clone().unwrap_or(Error::Aborted)));
+        if last && !shared.callback_mode {
+            shared.set_closed(close.clone());
+        }
+        log::debug!("{}: closed {close:?}", self.url());
+        self.last_close = Some(close.clone());
+        let tail = self
+            .blocked
+            .take()
+            .into_iter()
+            .chain(error.map(Event::Error))
+            .chain(Some(Event::Close(close)));
+        for event in tail {
+            if !self.deliver(event) {
+                break;
+            }
+        }
     }
 
     fn ws_config(&self) -> WebSocketConfig {
@@ -570,6 +759,7 @@ impl Io {
             return Err(Error::Aborted.into());
         }
         self.shared.set_open(Ok(()));
+        self.opened = true;
         self.emit(Event::Open);
         // The handshake may have read frames already, and consumed the readiness edge.
         self.readable = true;
@@ -813,9 +1003,9 @@ impl Io {
         log::trace!("discarded {event:?}");
     }
 
-    /// Delivers one of the last events, waiting for room; gives up only when the receiver
-    /// is gone, or when the last handle is gone and its deadline passed.
-    fn deliver_final(&mut self, event: Event) -> bool {
+    /// Delivers one of a connection's last events, waiting for room; gives up only when the
+    /// receiver is gone, or when the last handle is gone and its deadline passed.
+    fn deliver(&mut self, event: Event) -> bool {
         let mut event = event;
         loop {
             match select_send(&self.events, &self.commands, event, self.drop_deadline) {
@@ -829,9 +1019,10 @@ impl Io {
                     return false;
                 }
                 Selected::Command(back, command) => {
-                    if let Some(Command::Drop) = command {
-                        let timeout = self.shared.config.close_timeout;
-                        self.drop_deadline.get_or_insert(Instant::now() + timeout);
+                    match command {
+                        Some(Command::Drop) => self.dropped(),
+                        Some(Command::Close(_)) => self.stopped = true,
+                        _ => {}
                     }
                     event = back;
                 }

@@ -193,7 +193,7 @@ mod transport;
 mod url;
 mod websocket;
 
-pub use crate::config::Builder;
+pub use crate::config::{Builder, Reconnect};
 pub use crate::error::{Error, Result, SendError, Timeout, UrlError};
 pub use crate::handler::Handler;
 pub use crate::json::Router;

@@ -336,6 +336,9 @@ impl WebSocketRef {
             ReadyState::Closing,
         ) {
             shared.enqueue(Command::Close(frame));
+        } else if shared.ready_state() == ReadyState::Closed && shared.config.reconnect.is_some() {
+            // Between two connections: this ends reconnecting.
+            shared.enqueue(Command::Close(None));
         }
         Ok(())
     }
@@ -724,22 +727,20 @@ impl<H> Drop for Owner<H> {
     }
 }
 
-/// The callback thread: runs the handler for each event until `Close`.
+/// The callback thread: runs the handler for each event until the I/O thread has ended
+/// (after the last connection's `Close`; with reconnect there is one per connection), then
+/// publishes CLOSED, so that `wait_closed` returns with the handler's state final.
 fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &Mutex<H>, events: &Receiver<Event>) {
+    let mut last = None;
     for event in events.iter() {
-        let close = match &event {
-            Event::Close(c) => Some(c.clone()),
-            _ => None,
-        };
-        {
-            let mut h = handler.lock().unwrap_or_else(PoisonError::into_inner);
-            dispatch(ws, &mut *h, event);
+        if let Event::Close(c) = &event {
+            last = Some(c.clone());
         }
-        if let Some(c) = close {
-            ws.shared.set_closed(c);
-            return;
-        }
+        let mut h = handler.lock().unwrap_or_else(PoisonError::into_inner);
+        dispatch(ws, &mut *h, event);
     }
+    ws.shared
+        .set_closed(last.unwrap_or_else(CloseEvent::abnormal));
 }
 
 /// A spawned thread and the channel that disconnects when it has finished.
@@ -752,7 +753,8 @@ fn start(
     callback_mode: bool,
 ) -> Result<(WebSocketRef, Receiver<Event>, Joinable)> {
     let target = crate::url::parse(url)?;
-    let request = crate::io_thread::build_request(&target, &config)?;
+    // Built again for each attempt by the I/O thread; built here to refuse bad headers now.
+    crate::io_thread::build_request(&target, &config)?;
     let poll = mio::Poll::new().map_err(Error::io)?;
     let waker = mio::Waker::new(poll.registry(), crate::io_thread::WAKER).map_err(Error::io)?;
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
@@ -778,7 +780,7 @@ fn start(
         callback_mode,
         callback_thread: OnceLock::new(),
     });
-    let io = IoThread::new(Arc::clone(&shared), poll, commands_rx, events_tx, request);
+    let io = IoThread::new(Arc::clone(&shared), poll, commands_rx, events_tx);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let handle = thread::Builder::new()
         .name("nwebsocket-io".into())
