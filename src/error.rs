@@ -71,6 +71,10 @@ pub enum Error {
         /// The response body, if any (capped by tungstenite).
         body: Option<Vec<u8>>,
     },
+    /// The HTTP CONNECT proxy could not be used: a bad proxy URL, or the proxy refused
+    /// or broke the tunnel (its status line is in the message).
+    #[error("proxy: {0}")]
+    Proxy(String),
     /// The opening handshake was redirected more times than
     /// [`Builder::max_redirects`](crate::Builder::max_redirects) allows (or in a loop).
     #[error("too many redirects (limit {limit}), the last one to {location}")]

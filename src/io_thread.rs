@@ -15,7 +15,7 @@
 //! It never runs user code.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{fence, Ordering::SeqCst};
 use std::sync::Arc;
@@ -36,6 +36,7 @@ use tungstenite::Bytes;
 use crate::config::Config;
 use crate::error::{Error, Timeout, UrlError};
 use crate::message::{Binary, CloseEvent, Event, Message, Text};
+use crate::proxy::Proxy;
 use crate::state::ReadyState;
 use crate::transport::{tls_error, Transport};
 use crate::url::Target;
@@ -64,6 +65,13 @@ enum Phase {
         addrs: VecDeque<SocketAddr>,
         tcp: Option<TcpStream>,
         last_error: Option<io::Error>,
+    },
+    /// Through an HTTP proxy: CONNECT written from `out`, the answer read into `answer`.
+    Tunneling {
+        tcp: TcpStream,
+        out: Vec<u8>,
+        written: usize,
+        answer: Vec<u8>,
     },
     Handshaking(Mid),
     Open(Ws),
@@ -97,6 +105,8 @@ struct Io {
     /// Where this attempt connects: the URL, or where a redirect pointed.
     target: Target,
     redirects: usize,
+    /// The HTTP proxy this attempt tunnels through.
+    proxy: Option<Proxy>,
     request: Option<Request>,
     /// `close` was called or the last handle dropped: no more reconnecting.
     stopped: bool,
@@ -154,6 +164,7 @@ impl IoThread {
                 events,
                 target,
                 redirects: 0,
+                proxy: None,
                 request: None,
                 stopped: false,
                 opened: false,
@@ -224,6 +235,7 @@ impl IoThread {
         }
         match &mut self.phase {
             Phase::Connecting { .. } => self.progress_connect()?,
+            Phase::Tunneling { .. } => self.progress_tunnel()?,
             Phase::Handshaking(_) => self.progress_handshake()?,
             Phase::Open(ws) => {
                 self.io.read(ws)?;
@@ -237,7 +249,9 @@ impl IoThread {
             Phase::Connecting { .. } if now >= self.io.connect_deadline => {
                 Err(Error::Timeout(Timeout::Connect).into())
             }
-            Phase::Handshaking(_) if self.io.handshake_deadline.is_some_and(|d| now >= d) => {
+            Phase::Handshaking(_) | Phase::Tunneling { .. }
+                if self.io.handshake_deadline.is_some_and(|d| now >= d) =>
+            {
                 Err(Error::Timeout(Timeout::Handshake).into())
             }
             _ => Ok(()),
@@ -260,7 +274,9 @@ impl IoThread {
                 match &mut self.phase {
                     Phase::Open(ws) => io.start_close(ws, frame),
                     Phase::Done => Ok(()),
-                    Phase::Connecting { .. } | Phase::Handshaking(_) => Err(Error::Aborted.into()),
+                    Phase::Connecting { .. } | Phase::Tunneling { .. } | Phase::Handshaking(_) => {
+                        Err(Error::Aborted.into())
+                    }
                 }
             }
             Command::Send(msg) => {
@@ -284,9 +300,20 @@ impl IoThread {
     /// DNS, on this thread (the resolver blocks; the connect timeout bounds the rest).
     fn resolve(&mut self) -> Result<(), End> {
         self.io.request = Some(build_request(&self.io.target, &self.io.shared.config)?);
-        let target = &self.io.target;
-        let host = target.host.clone();
-        let addrs: VecDeque<SocketAddr> = (host.as_str(), target.port)
+        self.io.proxy = crate::proxy::for_target(&self.io.shared.config.proxy, &self.io.target)?;
+        let (host, port) = match &self.io.proxy {
+            Some(proxy) => {
+                log::debug!(
+                    "{}: through proxy {}:{}",
+                    self.io.url(),
+                    proxy.host,
+                    proxy.port
+                );
+                (proxy.host.clone(), proxy.port)
+            }
+            None => (self.io.target.host.clone(), self.io.target.port),
+        };
+        let addrs: VecDeque<SocketAddr> = (host.as_str(), port)
             .to_socket_addrs()
             .map_err(|e| Error::Dns {
                 host: host.clone(),
@@ -376,10 +403,68 @@ impl IoThread {
         log::debug!("{}: TCP connected", io.url());
         tcp.set_nodelay(io.shared.config.nodelay)
             .map_err(Error::io)?;
+        io.handshake_deadline = Some(Instant::now() + io.shared.config.handshake_timeout);
+        match &io.proxy {
+            Some(proxy) => {
+                self.phase = Phase::Tunneling {
+                    out: proxy.connect_request(&io.target),
+                    tcp,
+                    written: 0,
+                    answer: Vec::new(),
+                };
+                self.progress_tunnel()
+            }
+            None => self.start_handshake(tcp),
+        }
+    }
+
+    /// Writes the CONNECT request and reads the proxy's answer, without blocking.
+    fn progress_tunnel(&mut self) -> Result<(), End> {
+        let Phase::Tunneling {
+            tcp,
+            out,
+            written,
+            answer,
+        } = &mut self.phase
+        else {
+            return Ok(());
+        };
+        let broken = |e: io::Error| Error::Proxy(format!("the tunnel broke: {e}"));
+        while *written < out.len() {
+            match tcp.write(&out[*written..]) {
+                Ok(0) => return Err(broken(io::ErrorKind::WriteZero.into()).into()),
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(broken(e).into()),
+            }
+        }
+        loop {
+            let mut chunk = [0u8; 512];
+            match tcp.read(&mut chunk) {
+                Ok(0) => return Err(broken(io::ErrorKind::UnexpectedEof.into()).into()),
+                Ok(n) => {
+                    answer.extend_from_slice(&chunk[..n]);
+                    if crate::proxy::parse_connect_response(answer)?.is_some() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(broken(e).into()),
+            }
+        }
+        let Phase::Tunneling { tcp, .. } = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return Ok(());
+        };
+        log::debug!("{}: proxy tunnel open", self.io.url());
+        self.start_handshake(tcp)
+    }
+
+    /// TLS (for `wss://`) and the WebSocket upgrade, over a connected socket or tunnel.
+    fn start_handshake(&mut self, tcp: TcpStream) -> Result<(), End> {
+        let io = &mut self.io;
         let target = &io.target;
         let tls = io.shared.config.tls.as_ref();
         let transport = Transport::new(tcp, target.tls, &target.host, tls)?;
-        io.handshake_deadline = Some(Instant::now() + io.shared.config.handshake_timeout);
         let Some(request) = io.request.take() else {
             return Err(Error::Handshake("request already used".into()).into());
         };
@@ -1041,7 +1126,9 @@ impl Io {
         let judging = self.blocked.is_none() || self.drop_deadline.is_some();
         let candidates = match phase {
             Phase::Connecting { .. } => [Some(self.connect_deadline), None, None, None],
-            Phase::Handshaking(_) => [self.handshake_deadline, None, None, None],
+            Phase::Handshaking(_) | Phase::Tunneling { .. } => {
+                [self.handshake_deadline, None, None, None]
+            }
             Phase::Open(_) => [
                 self.close_deadline.filter(|_| judging),
                 self.pong_deadline.filter(|_| judging),

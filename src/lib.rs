@@ -188,6 +188,7 @@ mod handler;
 mod io_thread;
 mod json;
 mod message;
+mod proxy;
 mod state;
 mod transport;
 mod url;
