@@ -133,6 +133,9 @@ struct Io {
     close_deadline: Option<Instant>,
     /// We sent our Close frame.
     close_sent: bool,
+    /// We failed the connection with a Close code: let it reach the server before the
+    /// socket is dropped (see [`IoThread::linger`]).
+    linger: bool,
     /// The server's Close frame, once it arrived.
     peer_close: Option<CloseEvent>,
     next_ping: Option<Instant>,
@@ -182,6 +185,7 @@ impl IoThread {
                 handshake_deadline: None,
                 close_deadline: None,
                 close_sent: false,
+                linger: false,
                 peer_close: None,
                 next_ping: None,
                 pong_deadline: None,
@@ -197,6 +201,7 @@ impl IoThread {
                 Ok(()) => self.serve(),
                 Err(end) => end,
             };
+            self.linger();
             self.phase = Phase::Done; // drop the socket: the server sees the end at once
             let unsent = self.io.drain_after_end();
             let retry = self.io.retry_delay(&end);
@@ -546,6 +551,64 @@ impl IoThread {
         self.resolve()
     }
 
+    /// After failing the connection with a Close code: flush that Close, end our side of
+    /// the stream, and read (discarding) until the server ends its side, for at most a
+    /// second. Dropping a socket with unread data makes the kernel send RST, and the
+    /// server would lose the Close (and learn nothing of why).
+    fn linger(&mut self) {
+        let Phase::Open(ws) = &mut self.phase else {
+            return;
+        };
+        if !std::mem::take(&mut self.io.linger) {
+            return;
+        }
+        let timeout = self
+            .io
+            .shared
+            .config
+            .close_timeout
+            .min(Duration::from_secs(1));
+        let deadline = Instant::now() + timeout;
+        let mut events = Events::with_capacity(4);
+        let mut flushed = false;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if !flushed {
+                match ws.flush() {
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    _ => {
+                        flushed = true;
+                        let _ = ws.get_mut().tcp().shutdown(std::net::Shutdown::Write);
+                    }
+                }
+            }
+            if flushed {
+                match ws.get_mut().tcp().read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                log::debug!(
+                    "{}: the server did not end the stream after our Close",
+                    self.io.url()
+                );
+                return;
+            }
+            if self
+                .io
+                .poll
+                .poll(&mut events, Some(deadline - now))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
     /// Sleeps until there is something to do.
     fn wait(&mut self, events: &mut Events) -> Result<(), End> {
         let busy = self.io.has_work(&self.phase);
@@ -751,6 +814,7 @@ impl Io {
         self.handshake_deadline = None;
         self.close_deadline = None;
         self.close_sent = false;
+        self.linger = false;
         self.peer_close = None;
         self.next_ping = None;
         self.pong_deadline = None;
@@ -1063,7 +1127,7 @@ impl Io {
                 reason: "".into(),
             };
             let _ = ws.close(Some(frame));
-            let _ = ws.flush();
+            self.linger = true;
         }
         End::Failed(map_error(e, false, &self.shared.config))
     }

@@ -45,6 +45,16 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The socket under TLS, if any.
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => &mut s.sock,
+        }
+    }
+}
+
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -360,7 +360,9 @@ impl WebSocketRef {
         self.shared.target.url.as_str()
     }
 
-    /// The subprotocol the server chose; empty before OPEN or when none was.
+    /// The subprotocol the server chose; empty before OPEN, or when none was offered.
+    /// (When some were offered, the server must choose one of them, or the connection
+    /// fails, as in browsers.)
     pub fn protocol(&self) -> &str {
         self.shared.protocol.get().map_or("", String::as_str)
     }
