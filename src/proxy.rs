@@ -162,18 +162,21 @@ pub(crate) fn parse_connect_response(buf: &[u8]) -> Result<Option<()>, Error> {
         }
         return Ok(None);
     };
-    if end + 4 != buf.len() {
-        return Err(Error::Proxy(
-            "the proxy sent data before the tunnel was used".into(),
-        ));
-    }
     let head = String::from_utf8_lossy(&buf[..end]);
     let status_line = head.lines().next().unwrap_or_default();
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     let status = parts.next().and_then(|s| s.parse::<u16>().ok());
     match status {
-        Some(200..=299) if version.starts_with("HTTP/1.") => Ok(Some(())),
+        Some(200..=299) if version.starts_with("HTTP/1.") => {
+            if end + 4 != buf.len() {
+                return Err(Error::Proxy(
+                    "the proxy sent data before the tunnel was used".into(),
+                ));
+            }
+            Ok(Some(()))
+        }
+        // A refusal usually has a body; the status line says all we need.
         Some(_) => Err(Error::Proxy(format!(
             "the proxy refused the tunnel: {status_line}"
         ))),
@@ -279,7 +282,7 @@ mod tests {
             Ok(Some(()))
         ));
         assert!(matches!(
-            parse_connect_response(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"),
+            parse_connect_response(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n<html>"),
             Err(Error::Proxy(m)) if m.contains("407")
         ));
         assert!(matches!(
