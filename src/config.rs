@@ -38,6 +38,7 @@ pub(crate) struct Config {
     pub subprotocols: Vec<String>,
     pub headers: Vec<(String, String)>,
     pub origin: Option<String>,
+    pub cookies: Vec<(String, String)>,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub close_timeout: Duration,
@@ -65,6 +66,7 @@ impl Default for Config {
             subprotocols: Vec::new(),
             headers: Vec::new(),
             origin: None,
+            cookies: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(10),
@@ -122,6 +124,13 @@ impl Builder {
     /// that check it need this).
     pub fn origin(mut self, origin: impl Into<String>) -> Self {
         self.config.origin = Some(origin.into());
+        self
+    }
+
+    /// Adds a cookie to the opening handshake (all cookies go in one `Cookie` header, in
+    /// the order given). Defaults to none.
+    pub fn cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.cookies.push((name.into(), value.into()));
         self
     }
 

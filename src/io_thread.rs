@@ -1228,6 +1228,12 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
             value("Sec-WebSocket-Protocol", &offered)?,
         );
     }
+    if !config.cookies.is_empty() {
+        let pairs: Vec<String> = config.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let mut cookie = value("Cookie", &pairs.join("; "))?;
+        cookie.set_sensitive(true);
+        headers.append(header::COOKIE, cookie);
+    }
     if let Some(origin) = &config.origin {
         headers.insert(header::ORIGIN, value("Origin", origin)?);
     }
