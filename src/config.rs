@@ -33,7 +33,8 @@ pub struct Builder {
 }
 
 /// The settled configuration the threads read. Private: set through [`Builder`].
-#[derive(Debug, Clone)]
+/// Its `Debug` leaves out every secret (header and cookie values, proxy credentials, keys).
+#[derive(Clone)]
 pub(crate) struct Config {
     pub subprotocols: Vec<String>,
     pub headers: Vec<(String, String)>,
@@ -86,6 +87,49 @@ impl Default for Config {
             reconnect: None,
             proxy: ProxyChoice::Environment,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |pairs: &[(String, String)]| -> Vec<String> {
+            pairs.iter().map(|(name, _)| format!("{name}: <redacted>")).collect()
+        };
+        let proxy = match &self.proxy {
+            ProxyChoice::Url(url) => match url::Url::parse(url) {
+                Ok(mut u) => {
+                    let _ = u.set_password(None);
+                    let _ = u.set_username("");
+                    format!("Url({u})")
+                }
+                Err(_) => "Url(<unparsable>)".to_owned(),
+            },
+            other => format!("{other:?}"),
+        };
+        f.debug_struct("Config")
+            .field("subprotocols", &self.subprotocols)
+            .field("headers", &names(&self.headers))
+            .field("origin", &self.origin)
+            .field("cookies", &names(&self.cookies))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("incoming_queue", &self.incoming_queue)
+            .field("high_water_mark", &self.high_water_mark)
+            .field("nodelay", &self.nodelay)
+            .field("ping_events", &self.ping_events)
+            .field("request_id_field", &self.request_id_field)
+            .field("extra_root_certificates", &self.tls_options.extra_roots_pem.len())
+            .field("client_certificate", &self.tls_options.client_cert_pem.is_some())
+            .field("accept_invalid_certificates", &self.tls_options.accept_invalid_certs)
+            .field("max_redirects", &self.max_redirects)
+            .field("reconnect", &self.reconnect)
+            .field("proxy", &proxy)
+            .finish()
     }
 }
 
@@ -471,6 +515,21 @@ impl Reconnect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let b = Builder::new()
+            .header("Authorization", "Bearer top-secret-token")
+            .cookie("session", "secret-cookie")
+            .proxy("http://user:proxy-password@proxy:3128")
+            .client_certificate("CERT", "PRIVATE-KEY-PEM");
+        let shown = format!("{b:?}");
+        for secret in ["top-secret-token", "secret-cookie", "proxy-password", "PRIVATE-KEY-PEM"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("Authorization: <redacted>"), "{shown}");
+        assert!(shown.contains("proxy:3128"), "{shown}");
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
