@@ -93,7 +93,10 @@ impl Default for Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names = |pairs: &[(String, String)]| -> Vec<String> {
-            pairs.iter().map(|(name, _)| format!("{name}: <redacted>")).collect()
+            pairs
+                .iter()
+                .map(|(name, _)| format!("{name}: <redacted>"))
+                .collect()
         };
         let proxy = match &self.proxy {
             ProxyChoice::Url(url) => match url::Url::parse(url) {
@@ -123,9 +126,18 @@ impl std::fmt::Debug for Config {
             .field("nodelay", &self.nodelay)
             .field("ping_events", &self.ping_events)
             .field("request_id_field", &self.request_id_field)
-            .field("extra_root_certificates", &self.tls_options.extra_roots_pem.len())
-            .field("client_certificate", &self.tls_options.client_cert_pem.is_some())
-            .field("accept_invalid_certificates", &self.tls_options.accept_invalid_certs)
+            .field(
+                "extra_root_certificates",
+                &self.tls_options.extra_roots_pem.len(),
+            )
+            .field(
+                "client_certificate",
+                &self.tls_options.client_cert_pem.is_some(),
+            )
+            .field(
+                "accept_invalid_certificates",
+                &self.tls_options.accept_invalid_certs,
+            )
             .field("max_redirects", &self.max_redirects)
             .field("reconnect", &self.reconnect)
             .field("proxy", &proxy)
@@ -192,10 +204,14 @@ impl Builder {
         self
     }
 
-    /// Bounds the closing handshake: after sending a Close frame (or echoing the server's),
-    /// how long to wait for the server's Close and the end of the TCP stream before
-    /// dropping the connection (reported as 1006). Dropping the last handle waits at most
-    /// about this long. Defaults to 10 s.
+    /// Bounds the closing handshake, in two parts, as Python `websockets` does. While our
+    /// Close frame waits behind messages queued before it, the server may not stall for
+    /// this long (the timer restarts whenever it takes data), so a slow but live reader
+    /// gets everything sent before `close`. Once the Close frame is handed to the OS, the
+    /// server has this long to answer it and end the TCP stream (data still in the kernel's
+    /// buffers counts against this). Past either, the connection is dropped and reported
+    /// as 1006. Dropping the last handle waits at most about this long in all.
+    /// Defaults to 10 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
         self
@@ -524,7 +540,12 @@ mod tests {
             .proxy("http://user:proxy-password@proxy:3128")
             .client_certificate("CERT", "PRIVATE-KEY-PEM");
         let shown = format!("{b:?}");
-        for secret in ["top-secret-token", "secret-cookie", "proxy-password", "PRIVATE-KEY-PEM"] {
+        for secret in [
+            "top-secret-token",
+            "secret-cookie",
+            "proxy-password",
+            "PRIVATE-KEY-PEM",
+        ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("Authorization: <redacted>"), "{shown}");

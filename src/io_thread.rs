@@ -131,8 +131,10 @@ struct Io {
     connect_deadline: Instant,
     handshake_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
-    /// We sent our Close frame.
+    /// We queued our Close frame.
     close_sent: bool,
+    /// Our Close frame is queued but not yet handed to the OS.
+    write_progress_pending: bool,
     /// We failed the connection with a Close code: let it reach the server before the
     /// socket is dropped (see [`IoThread::linger`]).
     linger: bool,
@@ -185,6 +187,7 @@ impl IoThread {
                 handshake_deadline: None,
                 close_deadline: None,
                 close_sent: false,
+                write_progress_pending: false,
                 linger: false,
                 peer_close: None,
                 next_ping: None,
@@ -640,6 +643,11 @@ impl IoThread {
                 }
                 if event.is_writable() || event.is_write_closed() || event.is_error() {
                     self.io.write_blocked = false;
+                    if self.io.write_progress_pending {
+                        // Room in a full send buffer: the server took some of what waits
+                        // before our Close. It is alive; give it time.
+                        self.io.rearm_close_timer();
+                    }
                 }
             }
         }
@@ -814,6 +822,7 @@ impl Io {
         self.handshake_deadline = None;
         self.close_deadline = None;
         self.close_sent = false;
+        self.write_progress_pending = false;
         self.linger = false;
         self.peer_close = None;
         self.next_ping = None;
@@ -995,6 +1004,10 @@ impl Io {
         self.arm_close_timer();
     }
 
+    fn rearm_close_timer(&mut self) {
+        self.close_deadline = Some(Instant::now() + self.shared.config.close_timeout);
+    }
+
     fn arm_close_timer(&mut self) {
         let timeout = self.shared.config.close_timeout;
         self.close_deadline
@@ -1012,7 +1025,12 @@ impl Io {
             reason: reason.into(),
         });
         log::debug!("{}: sending Close {frame:?}", self.url());
-        self.arm_close_timer();
+        // Our Close may wait behind megabytes: until it is handed to the OS, this bounds a
+        // stall only, re-armed whenever the server takes data (see `wait`); from then on,
+        // the server's answer.
+        self.rearm_close_timer();
+        self.write_progress_pending = true;
+        self.next_ping = None;
         self.needs_flush = true;
         match ws.close(frame) {
             Ok(()) => Ok(()),
@@ -1064,6 +1082,11 @@ impl Io {
             Ok(()) => {
                 self.needs_flush = false;
                 self.shared.sent(std::mem::take(&mut self.unflushed));
+                if self.close_sent && self.peer_close.is_none() && self.write_progress_pending {
+                    // Our Close frame just went out: the server's time to answer starts.
+                    self.write_progress_pending = false;
+                    self.rearm_close_timer();
+                }
                 Ok(())
             }
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1229,7 +1252,11 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
         );
     }
     if !config.cookies.is_empty() {
-        let pairs: Vec<String> = config.cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let pairs: Vec<String> = config
+            .cookies
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
         let mut cookie = value("Cookie", &pairs.join("; "))?;
         cookie.set_sensitive(true);
         headers.append(header::COOKIE, cookie);

@@ -111,7 +111,9 @@ impl Shared {
         }
         self.state.store(to as u8, SeqCst);
         log::debug!("{}: {now:?} -> {to:?}", self.target.url);
-        if to == ReadyState::Closed {
+        if to >= ReadyState::Closing {
+            // Senders blocked on the high-water mark give up at once: they get their
+            // message back with `SendError::Closed`.
             self.notify_drained();
         }
         true

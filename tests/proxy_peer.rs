@@ -2,6 +2,8 @@
 //! with credentials, is in `NWS_PROXY_URL`. Without it these tests print a note and pass,
 //! so a plain `cargo test` needs nothing installed.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;

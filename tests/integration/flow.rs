@@ -1,0 +1,285 @@
+//! Backpressure both ways, `buffered_amount`, latency of a send, JSON.
+
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+
+use nwebsocket::crossbeam_channel;
+use nwebsocket::{Event, SendError, WebSocket};
+
+use crate::support::*;
+
+#[test]
+fn buffered_amount_returns_to_zero_once_flushed() {
+    let _g = shared();
+    let server = echo_server();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    assert_eq!(ws.buffered_amount(), 0);
+    const N: usize = 200;
+    const LEN: usize = 10_000;
+    for i in 0..N {
+        ws.send(vec![i as u8; LEN]).unwrap();
+        assert!(ws.buffered_amount() <= (i + 1) * LEN);
+    }
+    assert!(
+        eventually(WAIT, || ws.buffered_amount() == 0),
+        "buffered_amount stuck at {}",
+        ws.buffered_amount()
+    );
+    for i in 0..N {
+        let e = next_event(&events);
+        assert!(
+            matches!(&e, Event::Message(m) if m.len() == LEN && m.as_bytes()[0] == i as u8),
+            "{e:?}"
+        );
+    }
+    // Text counts in UTF-8 bytes.
+    ws.send("\u{e9}\u{e9}").unwrap();
+    assert!(ws.buffered_amount() <= 4);
+    assert!(eventually(WAIT, || ws.buffered_amount() == 0));
+    ws.close().unwrap();
+    drop(ws);
+    assert_eq!(server.join(), N + 1);
+}
+
+/// Outgoing backpressure: with the server not reading, `try_send` fails with `Full` once
+/// `buffered_amount` is above the high-water mark, `send_timeout` times out, and both hand
+/// the message back; once the server reads, everything accepted arrives.
+#[test]
+fn try_send_returns_full_above_the_high_water_mark() {
+    let _g = shared();
+    const HWM: usize = 64 << 10;
+    const CHUNK: usize = 32 << 10;
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
+        read_until_close(&mut ws).0
+    });
+    let (ws, events) = WebSocket::builder()
+        .high_water_mark(HWM)
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let chunk = |i: usize| vec![(i % 251) as u8; CHUNK];
+    // Fill the socket buffers until nothing drains: a send that finds no room for 300 ms,
+    // then a `try_send` that finds none either.
+    let mut accepted = 0usize;
+    let full = loop {
+        assert!(
+            accepted < 4000,
+            "never Full after {accepted} chunks of {CHUNK} bytes"
+        );
+        match ws.send_timeout(chunk(accepted), Duration::from_millis(300)) {
+            Ok(()) => {
+                accepted += 1;
+                continue;
+            }
+            Err(SendError::Timeout(m)) => assert_eq!(m.len(), CHUNK),
+            Err(e) => panic!("{e:?}"),
+        }
+        match ws.try_send(chunk(accepted)) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&full, SendError::Full(m) if *m == nwebsocket::Message::from(chunk(accepted))),
+        "{full:?}"
+    );
+    assert!(
+        ws.buffered_amount() > HWM,
+        "Full only above the mark: {}",
+        ws.buffered_amount()
+    );
+    let start = Instant::now();
+    let r = ws.send_timeout("waits", Duration::from_millis(200));
+    assert!(
+        matches!(&r, Err(SendError::Timeout(m)) if m.as_text() == Some("waits")),
+        "{r:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // A blocked `send` resumes once the server reads.
+    let blocked = {
+        let ws = ws.clone();
+        std::thread::spawn(move || ws.send("unblocked"))
+    };
+    go_tx.send(()).unwrap();
+    blocked.join().unwrap().expect("send after draining");
+    assert!(
+        eventually(WAIT, || ws.buffered_amount() == 0),
+        "{}",
+        ws.buffered_amount()
+    );
+    ws.try_send("room again").expect("room under the mark");
+    ws.close().unwrap();
+    drop(ws);
+    let received = server.join();
+    assert_eq!(received.len(), accepted + 2);
+    for (i, m) in received[..accepted].iter().enumerate() {
+        assert!(
+            matches!(m, tungstenite::Message::Binary(b) if b.len() == CHUNK && b[0] == (i % 251) as u8),
+            "chunk {i}"
+        );
+    }
+    assert_eq!(received[accepted], tungstenite::Message::text("unblocked"));
+    assert_eq!(
+        received[accepted + 1],
+        tungstenite::Message::text("room again")
+    );
+}
+
+/// Incoming backpressure: with a queue of 4 and a consumer that does not read, the server's
+/// writes block (TCP pushes back), memory stays bounded, and everything arrives in order
+/// once the consumer reads.
+#[test]
+fn incoming_queue_bound_pushes_back_on_the_server() {
+    let _g = shared();
+    const N: usize = 2000;
+    const LEN: usize = 16 << 10;
+    let payload = |i: usize| {
+        let mut v = vec![(i % 256) as u8; LEN];
+        v[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        v
+    };
+    let (blocked_tx, blocked_rx) = crossbeam_channel::bounded::<usize>(1);
+    let server = server(move |mut ws| {
+        ws.get_ref()
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut blocked_at = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..N {
+            let mut result = ws.send(tungstenite::Message::binary(payload(i)));
+            // On a timed-out write the frame stays buffered in tungstenite: flush again.
+            while let Err(tungstenite::Error::Io(e)) = &result {
+                assert!(
+                    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                    "server: {e}"
+                );
+                assert!(Instant::now() < deadline, "server: stuck for a minute");
+                if blocked_at.is_none() {
+                    blocked_at = Some(i);
+                    blocked_tx.send(i).unwrap();
+                }
+                result = ws.flush();
+            }
+            result.expect("server: send");
+        }
+        ws.get_ref()
+            .set_write_timeout(Some(SOCKET_TIMEOUT))
+            .unwrap();
+        ws.close(None).unwrap();
+        read_until_close(&mut ws);
+        blocked_at
+    });
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(4)
+        .connect_pull(&server.url())
+        .expect("connect");
+    let blocked_at = blocked_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server's writes never blocked while the consumer did not read");
+    assert!(blocked_at < N);
+    assert!(
+        events.len() <= 4,
+        "the event queue is bounded: {}",
+        events.len()
+    );
+    assert!(matches!(next_event(&events), Event::Open));
+    for i in 0..N {
+        match next_event(&events) {
+            Event::Message(m) => assert_eq!(m.as_bytes(), payload(i), "message {i}"),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.was_clean && c.code == 1005),
+        "{evs:?}"
+    );
+    drop(ws);
+    assert_eq!(server.join(), Some(blocked_at));
+}
+
+/// A send on an idle connection goes out at once (the I/O thread is woken, no tick):
+/// measured one way, from `send` to the server's `read`, in the same process.
+#[test]
+fn a_send_on_an_idle_connection_reaches_the_server_at_once() {
+    let _g = exclusive();
+    const N: usize = 20;
+    let (arrived_tx, arrived_rx) = crossbeam_channel::unbounded::<Instant>();
+    let server = server(move |mut ws| {
+        for _ in 0..N {
+            match ws.read() {
+                Ok(tungstenite::Message::Text(_)) => arrived_tx.send(Instant::now()).unwrap(),
+                other => panic!("server: {other:?}"),
+            }
+        }
+        read_until_close(&mut ws);
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let mut latencies = Vec::new();
+    for i in 0..N {
+        // Let the connection go idle, so the I/O thread is asleep in its poll (gaps vary,
+        // so that a periodic tick cannot line up with the sends).
+        std::thread::sleep(Duration::from_millis(20 + (i as u64 * 7) % 23));
+        let sent = Instant::now();
+        ws.send(format!("ping {i}")).unwrap();
+        let arrived = arrived_rx.recv_timeout(WAIT).expect("the message arrived");
+        latencies.push(arrived.saturating_duration_since(sent));
+    }
+    latencies.sort();
+    let median = latencies[N / 2];
+    if std::env::var_os("NWS_SHOW_LATENCY").is_some() {
+        eprintln!("send latencies: {latencies:?}");
+    }
+    assert!(
+        median < Duration::from_millis(10),
+        "median latency {median:?}: {latencies:?}"
+    );
+    assert!(
+        latencies[N - 3] < Duration::from_millis(100),
+        "slow sends: {latencies:?}"
+    );
+    ws.close().unwrap();
+    drop(ws);
+    server.join();
+}
+
+#[test]
+fn send_json_sends_text() {
+    #[derive(serde::Serialize)]
+    struct Post<'a> {
+        kind: &'a str,
+        n: u32,
+        tags: Vec<&'a str>,
+    }
+    let _g = shared();
+    let server = server(|mut ws| read_until_close(&mut ws).0);
+    let ws = WebSocket::connect(&server.url(), ()).expect("connect");
+    ws.send_json(&Post {
+        kind: "chat",
+        n: 7,
+        tags: vec!["a", "b"],
+    })
+    .unwrap();
+    let mut map = std::collections::HashMap::new();
+    map.insert((1, 2), "non-string key");
+    let r = ws.send_json(&map);
+    assert!(matches!(r, Err(nwebsocket::Error::Json(_))), "{r:?}");
+    ws.close().unwrap();
+    drop(ws);
+    let got = server.join();
+    assert_eq!(
+        got,
+        [tungstenite::Message::text(
+            r#"{"kind":"chat","n":7,"tags":["a","b"]}"#
+        )]
+    );
+}

@@ -1,0 +1,473 @@
+//! Rule 1 (URLs, the handshake request) and rule 2 (`onopen`).
+
+use std::io::Read;
+use std::time::Duration;
+
+use nwebsocket::{Error, Event, ReadyState, UrlError, WebSocket};
+use tungstenite::handshake::server::{Request, Response};
+use tungstenite::http::HeaderValue;
+
+use crate::support::*;
+
+#[test]
+fn ws_and_http_urls_connect_and_http_maps_to_ws() {
+    let _g = shared();
+    for scheme in ["ws", "http", "HTTP", "Ws"] {
+        let server = request_capturing_server();
+        let url = format!("{scheme}://{}/path", server.addr);
+        let (ws, events) = WebSocket::connect_pull(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(matches!(next_event(&events), Event::Open));
+        assert_eq!(ws.url(), format!("ws://{}/path", server.addr), "{url}");
+        ws.close().unwrap();
+        let seen = server.join();
+        assert_eq!(seen.uri, "/path", "{url}");
+    }
+}
+
+/// TLS follows the scheme (`wss`/`https`), never the port: the first bytes the server gets
+/// are a TLS ClientHello record (0x16) or an HTTP `GET`.
+#[test]
+fn tls_is_chosen_by_scheme_not_port() {
+    let _g = shared();
+    for (scheme, tls) in [
+        ("ws", false),
+        ("http", false),
+        ("wss", true),
+        ("https", true),
+    ] {
+        let server = raw_server(|mut stream| {
+            let mut first = [0u8; 4];
+            stream.read_exact(&mut first).expect("server: first bytes");
+            first
+        });
+        let url = format!("{scheme}://127.0.0.1:{}/", server.port());
+        let (ws, events) = WebSocket::builder()
+            .handshake_timeout(Duration::from_secs(5))
+            .open_pull(&url)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let mapped = if tls { "wss://" } else { "ws://" };
+        assert!(ws.url().starts_with(mapped), "{url} -> {}", ws.url());
+        let first = server.join();
+        if tls {
+            assert_eq!(
+                first[0], 0x16,
+                "{url}: expected a TLS handshake record, got {first:?}"
+            );
+        } else {
+            assert_eq!(&first, b"GET ", "{url}");
+        }
+        // The server hung up without answering: a failure, per rule 4.
+        let evs = events_until_close(&events);
+        assert!(
+            matches!(evs.last(), Some(Event::Close(c)) if c.code == 1006 && !c.was_clean),
+            "{evs:?}"
+        );
+        assert!(evs.iter().any(|e| matches!(e, Event::Error(_))), "{evs:?}");
+        assert!(!evs.iter().any(|e| matches!(e, Event::Open)), "{evs:?}");
+    }
+}
+
+#[test]
+fn bad_urls_are_synchronous_url_errors() {
+    let _g = shared();
+    type Check = fn(&UrlError) -> bool;
+    let cases: &[(&str, Check)] = &[
+        (
+            "ftp://127.0.0.1/",
+            |e| matches!(e, UrlError::Scheme(s) if s == "ftp"),
+        ),
+        ("file:///tmp/x", |e| matches!(e, UrlError::Scheme(_))),
+        ("mailto:someone@127.0.0.1", |e| {
+            matches!(e, UrlError::Scheme(_))
+        }),
+        ("ws://127.0.0.1:1/#frag", |e| {
+            matches!(e, UrlError::Fragment)
+        }),
+        ("ws://127.0.0.1:1/path?q=1#", |e| {
+            matches!(e, UrlError::Fragment)
+        }),
+        ("wss://127.0.0.1:1/#x", |e| matches!(e, UrlError::Fragment)),
+        ("http://127.0.0.1:1/#x", |e| matches!(e, UrlError::Fragment)),
+        ("ws://", |e| {
+            matches!(e, UrlError::NoHost | UrlError::Parse(_))
+        }),
+        ("ws:///", |e| {
+            matches!(e, UrlError::NoHost | UrlError::Parse(_))
+        }),
+        ("ws://:80/", |e| {
+            matches!(e, UrlError::NoHost | UrlError::Parse(_))
+        }),
+        ("http://", |e| {
+            matches!(e, UrlError::NoHost | UrlError::Parse(_))
+        }),
+        ("not a url", |e| matches!(e, UrlError::Parse(_))),
+        ("", |e| matches!(e, UrlError::Parse(_))),
+        ("/relative/path", |e| matches!(e, UrlError::Parse(_))),
+    ];
+    for (url, check) in cases {
+        let results = [
+            WebSocket::open_pull(url).err(),
+            WebSocket::connect_pull(url).err(),
+            WebSocket::open(url, ()).err(),
+            WebSocket::builder().connect(url, ()).err(),
+        ];
+        for r in results {
+            match r {
+                Some(Error::Url(e)) => assert!(check(&e), "{url:?}: unexpected {e:?}"),
+                other => panic!("{url:?}: expected Error::Url, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_or_duplicate_subprotocols_are_synchronous_errors() {
+    let _g = shared();
+    // Nothing listens on port 1: a missing check would show as a connect error instead.
+    let url = "ws://127.0.0.1:1/";
+    let cases: &[(&[&str], &str)] = &[
+        (&[""], ""),
+        (&["a b"], "a b"),
+        (&["chat", "a,b"], "a,b"),
+        (&["chat", "chat"], "chat"),
+        (&["x", "y", "x"], "x"),
+        (&["caf\u{e9}"], "caf\u{e9}"),
+        (&["semi;colon"], "semi;colon"),
+    ];
+    for (protocols, bad) in cases {
+        let builder = protocols
+            .iter()
+            .fold(WebSocket::builder(), |b, p| b.subprotocol(*p));
+        let results = [
+            builder.clone().open_pull(url).err(),
+            builder.clone().connect_pull(url).err(),
+            builder.clone().open(url, ()).err(),
+        ];
+        for r in results {
+            assert!(
+                matches!(&r, Some(Error::InvalidSubprotocol(p)) if p == bad),
+                "{protocols:?}: expected InvalidSubprotocol({bad:?}), got {r:?}"
+            );
+        }
+    }
+    // Valid tokens are accepted synchronously.
+    let ok = WebSocket::builder()
+        .subprotocol("chat.v1")
+        .subprotocol("x-custom_2+json")
+        .open_pull(url);
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn bad_headers_are_synchronous_errors() {
+    let _g = shared();
+    let url = "ws://127.0.0.1:1/";
+    let r = WebSocket::builder().header("Bad Name", "v").open_pull(url);
+    assert!(
+        matches!(&r, Err(Error::InvalidHeader { name, .. }) if name == "Bad Name"),
+        "{r:?}"
+    );
+    let r = WebSocket::builder()
+        .header("X-Ok", "line\nbreak")
+        .open_pull(url);
+    assert!(
+        matches!(&r, Err(Error::InvalidHeader { name, .. }) if name == "X-Ok"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn path_and_query_arrive_intact() {
+    let _g = shared();
+    for (suffix, expected) in [
+        (
+            "/chat/room%201/?x=1&y=%2F&empty=&flag",
+            "/chat/room%201/?x=1&y=%2F&empty=&flag",
+        ),
+        ("", "/"),
+        ("?only=query", "/?only=query"),
+        ("/a/b/c.json?q=%E2%9C%93", "/a/b/c.json?q=%E2%9C%93"),
+    ] {
+        let server = request_capturing_server();
+        let url = server.url_with(suffix);
+        let ws = WebSocket::connect(&url, ()).unwrap_or_else(|e| panic!("{url}: {e}"));
+        ws.close().unwrap();
+        assert_eq!(server.join().uri, expected, "{url}");
+    }
+}
+
+#[test]
+fn extra_headers_and_origin_arrive() {
+    let _g = shared();
+    let server = request_capturing_server();
+    let ws = WebSocket::builder()
+        .header("X-Custom", "one")
+        .header("X-Multi", "a")
+        .header("X-Multi", "b")
+        .header("Cookie", "session=abc; theme=dark")
+        .origin("https://example.org")
+        .connect(&server.url(), ())
+        .expect("connect");
+    ws.close().unwrap();
+    let seen = server.join();
+    assert_eq!(seen.header("x-custom").as_deref(), Some("one"));
+    assert_eq!(seen.all("x-multi"), ["a", "b"]);
+    assert_eq!(
+        seen.header("cookie").as_deref(),
+        Some("session=abc; theme=dark")
+    );
+    assert_eq!(
+        seen.header("origin").as_deref(),
+        Some("https://example.org")
+    );
+    assert_eq!(
+        seen.header("upgrade")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref(),
+        Some("websocket")
+    );
+    assert_eq!(seen.header("sec-websocket-version").as_deref(), Some("13"));
+    assert_eq!(
+        seen.header("sec-websocket-protocol"),
+        None,
+        "no subprotocol offered"
+    );
+}
+
+#[test]
+fn url_userinfo_becomes_basic_authorization() {
+    let _g = shared();
+    let server = request_capturing_server();
+    let url = format!("ws://al%20ice:s%3Acret@{}/private", server.addr);
+    let ws = WebSocket::connect(&url, ()).expect("connect");
+    assert_eq!(
+        ws.url(),
+        format!("ws://{}/private", server.addr),
+        "credentials leave the URL"
+    );
+    ws.close().unwrap();
+    let seen = server.join();
+    // base64("al ice:s:cret")
+    assert_eq!(
+        seen.header("authorization").as_deref(),
+        Some("Basic YWwgaWNlOnM6Y3JldA==")
+    );
+    assert_eq!(seen.uri, "/private");
+
+    // An explicit Authorization header wins over the URL's userinfo.
+    let server = request_capturing_server();
+    let url = format!("ws://user:pw@{}/", server.addr);
+    let ws = WebSocket::builder()
+        .header("Authorization", "Bearer token")
+        .connect(&url, ())
+        .expect("connect");
+    ws.close().unwrap();
+    assert_eq!(server.join().all("authorization"), ["Bearer token"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Rule 2: onopen.
+// ---------------------------------------------------------------------------------------
+
+fn pick(
+    protocol: &'static str,
+) -> impl FnOnce(&Request, Response) -> Result<Response, tungstenite::handshake::server::ErrorResponse>
+{
+    move |req: &Request, mut resp: Response| {
+        let offered = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert_eq!(
+            offered, "chat.v1, chat.v2",
+            "offered in order of preference"
+        );
+        resp.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+        Ok(resp)
+    }
+}
+
+#[test]
+fn onopen_fires_once_before_messages_with_state_open_and_protocol_known() {
+    let _g = shared();
+    let server = server_hdr(pick("chat.v2"), |mut ws| {
+        // Messages right after the handshake: they must still come after onopen.
+        for i in 0..5 {
+            ws.send(tungstenite::Message::text(format!("m{i}")))
+                .unwrap();
+        }
+        read_until_close(&mut ws)
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .subprotocol("chat.v1")
+        .subprotocol("chat.v2")
+        .connect(&server.url(), rec)
+        .expect("connect");
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    assert_eq!(ws.protocol(), "chat.v2");
+    assert_eq!(ws.extensions(), "");
+    let first = next_rec(&rx);
+    assert!(
+        matches!(&first, Rec::Open { state: ReadyState::Open, protocol, extensions, thread }
+            if protocol == "chat.v2" && extensions.is_empty() && thread.as_deref() == Some("nwebsocket-cb")),
+        "{first:?}"
+    );
+    for i in 0..5 {
+        let r = next_rec(&rx);
+        assert!(
+            matches!(&r, Rec::Message(m) if m.as_text() == Some(&*format!("m{i}"))),
+            "{r:?}"
+        );
+    }
+    ws.close().unwrap();
+    let rest = recs_until_close(&rx);
+    assert!(
+        matches!(rest.last(), Some(Rec::Close(c, _)) if c.code == 1000 && c.was_clean),
+        "{rest:?}"
+    );
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    assert!(
+        !rest.iter().any(|r| matches!(r, Rec::Open { .. })),
+        "onopen only once: {rest:?}"
+    );
+    server.join();
+}
+
+#[test]
+fn browser_style_open_returns_connecting_then_onopen() {
+    let _g = shared();
+    let (gate_tx, gate_rx) = nwebsocket::crossbeam_channel::bounded::<()>(1);
+    let server = server_hdr(
+        move |_req: &Request, resp: Response| {
+            let _ = gate_rx.recv_timeout(WAIT);
+            Ok(resp)
+        },
+        |mut ws| read_until_close(&mut ws),
+    );
+    let (rec, rx) = recorder();
+    let ws = WebSocket::open(&server.url(), rec).expect("open");
+    assert_eq!(ws.ready_state(), ReadyState::Connecting);
+    assert_eq!(ws.protocol(), "");
+    gate_tx.send(()).unwrap();
+    let first = next_rec(&rx);
+    assert!(
+        matches!(
+            first,
+            Rec::Open {
+                state: ReadyState::Open,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    ws.close().unwrap();
+    let c = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert!(c.was_clean && c.code == 1000, "{c:?}");
+    server.join();
+}
+
+#[test]
+fn server_choosing_a_subprotocol_not_offered_fails() {
+    let _g = shared();
+    let server = server_hdr(pick("evil"), |mut ws| read_until_close(&mut ws));
+    let (rec, rx) = recorder();
+    let r = WebSocket::builder()
+        .subprotocol("chat.v1")
+        .subprotocol("chat.v2")
+        .connect(&server.url(), rec);
+    assert!(matches!(&r, Err(Error::Handshake(_))), "{r:?}");
+    drop(r);
+    let recs = leftover_recs(&rx);
+    assert!(
+        !recs.iter().any(|r| matches!(r, Rec::Open { .. })),
+        "{recs:?}"
+    );
+    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake(_)));
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    server.join();
+}
+
+#[test]
+fn server_choosing_a_subprotocol_when_none_was_offered_fails() {
+    let _g = shared();
+    let server = server_hdr(
+        |_req: &Request, mut resp: Response| {
+            resp.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static("chat.v1"),
+            );
+            Ok(resp)
+        },
+        |mut ws| read_until_close(&mut ws),
+    );
+    let (ws, events) = WebSocket::open_pull(&server.url()).expect("open");
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    server.join();
+}
+
+/// Like browsers (Chrome: "Sent non-empty 'Sec-WebSocket-Protocol' header but no response
+/// was received"), offering subprotocols and getting none back fails the connection.
+#[test]
+fn server_answering_no_subprotocol_when_some_were_offered_fails() {
+    let _g = shared();
+    let server = server(|mut ws| read_until_close(&mut ws));
+    let (ws, events) = WebSocket::builder()
+        .subprotocol("chat.v1")
+        .open_pull(&server.url())
+        .expect("open");
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    server.join();
+}
+
+#[test]
+fn server_choosing_an_extension_fails() {
+    let _g = shared();
+    let server = server_hdr(
+        |_req: &Request, mut resp: Response| {
+            resp.headers_mut().insert(
+                "sec-websocket-extensions",
+                HeaderValue::from_static("permessage-deflate"),
+            );
+            Ok(resp)
+        },
+        |mut ws| read_until_close(&mut ws),
+    );
+    let (ws, events) = WebSocket::open_pull(&server.url()).expect("open");
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    server.join();
+}
+
+#[test]
+fn cookies_go_in_one_header() {
+    let _g = shared();
+    let server = request_capturing_server();
+    let (ws, _events) = WebSocket::builder()
+        .cookie("session", "abc123")
+        .cookie("theme", "dark")
+        .connect_pull(&server.url())
+        .expect("connect");
+    drop(ws);
+    let seen = server.join();
+    assert_eq!(seen.all("cookie"), ["session=abc123; theme=dark"]);
+}

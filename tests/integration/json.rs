@@ -1,0 +1,339 @@
+//! The JSON layer: `send_json`, `Message::json`, `Router`, and `request` with correlation
+//! ids, including many threads at once among unrelated traffic, timeouts and late replies.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nwebsocket::crossbeam_channel;
+use nwebsocket::{
+    Error, Event, Handler, Message, ReadyState, Router, Timeout, WebSocket, WebSocketRef,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// A server that answers each JSON text carrying an `id` (in `field`) with one unrelated
+/// message first, then the reply `{"type": "reply", <field>: id, "echo": <data>}`.
+/// Returns how many requests it answered.
+fn reply_server(field: &'static str, expected: usize) -> Server<usize> {
+    server(move |mut ws| {
+        let mut answered = 0;
+        while answered < expected {
+            let msg = match ws.read() {
+                Ok(m) => m,
+                Err(_) => break,
+            };
+            let Ok(text) = msg.to_text() else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
+            let id = v[field].clone();
+            let noise = json!({"type": "noise", "n": answered});
+            ws.write(tungstenite::Message::text(noise.to_string()))
+                .expect("server: write noise");
+            let reply = json!({"type": "reply", field: id, "echo": v["data"]});
+            ws.write(tungstenite::Message::text(reply.to_string()))
+                .expect("server: write reply");
+            ws.flush().expect("server: flush");
+            answered += 1;
+        }
+        read_until_close(&mut ws);
+        answered
+    })
+}
+
+/// Counts unrelated messages (and keeps their `n`) on the callback thread.
+#[derive(Default)]
+struct Noise {
+    seen: Vec<u64>,
+    other: Vec<Message>,
+}
+
+impl Handler for Noise {
+    fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+        match msg.json::<Value>() {
+            Ok(v) if v["type"] == "noise" => self.seen.push(v["n"].as_u64().unwrap()),
+            _ => self.other.push(msg),
+        }
+    }
+}
+
+#[test]
+fn send_json_and_typed_view_round_trip() {
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Point {
+        x: i32,
+        y: i32,
+    }
+    let _g = shared();
+    let server = echo_server();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    ws.send_json(&Point { x: 1, y: -2 }).expect("send_json");
+    ws.send("not json").unwrap();
+    ws.send(vec![1u8, 2]).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let Event::Message(m) = next_event(&events) {
+            got.push(m);
+        }
+    }
+    assert!(got[0].is_text());
+    assert_eq!(got[0].json::<Point>().unwrap(), Point { x: 1, y: -2 });
+    assert!(matches!(got[1].json::<Point>(), Err(Error::Json(_))));
+    assert!(matches!(got[2].json::<Value>(), Err(Error::Json(_))));
+    // A map with non-string keys cannot be JSON: a typed error, nothing sent.
+    let bad: std::collections::HashMap<(i32, i32), i32> = [((1, 2), 3)].into();
+    assert!(matches!(ws.send_json(&bad), Err(Error::Json(_))));
+}
+
+#[test]
+fn router_dispatches_by_type_with_a_fallback() {
+    #[derive(Deserialize)]
+    struct Chat {
+        data: String,
+    }
+    let _g = shared();
+    let server = server(|mut ws| {
+        for text in [
+            r#"{"type": "message", "data": "hello"}"#,
+            r#"{"type": "presence", "who": "bob"}"#,
+            r#"{"type": "unknown", "x": 1}"#,
+            "plain text",
+            r#"{"type": "message", "data": 42}"#,
+            r#"{"no_type": true}"#,
+        ] {
+            ws.send(tungstenite::Message::text(text)).unwrap();
+        }
+        ws.send(tungstenite::Message::binary(vec![9u8])).unwrap();
+        read_until_close(&mut ws);
+    });
+    let (tx, rx) = crossbeam_channel::unbounded::<String>();
+    let (t1, t2, t3, t4) = (tx.clone(), tx.clone(), tx.clone(), tx);
+    let router = Router::new()
+        .on("message", move |_ws: &WebSocketRef, c: Chat| {
+            t1.send(format!("chat:{}", c.data)).unwrap()
+        })
+        .on("presence", move |_ws: &WebSocketRef, v: Value| {
+            t2.send(format!("presence:{}", v["who"].as_str().unwrap()))
+                .unwrap()
+        })
+        .fallback(move |_ws, m| {
+            let shown = match m.as_text() {
+                Some(t) => format!("fallback:{t}"),
+                None => format!("fallback-binary:{:?}", m.as_bytes()),
+            };
+            t3.send(shown).unwrap()
+        })
+        .on_close(move |_ws, c| t4.send(format!("close:{}", c.code)).unwrap());
+    let ws = WebSocket::connect(&server.url(), router).expect("connect");
+    let mut got = Vec::new();
+    while got.len() < 7 {
+        got.push(rx.recv_timeout(WAIT).expect("a routed message"));
+    }
+    assert_eq!(
+        got,
+        [
+            "chat:hello",
+            "presence:bob",
+            r#"fallback:{"type": "unknown", "x": 1}"#,
+            "fallback:plain text",
+            // `data` is not a string: it does not fit `Chat`, so it is not lost either.
+            r#"fallback:{"type": "message", "data": 42}"#,
+            r#"fallback:{"no_type": true}"#,
+            "fallback-binary:[9]",
+        ]
+    );
+    ws.close().unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "close:1000");
+    server.join();
+}
+
+/// 8 threads × 1,000 requests, each reply preceded by an unrelated message: every reply
+/// reaches its own requester, every unrelated message reaches `onmessage`, none twice.
+#[test]
+fn request_from_eight_threads_among_unrelated_traffic() {
+    const THREADS: usize = 8;
+    const EACH: usize = 1_000;
+    let _g = shared();
+    let server = reply_server("id", THREADS * EACH);
+    let ws = WebSocket::connect(&server.url(), Noise::default()).expect("connect");
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let ws = ws.downgrade();
+            thread::spawn(move || {
+                for i in 0..EACH {
+                    let data = format!("t{t}-{i}");
+                    let reply: Value = ws
+                        .request(&json!({"type": "ask", "data": data}), WAIT)
+                        .expect("reply");
+                    assert_eq!(reply["type"], "reply");
+                    assert_eq!(
+                        reply["echo"],
+                        data.as_str(),
+                        "a reply reached the wrong caller"
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("requester thread");
+    }
+    assert!(
+        eventually(WAIT, || ws.handler().seen.len() >= THREADS * EACH),
+        "unrelated messages delivered: {}",
+        ws.handler().seen.len()
+    );
+    {
+        let h = ws.handler();
+        let distinct: BTreeSet<u64> = h.seen.iter().copied().collect();
+        assert_eq!(
+            h.seen.len(),
+            THREADS * EACH,
+            "duplicates among unrelated messages"
+        );
+        assert_eq!(distinct.len(), THREADS * EACH);
+        assert!(
+            h.other.is_empty(),
+            "replies leaked to onmessage: {:?}",
+            &h.other[..1]
+        );
+    }
+    ws.close().unwrap();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    assert_eq!(server.join(), THREADS * EACH);
+}
+
+#[test]
+fn request_works_in_pull_style_with_a_custom_id_field() {
+    let _g = shared();
+    let server = reply_server("rid", 3);
+    let (ws, events) = WebSocket::builder()
+        .request_id_field("rid")
+        .connect_pull(&server.url())
+        .expect("connect");
+    for i in 0..3 {
+        let reply: Value = ws
+            .request(&json!({"data": i, "id": "left alone"}), WAIT)
+            .expect("reply");
+        assert_eq!(reply["echo"], i);
+    }
+    let mut noise = 0;
+    let mut leaked = Vec::new();
+    while noise < 3 {
+        match next_event(&events) {
+            Event::Message(m) if m.json::<Value>().unwrap()["type"] == "noise" => noise += 1,
+            Event::Message(m) => leaked.push(m),
+            _ => {}
+        }
+    }
+    assert!(leaked.is_empty(), "{leaked:?}");
+    ws.close().unwrap();
+    server.join();
+}
+
+#[test]
+fn request_times_out_and_a_late_reply_goes_to_onmessage() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        let first = ws.read().expect("server: request");
+        let v: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+        // Answer only after the client gave up (it waits 200 ms): the test tells us when.
+        let go = ws.read().expect("server: go");
+        assert_eq!(go.to_text().unwrap(), "late now");
+        let reply = json!({"type": "reply", "id": v["id"], "late": true});
+        ws.send(tungstenite::Message::text(reply.to_string()))
+            .unwrap();
+        read_until_close(&mut ws);
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let started = Instant::now();
+    let result = ws.request::<_, Value>(&json!({"q": 1}), Duration::from_millis(200));
+    let waited = started.elapsed();
+    assert!(
+        matches!(result, Err(Error::Timeout(Timeout::Request))),
+        "{result:?}"
+    );
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    ws.send("late now").unwrap();
+    let late = loop {
+        if let Event::Message(m) = next_event(&events) {
+            break m;
+        }
+    };
+    assert_eq!(late.json::<Value>().unwrap()["late"], true);
+    ws.close().unwrap();
+    server.join();
+}
+
+#[test]
+fn pending_requests_fail_at_once_when_the_connection_ends() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        let _ = ws.read();
+        // Vanish without answering or closing.
+        drop(ws);
+    });
+    let (ws, _events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let started = Instant::now();
+    let result = ws.request::<_, Value>(&json!({"q": 1}), Duration::from_secs(30));
+    assert!(
+        matches!(result, Err(Error::InvalidState(ReadyState::Closed))),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < WAIT, "waited {:?}", started.elapsed());
+    server.join();
+}
+
+#[test]
+fn request_refuses_non_objects_and_closed_connections() {
+    let _g = shared();
+    let server = echo_server();
+    let (ws, _events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(
+        ws.request::<_, Value>(&json!([1, 2]), WAIT),
+        Err(Error::Json(_))
+    ));
+    ws.close().unwrap();
+    let result = ws.request::<_, Value>(&json!({"q": 1}), WAIT);
+    match result {
+        Err(Error::Send(e)) => assert!(e.into_message().as_text().unwrap().contains("\"q\":1")),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waiting requesters are counted once each even when many time out at once.
+#[test]
+fn many_concurrent_timeouts_leave_nothing_pending() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        read_until_close(&mut ws);
+    });
+    let (ws, _events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let timeouts = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let ws = ws.downgrade();
+            let timeouts = Arc::clone(&timeouts);
+            thread::spawn(move || {
+                for _ in 0..5 {
+                    let r = ws.request::<_, Value>(&json!({}), Duration::from_millis(20));
+                    if matches!(r, Err(Error::Timeout(Timeout::Request))) {
+                        timeouts.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(timeouts.load(Ordering::SeqCst), 40);
+    ws.close().unwrap();
+    server.join();
+}

@@ -1,0 +1,36 @@
+//! Integration tests for `nwebsocket`: every line of the contract in DESIGN.md, against real
+//! servers on 127.0.0.1 (tungstenite servers scripted per test, and raw TCP servers for
+//! handshake manipulation). No mocks, no fixed ports, no external hosts.
+//!
+//! - `handshake`: rule 1 (URLs, the request) and rule 2 (`onopen`).
+//! - `messages`: rules 3, 8, 9, 10 (delivery, callback panics, pings, limits).
+//! - `failures`: rule 4 (refused, rejected, vanished, timed out).
+//! - `closing`: rules 5, 6, 7 (closing either way, sends before open and after close).
+//! - `flow`: backpressure both ways, `buffered_amount`, send latency, JSON.
+//! - `threads`: concurrent senders, callback threads, handler state, thread and CPU cost.
+//! - `faults`: peers that break the protocol after the handshake (1002 on the wire).
+//! - `json`: `send_json`, `Message::json`, `Router`, `request` among unrelated traffic.
+//! - `load`: 16 senders × 100,000 messages; 1,000 connect/close cycles leak nothing.
+//! - `proxy`: HTTP CONNECT through an in-process proxy.
+//!
+//! Tests that count or measure the crate's threads take `support::exclusive()`; every other
+//! test takes `support::shared()`, so none of them runs while those look.
+//!
+//! Tests marked `#[ignore = "core bug: ..."]` fail because of the crate, not the test:
+//! `cargo test --test integration -- --ignored` shows them.
+
+// Server scripts and helpers outside `#[test]` functions unwrap freely; tungstenite's
+// handshake callbacks have its large error type in their signature.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+
+mod closing;
+mod failures;
+mod faults;
+mod flow;
+mod handshake;
+mod json;
+mod load;
+mod messages;
+mod proxy;
+mod support;
+mod threads;

@@ -1,0 +1,622 @@
+//! Rule 3 (delivery), rule 8 (callback panics), rule 9 (pings), rule 10 (limits).
+
+use std::time::Duration;
+
+use nwebsocket::{Error, Event, Message, ReadyState, WebSocket};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::CloseFrame;
+
+use crate::support::*;
+
+const MANY: usize = 10_000;
+
+fn flood_then_close(mut ws: ServerWs) {
+    for i in 0..MANY {
+        ws.write(nth_message(i)).unwrap();
+    }
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "flood done".into(),
+    }))
+    .unwrap();
+    read_until_close(&mut ws);
+}
+
+#[test]
+fn ten_thousand_mixed_messages_delivered_once_in_order_callback_style() {
+    let _g = shared();
+    let server = server(flood_then_close);
+    let (rec, rx) = recorder();
+    let ws = WebSocket::connect(&server.url(), rec).expect("connect");
+    let recs = recs_until_close(&rx);
+    assert!(matches!(recs[0], Rec::Open { .. }), "{:?}", recs[0]);
+    assert_eq!(recs.len(), MANY + 2, "Open + messages + Close");
+    for (i, r) in recs[1..=MANY].iter().enumerate() {
+        match r {
+            Rec::Message(m) => assert_eq!(*m, nth_expected(i), "message {i}"),
+            other => panic!("message {i}: got {other:?}"),
+        }
+    }
+    assert!(
+        matches!(&recs[MANY + 1], Rec::Close(c, ReadyState::Closed) if c.code == 1000 && c.reason == "flood done" && c.was_clean),
+        "{:?}",
+        recs[MANY + 1]
+    );
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    server.join();
+}
+
+#[test]
+fn ten_thousand_mixed_messages_delivered_once_in_order_pull_style() {
+    let _g = shared();
+    let server = server(flood_then_close);
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let evs = events_until_close(&events);
+    assert!(matches!(evs[0], Event::Open), "{:?}", evs[0]);
+    assert_eq!(evs.len(), MANY + 2);
+    for (i, e) in evs[1..=MANY].iter().enumerate() {
+        match e {
+            Event::Message(m) => assert_eq!(*m, nth_expected(i), "message {i}"),
+            other => panic!("message {i}: got {other:?}"),
+        }
+    }
+    assert!(matches!(&evs[MANY + 1], Event::Close(c) if c.code == 1000 && c.was_clean));
+    assert_eq!(ws.wait_closed_timeout(WAIT).map(|c| c.code), Some(1000));
+    drop(ws);
+    assert!(leftover_events(&events).is_empty());
+    server.join();
+}
+
+/// Both directions at once: the client sends 10,000 mixed messages to an echo server and
+/// reads the echoes as they come.
+#[test]
+fn ten_thousand_echoes_round_trip_in_order() {
+    let _g = shared();
+    let server = echo_server();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let sender = {
+        let ws = ws.clone();
+        std::thread::spawn(move || {
+            for i in 0..MANY {
+                ws.send(nth_expected(i)).expect("send");
+            }
+        })
+    };
+    for i in 0..MANY {
+        match next_event(&events) {
+            Event::Message(m) => assert_eq!(m, nth_expected(i), "echo {i}"),
+            other => panic!("echo {i}: got {other:?}"),
+        }
+    }
+    sender.join().unwrap();
+    ws.close().unwrap();
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000 && c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    assert_eq!(server.join(), MANY);
+}
+
+#[test]
+fn fragmented_messages_are_reassembled() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        let frame = |data: &[u8], op: OpCode, fin: bool| {
+            tungstenite::Message::Frame(Frame::message(data.to_vec(), op, fin))
+        };
+        let text = OpCode::Data(Data::Text);
+        let bin = OpCode::Data(Data::Binary);
+        let cont = OpCode::Data(Data::Continue);
+        // Text in three fragments with a ping in between (control frames may interleave).
+        ws.write(frame(b"Hel", text, false)).unwrap();
+        ws.write(frame(b"lo ", cont, false)).unwrap();
+        ws.write(tungstenite::Message::Ping(b"mid".to_vec().into()))
+            .unwrap();
+        ws.write(frame(b"world", cont, true)).unwrap();
+        // A multi-byte character split across fragments.
+        let snow = "sn\u{2603}w".as_bytes(); // "sn☃w": ☃ is 3 bytes
+        ws.write(frame(&snow[..3], text, false)).unwrap();
+        ws.write(frame(&snow[3..4], cont, false)).unwrap();
+        ws.write(frame(&snow[4..], cont, true)).unwrap();
+        // Binary in many fragments, some empty.
+        let payload: Vec<u8> = (0..=255u8).collect();
+        ws.write(frame(&payload[..100], bin, false)).unwrap();
+        ws.write(frame(&[], cont, false)).unwrap();
+        ws.write(frame(&payload[100..200], cont, false)).unwrap();
+        ws.write(frame(&payload[200..], cont, true)).unwrap();
+        ws.write(tungstenite::Message::text("after")).unwrap();
+        ws.flush().unwrap();
+        read_until_close(&mut ws)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let expected: Vec<Message> = vec![
+        "Hello world".into(),
+        "sn\u{2603}w".into(),
+        (0..=255u8).collect::<Vec<u8>>().into(),
+        "after".into(),
+    ];
+    for want in &expected {
+        match next_event(&events) {
+            Event::Message(m) => assert_eq!(&m, want),
+            other => panic!("expected {want:?}, got {other:?}"),
+        }
+    }
+    ws.close().unwrap();
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    let (_, close) = server.join();
+    assert!(close.is_some(), "the server got the client's Close");
+}
+
+#[test]
+fn empty_and_large_messages_are_delivered() {
+    let _g = shared();
+    let big = vec![0xa5u8; 3 << 20];
+    let big_text = "x".repeat(1 << 20);
+    let (b, t) = (big.clone(), big_text.clone());
+    let server = server(move |mut ws| {
+        ws.send(tungstenite::Message::text("")).unwrap();
+        ws.send(tungstenite::Message::binary(Vec::new())).unwrap();
+        ws.send(tungstenite::Message::binary(b)).unwrap();
+        ws.send(tungstenite::Message::text(t)).unwrap();
+        read_until_close(&mut ws)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let want: [Message; 4] = ["".into(), Vec::new().into(), big.into(), big_text.into()];
+    for w in want {
+        match next_event(&events) {
+            Event::Message(m) => {
+                assert_eq!(m.is_text(), w.is_text());
+                assert_eq!(m, w);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    ws.close().unwrap();
+    drop(ws);
+    server.join();
+}
+
+// ---------------------------------------------------------------------------------------
+// Rule 8: a panicking callback.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn panic_in_onmessage_is_reported_to_onerror_and_later_messages_arrive() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        for t in ["a", "boom", "b"] {
+            ws.send(tungstenite::Message::text(t)).unwrap();
+        }
+        // The connection carries on: the client can still send, and receive.
+        let m = ws.read().expect("server: message after the panic");
+        ws.send(m).unwrap();
+        read_until_close(&mut ws)
+    });
+    let (mut rec, rx) = recorder();
+    rec.panic_on = Some("boom".into());
+    let ws = WebSocket::connect(&server.url(), rec).expect("connect");
+    assert!(matches!(next_rec(&rx), Rec::Open { .. }));
+    let r = next_rec(&rx);
+    assert!(
+        matches!(&r, Rec::Message(m) if m.as_text() == Some("a")),
+        "{r:?}"
+    );
+    let r = next_rec(&rx);
+    assert!(
+        matches!(&r, Rec::Error(Error::CallbackPanic(text)) if text.contains("deliberate panic")),
+        "{r:?}"
+    );
+    let r = next_rec(&rx);
+    assert!(
+        matches!(&r, Rec::Message(m) if m.as_text() == Some("b")),
+        "{r:?}"
+    );
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    ws.send("after the panic").unwrap();
+    let r = next_rec(&rx);
+    assert!(
+        matches!(&r, Rec::Message(m) if m.as_text() == Some("after the panic")),
+        "{r:?}"
+    );
+    ws.close().unwrap();
+    let rest = recs_until_close(&rx);
+    assert!(
+        matches!(rest.as_slice(), [Rec::Close(c, _)] if c.code == 1000 && c.was_clean),
+        "{rest:?}"
+    );
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    server.join();
+}
+
+#[test]
+fn panic_in_pull_style_dispatch_is_reported_too() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        for t in ["boom", "fine"] {
+            ws.send(tungstenite::Message::text(t)).unwrap();
+        }
+        read_until_close(&mut ws)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let (mut rec, rx) = recorder();
+    rec.panic_on = Some("boom".into());
+    for _ in 0..3 {
+        let e = next_event(&events);
+        ws.dispatch(&mut rec, e);
+    }
+    let recs: Vec<Rec> = rx.try_iter().collect();
+    assert!(
+        matches!(recs.as_slice(), [Rec::Open { .. }, Rec::Error(Error::CallbackPanic(_)), Rec::Message(m)] if m.as_text() == Some("fine")),
+        "{recs:?}"
+    );
+    ws.close().unwrap();
+    drop(ws);
+    server.join();
+}
+
+// ---------------------------------------------------------------------------------------
+// Rule 9: pings.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn server_pings_are_answered_with_the_same_payload() {
+    let _g = shared();
+    let payloads: Vec<Vec<u8>> = vec![b"hello-ping-42".to_vec(), Vec::new(), (0..125u8).collect()];
+    let sent = payloads.clone();
+    let server = server(move |mut ws| {
+        let mut pongs = Vec::new();
+        for p in sent {
+            ws.send(tungstenite::Message::Ping(p.into())).unwrap();
+            match ws.read().expect("server: waiting for a pong") {
+                tungstenite::Message::Pong(data) => pongs.push(data.to_vec()),
+                other => panic!("server: expected a pong, got {other:?}"),
+            }
+        }
+        ws.send(tungstenite::Message::text("done")).unwrap();
+        read_until_close(&mut ws);
+        pongs
+    });
+    let (ws, events) = WebSocket::builder()
+        .ping_events(true)
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    for p in &payloads {
+        let e = next_event(&events);
+        assert!(matches!(&e, Event::Ping(b) if **b == **p), "{e:?}");
+    }
+    let e = next_event(&events);
+    assert!(
+        matches!(&e, Event::Message(m) if m.as_text() == Some("done")),
+        "{e:?}"
+    );
+    ws.close().unwrap();
+    drop(ws);
+    assert_eq!(server.join(), payloads);
+}
+
+#[test]
+fn client_ping_gets_the_servers_pong() {
+    let _g = shared();
+    let server = server(|mut ws| read_until_close(&mut ws));
+    let (ws, events) = WebSocket::builder()
+        .ping_events(true)
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    ws.ping(b"are you there".to_vec()).unwrap();
+    let e = next_event(&events);
+    assert!(
+        matches!(&e, Event::Pong(b) if &**b == b"are you there"),
+        "{e:?}"
+    );
+    let r = ws.ping(vec![0u8; 126]);
+    assert!(matches!(r, Err(Error::InvalidPingPayload(126))), "{r:?}");
+    ws.close().unwrap();
+    let r = ws.ping(b"late".to_vec());
+    assert!(
+        matches!(
+            r,
+            Err(Error::InvalidState(
+                ReadyState::Closing | ReadyState::Closed
+            ))
+        ),
+        "{r:?}"
+    );
+    drop(ws);
+    server.join();
+}
+
+/// Without `ping_events`, pings are answered but not reported.
+#[test]
+fn pings_are_not_reported_by_default() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        ws.send(tungstenite::Message::Ping(b"p".to_vec().into()))
+            .unwrap();
+        let pong = ws.read().expect("server: pong");
+        assert!(
+            matches!(&pong, tungstenite::Message::Pong(p) if &p[..] == b"p"),
+            "{pong:?}"
+        );
+        ws.send(tungstenite::Message::text("after ping")).unwrap();
+        read_until_close(&mut ws)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let e = next_event(&events);
+    assert!(
+        matches!(&e, Event::Message(m) if m.as_text() == Some("after ping")),
+        "{e:?}"
+    );
+    ws.close().unwrap();
+    drop(ws);
+    server.join();
+}
+
+#[test]
+fn keepalive_pings_keep_the_connection_open() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut pings = 0;
+        while start.elapsed() < Duration::from_millis(1500) {
+            match ws.read() {
+                Ok(tungstenite::Message::Ping(_)) => pings += 1,
+                Ok(other) => panic!("server: unexpected {other:?}"),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("server: {e}"),
+            }
+        }
+        ws.get_ref().set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+        // Send the pong tungstenite may still hold for the last ping *before* our Close
+        // (tungstenite would otherwise write it after the Close frame).
+        ws.flush().unwrap();
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .unwrap();
+        read_until_close(&mut ws);
+        pings
+    });
+    let (ws, events) = WebSocket::builder()
+        .ping_interval(Duration::from_millis(100))
+        .pong_timeout(Duration::from_millis(1000))
+        .connect_pull(&server.url())
+        .expect("connect");
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Open, Event::Close(c)] if c.code == 1000 && c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    let pings = server.join();
+    assert!(
+        pings >= 3,
+        "only {pings} keepalive pings in 1.5 s at a 100 ms interval"
+    );
+}
+
+/// Rule 9: a pong missing past the pong timeout fails the connection (rule 4).
+#[test]
+fn missing_pong_fails_the_connection() {
+    let _g = shared();
+    let (done_tx, done_rx) = nwebsocket::crossbeam_channel::bounded::<()>(1);
+    // The server never reads, so it never answers pings.
+    let server = server(move |ws| {
+        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT);
+        drop(ws);
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .ping_interval(Duration::from_millis(100))
+        .pong_timeout(Duration::from_millis(300))
+        .connect(&server.url(), rec)
+        .expect("connect");
+    let recs = recs_until_close(&rx);
+    done_tx.send(()).unwrap();
+    assert!(matches!(recs[0], Rec::Open { .. }));
+    assert_failure_tail(&recs, |e| {
+        matches!(e, Error::Timeout(nwebsocket::Timeout::Pong))
+    });
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    server.join();
+}
+
+// ---------------------------------------------------------------------------------------
+// Rule 10: limits.
+// ---------------------------------------------------------------------------------------
+
+/// Sends the given frames, then reads until the client's Close; returns its code.
+fn send_then_expect_close(
+    frames: Vec<tungstenite::Message>,
+) -> impl FnOnce(ServerWs) -> Option<CloseCode> {
+    move |mut ws| {
+        for f in frames {
+            if ws.write(f).is_err() {
+                break;
+            }
+        }
+        let _ = ws.flush();
+        read_until_close(&mut ws).1.map(|f| f.code)
+    }
+}
+
+fn assert_capacity_failure(
+    builder: nwebsocket::Builder,
+    frames: Vec<tungstenite::Message>,
+    delivered_first: usize,
+    check: impl Fn(&Error) -> bool,
+) {
+    let server = server(send_then_expect_close(frames));
+    let (rec, rx) = recorder();
+    let ws = builder.connect(&server.url(), rec).expect("connect");
+    let recs = recs_until_close(&rx);
+    assert!(matches!(recs[0], Rec::Open { .. }), "{recs:?}");
+    assert_eq!(
+        recs.iter().filter(|r| matches!(r, Rec::Message(_))).count(),
+        delivered_first,
+        "messages under the limit are delivered: {recs:?}"
+    );
+    assert_failure_tail(&recs, check);
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    assert_eq!(
+        server.join(),
+        Some(CloseCode::Size),
+        "the server gets a Close with 1009"
+    );
+}
+
+#[test]
+fn message_above_max_message_size_fails_with_1009() {
+    let _g = shared();
+    let frames = vec![
+        tungstenite::Message::binary(vec![1u8; 1000]),
+        tungstenite::Message::binary(vec![2u8; 1001]),
+    ];
+    assert_capacity_failure(
+        WebSocket::builder().max_message_size(1000),
+        frames,
+        1,
+        |e| matches!(e, Error::Capacity { what: "message", size, limit: 1000 } if *size > 1000),
+    );
+}
+
+#[test]
+fn fragmented_message_above_max_message_size_fails_with_1009() {
+    let _g = shared();
+    let frag = |op: Data, fin: bool| {
+        tungstenite::Message::Frame(Frame::message(vec![b'x'; 600], OpCode::Data(op), fin))
+    };
+    // Each frame is under the frame limit; the message (1800 bytes) is not.
+    let frames = vec![
+        tungstenite::Message::text("small"),
+        frag(Data::Text, false),
+        frag(Data::Continue, false),
+        frag(Data::Continue, true),
+    ];
+    assert_capacity_failure(
+        WebSocket::builder()
+            .max_message_size(1000)
+            .max_frame_size(1000),
+        frames,
+        1,
+        |e| {
+            matches!(
+                e,
+                Error::Capacity {
+                    what: "message",
+                    limit: 1000,
+                    ..
+                }
+            )
+        },
+    );
+}
+
+#[test]
+fn frame_above_max_frame_size_fails_with_1009() {
+    let _g = shared();
+    let frames = vec![
+        tungstenite::Message::text("ok"),
+        tungstenite::Message::binary(vec![3u8; 2000]),
+    ];
+    assert_capacity_failure(
+        WebSocket::builder().max_frame_size(1000),
+        frames,
+        1,
+        |e| matches!(e, Error::Capacity { what: "frame", size, limit: 1000 } if *size > 1000),
+    );
+}
+
+/// Rule 4 "protocol violation": invalid UTF-8 in a text message fails with 1007.
+#[test]
+fn invalid_utf8_text_fails_the_connection_with_1007() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        ws.write(tungstenite::Message::Frame(Frame::message(
+            vec![b'o', b'k', 0xff, 0xfe],
+            OpCode::Data(Data::Text),
+            true,
+        )))
+        .unwrap();
+        ws.flush().unwrap();
+        read_until_close(&mut ws).1.map(|f| f.code)
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::connect(&server.url(), rec).expect("connect");
+    let recs = recs_until_close(&rx);
+    assert_failure_tail(&recs, |e| matches!(e, Error::Protocol(_)));
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    drop(ws);
+    assert_eq!(server.join(), Some(CloseCode::Invalid));
+}
+
+/// Rule 10: the limits have bounded defaults (a 32 MiB + 1 message is refused with no
+/// configuration at all; tungstenite alone would take up to 64 MiB).
+#[test]
+fn default_limits_are_bounded() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        let _ = ws.send(tungstenite::Message::binary(vec![0u8; (32 << 20) + 1]));
+        read_until_close(&mut ws).1.map(|f| f.code)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Open, Event::Error(Error::Capacity { .. }), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    server.join();
+}
+
+/// Pull style: a program that drops its receiver still has a working connection (events
+/// are discarded, nothing blocks).
+#[test]
+fn dropping_the_event_receiver_does_not_block_the_connection() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        for i in 0..2000 {
+            ws.send(nth_message(i)).unwrap();
+        }
+        let m = ws.read().expect("server: a message after the flood");
+        ws.send(m).unwrap();
+        read_until_close(&mut ws).1
+    });
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(4)
+        .connect_pull(&server.url())
+        .expect("connect");
+    drop(events);
+    ws.send("still works").unwrap();
+    ws.close_with(3004, "").unwrap();
+    let c = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert!(c.was_clean && c.code == 3004, "{c:?}");
+    drop(ws);
+    assert_eq!(server.join().map(|f| u16::from(f.code)), Some(3004));
+}

@@ -1,0 +1,148 @@
+//! HTTP CONNECT proxies: an in-process proxy that records what it was asked, and tunnels to
+//! a real server (whatever host name the client asked for, so that nothing is resolved).
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use nwebsocket::crossbeam_channel::{self, Receiver};
+use nwebsocket::{Error, Event, WebSocket};
+
+use crate::support::*;
+
+/// What the proxy saw: the request line and the `Proxy-Authorization` header, if any.
+#[derive(Debug)]
+struct Seen {
+    request_line: String,
+    authorization: Option<String>,
+}
+
+/// A one-connection CONNECT proxy that tunnels to `upstream`. With `require`, it answers
+/// 407 unless `Proxy-Authorization` equals it.
+fn connect_proxy(
+    upstream: SocketAddr,
+    require: Option<&'static str>,
+) -> (SocketAddr, Receiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    thread::spawn(move || {
+        let Ok((mut client, _)) = listener.accept() else {
+            return;
+        };
+        client.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+        let head = read_http_head(&mut client);
+        let mut lines = head.lines();
+        let request_line = lines.next().unwrap_or_default().to_owned();
+        let authorization = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("proxy-authorization"))
+            .map(|(_, v)| v.trim().to_owned());
+        let allowed = require.is_none_or(|r| authorization.as_deref() == Some(r));
+        let _ = tx.send(Seen {
+            request_line,
+            authorization,
+        });
+        if !allowed {
+            let _ = client.write_all(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n",
+            );
+            return;
+        }
+        let Ok(server) = TcpStream::connect(upstream) else {
+            return;
+        };
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .unwrap();
+        pipe(client, server);
+    });
+    (addr, rx)
+}
+
+/// Copies both ways until either side ends.
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+    let (mut a, mut b) = (a, b);
+    let t = thread::spawn(move || {
+        let _ = io::copy(&mut a2, &mut b2);
+        let _ = b2.shutdown(std::net::Shutdown::Both);
+    });
+    let _ = io::copy(&mut b, &mut a);
+    let _ = a.shutdown(std::net::Shutdown::Both);
+    let _ = t.join();
+}
+
+#[test]
+fn ws_through_a_connect_proxy_with_basic_auth() {
+    let _g = shared();
+    let upstream = echo_server();
+    let (proxy, seen) = connect_proxy(upstream.addr, Some("Basic dXNlcjpwYXNz"));
+    let (ws, events) = WebSocket::builder()
+        .proxy(format!("http://user:pass@{proxy}"))
+        .connect_pull("ws://chat.example.test:9000/room?x=1")
+        .expect("connect through the proxy");
+    let seen = seen.recv_timeout(WAIT).expect("the proxy was asked");
+    assert_eq!(seen.request_line, "CONNECT chat.example.test:9000 HTTP/1.1");
+    assert_eq!(seen.authorization.as_deref(), Some("Basic dXNlcjpwYXNz"));
+    ws.send("through the tunnel").unwrap();
+    loop {
+        match next_event(&events) {
+            Event::Message(m) => {
+                assert_eq!(m.as_text(), Some("through the tunnel"));
+                break;
+            }
+            Event::Open => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    ws.close().unwrap();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+}
+
+#[test]
+fn a_proxy_refusing_the_tunnel_is_a_typed_error() {
+    let _g = shared();
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (proxy, seen) = connect_proxy(upstream.local_addr().unwrap(), Some("Basic secret"));
+    let result = WebSocket::builder()
+        .proxy(format!("http://{proxy}"))
+        .connect_pull("ws://example.test/");
+    match result {
+        Err(Error::Proxy(m)) => assert!(m.contains("407"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seen.recv_timeout(WAIT).unwrap().authorization, None);
+}
+
+#[test]
+fn a_proxy_that_never_answers_hits_the_handshake_timeout() {
+    let _g = shared();
+    let silent = raw_server(|mut s| {
+        let _ = read_http_head(&mut s);
+        read_to_end_quietly(&mut s);
+    });
+    let result = WebSocket::builder()
+        .proxy(format!("http://{}", silent.addr))
+        .handshake_timeout(Duration::from_millis(300))
+        .connect_pull("ws://example.test/");
+    assert!(
+        matches!(result, Err(Error::Timeout(nwebsocket::Timeout::Handshake))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn bad_proxy_urls_are_refused_synchronously() {
+    for url in [
+        "socks5://127.0.0.1:1080",
+        "https://127.0.0.1:3128",
+        "http://",
+    ] {
+        let result = WebSocket::builder()
+            .proxy(url)
+            .open_pull("ws://example.test/");
+        assert!(matches!(result, Err(Error::Proxy(_))), "{url}: {result:?}");
+    }
+}

@@ -1,0 +1,540 @@
+//! Real servers on 127.0.0.1:0, a recording handler, and bounded waits.
+//!
+//! Every server thread ends by itself: `accept` gives up after [`SOCKET_TIMEOUT`], and
+//! every accepted socket has read and write timeouts of [`SOCKET_TIMEOUT`].
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nwebsocket::crossbeam_channel::{self, Receiver, RecvTimeoutError, Sender};
+use nwebsocket::{CloseEvent, Error, Event, Handler, Message, ReadyState, WebSocketRef};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::http::HeaderMap;
+
+/// How long a test waits for something that should happen (generous: the machine is noisy).
+pub const WAIT: Duration = Duration::from_secs(10);
+/// Read/write timeout on every server socket, and the bound on `accept`.
+pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub type ServerWs = tungstenite::WebSocket<TcpStream>;
+
+// ---------------------------------------------------------------------------------------
+// Thread accounting: tests that count the crate's threads run alone.
+// ---------------------------------------------------------------------------------------
+
+static LOCK: RwLock<()> = RwLock::new(());
+
+/// Taken by every test that opens connections: many may hold it at once.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    LOCK.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Taken by tests that count or measure the crate's threads: no other test runs meanwhile,
+/// so no other connection's threads come or go while they look.
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    LOCK.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The ids of this process's threads named `nwebsocket-io` / `nwebsocket-cb`.
+pub fn crate_threads() -> BTreeSet<(u32, String)> {
+    let mut out = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim().to_owned();
+        if comm.starts_with("nwebsocket-") {
+            out.insert((tid, comm));
+        }
+    }
+    out
+}
+
+/// The crate's threads that are not in `before`, once there are `count` of them (a new
+/// thread takes its name only once it runs, so wait for it, bounded). Only meaningful under
+/// [`exclusive`].
+pub fn new_crate_threads(before: &BTreeSet<(u32, String)>, count: usize) -> Vec<(u32, String)> {
+    let old: BTreeSet<u32> = before.iter().map(|(tid, _)| *tid).collect();
+    let fresh = || -> Vec<(u32, String)> {
+        crate_threads()
+            .into_iter()
+            .filter(|(tid, _)| !old.contains(tid))
+            .collect()
+    };
+    eventually(WAIT, || fresh().len() >= count);
+    let found = fresh();
+    assert_eq!(found.len(), count, "new nwebsocket threads: {found:?}");
+    found
+}
+
+/// Whether the thread `tid` still exists in this process.
+pub fn thread_alive(tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
+/// utime + stime of thread `tid`, in clock ticks.
+pub fn thread_cpu_ticks(tid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .unwrap_or_else(|e| panic!("reading stat of thread {tid}: {e}"));
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    utime + stime
+}
+
+/// voluntary + non-voluntary context switches of thread `tid`: how often it woke up.
+pub fn thread_switches(tid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .unwrap_or_else(|e| panic!("reading status of thread {tid}: {e}"));
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches"))
+        .map(|l| {
+            l.split_whitespace()
+                .last()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Retries `check` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers.
+// ---------------------------------------------------------------------------------------
+
+/// A server thread serving one connection; `join` returns what its body returned and
+/// re-raises its panics (so server-side assertions fail the test).
+pub struct Server<T> {
+    pub addr: SocketAddr,
+    handle: Option<JoinHandle<T>>,
+}
+
+impl<T> Server<T> {
+    /// `ws://127.0.0.1:PORT/`
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// `ws://127.0.0.1:PORT` followed by `path` (which should start with `/` or `?`).
+    pub fn url_with(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Waits for the server thread (bounded by its socket timeouts) and returns its result.
+    pub fn join(mut self) -> T {
+        let handle = self.handle.take().expect("joined once");
+        match handle.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+fn accept_bounded(listener: &TcpListener) -> io::Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + SOCKET_TIMEOUT;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(SOCKET_TIMEOUT))?;
+                stream.set_write_timeout(Some(SOCKET_TIMEOUT))?;
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no client connected",
+                    ));
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A raw TCP server: `body` gets the accepted socket and may write anything.
+pub fn raw_server<T, F>(body: F) -> Server<T>
+where
+    T: Send + 'static,
+    F: FnOnce(TcpStream) -> T + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    let handle = thread::Builder::new()
+        .name("test-server".into())
+        .spawn(move || {
+            let stream = accept_bounded(&listener).expect("server: accept");
+            drop(listener);
+            body(stream)
+        })
+        .expect("spawn server");
+    Server {
+        addr,
+        handle: Some(handle),
+    }
+}
+
+/// A tungstenite server: `body` gets the accepted WebSocket.
+pub fn server<T, F>(body: F) -> Server<T>
+where
+    T: Send + 'static,
+    F: FnOnce(ServerWs) -> T + Send + 'static,
+{
+    raw_server(move |stream| {
+        let ws = tungstenite::accept(stream).expect("server: WebSocket handshake");
+        body(ws)
+    })
+}
+
+/// A tungstenite server whose handshake goes through `on_request` (to inspect the request,
+/// change the response, or delay it).
+pub fn server_hdr<T, C, F>(on_request: C, body: F) -> Server<T>
+where
+    T: Send + 'static,
+    C: FnOnce(&Request, Response) -> Result<Response, ErrorResponse> + Send + 'static,
+    F: FnOnce(ServerWs) -> T + Send + 'static,
+{
+    raw_server(move |stream| {
+        let ws = tungstenite::accept_hdr(stream, on_request).expect("server: WebSocket handshake");
+        body(ws)
+    })
+}
+
+/// What the server saw of the opening handshake request.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header").to_owned())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("ASCII header").to_owned())
+            .collect()
+    }
+}
+
+/// A server that records the handshake request, then waits for the client's Close.
+pub fn request_capturing_server() -> Server<SeenRequest> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    server_hdr(
+        move |req: &Request, resp: Response| {
+            let _ = tx.send(SeenRequest {
+                uri: req.uri().to_string(),
+                headers: req.headers().clone(),
+            });
+            Ok(resp)
+        },
+        move |mut ws| {
+            read_until_close(&mut ws);
+            rx.try_recv().expect("request recorded")
+        },
+    )
+}
+
+/// Echoes text and binary messages until the client closes (or the connection ends);
+/// returns how many messages it echoed.
+pub fn echo_server() -> Server<usize> {
+    server(|mut ws| {
+        let mut n = 0;
+        loop {
+            match ws.read() {
+                Ok(m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
+                    if ws.send(m).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        n
+    })
+}
+
+/// Reads (answering pings and the Close) until the connection ends; returns the data
+/// messages and the client's Close frame, if one came.
+pub fn read_until_close(
+    ws: &mut ServerWs,
+) -> (
+    Vec<tungstenite::Message>,
+    Option<tungstenite::protocol::CloseFrame>,
+) {
+    let mut messages = Vec::new();
+    let mut close = None;
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => {
+                close = Some(frame.unwrap_or(tungstenite::protocol::CloseFrame {
+                    code: tungstenite::protocol::frame::coding::CloseCode::Status,
+                    reason: "".into(),
+                }));
+            }
+            Ok(m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
+                messages.push(m);
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = ws.flush();
+    (messages, close)
+}
+
+/// Reads an HTTP request head (up to the blank line) from a raw socket.
+pub fn read_http_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => head.push(byte[0]),
+            Err(e) => panic!("server: reading the request head: {e}"),
+        }
+        assert!(head.len() < 64 * 1024, "request head too long");
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads from a raw socket until EOF, an error, or the socket timeout.
+pub fn read_to_end_quietly(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A handler that records every callback, in order, on a channel.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub enum Rec {
+    Open {
+        state: ReadyState,
+        protocol: String,
+        extensions: String,
+        thread: Option<String>,
+    },
+    Message(Message),
+    Error(Error),
+    Close(CloseEvent, ReadyState),
+}
+
+/// Records each callback as a [`Rec`]; panics inside `onmessage` on a text equal to
+/// `panic_on`.
+pub struct Recorder {
+    tx: Sender<Rec>,
+    pub panic_on: Option<String>,
+}
+
+pub fn recorder() -> (Recorder, Receiver<Rec>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (Recorder { tx, panic_on: None }, rx)
+}
+
+impl Handler for Recorder {
+    fn onopen(&mut self, ws: &WebSocketRef) {
+        let _ = self.tx.send(Rec::Open {
+            state: ws.ready_state(),
+            protocol: ws.protocol().to_owned(),
+            extensions: ws.extensions().to_owned(),
+            thread: thread::current().name().map(str::to_owned),
+        });
+    }
+
+    fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+        if let (Some(p), Some(t)) = (&self.panic_on, msg.as_text()) {
+            if p == t {
+                panic!("deliberate panic in onmessage on {t:?}");
+            }
+        }
+        let _ = self.tx.send(Rec::Message(msg));
+    }
+
+    fn onerror(&mut self, _ws: &WebSocketRef, err: Error) {
+        let _ = self.tx.send(Rec::Error(err));
+    }
+
+    fn onclose(&mut self, ws: &WebSocketRef, event: CloseEvent) {
+        let _ = self.tx.send(Rec::Close(event, ws.ready_state()));
+    }
+}
+
+/// The next record, waiting at most [`WAIT`].
+pub fn next_rec(rx: &Receiver<Rec>) -> Rec {
+    match rx.recv_timeout(WAIT) {
+        Ok(r) => r,
+        Err(e) => panic!("no callback within {WAIT:?}: {e}"),
+    }
+}
+
+/// Records up to and including the `Close` (each waited for at most [`WAIT`]).
+pub fn recs_until_close(rx: &Receiver<Rec>) -> Vec<Rec> {
+    let mut out = Vec::new();
+    loop {
+        let r = next_rec(rx);
+        let done = matches!(r, Rec::Close(..));
+        out.push(r);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// After the handler was dropped (all handles dropped, threads joined), whatever is left
+/// on the channel: nothing may follow `onclose`.
+pub fn leftover_recs(rx: &Receiver<Rec>) -> Vec<Rec> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(r) => out.push(r),
+            Err(RecvTimeoutError::Disconnected) => return out,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("the handler was not dropped within {WAIT:?} (left: {out:?})")
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pull style.
+// ---------------------------------------------------------------------------------------
+
+/// The next event, waiting at most [`WAIT`].
+pub fn next_event(events: &Receiver<Event>) -> Event {
+    match events.recv_timeout(WAIT) {
+        Ok(e) => e,
+        Err(e) => panic!("no event within {WAIT:?}: {e}"),
+    }
+}
+
+/// Events up to and including `Close`.
+pub fn events_until_close(events: &Receiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    loop {
+        let e = next_event(events);
+        let done = matches!(e, Event::Close(_));
+        out.push(e);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// After the last handle was dropped: events left on the channel until it disconnects.
+pub fn leftover_events(events: &Receiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match events.recv_deadline(deadline) {
+            Ok(e) => out.push(e),
+            Err(RecvTimeoutError::Disconnected) => return out,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("the event channel did not disconnect within {WAIT:?} (left: {out:?})")
+            }
+        }
+    }
+}
+
+/// Asserts a failure's tail: exactly one `Error` (checked by `check`), then one
+/// `Close(1006, was_clean = false)`, last.
+pub fn assert_failure_tail(recs: &[Rec], check: impl Fn(&Error) -> bool) {
+    let errors: Vec<&Error> = recs
+        .iter()
+        .filter_map(|r| match r {
+            Rec::Error(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "exactly one onerror expected: {recs:?}");
+    assert!(check(errors[0]), "unexpected error: {:?}", errors[0]);
+    let n = recs.len();
+    assert!(n >= 2, "{recs:?}");
+    assert!(
+        matches!(recs[n - 2], Rec::Error(_)),
+        "onerror right before onclose: {recs:?}"
+    );
+    assert!(
+        matches!(&recs[n - 1], Rec::Close(c, ReadyState::Closed) if c.code == 1006 && !c.was_clean),
+        "onclose(1006, was_clean=false) last: {recs:?}"
+    );
+    assert_eq!(
+        recs.iter().filter(|r| matches!(r, Rec::Close(..))).count(),
+        1,
+        "exactly one onclose: {recs:?}"
+    );
+}
+
+/// A deterministic payload for message `i`: text for even `i`, binary for odd.
+pub fn nth_message(i: usize) -> tungstenite::Message {
+    let len = (i * 37) % 300;
+    if i % 2 == 0 {
+        let mut s = format!("text #{i} ");
+        s.extend(std::iter::repeat_n('é', len / 2));
+        tungstenite::Message::text(s)
+    } else {
+        let mut b = (i as u64).to_be_bytes().to_vec();
+        b.extend((0..len).map(|k| (k ^ i) as u8));
+        tungstenite::Message::binary(b)
+    }
+}
+
+/// The same payload as the crate's `Message`.
+pub fn nth_expected(i: usize) -> Message {
+    match nth_message(i) {
+        tungstenite::Message::Text(t) => Message::from(t.as_str()),
+        tungstenite::Message::Binary(b) => Message::from(b.to_vec()),
+        _ => unreachable!(),
+    }
+}

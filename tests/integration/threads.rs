@@ -1,0 +1,476 @@
+//! Threads: concurrent senders, where callbacks run, handler state, no thread left behind,
+//! no CPU while idle.
+//!
+//! Tests that count or measure the crate's threads take `exclusive()`: every other test
+//! takes `shared()`, so no other connection's threads start or stop while they look.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::thread;
+use std::time::Duration;
+
+use nwebsocket::crossbeam_channel;
+use nwebsocket::{CloseEvent, Event, Handler, Message, ReadyState, WebSocket, WebSocketRef};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+
+use crate::support::*;
+
+#[test]
+fn eight_threads_sending_at_once_keep_per_thread_order() {
+    let _g = shared();
+    const THREADS: usize = 8;
+    const EACH: usize = 2000;
+    let server = server(|mut ws| {
+        let (messages, close) = read_until_close(&mut ws);
+        assert!(close.is_some(), "server: Close after the messages");
+        let mut next = [0usize; THREADS];
+        for m in &messages {
+            let (t, seq) = match m {
+                tungstenite::Message::Text(s) => {
+                    let (t, seq) = s.split_once(':').expect("t:seq");
+                    (t.parse::<usize>().unwrap(), seq.parse::<usize>().unwrap())
+                }
+                tungstenite::Message::Binary(b) => (
+                    b[0] as usize,
+                    u32::from_be_bytes(b[1..5].try_into().unwrap()) as usize,
+                ),
+                other => panic!("server: {other:?}"),
+            };
+            assert_eq!(seq, next[t], "thread {t} out of order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [EACH; THREADS]);
+        messages.len()
+    });
+    let ws = WebSocket::connect(&server.url(), ()).expect("connect");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
+    let senders: Vec<_> = (0..THREADS)
+        .map(|t| {
+            // Half the threads use owning clones, half non-owning refs.
+            let owned = ws.clone();
+            let weak = ws.downgrade();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                for seq in 0..EACH {
+                    let r = if t % 2 == 0 {
+                        owned.send(format!("{t}:{seq}"))
+                    } else {
+                        let mut b = vec![t as u8];
+                        b.extend((seq as u32).to_be_bytes());
+                        weak.send(b)
+                    };
+                    r.expect("send");
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    ws.close().unwrap();
+    let c = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert!(c.was_clean, "{c:?}");
+    drop(ws);
+    assert_eq!(server.join(), THREADS * EACH);
+}
+
+/// Callback style runs the handler on `nwebsocket-cb`; pull style's `dispatch_pending`
+/// runs it on the caller's thread, with a handler that is not `Send`.
+#[test]
+fn dispatch_pending_runs_the_handler_on_the_callers_thread() {
+    #[derive(Default)]
+    struct Local {
+        // Rc: not Send, which pull style allows.
+        seen: Rc<RefCell<Vec<(String, thread::ThreadId)>>>,
+    }
+    impl Handler for Local {
+        fn onopen(&mut self, _ws: &WebSocketRef) {
+            self.seen
+                .borrow_mut()
+                .push(("open".into(), thread::current().id()));
+        }
+        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+            let text = msg.as_text().unwrap_or("?").to_owned();
+            self.seen.borrow_mut().push((text, thread::current().id()));
+        }
+        fn onclose(&mut self, _ws: &WebSocketRef, _event: CloseEvent) {
+            self.seen
+                .borrow_mut()
+                .push(("close".into(), thread::current().id()));
+        }
+    }
+    let _g = shared();
+    let server = server(|mut ws| {
+        for i in 0..10 {
+            ws.send(tungstenite::Message::text(format!("m{i}")))
+                .unwrap();
+        }
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .unwrap();
+        read_until_close(&mut ws);
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let mut handler = Local::default();
+    let seen = handler.seen.clone();
+    assert_eq!(
+        ws.dispatch_pending(&crossbeam_channel::never(), &mut handler),
+        0
+    );
+    let mut total = 0;
+    let got_all = eventually(WAIT, || {
+        total += ws.dispatch_pending(&events, &mut handler);
+        seen.borrow().last().is_some_and(|(s, _)| s == "close")
+    });
+    assert!(got_all, "{:?}", seen.borrow());
+    assert_eq!(total, 12);
+    let me = thread::current().id();
+    let seen = seen.borrow();
+    let names: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
+    let mut expected = vec!["open".to_owned()];
+    expected.extend((0..10).map(|i| format!("m{i}")));
+    expected.push("close".into());
+    assert_eq!(names, expected);
+    assert!(
+        seen.iter().all(|(_, id)| *id == me),
+        "all on the caller's thread"
+    );
+    assert_eq!(
+        ws.dispatch_pending(&events, &mut handler),
+        0,
+        "nothing after Close"
+    );
+    drop(ws);
+    server.join();
+}
+
+/// `handler()` gives the caller's thread the handler's state, both ways.
+#[test]
+fn handler_state_is_reachable_through_handler() {
+    #[derive(Default)]
+    struct Chat {
+        messages: Vec<String>,
+        prefix: String,
+    }
+    impl Handler for Chat {
+        fn onmessage(&mut self, ws: &WebSocketRef, msg: Message) {
+            let text = msg.as_text().unwrap_or_default().to_owned();
+            if text == "reply please" {
+                ws.send(format!("{}reply", self.prefix)).unwrap();
+            }
+            self.messages.push(text);
+        }
+    }
+    let _g = shared();
+    let server = server(|mut ws| {
+        for i in 0..50 {
+            ws.send(tungstenite::Message::text(format!("chat {i}")))
+                .unwrap();
+        }
+        // Wait for the test to change the handler's state, then ask for a reply.
+        let go = ws.read().expect("server: go");
+        assert_eq!(go, tungstenite::Message::text("go"));
+        ws.send(tungstenite::Message::text("reply please")).unwrap();
+        let reply = ws.read().expect("server: reply");
+        read_until_close(&mut ws);
+        reply
+    });
+    let ws = WebSocket::connect(&server.url(), Chat::default()).expect("connect");
+    assert!(
+        eventually(WAIT, || ws.handler().messages.len() == 50),
+        "{}",
+        ws.handler().messages.len()
+    );
+    {
+        let h = ws.handler();
+        let want: Vec<String> = (0..50).map(|i| format!("chat {i}")).collect();
+        assert_eq!(h.messages, want);
+    }
+    ws.handler().prefix = "changed by the caller: ".into();
+    ws.send("go").unwrap();
+    // onmessage sends the reply before it records "reply please".
+    assert!(eventually(WAIT, || ws.handler().messages.len() == 51));
+    assert_eq!(ws.handler().messages[50], "reply please");
+    ws.close().unwrap();
+    let c = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert!(c.was_clean, "{c:?}");
+    drop(ws);
+    assert_eq!(
+        server.join(),
+        tungstenite::Message::text("changed by the caller: reply")
+    );
+}
+
+/// A callback that blocks does not stall the I/O thread: pings are still answered.
+#[test]
+fn a_blocked_callback_does_not_stall_pongs() {
+    struct Slow {
+        entered: crossbeam_channel::Sender<()>,
+        release: crossbeam_channel::Receiver<()>,
+    }
+    impl Handler for Slow {
+        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+            if msg.as_text() == Some("slow") {
+                self.entered.send(()).unwrap();
+                let _ = self.release.recv_timeout(WAIT);
+            }
+        }
+    }
+    let _g = shared();
+    let (ping_tx, ping_rx) = crossbeam_channel::bounded::<()>(1);
+    let (pong_tx, pong_rx) = crossbeam_channel::bounded(1);
+    let server = server(move |mut ws| {
+        ws.send(tungstenite::Message::text("slow")).unwrap();
+        ping_rx
+            .recv_timeout(SOCKET_TIMEOUT)
+            .expect("server: ping now");
+        ws.send(tungstenite::Message::Ping(b"still there?".to_vec().into()))
+            .unwrap();
+        let pong = ws.read().expect("server: pong");
+        pong_tx.send(pong).unwrap();
+        read_until_close(&mut ws);
+    });
+    let (entered_tx, entered_rx) = crossbeam_channel::bounded(1);
+    let (release_tx, release_rx) = crossbeam_channel::bounded(1);
+    let ws = WebSocket::connect(
+        &server.url(),
+        Slow {
+            entered: entered_tx,
+            release: release_rx,
+        },
+    )
+    .expect("connect");
+    entered_rx.recv_timeout(WAIT).expect("the callback started");
+    ping_tx.send(()).unwrap();
+    // The callback stays blocked until the server has its pong.
+    let pong = pong_rx.recv_timeout(WAIT);
+    release_tx.send(()).unwrap();
+    let pong = pong.expect("no pong while a callback was blocked");
+    assert!(
+        matches!(&pong, tungstenite::Message::Pong(p) if &p[..] == b"still there?"),
+        "{pong:?}"
+    );
+    ws.close().unwrap();
+    drop(ws);
+    server.join();
+}
+
+/// Dropping every handle stops and joins the connection's threads (callback style: I/O and
+/// callback thread; pull style: I/O thread), for open and for failed connections.
+#[test]
+fn dropping_all_handles_leaves_no_thread_behind() {
+    let _g = exclusive();
+    let gone = |ours: &[(u32, String)]| {
+        eventually(Duration::from_secs(5), || {
+            ours.iter().all(|(tid, _)| !thread_alive(*tid))
+        })
+    };
+
+    // Callback style, handles on two threads.
+    let server = echo_server();
+    let before = crate_threads();
+    let ws = WebSocket::connect(&server.url(), ()).expect("connect");
+    let ours = new_crate_threads(&before, 2);
+    let mut names: Vec<&str> = ours.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["nwebsocket-cb", "nwebsocket-io"], "{ours:?}");
+    let other = ws.clone();
+    let weak = ws.downgrade();
+    thread::spawn(move || drop(other)).join().unwrap();
+    assert!(
+        ours.iter().all(|(tid, _)| thread_alive(*tid)),
+        "a handle remains"
+    );
+    drop(ws);
+    assert!(gone(&ours), "threads left behind: {:?}", crate_threads());
+    assert_eq!(weak.ready_state(), ReadyState::Closed);
+    drop(weak);
+    server.join();
+
+    // Pull style, event receiver kept after the handle is dropped.
+    let server = echo_server();
+    let before = crate_threads();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let ours = new_crate_threads(&before, 1);
+    assert_eq!(ours[0].1, "nwebsocket-io");
+    drop(ws);
+    assert!(gone(&ours), "threads left behind: {:?}", crate_threads());
+    let evs = leftover_events(&events);
+    assert!(matches!(evs.last(), Some(Event::Close(_))), "{evs:?}");
+    server.join();
+
+    // A server that never answers the Close: the drop waits at most about the close timeout.
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = crate::support::server(move |ws| {
+        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT);
+        drop(ws);
+    });
+    let before = crate_threads();
+    let ws = WebSocket::builder()
+        .close_timeout(Duration::from_millis(300))
+        .connect(&server.url(), ())
+        .expect("connect");
+    let ours = new_crate_threads(&before, 2);
+    let start = std::time::Instant::now();
+    drop(ws);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "drop took {:?}",
+        start.elapsed()
+    );
+    assert!(gone(&ours), "threads left behind: {:?}", crate_threads());
+    done_tx.send(()).unwrap();
+    server.join();
+
+    // A failed connection.
+    let before = crate_threads();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    drop(listener);
+    assert!(WebSocket::connect(&url, ()).is_err());
+    let left = || {
+        crate_threads()
+            .difference(&before)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || left().is_empty()),
+        "threads left behind: {:?}",
+        left()
+    );
+    // A synchronous error starts no thread at all.
+    assert!(WebSocket::open_pull("ftp://127.0.0.1/").is_err());
+    assert!(WebSocket::builder()
+        .subprotocol("")
+        .open("ws://127.0.0.1:1/", ())
+        .is_err());
+    assert!(left().is_empty(), "{:?}", left());
+}
+
+/// An idle connection (no ping interval) does not wake up: its threads use no CPU and
+/// are not scheduled at all over 2 s.
+#[test]
+fn an_idle_connection_costs_no_cpu() {
+    let _g = exclusive();
+    let server = server(|mut ws| read_until_close(&mut ws));
+    let before = crate_threads();
+    let ws = WebSocket::connect(&server.url(), ()).expect("connect");
+    // One round trip first, so start-up work is over.
+    ws.send("warm up").unwrap();
+    assert!(eventually(WAIT, || ws.buffered_amount() == 0));
+    let ours = new_crate_threads(&before, 2);
+    thread::sleep(Duration::from_millis(100));
+    let start: Vec<(u64, u64)> = ours
+        .iter()
+        .map(|(tid, _)| (thread_cpu_ticks(*tid), thread_switches(*tid)))
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    for ((tid, name), (ticks0, switches0)) in ours.iter().zip(start) {
+        let ticks = thread_cpu_ticks(*tid) - ticks0;
+        let switches = thread_switches(*tid) - switches0;
+        // Ticks are 10 ms: 2 ticks is at most 1% of the 2 s.
+        assert!(ticks <= 2, "{name} used {ticks} ticks of CPU while idle");
+        assert!(switches <= 1, "{name} woke up {switches} times while idle");
+    }
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    ws.close().unwrap();
+    drop(ws);
+    server.join();
+}
+
+/// The last handle dropped inside a callback (the threads cannot join themselves): the
+/// connection still closes with 1001 and both threads end on their own.
+#[test]
+fn dropping_the_last_handle_inside_a_callback_ends_both_threads() {
+    type Slot = std::sync::Arc<std::sync::Mutex<Option<WebSocket<Dropper>>>>;
+    struct Dropper {
+        slot: Slot,
+        closed: crossbeam_channel::Sender<CloseEvent>,
+    }
+    impl Handler for Dropper {
+        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+            if msg.as_text() == Some("drop me") {
+                let last = self.slot.lock().unwrap().take();
+                drop(last);
+            }
+        }
+        fn onclose(&mut self, _ws: &WebSocketRef, event: CloseEvent) {
+            let _ = self.closed.send(event);
+        }
+    }
+    let _g = exclusive();
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
+        ws.send(tungstenite::Message::text("drop me")).unwrap();
+        read_until_close(&mut ws).1.map(|f| f.code)
+    });
+    let slot: Slot = Default::default();
+    let (closed_tx, closed_rx) = crossbeam_channel::unbounded();
+    let before = crate_threads();
+    let ws = WebSocket::open(
+        &server.url(),
+        Dropper {
+            slot: slot.clone(),
+            closed: closed_tx,
+        },
+    )
+    .expect("open");
+    let ours = new_crate_threads(&before, 2);
+    *slot.lock().unwrap() = Some(ws);
+    go_tx.send(()).unwrap();
+    let c = closed_rx.recv_timeout(WAIT).expect("onclose ran");
+    assert_eq!((c.code, c.was_clean), (1001, true));
+    assert_eq!(server.join(), Some(CloseCode::Away));
+    assert!(
+        eventually(WAIT, || ours.iter().all(|(tid, _)| !thread_alive(*tid))),
+        "threads left behind: {:?}",
+        crate_threads()
+    );
+}
+
+/// `drop` of the last handle returns only once the threads are joined: by then the
+/// callback thread has dropped the handler, and the I/O thread its end of the event
+/// channel. Checked at once, with no waiting.
+#[test]
+fn drop_returns_after_the_threads_are_joined() {
+    struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Handler for Flag {}
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _g = shared();
+    for _ in 0..3 {
+        let server = echo_server();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ws = WebSocket::connect(&server.url(), Flag(dropped.clone())).expect("connect");
+        ws.send("x").unwrap();
+        drop(ws);
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "drop returned before the callback thread was joined"
+        );
+        server.join();
+
+        let server = echo_server();
+        let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+        drop(ws);
+        loop {
+            match events.try_recv() {
+                Ok(_) => continue,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                Err(crossbeam_channel::TryRecvError::Empty) => {
+                    panic!("drop returned before the I/O thread was joined")
+                }
+            }
+        }
+        server.join();
+    }
+}
