@@ -134,7 +134,7 @@ struct Io {
     /// We queued our Close frame.
     close_sent: bool,
     /// Our Close frame is queued but not yet handed to the OS.
-    write_progress_pending: bool,
+    close_queued: bool,
     /// We failed the connection with a Close code: let it reach the server before the
     /// socket is dropped (see [`IoThread::linger`]).
     linger: bool,
@@ -187,7 +187,7 @@ impl IoThread {
                 handshake_deadline: None,
                 close_deadline: None,
                 close_sent: false,
-                write_progress_pending: false,
+                close_queued: false,
                 linger: false,
                 peer_close: None,
                 next_ping: None,
@@ -294,6 +294,7 @@ impl IoThread {
                     _ => {
                         // The gate keeps sends out of other phases; be loud if one slips by.
                         log::warn!("{}: message of {len} bytes not sent: not open", io.url());
+                        io.shared.sent(len);
                         Ok(())
                     }
                 }
@@ -643,7 +644,7 @@ impl IoThread {
                 }
                 if event.is_writable() || event.is_write_closed() || event.is_error() {
                     self.io.write_blocked = false;
-                    if self.io.write_progress_pending {
+                    if self.io.close_queued {
                         // Room in a full send buffer: the server took some of what waits
                         // before our Close. It is alive; give it time.
                         self.io.rearm_close_timer();
@@ -822,7 +823,7 @@ impl Io {
         self.handshake_deadline = None;
         self.close_deadline = None;
         self.close_sent = false;
-        self.write_progress_pending = false;
+        self.close_queued = false;
         self.linger = false;
         self.peer_close = None;
         self.next_ping = None;
@@ -1029,7 +1030,7 @@ impl Io {
         // stall only, re-armed whenever the server takes data (see `wait`); from then on,
         // the server's answer.
         self.rearm_close_timer();
-        self.write_progress_pending = true;
+        self.close_queued = true;
         self.next_ping = None;
         self.needs_flush = true;
         match ws.close(frame) {
@@ -1082,9 +1083,9 @@ impl Io {
             Ok(()) => {
                 self.needs_flush = false;
                 self.shared.sent(std::mem::take(&mut self.unflushed));
-                if self.close_sent && self.peer_close.is_none() && self.write_progress_pending {
+                if self.close_queued {
                     // Our Close frame just went out: the server's time to answer starts.
-                    self.write_progress_pending = false;
+                    self.close_queued = false;
                     self.rearm_close_timer();
                 }
                 Ok(())
