@@ -12,6 +12,8 @@
 //! - `json`: `send_json`, `Message::json`, `Router`, `request` among unrelated traffic.
 //! - `load`: 16 senders × 100,000 messages; 1,000 connect/close cycles leak nothing.
 //! - `proxy`: HTTP CONNECT through an in-process proxy.
+//! - `keepalive`, `reconnect`, `tls`, `redirect`: staying connected (issue 4): pings under a
+//!   busy main thread, half-open peers, backoff, certificates, redirects.
 //!
 //! Tests that count or measure the crate's threads take `support::exclusive()`; every other
 //! test takes `support::shared()`, so none of them runs while those look.
@@ -29,8 +31,12 @@ mod faults;
 mod flow;
 mod handshake;
 mod json;
+mod keepalive;
 mod load;
 mod messages;
 mod proxy;
+mod reconnect;
+mod redirect;
 mod support;
 mod threads;
+mod tls;

@@ -1,0 +1,401 @@
+//! Keepalive (issue 4): a connection survives a main thread that computes without pause,
+//! a half-open peer is detected within `ping_interval + pong_timeout`, and pings and pongs
+//! reach `onping` / `onpong` (and `Event::Ping` / `Event::Pong`) when asked for.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use nwebsocket::crossbeam_channel::{self, Sender};
+use nwebsocket::{
+    Binary, CloseEvent, Error, Event, Handler, Message, ReadyState, Timeout, WebSocket,
+    WebSocketRef,
+};
+
+use crate::support::*;
+
+fn timed_out(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e) if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ))
+}
+
+/// What the pinging server saw.
+#[derive(Debug, Default)]
+struct PingReport {
+    /// Pings the server sent.
+    sent: u64,
+    /// Pongs that answered them (with the right payload, in order).
+    answered: u64,
+    /// The longest time from one of the server's pings to its pong.
+    max_delay: Duration,
+    /// Keepalive pings that came from the client.
+    client_pings: u64,
+    /// Set when the server gave up on the client: a pong more than 1 s late.
+    dropped: Option<String>,
+    /// Text messages from the client.
+    texts: Vec<String>,
+    /// The client's Close frame arrived.
+    client_closed: bool,
+}
+
+/// The issue's test: the main thread spins the CPU for 10 s, with no sleep and no call into
+/// the crate, while the server pings every 200 ms and drops the connection as soon as a
+/// pong is more than 1 s late. The connection must survive and stay OPEN, and the events
+/// wait for the main thread.
+#[test]
+fn busy_main_thread_for_ten_seconds_keeps_the_connection_alive() {
+    let _g = shared();
+    const SPIN: Duration = Duration::from_secs(10);
+    const SERVER_PING: Duration = Duration::from_millis(200);
+    const LATE: Duration = Duration::from_secs(1);
+    let server = server(|mut ws| {
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let mut report = PingReport::default();
+        let mut outstanding: VecDeque<(u64, Instant)> = VecDeque::new();
+        let mut next_ping = Instant::now() + SERVER_PING;
+        let hard_stop = Instant::now() + SPIN + WAIT;
+        loop {
+            let now = Instant::now();
+            assert!(
+                now < hard_stop,
+                "server: the client never closed: {report:?}"
+            );
+            if !report.client_closed {
+                if now >= next_ping {
+                    report.sent += 1;
+                    let payload = report.sent.to_be_bytes().to_vec();
+                    ws.send(tungstenite::Message::Ping(payload.into()))
+                        .expect("server: ping");
+                    outstanding.push_back((report.sent, now));
+                    next_ping += SERVER_PING;
+                }
+                if let Some((seq, at)) = outstanding.front() {
+                    if now.duration_since(*at) > LATE {
+                        // Drop the connection, as a strict server would.
+                        report.dropped = Some(format!(
+                            "pong for ping #{seq} still missing after {:?}",
+                            now.duration_since(*at)
+                        ));
+                        return report;
+                    }
+                }
+            }
+            match ws.read() {
+                Ok(tungstenite::Message::Pong(p)) => {
+                    let (seq, at) = outstanding
+                        .pop_front()
+                        .unwrap_or_else(|| panic!("server: unsolicited pong {p:?}"));
+                    assert_eq!(&p[..], &seq.to_be_bytes(), "server: pong payload");
+                    report.answered += 1;
+                    report.max_delay = report.max_delay.max(Instant::now() - at);
+                }
+                Ok(tungstenite::Message::Ping(_)) => report.client_pings += 1,
+                Ok(tungstenite::Message::Close(_)) => report.client_closed = true,
+                Ok(tungstenite::Message::Text(t)) => report.texts.push(t.as_str().to_owned()),
+                Ok(other) => panic!("server: unexpected {other:?}"),
+                Err(e) if timed_out(&e) => {}
+                Err(tungstenite::Error::ConnectionClosed) if report.client_closed => return report,
+                Err(e) => panic!("server: {e} ({report:?})"),
+            }
+        }
+    });
+    let (ws, events) = WebSocket::builder()
+        .ping_interval(Duration::from_millis(200))
+        .pong_timeout(Duration::from_secs(2))
+        .connect_pull(&server.url())
+        .expect("connect");
+
+    // The numeric work: a logistic map, checked against the clock every 10 000 steps.
+    let start = Instant::now();
+    let mut x = 0.5_f64;
+    let mut chunks = 0_u64;
+    while start.elapsed() < SPIN {
+        for _ in 0..10_000 {
+            x = 3.9 * x * (1.0 - x);
+        }
+        x = std::hint::black_box(x);
+        chunks += 1;
+    }
+    assert!(chunks > 100, "the main thread hardly ran: {chunks} chunks");
+
+    assert_eq!(
+        ws.ready_state(),
+        ReadyState::Open,
+        "after {SPIN:?} of CPU work"
+    );
+    // Nothing but `Open` happened meanwhile, and it waited for us.
+    let waiting: Vec<Event> = events.try_iter().collect();
+    assert!(
+        matches!(waiting.as_slice(), [Event::Open]),
+        "events while the main thread was busy: {waiting:?}"
+    );
+    ws.send("still here").expect("send after the spin");
+    ws.close().unwrap();
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000 && c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    let report = server.join();
+    eprintln!("busy main thread: {report:?}");
+    assert_eq!(report.dropped, None, "{report:?}");
+    assert!(report.client_closed, "{report:?}");
+    assert_eq!(report.texts, ["still here"], "{report:?}");
+    assert!(
+        report.max_delay < LATE,
+        "slowest pong after {:?}: {report:?}",
+        report.max_delay
+    );
+    // 10 s at one ping per 200 ms is 50; leave room for a slow machine.
+    assert!(report.sent >= 40, "{report:?}");
+    assert!(
+        report.answered + 1 >= report.sent,
+        "pings left unanswered: {report:?}"
+    );
+    assert!(
+        report.client_pings >= 25,
+        "the client's own keepalive pings: {report:?}"
+    );
+}
+
+/// A peer that answers pings for a while, then goes silent with its socket still open (a
+/// half-open connection: a dead NAT entry, a frozen process) is detected within
+/// `ping_interval + pong_timeout`: `onerror(Timeout::Pong)`, then `onclose(1006)`.
+#[test]
+fn half_open_peer_is_detected_within_ping_interval_plus_pong_timeout() {
+    let _g = shared();
+    const INTERVAL: Duration = Duration::from_millis(200);
+    const PONG_TIMEOUT: Duration = Duration::from_millis(300);
+    const SLACK: Duration = Duration::from_secs(2);
+    let (silent_tx, silent_rx) = crossbeam_channel::bounded::<Instant>(1);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        // Alive for a second: reading, so pings are answered.
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let start = Instant::now();
+        let mut pings = 0;
+        while start.elapsed() < Duration::from_secs(1) {
+            match ws.read() {
+                Ok(tungstenite::Message::Ping(_)) => pings += 1,
+                Ok(other) => panic!("server: unexpected {other:?}"),
+                Err(e) if timed_out(&e) => {}
+                Err(e) => panic!("server: {e}"),
+            }
+        }
+        // Make sure the last pong is out, then go silent: no reading, no writing, socket open.
+        ws.flush().unwrap();
+        silent_tx.send(Instant::now()).unwrap();
+        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT);
+        drop(ws);
+        pings
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .ping_interval(INTERVAL)
+        .pong_timeout(PONG_TIMEOUT)
+        .connect(&server.url(), rec)
+        .expect("connect");
+    assert!(
+        matches!(
+            next_rec(&rx),
+            Rec::Open {
+                state: ReadyState::Open,
+                ..
+            }
+        ),
+        "onopen first"
+    );
+    let silent_at = silent_rx.recv_timeout(WAIT).expect("server went silent");
+    // Nothing may happen while the server still answered: the next callback is the failure.
+    let first = next_rec(&rx);
+    let detected_after = silent_at.elapsed();
+    let mut recs = vec![first];
+    if !matches!(recs[0], Rec::Close(..)) {
+        recs.extend(recs_until_close(&rx));
+    }
+    done_tx.send(()).unwrap();
+    assert_failure_tail(&recs, |e| matches!(e, Error::Timeout(Timeout::Pong)));
+    assert_eq!(
+        recs.len(),
+        2,
+        "only onerror and onclose after onopen: {recs:?}"
+    );
+    assert!(
+        detected_after <= INTERVAL + PONG_TIMEOUT + SLACK,
+        "half-open peer detected only {detected_after:?} after it went silent"
+    );
+    // A ping sent just before the silence has its deadline PONG_TIMEOUT later; a failure
+    // much earlier than that would mean the timer ignores the pongs that did arrive.
+    assert!(
+        detected_after >= PONG_TIMEOUT - Duration::from_millis(50),
+        "failed {detected_after:?} after the silence: too early for a {PONG_TIMEOUT:?} pong timeout"
+    );
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    let c = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert_eq!((c.code, c.was_clean), (1006, false));
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    let pings = server.join();
+    assert!(
+        pings >= 3,
+        "only {pings} keepalive pings in the server's first second"
+    );
+}
+
+/// Records every callback, pings and pongs included (fields read through `Debug`).
+#[derive(Debug)]
+#[allow(dead_code)]
+enum PingRec {
+    Open,
+    Message(Message),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Error(Error),
+    Close(CloseEvent),
+}
+
+struct PingRecorder(Sender<PingRec>);
+
+impl Handler for PingRecorder {
+    fn onopen(&mut self, _ws: &WebSocketRef) {
+        let _ = self.0.send(PingRec::Open);
+    }
+    fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+        let _ = self.0.send(PingRec::Message(msg));
+    }
+    fn onerror(&mut self, _ws: &WebSocketRef, err: Error) {
+        let _ = self.0.send(PingRec::Error(err));
+    }
+    fn onclose(&mut self, _ws: &WebSocketRef, event: CloseEvent) {
+        let _ = self.0.send(PingRec::Close(event));
+    }
+    fn onping(&mut self, _ws: &WebSocketRef, payload: Binary) {
+        let _ = self.0.send(PingRec::Ping(payload.into_vec()));
+    }
+    fn onpong(&mut self, _ws: &WebSocketRef, payload: Binary) {
+        let _ = self.0.send(PingRec::Pong(payload.into_vec()));
+    }
+}
+
+fn next_ping_rec(rx: &crossbeam_channel::Receiver<PingRec>) -> PingRec {
+    rx.recv_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("no callback within {WAIT:?}: {e}"))
+}
+
+/// Callback style with `ping_events(true)`: the server's pings reach `onping` (and are
+/// answered with the same payload), and `ws.ping(payload)` gets its pong in `onpong`.
+#[test]
+fn ping_events_reach_onping_and_onpong_and_manual_ping_gets_its_payload_back() {
+    let _g = shared();
+    let server_payloads: Vec<Vec<u8>> = vec![b"srv-1".to_vec(), Vec::new(), vec![0xa5; 125]];
+    let expected = server_payloads.clone();
+    let server = server(move |mut ws| {
+        let mut pongs = Vec::new();
+        for p in &server_payloads {
+            ws.send(tungstenite::Message::Ping(p.clone().into()))
+                .unwrap();
+            match ws.read().expect("server: pong") {
+                tungstenite::Message::Pong(data) => pongs.push(data.to_vec()),
+                other => panic!("server: expected a pong, got {other:?}"),
+            }
+        }
+        ws.send(tungstenite::Message::text("pinged")).unwrap();
+        let (messages, close) = read_until_close(&mut ws);
+        assert!(messages.is_empty(), "server: {messages:?}");
+        assert!(close.is_some(), "server: the client's Close");
+        pongs
+    });
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let ws = WebSocket::builder()
+        .ping_events(true)
+        .connect(&server.url(), PingRecorder(tx))
+        .expect("connect");
+    assert!(matches!(next_ping_rec(&rx), PingRec::Open));
+    for p in &expected {
+        let r = next_ping_rec(&rx);
+        assert!(matches!(&r, PingRec::Ping(got) if got == p), "{r:?}");
+    }
+    let r = next_ping_rec(&rx);
+    assert!(
+        matches!(&r, PingRec::Message(m) if m.as_text() == Some("pinged")),
+        "{r:?}"
+    );
+    for payload in [b"cli-1".to_vec(), Vec::new(), vec![7u8; 125]] {
+        ws.ping(payload.clone()).expect("ping");
+        let r = next_ping_rec(&rx);
+        assert!(
+            matches!(&r, PingRec::Pong(got) if *got == payload),
+            "pong for {payload:?}: {r:?}"
+        );
+    }
+    ws.close().unwrap();
+    let r = next_ping_rec(&rx);
+    assert!(
+        matches!(&r, PingRec::Close(c) if c.code == 1000 && c.was_clean),
+        "{r:?}"
+    );
+    drop(ws);
+    assert!(rx.try_recv().is_err(), "nothing after onclose");
+    assert_eq!(server.join(), expected, "pongs the server got");
+}
+
+/// Pull style: keepalive pongs show up as `Event::Pong` (one per ping, distinct payloads),
+/// and a manual ping's pong carries its payload among them.
+#[test]
+fn keepalive_and_manual_pongs_arrive_as_pong_events() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        let (_, close) = read_until_close(&mut ws);
+        close.is_some()
+    });
+    let (ws, events) = WebSocket::builder()
+        .ping_events(true)
+        .ping_interval(Duration::from_millis(100))
+        .pong_timeout(Duration::from_secs(5))
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let mut keepalive: Vec<Vec<u8>> = Vec::new();
+    while keepalive.len() < 3 {
+        match next_event(&events) {
+            Event::Pong(p) => keepalive.push(p.into_vec()),
+            other => panic!("expected a keepalive pong, got {other:?}"),
+        }
+    }
+    let mut distinct = keepalive.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), keepalive.len(), "{keepalive:?}");
+
+    let mine = b"manual ping \x00\xff".to_vec();
+    ws.ping(mine.clone()).expect("ping");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no pong for the manual ping");
+        match next_event(&events) {
+            Event::Pong(p) if *p == *mine => break,
+            Event::Pong(p) => assert!(!keepalive.contains(&p.into_vec()), "a pong twice"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ws.close().unwrap();
+    // Keepalive pongs may still come before the Close.
+    let evs = events_until_close(&events);
+    assert!(
+        evs.iter()
+            .all(|e| matches!(e, Event::Pong(_) | Event::Close(_))),
+        "{evs:?}"
+    );
+    assert!(
+        matches!(evs.last(), Some(Event::Close(c)) if c.code == 1000 && c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    assert!(server.join(), "server: the client's Close");
+}

@@ -1,0 +1,564 @@
+//! Reconnect (issue 4): backoff that grows, an attempt limit that holds, one `onopen` and
+//! one `onclose` per connection, no thread piling up across 50 reconnects, `close()` ending
+//! it, sends in between handed back, and the clean-close rule.
+//!
+//! Also home of [`multi_server`], a raw server that accepts several connections in turn
+//! (used by the redirect tests too).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nwebsocket::crossbeam_channel::{self, Receiver, RecvTimeoutError};
+use nwebsocket::{Error, Message, ReadyState, Reconnect, SendError, WebSocket};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+
+use crate::support::*;
+
+// ---------------------------------------------------------------------------------------
+// A server that accepts up to `max` connections, one after the other.
+// ---------------------------------------------------------------------------------------
+
+/// A raw TCP server on 127.0.0.1:0 that accepts up to `max` connections in turn and runs
+/// `body(index, socket)` for each on its one thread. It ends by itself after `max`
+/// connections, after [`SOCKET_TIMEOUT`] + [`WAIT`] in all, or when stopped.
+pub struct MultiServer<T> {
+    pub addr: SocketAddr,
+    /// `(index, time)` of each accepted connection, as it is accepted.
+    pub accepted: Receiver<(usize, Instant)>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<T>>>,
+}
+
+impl<T> MultiServer<T> {
+    /// `ws://127.0.0.1:PORT` followed by `path`.
+    pub fn url_with(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The next accepted connection's time, waiting at most `timeout`.
+    pub fn next_accept(&self, timeout: Duration) -> Option<(usize, Instant)> {
+        match self.accepted.recv_timeout(timeout) {
+            Ok(a) => Some(a),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Stops accepting and returns what each connection's body returned, in order
+    /// (re-raising a body's panic).
+    pub fn join(mut self) -> Vec<T> {
+        self.stop.store(true, Ordering::SeqCst);
+        let handle = self.handle.take().expect("joined once");
+        match handle.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl<T> Drop for MultiServer<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn multi_server<T, F>(max: usize, mut body: F) -> MultiServer<T>
+where
+    T: Send + 'static,
+    F: FnMut(usize, TcpStream) -> T + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("local_addr");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, accepted) = crossbeam_channel::unbounded();
+    let stopped = Arc::clone(&stop);
+    let handle = thread::Builder::new()
+        .name("test-multi-server".into())
+        .spawn(move || {
+            let deadline = Instant::now() + SOCKET_TIMEOUT + WAIT;
+            let mut out = Vec::new();
+            while out.len() < max && !stopped.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let at = Instant::now();
+                        let _ = tx.send((out.len(), at));
+                        stream
+                            .set_nonblocking(false)
+                            .expect("server: socket option");
+                        stream
+                            .set_read_timeout(Some(SOCKET_TIMEOUT))
+                            .expect("server: socket option");
+                        stream
+                            .set_write_timeout(Some(SOCKET_TIMEOUT))
+                            .expect("server: socket option");
+                        stream.set_nodelay(true).expect("server: socket option");
+                        out.push(body(out.len(), stream));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => panic!("server: accept: {e}"),
+                }
+            }
+            out
+        })
+        .expect("spawn server");
+    MultiServer {
+        addr,
+        accepted,
+        stop,
+        handle: Some(handle),
+    }
+}
+
+fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }
+}
+
+fn is_open(r: &Rec) -> bool {
+    matches!(r, Rec::Open { .. })
+}
+
+// ---------------------------------------------------------------------------------------
+// Backoff and the attempt limit.
+// ---------------------------------------------------------------------------------------
+
+/// Every attempt fails in the handshake (the server accepts and hangs up). With
+/// `initial_delay(50ms).multiplier(2).jitter(0).max_attempts(3)` there are exactly 4
+/// attempts, 50, 100 and 200 ms apart at least, each reported with its own `onerror` and
+/// `onclose`; then the client gives up and `wait_closed_timeout` returns.
+#[test]
+fn failing_attempts_back_off_exponentially_and_stop_at_the_limit() {
+    let _g = shared();
+    let server = multi_server(10, |_, stream| drop(stream));
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_millis(50))
+                .multiplier(2.0)
+                .jitter(0.0)
+                .max_attempts(3),
+        )
+        .open(&server.url_with("/"), rec)
+        .expect("open");
+    let mut accepts = Vec::new();
+    for i in 0..4 {
+        let (n, at) = server
+            .next_accept(WAIT)
+            .unwrap_or_else(|| panic!("attempt {i} never reached the server"));
+        assert_eq!(n, i);
+        accepts.push(at);
+    }
+    let closed = ws
+        .wait_closed_timeout(WAIT)
+        .expect("the client gave up and closed");
+    assert_eq!((closed.code, closed.was_clean), (1006, false));
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    // The next delay would have been 400 ms: nothing may come within 1.5 s.
+    assert_eq!(
+        server.next_accept(Duration::from_millis(1500)),
+        None,
+        "an attempt after the limit"
+    );
+
+    let gaps: Vec<Duration> = accepts.windows(2).map(|w| w[1] - w[0]).collect();
+    let delays = [50, 100, 200].map(Duration::from_millis);
+    for (gap, delay) in gaps.iter().zip(delays) {
+        assert!(
+            *gap >= delay && *gap < delay + Duration::from_secs(2),
+            "gaps between attempts {gaps:?}, expected at least {delays:?}"
+        );
+    }
+
+    drop(ws);
+    let recs = leftover_recs(&rx);
+    assert_eq!(
+        recs.len(),
+        8,
+        "onerror + onclose for each of 4 attempts: {recs:?}"
+    );
+    for pair in recs.chunks(2) {
+        assert!(
+            matches!(pair[0], Rec::Error(Error::Handshake(_) | Error::Io(_))),
+            "{recs:?}"
+        );
+        assert!(
+            matches!(&pair[1], Rec::Close(c, _) if c.code == 1006 && !c.was_clean),
+            "{recs:?}"
+        );
+    }
+    assert_eq!(server.join().len(), 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// 50 lost connections.
+// ---------------------------------------------------------------------------------------
+
+/// The server completes the handshake, then drops TCP without a Close frame, 50 times in a
+/// row. Each lost connection gets its own `onclose`, each new one its own `onopen`,
+/// `ready_state()` is OPEN again each time, the crate keeps exactly its two threads
+/// throughout, `close()` ends reconnecting, and dropping the handle ends both threads.
+#[test]
+fn fifty_lost_connections_reconnect_without_piling_up_threads() {
+    let _g = exclusive();
+    const DROPS: usize = 50;
+    let (go_tx, go_rx) = crossbeam_channel::unbounded::<()>();
+    let server = multi_server(DROPS + 5, move |i, stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        if i < DROPS {
+            // Hang up once the test has looked at the open connection.
+            go_rx.recv_timeout(WAIT).expect("server: go");
+            drop(ws);
+            None
+        } else {
+            let (messages, close) = read_until_close(&mut ws);
+            Some((messages, close.map(|c| u16::from(c.code))))
+        }
+    });
+    let before = crate_threads();
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_millis(5))
+                .jitter(0.0)
+                .max_attempts(3),
+        )
+        .connect(&server.url_with("/drop"), rec)
+        .expect("connect");
+    let threads: Vec<(u32, String)> = new_crate_threads(&before, 2);
+    let mine = |before: &std::collections::BTreeSet<(u32, String)>| {
+        crate_threads()
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .collect::<Vec<_>>()
+    };
+
+    for i in 0..DROPS {
+        let r = next_rec(&rx);
+        assert!(
+            matches!(
+                r,
+                Rec::Open {
+                    state: ReadyState::Open,
+                    ..
+                }
+            ),
+            "connection {i}: {r:?}"
+        );
+        assert_eq!(ws.ready_state(), ReadyState::Open, "connection {i}");
+        assert_eq!(mine(&before), threads, "crate threads at connection {i}");
+        go_tx.send(()).unwrap();
+        let r = next_rec(&rx);
+        assert!(
+            matches!(r, Rec::Error(Error::Io(_))),
+            "connection {i}: {r:?}"
+        );
+        let r = next_rec(&rx);
+        assert!(
+            matches!(&r, Rec::Close(c, _) if c.code == 1006 && !c.was_clean),
+            "connection {i}: {r:?}"
+        );
+    }
+    // The 51st stays up until we close it.
+    let r = next_rec(&rx);
+    assert!(
+        matches!(
+            r,
+            Rec::Open {
+                state: ReadyState::Open,
+                ..
+            }
+        ),
+        "connection {DROPS}: {r:?}"
+    );
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    assert_eq!(mine(&before), threads);
+    ws.send("last").unwrap();
+    ws.close().unwrap();
+    let r = next_rec(&rx);
+    assert!(
+        matches!(&r, Rec::Close(c, ReadyState::Closed) if c.code == 1000 && c.was_clean),
+        "{r:?}"
+    );
+    let closed = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert_eq!((closed.code, closed.was_clean), (1000, true));
+
+    // Every accept so far, then nothing more: `close()` ended reconnecting.
+    let accepted: Vec<usize> = server.accepted.try_iter().map(|(n, _)| n).collect();
+    assert_eq!(accepted, (0..=DROPS).collect::<Vec<_>>());
+    assert_eq!(
+        server.next_accept(Duration::from_millis(1000)),
+        None,
+        "a connection attempt after close()"
+    );
+
+    drop(ws);
+    assert!(
+        eventually(WAIT, || mine(&before).is_empty()),
+        "threads left after the last handle was dropped: {:?}",
+        mine(&before)
+    );
+    assert!(leftover_recs(&rx).is_empty());
+    let results = server.join();
+    assert_eq!(results.len(), DROPS + 1);
+    let last = results[DROPS]
+        .clone()
+        .expect("the last connection's result");
+    assert_eq!(last.0, vec![tungstenite::Message::text("last")]);
+    assert_eq!(last.1, Some(1000));
+}
+
+// ---------------------------------------------------------------------------------------
+// Between two connections.
+// ---------------------------------------------------------------------------------------
+
+/// While disconnected (CLOSED, waiting to reconnect) `send` hands the message back in
+/// `SendError::Closed`, and in CONNECTING in `SendError::NotOpen`; `ready_state()` goes
+/// CLOSED → CONNECTING → OPEN, and sends work again on the new connection.
+#[test]
+fn sends_between_connections_hand_the_message_back() {
+    let _g = shared();
+    const DELAY: Duration = Duration::from_millis(1500);
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = multi_server(2, move |i, stream| {
+        if i == 0 {
+            let mut ws = tungstenite::accept(stream).expect("server: handshake");
+            let m = ws.read().expect("server: the first message");
+            drop(ws);
+            vec![m]
+        } else {
+            // Hold the new connection in CONNECTING until the test has looked.
+            go_rx.recv_timeout(WAIT).expect("server: go");
+            let mut ws = tungstenite::accept(stream).expect("server: handshake");
+            read_until_close(&mut ws).0
+        }
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(DELAY)
+                .jitter(0.0)
+                .max_attempts(1),
+        )
+        .connect(&server.url_with("/"), rec)
+        .expect("connect");
+    assert!(is_open(&next_rec(&rx)));
+    ws.send("bye").unwrap();
+    assert!(matches!(next_rec(&rx), Rec::Error(_)));
+    let r = next_rec(&rx);
+    assert!(matches!(&r, Rec::Close(c, _) if c.code == 1006), "{r:?}");
+    let lost_at = Instant::now();
+
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    match ws.send("while down") {
+        Err(SendError::Closed(m)) => assert_eq!(m.as_text(), Some("while down")),
+        other => panic!("send while disconnected: {other:?}"),
+    }
+    match ws.try_send(vec![1u8, 2, 3]) {
+        Err(SendError::Closed(m)) => assert_eq!(m, Message::from(vec![1u8, 2, 3])),
+        other => panic!("try_send while disconnected: {other:?}"),
+    }
+    match ws.send_json(&serde_json::json!({"k": 1})) {
+        Err(Error::Send(SendError::Closed(m))) => assert_eq!(m.as_text(), Some(r#"{"k":1}"#)),
+        other => panic!("send_json while disconnected: {other:?}"),
+    }
+    assert!(
+        matches!(
+            ws.ping(b"x".to_vec()),
+            Err(Error::InvalidState(ReadyState::Closed))
+        ),
+        "ping while disconnected"
+    );
+    assert!(
+        lost_at.elapsed() < DELAY - Duration::from_millis(300),
+        "the checks above took too long to be sure they ran while disconnected"
+    );
+
+    assert!(
+        eventually(WAIT, || ws.ready_state() == ReadyState::Connecting),
+        "CLOSED -> CONNECTING, state now {:?}",
+        ws.ready_state()
+    );
+    assert!(
+        lost_at.elapsed() >= DELAY - Duration::from_millis(200),
+        "reconnected {:?} after the loss, the delay is {DELAY:?}",
+        lost_at.elapsed()
+    );
+    match ws.send("too early") {
+        Err(SendError::NotOpen(m)) => assert_eq!(m.as_text(), Some("too early")),
+        other => panic!("send while connecting: {other:?}"),
+    }
+    go_tx.send(()).unwrap();
+    let r = next_rec(&rx);
+    assert!(
+        matches!(
+            r,
+            Rec::Open {
+                state: ReadyState::Open,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    ws.send("after").unwrap();
+    ws.close().unwrap();
+    let r = next_rec(&rx);
+    assert!(
+        matches!(&r, Rec::Close(c, _) if c.code == 1000 && c.was_clean),
+        "{r:?}"
+    );
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    let got = server.join();
+    assert_eq!(
+        got,
+        vec![
+            vec![tungstenite::Message::text("bye")],
+            vec![tungstenite::Message::text("after")]
+        ]
+    );
+}
+
+/// `close()` while waiting to reconnect ends it at once: `wait_closed` returns long before
+/// the delay would have passed, and no new attempt is made.
+#[test]
+fn close_while_waiting_to_reconnect_ends_reconnecting() {
+    let _g = shared();
+    const DELAY: Duration = Duration::from_secs(5);
+    let server = multi_server(3, |_, stream| {
+        let ws = tungstenite::accept(stream).expect("server: handshake");
+        drop(ws);
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .reconnect(Reconnect::new().initial_delay(DELAY).jitter(0.0))
+        .open(&server.url_with("/"), rec)
+        .expect("open");
+    assert!(is_open(&next_rec(&rx)));
+    assert!(matches!(next_rec(&rx), Rec::Error(Error::Io(_))));
+    assert!(matches!(next_rec(&rx), Rec::Close(c, _) if c.code == 1006));
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    let t = Instant::now();
+    ws.close().unwrap();
+    let closed = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "close() during a {DELAY:?} backoff took {:?}",
+        t.elapsed()
+    );
+    assert_eq!((closed.code, closed.was_clean), (1006, false));
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    ws.close().unwrap(); // twice: a no-op
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty(), "nothing after close()");
+    assert!(server.next_accept(Duration::from_millis(500)).is_some());
+    assert_eq!(server.next_accept(Duration::ZERO), None);
+    assert_eq!(server.join().len(), 1, "attempts after close()");
+}
+
+// ---------------------------------------------------------------------------------------
+// A clean close from the server.
+// ---------------------------------------------------------------------------------------
+
+/// By default a clean close from the server (a Close frame) ends reconnecting.
+#[test]
+fn clean_close_from_the_server_ends_reconnecting_by_default() {
+    let _g = shared();
+    let server = multi_server(3, |_, stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        ws.close(Some(close_frame(1000, "bye"))).unwrap();
+        read_until_close(&mut ws);
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .reconnect(Reconnect::new().initial_delay(Duration::from_millis(50)))
+        .connect(&server.url_with("/"), rec)
+        .expect("connect");
+    let closed = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert_eq!(
+        (closed.code, closed.reason.as_str(), closed.was_clean),
+        (1000, "bye", true)
+    );
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    assert!(server.next_accept(Duration::ZERO).is_some());
+    assert_eq!(
+        server.next_accept(Duration::from_millis(1000)),
+        None,
+        "reconnected after a clean close"
+    );
+    drop(ws);
+    let recs = leftover_recs(&rx);
+    assert!(
+        matches!(recs.as_slice(), [Rec::Open { .. }, Rec::Close(c, ReadyState::Closed)] if c.code == 1000 && c.was_clean),
+        "{recs:?}"
+    );
+    assert_eq!(server.join().len(), 1);
+}
+
+/// With `stop_on_clean_close(false)` a clean close from the server (a restart, say) is
+/// followed by a new connection, with its own `onopen`.
+#[test]
+fn clean_close_reconnects_when_stop_on_clean_close_is_false() {
+    let _g = shared();
+    let server = multi_server(3, |i, stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        if i == 0 {
+            ws.close(Some(close_frame(1001, "restart"))).unwrap();
+        }
+        read_until_close(&mut ws).1.map(|c| u16::from(c.code))
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_millis(50))
+                .stop_on_clean_close(false),
+        )
+        .connect(&server.url_with("/"), rec)
+        .expect("connect");
+    assert!(is_open(&next_rec(&rx)));
+    let r = next_rec(&rx);
+    assert!(
+        matches!(&r, Rec::Close(c, _) if c.code == 1001 && c.reason == "restart" && c.was_clean),
+        "{r:?}"
+    );
+    let r = next_rec(&rx);
+    assert!(
+        matches!(
+            r,
+            Rec::Open {
+                state: ReadyState::Open,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    ws.close().unwrap();
+    let r = next_rec(&rx);
+    assert!(
+        matches!(&r, Rec::Close(c, _) if c.code == 1000 && c.was_clean),
+        "{r:?}"
+    );
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    // The first connection's Close was the echo of the server's; the second the client's.
+    assert_eq!(server.join(), vec![Some(1001), Some(1000)]);
+}

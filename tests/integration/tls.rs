@@ -1,0 +1,428 @@
+//! TLS options (issue 4), against a local rustls server whose CA is generated in the test
+//! with `rcgen`: an added root is trusted, an unknown CA or a wrong host name is a typed
+//! TLS error, the verification opt-out connects anyway, client certificates work, bad PEM
+//! is refused synchronously, and `wss://` against a plain server fails fast.
+//!
+//! The helpers ([`pki`], [`server_config`], [`tls_server`]) serve the redirect tests too.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use nwebsocket::{Error, Event, ReadyState, WebSocket};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+
+use crate::support::*;
+
+pub type TlsStream = StreamOwned<ServerConnection, TcpStream>;
+
+/// A certificate and its key, PEM and DER.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+/// A test CA and the certificates it signed, made once per process.
+pub struct Pki {
+    pub ca_pem: String,
+    ca_der: Vec<u8>,
+    /// Server certificate for `localhost` (and 127.0.0.1).
+    pub localhost: Leaf,
+    /// Server certificate for `wrong.example` only.
+    pub wrong_name: Leaf,
+    /// Client certificate (clientAuth), CN "test client".
+    pub client: Leaf,
+    /// A certificate for `localhost` from another CA, which nobody trusts.
+    pub stranger: Leaf,
+}
+
+fn make_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("test certificate");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().expect("test certificate");
+    let cert = params.self_signed(&key).expect("test certificate");
+    (cert, key)
+}
+
+fn make_leaf(
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> Leaf {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("test certificate");
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("test client"),
+    );
+    params.extended_key_usages = vec![usage];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().expect("test certificate");
+    let cert = params
+        .signed_by(&key, ca, ca_key)
+        .expect("test certificate");
+    Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
+    }
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let (ca, ca_key) = make_ca("nwebsocket test CA");
+        let (other_ca, other_key) = make_ca("untrusted test CA");
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        Pki {
+            ca_pem: ca.pem(),
+            ca_der: ca.der().to_vec(),
+            localhost: make_leaf(&["localhost", "127.0.0.1"], ServerAuth, &ca, &ca_key),
+            wrong_name: make_leaf(&["wrong.example"], ServerAuth, &ca, &ca_key),
+            client: make_leaf(&[], ClientAuth, &ca, &ca_key),
+            stranger: make_leaf(&["localhost"], ServerAuth, &other_ca, &other_key),
+        }
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server config presenting `leaf`; with `require_client_cert`, clients must present a
+/// certificate from the test CA.
+pub fn server_config(leaf: &Leaf, require_client_cert: bool) -> Arc<ServerConfig> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("server TLS config");
+    let builder = if require_client_cert {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(pki().ca_der.clone()))
+            .expect("server TLS config");
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .expect("server TLS config");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let chain = vec![CertificateDer::from(leaf.cert_der.clone())];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der.clone()));
+    Arc::new(
+        builder
+            .with_single_cert(chain, key)
+            .expect("server TLS config"),
+    )
+}
+
+/// A one-connection TLS server: `body` gets the (not yet handshaken) TLS stream.
+pub fn tls_server<T, F>(config: Arc<ServerConfig>, body: F) -> Server<T>
+where
+    T: Send + 'static,
+    F: FnOnce(TlsStream) -> T + Send + 'static,
+{
+    raw_server(move |tcp| {
+        let conn = ServerConnection::new(config).expect("server: TLS connection");
+        body(StreamOwned::new(conn, tcp))
+    })
+}
+
+/// What the echoing TLS server saw: the handshake's outcome, then how many messages it
+/// echoed and how many client certificates it was shown.
+#[derive(Debug)]
+pub struct EchoReport {
+    pub echoed: usize,
+    pub client_certs: usize,
+}
+
+/// A TLS WebSocket server echoing text and binary until the client closes; `Err` with the
+/// reason if the TLS or WebSocket handshake failed.
+pub fn tls_echo_server(config: Arc<ServerConfig>) -> Server<Result<EchoReport, String>> {
+    tls_server(config, |tls| {
+        let mut ws = tungstenite::accept(tls).map_err(|e| e.to_string())?;
+        let client_certs = ws.get_ref().conn.peer_certificates().map_or(0, |c| c.len());
+        let mut echoed = 0;
+        loop {
+            match ws.read() {
+                Ok(m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
+                    ws.send(m).map_err(|e| e.to_string())?;
+                    echoed += 1;
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => return Err(format!("after {echoed} echoes: {e}")),
+            }
+        }
+        // End TLS properly, then TCP.
+        let stream = ws.get_mut();
+        stream.conn.send_close_notify();
+        let _ = stream.flush();
+        Ok(EchoReport {
+            echoed,
+            client_certs,
+        })
+    })
+}
+
+pub fn wss_url(port: u16) -> String {
+    format!("wss://localhost:{port}/tls?q=1")
+}
+
+/// Sends text and binary over `ws`, expects both back, closes cleanly.
+fn echo_round_trip(ws: WebSocket, events: &nwebsocket::crossbeam_channel::Receiver<Event>) {
+    assert!(matches!(next_event(events), Event::Open));
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    ws.send("over TLS").expect("send");
+    ws.send(vec![0u8, 1, 2, 255]).expect("send");
+    let e = next_event(events);
+    assert!(
+        matches!(&e, Event::Message(m) if m.as_text() == Some("over TLS")),
+        "{e:?}"
+    );
+    let e = next_event(events);
+    assert!(
+        matches!(&e, Event::Message(m) if m.as_bytes() == [0u8, 1, 2, 255]),
+        "{e:?}"
+    );
+    ws.close().expect("close");
+    let evs = events_until_close(events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000 && c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    assert!(leftover_events(events).is_empty());
+}
+
+fn tls_message(e: &Error) -> String {
+    match e {
+        Error::Tls(m) => m.to_lowercase(),
+        other => panic!("expected Error::Tls, got {other:?}"),
+    }
+}
+
+#[test]
+fn added_root_certificate_is_trusted_and_messages_echo() {
+    let _g = shared();
+    let server = tls_echo_server(server_config(&pki().localhost, false));
+    let (ws, events) = WebSocket::builder()
+        .add_root_certificate(&pki().ca_pem)
+        .connect_pull(&wss_url(server.port()))
+        .expect("wss connect with the test CA trusted");
+    assert_eq!(ws.url(), wss_url(server.port()));
+    echo_round_trip(ws, &events);
+    let report = server.join().expect("server");
+    assert_eq!(report.echoed, 2);
+    assert_eq!(report.client_certs, 0);
+}
+
+/// Without the test CA (only the built-in Mozilla roots) the server is not trusted:
+/// `Error::Tls` from `connect`, and `onerror` + `onclose(1006)` in callback style.
+#[test]
+fn unknown_ca_is_a_tls_error() {
+    let _g = shared();
+    let server = tls_echo_server(server_config(&pki().localhost, false));
+    let (rec, rx) = recorder();
+    let t = Instant::now();
+    let r = WebSocket::connect(&wss_url(server.port()), rec);
+    let err = r.expect_err("an untrusted server must be refused");
+    let msg = tls_message(&err);
+    assert!(msg.contains("issuer"), "{err}");
+    assert!(t.elapsed() < WAIT, "took {:?}", t.elapsed());
+    let recs = leftover_recs(&rx);
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert!(
+        server.join().is_err(),
+        "the server's handshake must fail too"
+    );
+
+    // A certificate from another CA, with ours trusted: the same.
+    let server = tls_echo_server(server_config(&pki().stranger, false));
+    let r = WebSocket::builder()
+        .add_root_certificate(&pki().ca_pem)
+        .connect_pull(&wss_url(server.port()));
+    let err = r.expect_err("a certificate from an untrusted CA");
+    assert!(tls_message(&err).contains("issuer"), "{err}");
+    assert!(server.join().is_err());
+}
+
+#[test]
+fn certificate_for_another_name_is_a_tls_error() {
+    let _g = shared();
+    let server = tls_echo_server(server_config(&pki().wrong_name, false));
+    let (rec, rx) = recorder();
+    let r = WebSocket::builder()
+        .add_root_certificate(&pki().ca_pem)
+        .connect(&wss_url(server.port()), rec);
+    let err = r.expect_err("a certificate for wrong.example must not do for localhost");
+    assert!(tls_message(&err).contains("name"), "{err}");
+    let recs = leftover_recs(&rx);
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    assert!(server.join().is_err());
+}
+
+/// The explicit opt-out connects to a server nobody vouches for (unknown CA, wrong name).
+#[test]
+fn danger_accept_invalid_certificates_connects_to_an_untrusted_server() {
+    let _g = shared();
+    for leaf in [&pki().stranger, &pki().wrong_name] {
+        let server = tls_echo_server(server_config(leaf, false));
+        let (ws, events) = WebSocket::builder()
+            .danger_accept_invalid_certificates(true)
+            .connect_pull(&wss_url(server.port()))
+            .expect("verification is off");
+        echo_round_trip(ws, &events);
+        assert_eq!(server.join().expect("server").echoed, 2);
+    }
+}
+
+#[test]
+fn client_certificate_is_presented_when_the_server_requires_one() {
+    let _g = shared();
+    let server = tls_echo_server(server_config(&pki().localhost, true));
+    let (ws, events) = WebSocket::builder()
+        .add_root_certificate(&pki().ca_pem)
+        .client_certificate(&pki().client.cert_pem, &pki().client.key_pem)
+        .connect_pull(&wss_url(server.port()))
+        .expect("mutual TLS");
+    echo_round_trip(ws, &events);
+    let report = server.join().expect("server");
+    assert_eq!(report.client_certs, 1, "{report:?}");
+    assert_eq!(report.echoed, 2);
+}
+
+/// Without a client certificate the server refuses the connection. With TLS 1.3 the client
+/// learns it only from the server's alert after its own handshake finished; either way it
+/// must be a typed error, at once, followed by `onclose(1006)`.
+#[test]
+fn missing_client_certificate_fails_with_a_typed_error() {
+    let _g = shared();
+    let server = tls_echo_server(server_config(&pki().localhost, true));
+    let (rec, rx) = recorder();
+    let t = Instant::now();
+    let r = WebSocket::builder()
+        .add_root_certificate(&pki().ca_pem)
+        .connect(&wss_url(server.port()), rec);
+    let err = r.expect_err("the server requires a client certificate");
+    eprintln!("missing client certificate: {err:?}");
+    assert!(
+        matches!(&err, Error::Tls(m) if m.to_lowercase().contains("certificate")),
+        "{err:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let recs = leftover_recs(&rx);
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    let server_side = server.join();
+    assert!(server_side.is_err(), "{server_side:?}");
+}
+
+/// A root certificate PEM that is not one is refused synchronously, by the non-blocking
+/// constructor, before any connection is attempted; so is a bad client certificate.
+#[test]
+fn bad_pem_is_a_synchronous_tls_error() {
+    let _g = shared();
+    // Nothing listens: a TLS error proves nothing was attempted.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = wss_url(listener.local_addr().unwrap().port());
+    listener.set_nonblocking(true).unwrap();
+    let garbage_der = "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
+    let broken_base64 =
+        "-----BEGIN CERTIFICATE-----\n!!!! not base64 !!!!\n-----END CERTIFICATE-----\n";
+    for pem in ["not a certificate at all", "", garbage_der, broken_base64] {
+        let r = WebSocket::builder()
+            .add_root_certificate(pem)
+            .open(&url, ());
+        assert!(matches!(&r, Err(Error::Tls(_))), "{pem:?}: {r:?}");
+    }
+    let r = WebSocket::builder()
+        .client_certificate("not a chain", &pki().client.key_pem)
+        .open_pull(&url);
+    // An empty chain is not caught by PEM parsing; it must be refused all the same.
+    assert!(matches!(&r, Err(Error::Tls(_))), "bad client chain: {r:?}");
+    let r = WebSocket::builder()
+        .client_certificate(&pki().client.cert_pem, "not a key")
+        .open_pull(&url);
+    assert!(matches!(&r, Err(Error::Tls(_))), "bad client key: {r:?}");
+    // And none of them connected.
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a connection was attempted"
+    );
+}
+
+/// `wss://` against a plain `ws://` server: a typed error, quickly (no hang until a timeout).
+#[test]
+fn wss_against_a_plain_server_fails_fast() {
+    let _g = shared();
+    let server = raw_server(|stream| {
+        tungstenite::accept(stream)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    let t = Instant::now();
+    let r = WebSocket::builder()
+        .handshake_timeout(Duration::from_secs(8))
+        .connect_pull(&format!("wss://127.0.0.1:{}/", server.port()));
+    let elapsed = t.elapsed();
+    let err = r.expect_err("a plain server cannot speak TLS");
+    eprintln!("wss:// against ws://: {err:?} after {elapsed:?}");
+    assert!(
+        matches!(err, Error::Tls(_) | Error::Handshake(_) | Error::Io(_)),
+        "{err:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert!(
+        server.join().is_err(),
+        "the server saw a TLS hello, not HTTP"
+    );
+}
+
+/// `ws://` against a TLS server: a typed error, quickly.
+#[test]
+fn ws_against_a_tls_server_fails_fast() {
+    let _g = shared();
+    let server = tls_server(server_config(&pki().localhost, false), |mut tls| {
+        let mut buf = [0u8; 1024];
+        tls.read(&mut buf).map(drop).map_err(|e| e.to_string())
+    });
+    let t = Instant::now();
+    let r = WebSocket::builder()
+        .handshake_timeout(Duration::from_secs(8))
+        .connect_pull(&format!("ws://localhost:{}/", server.port()));
+    let elapsed = t.elapsed();
+    let err = r.expect_err("plain HTTP to a TLS server");
+    eprintln!("ws:// against wss://: {err:?} after {elapsed:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Handshake(_) | Error::Io(_) | Error::HandshakeRejected { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert!(server.join().is_err(), "the TLS server saw plain HTTP");
+}
