@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs tests/proxy_peer.rs through a real HTTP CONNECT proxy: tinyproxy (Debian's
+# Runs the tinyproxy tests of tests/integration/proxy.rs through a real HTTP CONNECT proxy: tinyproxy (Debian's
 # package) on 127.0.0.1 with Basic auth. Installs tinyproxy if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +36,5 @@ python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.5)" 
 
 tinyproxy -v
 NWS_PROXY_URL="http://nws:s3cret@127.0.0.1:$port" NWS_PROXY_REQUIRE=1 \
-  cargo test --test proxy_peer -- --test-threads=2 \
+  cargo test --test integration tinyproxy -- --test-threads=2 \
   || { echo "--- tinyproxy log"; tail -30 "$dir/log"; exit 1; }

@@ -146,3 +146,88 @@ fn bad_proxy_urls_are_refused_synchronously() {
         assert!(matches!(result, Err(Error::Proxy(_))), "{url}: {result:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Through a real proxy: tinyproxy, started by `.ci/proxy.sh`, whose URL (with credentials)
+// is in `NWS_PROXY_URL`. Without it these tests print a note and pass.
+// ---------------------------------------------------------------------------------------
+
+fn tinyproxy_url() -> Option<String> {
+    match std::env::var("NWS_PROXY_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("NWS_PROXY_REQUIRE").is_ok() => panic!("NWS_PROXY_URL is required"),
+        _ => {
+            eprintln!("skipped: NWS_PROXY_URL is not set (.ci/proxy.sh sets it)");
+            None
+        }
+    }
+}
+
+#[test]
+fn tinyproxy_tunnels_ws() {
+    let Some(proxy) = tinyproxy_url() else { return };
+    let _g = shared();
+    let server = echo_server();
+    let (ws, events) = WebSocket::builder()
+        .proxy(proxy)
+        .connect_pull(&server.url_with("/through/tinyproxy?q=1"))
+        .expect("connect through tinyproxy");
+    ws.send("via tinyproxy").unwrap();
+    ws.send(vec![7u8; 100_000]).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match next_event(&events) {
+            Event::Message(m) => got.push(m),
+            Event::Open => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got[0].as_text(), Some("via tinyproxy"));
+    assert_eq!(got[1].as_bytes(), &[7u8; 100_000][..]);
+    ws.close().unwrap();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    assert_eq!(server.join(), 2);
+}
+
+#[test]
+fn tinyproxy_tunnels_wss_end_to_end() {
+    let Some(proxy) = tinyproxy_url() else { return };
+    let _g = shared();
+    let pki = crate::tls::pki();
+    let server = crate::tls::tls_echo_server(crate::tls::server_config(&pki.localhost, false));
+    let (ws, events) = WebSocket::builder()
+        .proxy(proxy)
+        .add_root_certificate(&pki.ca_pem)
+        .connect_pull(&format!("wss://127.0.0.1:{}/tls", server.port()))
+        .expect("connect through tinyproxy");
+    ws.send("TLS inside the tunnel").unwrap();
+    loop {
+        match next_event(&events) {
+            Event::Message(m) => {
+                assert_eq!(m.as_text(), Some("TLS inside the tunnel"));
+                break;
+            }
+            Event::Open => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    ws.close().unwrap();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    assert_eq!(server.join().expect("TLS server").echoed, 1);
+}
+
+#[test]
+fn tinyproxy_refuses_wrong_credentials_with_a_typed_error() {
+    let Some(proxy) = tinyproxy_url() else { return };
+    let _g = shared();
+    let wrong = proxy.replace("s3cret", "wrong");
+    assert_ne!(wrong, proxy);
+    let result = WebSocket::builder()
+        .proxy(wrong)
+        .connect_pull("ws://127.0.0.1:9/");
+    match result {
+        // tinyproxy says 401 where RFC 9110 says 407; either is a refusal.
+        Err(Error::Proxy(m)) => assert!(m.contains(" 401 ") || m.contains(" 407 "), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
