@@ -405,7 +405,13 @@ fn median(v: &mut [f64]) -> f64 {
 
 type Metrics = BTreeMap<String, f64>;
 
-fn run_one(opts: &Opts, server: &mut ServerProc, s: Scenario, c: Client) -> Res<Metrics> {
+/// One run: its figures, and the raw samples that the summary pools (pong latencies, µs).
+fn run_one(
+    opts: &Opts,
+    server: &mut ServerProc,
+    s: Scenario,
+    c: Client,
+) -> Res<(Metrics, Vec<u64>)> {
     let plan = &opts.plan;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let base = format!("ws://{}", server.addr);
@@ -414,13 +420,18 @@ fn run_one(opts: &Opts, server: &mut ServerProc, s: Scenario, c: Client) -> Res<
         m.insert(k.to_owned(), v);
     };
     let cpu0 = sys::process_cpu_ns();
+    let ctx0 = sys::process_ctx_switches();
     let t0 = Instant::now();
     let mut with_server = true;
+    let mut samples = Vec::new();
+    // Messages or round trips, for context switches per operation.
+    let mut ops = 0usize;
     match s {
         Scenario::Rtt => {
             let url = format!("{base}/echo?id={id}");
             let (wall, mut lat) = by_client!(c, rtt(&url, plan.rtt))?;
             lat.sort_unstable();
+            ops = plan.rtt;
             put("rt_per_s", plan.rtt as f64 / wall.as_secs_f64());
             put("p50_us", pct(&lat, 0.50) / 1e3);
             put("p99_us", pct(&lat, 0.99) / 1e3);
@@ -437,6 +448,7 @@ fn run_one(opts: &Opts, server: &mut ServerProc, s: Scenario, c: Client) -> Res<
             if bytes != (n * size) as u64 {
                 return Err(format!("received {bytes} bytes, expected {}", n * size).into());
             }
+            ops = n;
             put("msg_per_s", n as f64 / wall.as_secs_f64());
             put(
                 "mib_per_s",
@@ -448,6 +460,7 @@ fn run_one(opts: &Opts, server: &mut ServerProc, s: Scenario, c: Client) -> Res<
             let n = plan.send_small;
             let url = format!("{base}/sink?id={id}&n={n}");
             let wall = by_client!(c, send(&url, n, &[0x5a; 64]))?;
+            ops = n;
             put("msg_per_s", n as f64 / wall.as_secs_f64());
             put(
                 "mib_per_s",
@@ -492,6 +505,11 @@ fn run_one(opts: &Opts, server: &mut ServerProc, s: Scenario, c: Client) -> Res<
         let cpu = sys::process_cpu_ns().saturating_sub(cpu0) as f64 / 1e9;
         m.insert("client_cpu_pct".into(), cpu / wall_total * 100.0);
     }
+    if ops > 0 {
+        // Over the whole run, connect and close included (a few switches).
+        let ctx = sys::process_ctx_switches().saturating_sub(ctx0) as f64;
+        m.insert("ctx_per_op".into(), ctx / ops as f64);
+    }
     if with_server {
         let st = server.stats(id)?;
         if let Some(e) = st.get("error") {
@@ -514,9 +532,10 @@ fn run_one(opts: &Opts, server: &mut ServerProc, s: Scenario, c: Client) -> Res<
             );
             m.insert("pongs".into(), lat.len() as f64);
             m.insert("pings".into(), st["pings"].as_f64().unwrap_or(f64::NAN));
+            samples = lat;
         }
     }
-    Ok(m)
+    Ok((m, samples))
 }
 
 fn warm_up(opts: &Opts, server: &ServerProc) {
@@ -540,6 +559,7 @@ struct Record {
     client: Client,
     rep: usize,
     metrics: Metrics,
+    samples: Vec<u64>,
 }
 
 fn progress(r: &Record) -> String {
@@ -551,7 +571,8 @@ fn progress(r: &Record) -> String {
         r.scenario.name(),
         r.client.name()
     );
-    let _ = write!(s, " {}", headline(r.scenario, &r.metrics).0);
+    let (main, detail) = headline(r.scenario, &r.metrics);
+    let _ = write!(s, " {main}; {detail}");
     if let Some(v) = r.metrics.get("server_cpu_pct") {
         let _ = write!(
             s,
@@ -569,15 +590,20 @@ fn headline(s: Scenario, m: &Metrics) -> (String, String) {
     match s {
         Scenario::Rtt => (
             format!("{:.0} rt/s", g("rt_per_s")),
-            format!("p50 {:.1} us, p99 {:.1} us", g("p50_us"), g("p99_us")),
+            format!(
+                "p50 {:.1} us, p99 {:.1} us, {:.2} cs/rt",
+                g("p50_us"),
+                g("p99_us"),
+                g("ctx_per_op")
+            ),
         ),
         Scenario::StreamSmall | Scenario::SendSmall => (
             format!("{:.3} M msg/s", g("msg_per_s") / 1e6),
-            format!("{:.0} MiB/s", g("mib_per_s")),
+            format!("{:.0} MiB/s, {:.3} cs/msg", g("mib_per_s"), g("ctx_per_op")),
         ),
         Scenario::StreamLarge => (
             format!("{:.0} MiB/s", g("mib_per_s")),
-            format!("{:.0} msg/s", g("msg_per_s")),
+            format!("{:.0} msg/s, {:.1} cs/msg", g("msg_per_s"), g("ctx_per_op")),
         ),
         Scenario::IdleCpu => (
             format!("{:.3} ms CPU", g("cpu_ms")),
@@ -598,6 +624,24 @@ fn headline(s: Scenario, m: &Metrics) -> (String, String) {
             ),
         ),
     }
+}
+
+/// The commit the crate was built from, if git is at hand (`+dirty` with local changes).
+fn git_head() -> Option<String> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(["-C", dir])
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = run(&["rev-parse", "--short", "HEAD"])?;
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{head}+dirty") } else { head })
 }
 
 fn now_unix() -> u64 {
@@ -630,7 +674,7 @@ fn bench(opts: &Opts) -> Res<()> {
             "idle_s": opts.plan.idle.as_secs_f64(), "rss_conns": opts.plan.rss_conns,
             "busy_s": opts.plan.busy.as_secs_f64(), "ping_ms": opts.plan.ping_ms,
         },
-        "nwebsocket": env!("CARGO_PKG_VERSION"),
+        "git": git_head(),
     });
     writeln!(out, "{meta}")?;
     eprintln!(
@@ -693,13 +737,14 @@ fn bench(opts: &Opts) -> Res<()> {
                 order.rotate_left(k);
                 for c in order {
                     match run_one(opts, &mut server, s, c) {
-                        Ok(metrics) => {
+                        Ok((metrics, samples)) => {
                             let r = Record {
                                 placement,
                                 scenario: s,
                                 client: c,
                                 rep,
                                 metrics,
+                                samples,
                             };
                             eprintln!("{}", progress(&r));
                             let line = json!({
@@ -747,10 +792,25 @@ fn bench(opts: &Opts) -> Res<()> {
                 per.entry(k.clone()).or_default().push(*v);
             }
         }
-        let m: Metrics = per
+        let mut m: Metrics = per
             .into_iter()
             .map(|(k, mut v)| (k, median(&mut v)))
             .collect();
+        if key.1 == Scenario::BusyMain {
+            // A run has only ~50 pongs (its p99 is its maximum): take the percentiles over
+            // the pongs of every repetition together instead of medians of per-run ones.
+            let mut all: Vec<u64> = rs.iter().flat_map(|r| r.samples.iter().copied()).collect();
+            all.sort_unstable();
+            m.insert("pong_p50_us".into(), pct(&all, 0.50));
+            m.insert("pong_p99_us".into(), pct(&all, 0.99));
+            m.insert(
+                "pong_max_us".into(),
+                all.last().map_or(f64::NAN, |&x| x as f64),
+            );
+            m.insert("pongs".into(), all.len() as f64);
+            let pings: f64 = rs.iter().filter_map(|r| r.metrics.get("pings")).sum();
+            m.insert("pings".into(), pings);
+        }
         medians.insert(*key, (m, rs.len()));
     }
     let mut table = String::new();
@@ -771,7 +831,7 @@ fn bench(opts: &Opts) -> Res<()> {
         if last_placement != Some(*p) {
             let _ = writeln!(
                 table,
-                "\n== placement: {} ==\n{:<13} {:<18} {:>20} {:>7}  {:<40} {:>6} {:>6}  {:<14} {}",
+                "\n== placement: {} ==\n{:<13} {:<18} {:>20} {:>7}  {:<40} {:>6} {:>6}  {:<14} met",
                 p.name(),
                 "scenario",
                 "client",
@@ -781,7 +841,6 @@ fn bench(opts: &Opts) -> Res<()> {
                 "cli%",
                 "srv%",
                 "target",
-                "met"
             );
             last_placement = Some(*p);
         }

@@ -1,0 +1,320 @@
+//! This crate, in pull style (the caller's thread takes events from the channel) and in
+//! callback style (a `Handler` on the callback thread), each used as its docs show.
+
+use std::hint::black_box;
+use std::mem;
+use std::time::{Duration, Instant};
+
+use nwebsocket::crossbeam_channel::{self as cb, Receiver, Sender};
+use nwebsocket::{Event, Handler, Message, WebSocket, WebSocketRef};
+
+use crate::{burn, sys, Idle, Res, RssOut, RTT_PAYLOAD, WAIT};
+
+fn next_message(events: &Receiver<Event>) -> Res<Message> {
+    loop {
+        match events.recv_timeout(WAIT)? {
+            Event::Message(m) => return Ok(m),
+            Event::Open => {}
+            other => return Err(format!("unexpected event {other:?}").into()),
+        }
+    }
+}
+
+fn close<H>(ws: &WebSocket<H>) -> Res<()> {
+    ws.close()?;
+    ws.wait_closed_timeout(WAIT)
+        .ok_or("the close did not complete")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- pull style
+
+pub mod pull {
+    use super::*;
+
+    pub fn rtt(url: &str, n: usize) -> Res<(Duration, Vec<u64>)> {
+        let (ws, events) = WebSocket::connect_pull(url)?;
+        let mut lat = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let t = Instant::now();
+            ws.send(RTT_PAYLOAD)?;
+            black_box(next_message(&events)?.len());
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok((wall, lat))
+    }
+
+    pub fn stream(url: &str, n: usize) -> Res<(Duration, u64)> {
+        let (ws, events) = WebSocket::connect_pull(url)?;
+        let t0 = Instant::now();
+        ws.send("go")?;
+        let mut bytes = 0u64;
+        for _ in 0..n {
+            bytes += next_message(&events)?.len() as u64;
+        }
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok((wall, bytes))
+    }
+
+    pub fn send(url: &str, n: usize, payload: &[u8]) -> Res<Duration> {
+        let (ws, events) = WebSocket::connect_pull(url)?;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            ws.send(payload)?;
+        }
+        next_message(&events)?;
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok(wall)
+    }
+
+    pub fn idle(url: &str, d: Duration) -> Res<Idle> {
+        let (ws, _events) = WebSocket::connect_pull(url)?;
+        std::thread::sleep(Duration::from_millis(100));
+        let before = sys::tasks();
+        std::thread::sleep(d);
+        let after = sys::tasks();
+        // The main thread only sleeps here: it is the harness, not the connection.
+        let (cpu_ns, ctx, threads) = sys::task_delta(&before, &after, Some(sys::main_tid()));
+        close(&ws)?;
+        Ok(Idle {
+            cpu_ns,
+            ctx,
+            threads,
+        })
+    }
+
+    pub fn busy(url: &str, d: Duration) -> Res<Duration> {
+        let (ws, _events) = WebSocket::connect_pull(url)?;
+        let t0 = Instant::now();
+        black_box(burn(t0 + d));
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok(wall)
+    }
+
+    pub fn rss(url: &str, n: usize) -> Res<RssOut> {
+        {
+            // Warm-up: lazy statics, the allocator's first arenas.
+            let (ws, events) = WebSocket::connect_pull(url)?;
+            ws.send(RTT_PAYLOAD)?;
+            next_message(&events)?;
+            close(&ws)?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let kib0 = sys::rss_kib();
+        sys::dump_smaps("0-before");
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(WebSocket::connect_pull(url)?);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let kib_idle = sys::rss_kib();
+        sys::dump_smaps("1-idle");
+        for (ws, _) in &conns {
+            ws.send(RTT_PAYLOAD)?;
+        }
+        for (_, events) in &conns {
+            next_message(events)?;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let kib_after = sys::rss_kib();
+        sys::dump_smaps("2-after");
+        for (ws, _) in &conns {
+            ws.close()?;
+        }
+        for (ws, _) in &conns {
+            ws.wait_closed_timeout(WAIT).ok_or("close timed out")?;
+        }
+        Ok(RssOut {
+            kib0,
+            kib_idle,
+            kib_after,
+        })
+    }
+}
+
+// ------------------------------------------------------------------------ callback style
+
+pub mod callback {
+    use super::*;
+
+    type Done = Sender<Result<(), String>>;
+
+    /// Round trips driven from `onmessage`: each echo sends the next message.
+    struct Rtt {
+        left: usize,
+        sent_at: Instant,
+        lat: Vec<u64>,
+        done: Done,
+    }
+
+    impl Handler for Rtt {
+        fn onmessage(&mut self, ws: &WebSocketRef, msg: Message) {
+            self.lat.push(self.sent_at.elapsed().as_nanos() as u64);
+            black_box(msg.len());
+            if self.left == 0 {
+                let _ = self.done.send(Ok(()));
+                return;
+            }
+            self.left -= 1;
+            self.sent_at = Instant::now();
+            if let Err(e) = ws.send(RTT_PAYLOAD) {
+                let _ = self.done.send(Err(e.to_string()));
+            }
+        }
+        fn onerror(&mut self, _ws: &WebSocketRef, err: nwebsocket::Error) {
+            let _ = self.done.send(Err(err.to_string()));
+        }
+    }
+
+    /// Counts messages; says so after `want` of them.
+    struct Count {
+        want: u64,
+        got: u64,
+        bytes: u64,
+        done: Done,
+    }
+
+    impl Count {
+        fn new(want: u64, done: Done) -> Self {
+            Count {
+                want,
+                got: 0,
+                bytes: 0,
+                done,
+            }
+        }
+    }
+
+    impl Handler for Count {
+        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+            self.got += 1;
+            self.bytes += msg.len() as u64;
+            if self.got == self.want {
+                let _ = self.done.send(Ok(()));
+            }
+        }
+        fn onerror(&mut self, _ws: &WebSocketRef, err: nwebsocket::Error) {
+            let _ = self.done.send(Err(err.to_string()));
+        }
+    }
+
+    fn wait(done: &Receiver<Result<(), String>>) -> Res<()> {
+        Ok(done.recv_timeout(WAIT)??)
+    }
+
+    pub fn rtt(url: &str, n: usize) -> Res<(Duration, Vec<u64>)> {
+        let (tx, rx) = cb::unbounded();
+        let handler = Rtt {
+            left: n.saturating_sub(1),
+            sent_at: Instant::now(),
+            lat: Vec::with_capacity(n),
+            done: tx,
+        };
+        let ws = WebSocket::connect(url, handler)?;
+        let t0 = Instant::now();
+        ws.handler().sent_at = Instant::now();
+        ws.send(RTT_PAYLOAD)?;
+        wait(&rx)?;
+        let wall = t0.elapsed();
+        let lat = mem::take(&mut ws.handler().lat);
+        close(&ws)?;
+        Ok((wall, lat))
+    }
+
+    pub fn stream(url: &str, n: usize) -> Res<(Duration, u64)> {
+        let (tx, rx) = cb::unbounded();
+        let ws = WebSocket::connect(url, Count::new(n as u64, tx))?;
+        let t0 = Instant::now();
+        ws.send("go")?;
+        wait(&rx)?;
+        let wall = t0.elapsed();
+        let bytes = ws.handler().bytes;
+        close(&ws)?;
+        Ok((wall, bytes))
+    }
+
+    pub fn send(url: &str, n: usize, payload: &[u8]) -> Res<Duration> {
+        let (tx, rx) = cb::unbounded();
+        let ws = WebSocket::connect(url, Count::new(1, tx))?;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            ws.send(payload)?;
+        }
+        wait(&rx)?;
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok(wall)
+    }
+
+    pub fn idle(url: &str, d: Duration) -> Res<Idle> {
+        let (tx, _rx) = cb::unbounded();
+        let ws = WebSocket::connect(url, Count::new(u64::MAX, tx))?;
+        std::thread::sleep(Duration::from_millis(100));
+        let before = sys::tasks();
+        std::thread::sleep(d);
+        let after = sys::tasks();
+        let (cpu_ns, ctx, threads) = sys::task_delta(&before, &after, Some(sys::main_tid()));
+        close(&ws)?;
+        Ok(Idle {
+            cpu_ns,
+            ctx,
+            threads,
+        })
+    }
+
+    pub fn busy(url: &str, d: Duration) -> Res<Duration> {
+        let (tx, _rx) = cb::unbounded();
+        let ws = WebSocket::connect(url, Count::new(u64::MAX, tx))?;
+        let t0 = Instant::now();
+        black_box(burn(t0 + d));
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok(wall)
+    }
+
+    pub fn rss(url: &str, n: usize) -> Res<RssOut> {
+        let (tx, rx) = cb::unbounded();
+        {
+            let ws = WebSocket::connect(url, Count::new(1, tx.clone()))?;
+            ws.send(RTT_PAYLOAD)?;
+            wait(&rx)?;
+            close(&ws)?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let kib0 = sys::rss_kib();
+        sys::dump_smaps("0-before");
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(WebSocket::connect(url, Count::new(1, tx.clone()))?);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let kib_idle = sys::rss_kib();
+        sys::dump_smaps("1-idle");
+        for ws in &conns {
+            ws.send(RTT_PAYLOAD)?;
+        }
+        for _ in 0..n {
+            wait(&rx)?;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let kib_after = sys::rss_kib();
+        sys::dump_smaps("2-after");
+        for ws in &conns {
+            ws.close()?;
+        }
+        for ws in &conns {
+            ws.wait_closed_timeout(WAIT).ok_or("close timed out")?;
+        }
+        Ok(RssOut {
+            kib0,
+            kib_idle,
+            kib_after,
+        })
+    }
+}
