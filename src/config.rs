@@ -79,7 +79,8 @@ impl Default for Config {
             high_water_mark: 8 << 20,
             nodelay: true,
             ping_events: false,
-            read_buffer_size: 16 << 10,
+            // Bytes per read call at most; tungstenite grows the buffer only as frames need.
+            read_buffer_size: 128 << 10,
             request_id_field: "id".to_owned(),
             tls_options: TlsOptions::default(),
             tls: None,
@@ -247,7 +248,8 @@ impl Builder {
 
     /// How many events may wait for the consumer (the callback thread, or your `recv`).
     /// When the queue is full the I/O thread stops reading the socket, so TCP slows the
-    /// server down: memory stays below about `incoming_queue × max_message_size`.
+    /// server down: memory stays below about `(incoming_queue + 64) × max_message_size`
+    /// (64: the events of one read burst, handed over together).
     /// Defaults to 256. Values below 1 are taken as 1.
     pub fn incoming_queue(mut self, events: usize) -> Self {
         self.config.incoming_queue = events.max(1);

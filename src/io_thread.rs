@@ -116,8 +116,11 @@ struct Io {
     failures: u32,
     last_close: Option<CloseEvent>,
     rng: u64,
-    /// The one event that did not fit in the channel. While it waits, the socket is not read.
-    blocked: Option<Event>,
+    /// Events read in this burst, not yet in the channel. They go in together at the end of
+    /// the burst, so a consumer that drains faster than the socket fills is woken once per
+    /// burst, not once per message. While the channel is full they wait here, and once
+    /// [`BURST`] wait, the socket is not read.
+    pending: VecDeque<Event>,
     receiver_gone: bool,
     /// Set by `Command::Drop`: the time by which everything must be over.
     drop_deadline: Option<Instant>,
@@ -176,7 +179,7 @@ impl IoThread {
                 failures: 0,
                 last_close: None,
                 rng: rng | 1,
-                blocked: None,
+                pending: VecDeque::with_capacity(BURST),
                 receiver_gone: false,
                 drop_deadline: None,
                 readable: false,
@@ -307,6 +310,7 @@ impl IoThread {
     }
 
     /// DNS, on this thread (the resolver blocks; the connect timeout bounds the rest).
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn resolve(&mut self) -> Result<(), End> {
         self.io.request = Some(build_request(&self.io.target, &self.io.shared.config)?);
         self.io.proxy = crate::proxy::for_target(&self.io.shared.config.proxy, &self.io.target)?;
@@ -380,6 +384,7 @@ impl IoThread {
         Err(Error::Connect(Arc::new(e)).into())
     }
 
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn progress_connect(&mut self) -> Result<(), End> {
         let Phase::Connecting {
             tcp: Some(stream),
@@ -428,6 +433,7 @@ impl IoThread {
     }
 
     /// Writes the CONNECT request and reads the proxy's answer, without blocking.
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn progress_tunnel(&mut self) -> Result<(), End> {
         let Phase::Tunneling {
             tcp,
@@ -469,6 +475,7 @@ impl IoThread {
     }
 
     /// TLS (for `wss://`) and the WebSocket upgrade, over a connected socket or tunnel.
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn start_handshake(&mut self, tcp: TcpStream) -> Result<(), End> {
         let io = &mut self.io;
         let target = &io.target;
@@ -482,6 +489,7 @@ impl IoThread {
         self.handshake_result(result)
     }
 
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn progress_handshake(&mut self) -> Result<(), End> {
         let Phase::Handshaking(mid) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return Ok(());
@@ -516,6 +524,7 @@ impl IoThread {
     }
 
     /// Follows a redirect of the opening handshake: a new attempt at the new target.
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn redirect(&mut self, location: &str) -> Result<(), End> {
         let io = &mut self.io;
         let config = &io.shared.config;
@@ -559,6 +568,7 @@ impl IoThread {
     /// the stream, and read (discarding) until the server ends its side, for at most a
     /// second. Dropping a socket with unread data makes the kernel send RST, and the
     /// server would lose the Close (and learn nothing of why).
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn linger(&mut self) {
         let Phase::Open(ws) = &mut self.phase else {
             return;
@@ -575,7 +585,7 @@ impl IoThread {
         let deadline = Instant::now() + timeout;
         let mut events = Events::with_capacity(4);
         let mut flushed = false;
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = vec![0u8; 4096]; // not on the stack: this thread's stack stays small
         loop {
             if !flushed {
                 match ws.flush() {
@@ -618,7 +628,7 @@ impl IoThread {
         let busy = self.io.has_work(&self.phase);
         let deadline = self.io.next_deadline(&self.phase);
         if !busy {
-            if let Some(event) = self.io.blocked.take() {
+            if let Some(event) = self.io.pending.pop_front() {
                 return self.wait_for_consumer(event, deadline);
             }
         }
@@ -666,18 +676,21 @@ impl IoThread {
             (d, false) => d,
         };
         match select_send(&io.events, &io.commands, event, deadline) {
-            Selected::Sent => Ok(()),
+            Selected::Sent => {
+                io.deliver_pending();
+                Ok(())
+            }
             Selected::Disconnected(event) => {
                 io.discard(event);
                 Ok(())
             }
             Selected::TimedOut(event) => {
-                io.blocked = Some(event);
+                io.pending.push_front(event);
                 io.write_blocked &= !retry_writes;
                 Ok(())
             }
             Selected::Command(event, command) => {
-                io.blocked = Some(event);
+                io.pending.push_front(event);
                 match command {
                     Some(command) => self.command(command),
                     None => Ok(()),
@@ -719,6 +732,9 @@ fn select_send(
         Some(op) => Selected::Command(event, op.recv(commands).ok()),
     }
 }
+
+/// How many events one read burst gathers before handing them to the channel.
+const BURST: usize = 64;
 
 /// How often output stuck behind a full socket is retried while the consumer is also full.
 const RETRY: Duration = Duration::from_millis(5);
@@ -788,6 +804,7 @@ impl Io {
     }
 
     /// Waits out the reconnect delay; `false` if `close` or the last handle's drop ended it.
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn backoff(&mut self, delay: Duration) -> bool {
         log::info!(
             "{}: reconnecting in {delay:?} (attempt {})",
@@ -834,6 +851,7 @@ impl Io {
 
     /// Reports the end of one connection: state CLOSED, the held-back event, `Error` if
     /// any, then `Close`.
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn finish(&mut self, end: End, unsent: usize, last: bool) {
         let shared = Arc::clone(&self.shared);
         shared.transition(
@@ -869,9 +887,7 @@ impl Io {
         }
         log::debug!("{}: closed {close:?}", self.url());
         self.last_close = Some(close.clone());
-        let tail = self
-            .blocked
-            .take()
+        let tail = std::mem::take(&mut self.pending)
             .into_iter()
             .chain(error.map(Event::Error))
             .chain(Some(Event::Close(close)));
@@ -920,6 +936,7 @@ impl Io {
         self.shared.set_open(Ok(()));
         self.opened = true;
         self.emit(Event::Open);
+        self.deliver_pending();
         // The handshake may have read frames already, and consumed the readiness edge.
         self.readable = true;
         self.next_ping = self.shared.config.ping_interval.map(|i| Instant::now() + i);
@@ -929,7 +946,13 @@ impl Io {
     fn read(&mut self, ws: &mut Ws) -> Result<(), End> {
         // Bounded, so queued sends and timers get a turn during a flood.
         let mut budget = 256;
-        while self.readable && self.blocked.is_none() && budget > 0 {
+        while self.readable && budget > 0 {
+            if self.pending.len() >= BURST {
+                self.deliver_pending();
+                if self.pending.len() >= BURST {
+                    break; // the consumer is behind: let TCP push back on the server
+                }
+            }
             budget -= 1;
             match ws.read() {
                 Ok(tungstenite::Message::Text(t)) => {
@@ -975,6 +998,7 @@ impl Io {
                 Err(e) => return Err(self.fail(ws, e)),
             }
         }
+        self.deliver_pending();
         Ok(())
     }
 
@@ -1106,7 +1130,7 @@ impl Io {
     /// Close: those timers wait, unless the last handle is gone.
     fn timers(&mut self, ws: &mut Ws) -> Result<(), End> {
         let now = Instant::now();
-        let judging = self.blocked.is_none() || self.drop_deadline.is_some();
+        let judging = self.pending.is_empty() || self.drop_deadline.is_some();
         if judging && !self.readable {
             if self.close_deadline.is_some_and(|d| now >= d) {
                 return Err(match self.peer_close.take() {
@@ -1157,11 +1181,20 @@ impl Io {
     }
 
     fn emit(&mut self, event: Event) {
-        debug_assert!(self.blocked.is_none());
-        match self.events.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(event)) => self.blocked = Some(event),
-            Err(TrySendError::Disconnected(event)) => self.discard(event),
+        self.pending.push_back(event);
+    }
+
+    /// Moves pending events into the channel, in order, until it is full.
+    fn deliver_pending(&mut self) {
+        while let Some(event) = self.pending.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.pending.push_front(event);
+                    return;
+                }
+                Err(TrySendError::Disconnected(event)) => self.discard(event),
+            }
         }
     }
 
@@ -1206,12 +1239,12 @@ impl Io {
     /// Whether another turn can make progress at once.
     fn has_work(&self, phase: &Phase) -> bool {
         let open = matches!(phase, Phase::Open(_));
-        (open && self.readable && self.blocked.is_none())
+        (open && self.readable && self.pending.len() < BURST)
             || (open && self.needs_flush && !self.write_blocked)
     }
 
     fn next_deadline(&self, phase: &Phase) -> Option<Instant> {
-        let judging = self.blocked.is_none() || self.drop_deadline.is_some();
+        let judging = self.pending.is_empty() || self.drop_deadline.is_some();
         let candidates = match phase {
             Phase::Connecting { .. } => [Some(self.connect_deadline), None, None, None],
             Phase::Handshaking(_) | Phase::Tunneling { .. } => {

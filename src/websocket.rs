@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -124,7 +125,8 @@ impl Shared {
         // then the state is already CLOSED and no caller got an `Ok`.
         let _ = self.commands.send(command);
         fence(SeqCst);
-        if self.io_sleeping.swap(false, SeqCst) {
+        // A plain load first: while the I/O thread is awake, no read-modify-write at all.
+        if self.io_sleeping.load(Relaxed) && self.io_sleeping.swap(false, SeqCst) {
             if let Err(e) = self.waker.wake() {
                 log::warn!("could not wake the I/O thread: {e}");
             }
