@@ -75,12 +75,12 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(10),
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
-            incoming_queue: 256,
+            incoming_queue: 64,
             high_water_mark: 8 << 20,
             nodelay: true,
             ping_events: false,
             // Bytes per read call at most; tungstenite grows the buffer only as frames need.
-            read_buffer_size: 128 << 10,
+            read_buffer_size: 16 << 10,
             request_id_field: "id".to_owned(),
             tls_options: TlsOptions::default(),
             tls: None,
@@ -250,7 +250,7 @@ impl Builder {
     /// When the queue is full the I/O thread stops reading the socket, so TCP slows the
     /// server down: memory stays below about `(incoming_queue + 64) × max_message_size`
     /// (64: the events of one read burst, handed over together).
-    /// Defaults to 256. Values below 1 are taken as 1.
+    /// Defaults to 64. Values below 1 are taken as 1.
     pub fn incoming_queue(mut self, events: usize) -> Self {
         self.config.incoming_queue = events.max(1);
         self

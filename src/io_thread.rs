@@ -502,8 +502,11 @@ impl IoThread {
         result: Result<(Ws, Response), HandshakeError<ClientHandshake<Transport>>>,
     ) -> Result<(), End> {
         match result {
-            Ok((ws, response)) => {
+            Ok((mut ws, response)) => {
                 self.io.opened(&response)?;
+                // Read at once only if something may be waiting; an idle connection then
+                // never touches its read buffer.
+                self.io.readable = ws.get_mut().may_have_data();
                 self.phase = Phase::Open(ws);
                 Ok(())
             }
@@ -937,8 +940,6 @@ impl Io {
         self.opened = true;
         self.emit(Event::Open);
         self.deliver_pending();
-        // The handshake may have read frames already, and consumed the readiness edge.
-        self.readable = true;
         self.next_ping = self.shared.config.ping_interval.map(|i| Instant::now() + i);
         Ok(())
     }

@@ -15,12 +15,50 @@ use rustls::{
 
 use crate::error::Error;
 
-/// What the tungstenite `WebSocket` reads and writes. Both variants are non-blocking:
-/// reads and writes return `WouldBlock` and the I/O thread waits for readiness.
+/// What the tungstenite `WebSocket` reads and writes. Both kinds of stream are
+/// non-blocking: reads and writes return `WouldBlock` and the I/O thread waits for
+/// readiness.
 #[derive(Debug)]
-pub(crate) enum Transport {
+pub(crate) struct Transport {
+    stream: Stream,
+    head: HeadScan,
+}
+
+#[derive(Debug)]
+enum Stream {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+/// Watches the bytes read during the opening handshake for the end of the HTTP response
+/// head (`\r\n\r\n`), to know whether frames came in the same reads (the "tail").
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// How much of `\r\n\r\n` the last bytes matched.
+    matched: usize,
+    /// Bytes read after the head ended, once it has.
+    tail: Option<usize>,
+}
+
+impl HeadScan {
+    fn feed(&mut self, bytes: &[u8]) {
+        if let Some(tail) = &mut self.tail {
+            *tail += bytes.len();
+            return;
+        }
+        for (i, &b) in bytes.iter().enumerate() {
+            self.matched = match (self.matched, b) {
+                (0 | 2, b'\r') => self.matched + 1,
+                (1 | 3, b'\n') => self.matched + 1,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+            if self.matched == 4 {
+                self.tail = Some(bytes.len() - i - 1);
+                return;
+            }
+        }
+    }
 }
 
 impl Transport {
@@ -31,58 +69,80 @@ impl Transport {
         host: &str,
         config: Option<&Arc<ClientConfig>>,
     ) -> Result<Self, Error> {
-        if !tls {
-            return Ok(Transport::Plain(tcp));
-        }
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|e| Error::Tls(format!("invalid server name {host:?}: {e}")))?;
-        let config = match config {
-            Some(c) => Arc::clone(c),
-            None => default_tls_config()?,
+        let stream = if tls {
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| Error::Tls(format!("invalid server name {host:?}: {e}")))?;
+            let config = match config {
+                Some(c) => Arc::clone(c),
+                None => default_tls_config()?,
+            };
+            let conn =
+                ClientConnection::new(config, name).map_err(|e| Error::Tls(e.to_string()))?;
+            Stream::Tls(Box::new(StreamOwned::new(conn, tcp)))
+        } else {
+            Stream::Plain(tcp)
         };
-        let conn = ClientConnection::new(config, name).map_err(|e| Error::Tls(e.to_string()))?;
-        Ok(Transport::Tls(Box::new(StreamOwned::new(conn, tcp))))
+        Ok(Transport {
+            stream,
+            head: HeadScan::default(),
+        })
     }
-}
 
-impl Transport {
     /// The socket under TLS, if any.
     pub fn tcp(&mut self) -> &mut TcpStream {
-        match self {
-            Transport::Plain(s) => s,
-            Transport::Tls(s) => &mut s.sock,
+        match &mut self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &mut s.sock,
         }
+    }
+
+    /// After the opening handshake: whether there may be something to read that no
+    /// readiness event will announce (the handshake stops reading at the end of the
+    /// response head, and its reads consumed the edges). True when bytes came after the
+    /// head, when the head's end was never seen, when the socket holds data or the end of
+    /// the stream, and always with TLS (rustls may hold decrypted records). False only
+    /// when the socket is provably empty: then anything later brings a fresh edge.
+    pub fn may_have_data(&mut self) -> bool {
+        if matches!(self.stream, Stream::Tls(_)) || self.head.tail != Some(0) {
+            return true;
+        }
+        !matches!(self.tcp().peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(s) => s.read(buf),
-            Transport::Tls(s) => s.read(buf),
+        let n = match &mut self.stream {
+            Stream::Plain(s) => s.read(buf)?,
+            Stream::Tls(s) => s.read(buf)?,
+        };
+        // Only until the head's end is seen, plus a counter: one comparison per read after.
+        if self.head.tail.is_none() {
+            self.head.feed(&buf[..n]);
         }
+        Ok(n)
     }
 }
 
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(s) => s.write(buf),
-            Transport::Tls(s) => s.write(buf),
+        match &mut self.stream {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(s) => s.write_vectored(bufs),
-            Transport::Tls(s) => s.write_vectored(bufs),
+        match &mut self.stream {
+            Stream::Plain(s) => s.write_vectored(bufs),
+            Stream::Tls(s) => s.write_vectored(bufs),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Transport::Plain(s) => s.flush(),
-            Transport::Tls(s) => s.flush(),
+        match &mut self.stream {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
         }
     }
 }
@@ -230,4 +290,32 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 /// The rustls error inside an I/O error, if that is what it is.
 pub(crate) fn tls_error(err: &io::Error) -> Option<&rustls::Error> {
     err.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadScan;
+
+    fn tail_of(chunks: &[&[u8]]) -> Option<usize> {
+        let mut scan = HeadScan::default();
+        for c in chunks {
+            scan.feed(c);
+        }
+        scan.tail
+    }
+
+    #[test]
+    fn finds_the_end_of_the_head_across_reads() {
+        assert_eq!(tail_of(&[b"HTTP/1.1 101 OK\r\nA: b\r\n\r\n"]), Some(0));
+        assert_eq!(
+            tail_of(&[b"HTTP/1.1 101 OK\r\n\r", b"\n\x81\x02hi"]),
+            Some(4)
+        );
+        assert_eq!(
+            tail_of(&[b"HTTP/1.1 101 OK\r\n", b"\r\n", b"\x81"]),
+            Some(1)
+        );
+        assert_eq!(tail_of(&[b"HTTP/1.1 101 OK\r\nA: b\r\n"]), None);
+        assert_eq!(tail_of(&[b"\r\r\n\r\n"]), Some(0));
+    }
 }
