@@ -975,8 +975,7 @@ impl Io {
                     } else {
                         t
                     });
-                    if let Some(msg) = crate::json::route_reply(&self.shared, Message::Text(text))
-                    {
+                    if let Some(msg) = crate::json::route_reply(&self.shared, Message::Text(text)) {
                         self.emit(Event::Message(msg));
                     }
                 }
