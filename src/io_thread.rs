@@ -1374,6 +1374,8 @@ fn map_error(e: tungstenite::Error, handshake: bool, config: &Config) -> Error {
         )),
         T::Protocol(p) if handshake => Error::Handshake(p.to_string()),
         T::Protocol(p) => Error::Protocol(p.to_string()),
+        // During the handshake there are no messages yet: a response header is not text.
+        T::Utf8(s) if handshake => Error::Handshake(format!("a response header is not text: {s}")),
         T::Utf8(s) => Error::Protocol(format!("invalid UTF-8 in a text message: {s}")),
         T::AttackAttempt => Error::Protocol("attack attempt detected".into()),
         T::Http(response) => Error::HandshakeRejected {

@@ -1,0 +1,755 @@
+//! The fuzz harness, shared by the cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and by
+//! `tests/fuzz_replay.rs` (through `#[path]`), so both run exactly the same checks.
+//!
+//! Two entry points, one per target:
+//!
+//! - [`after_handshake`]: a real server completes the opening handshake with
+//!   `tungstenite::accept`, then writes the input raw to the socket (as frames, or not) and
+//!   ends its side of the stream. The client must report it by the contract, and must agree
+//!   with tungstenite itself reading the same bytes from memory (the *reference*).
+//! - [`handshake_response`]: the server reads the client's request head and answers with
+//!   the input. The client must end with a typed error from `connect` (or, if the input
+//!   is a valid `101`, open and behave), within the handshake timeout, without a panic.
+//!   `@ACCEPT@` in the input is replaced with the right `Sec-WebSocket-Accept` value, so the
+//!   fuzzer can reach the successful handshake, and the frames that follow it in the same
+//!   write, at all.
+//!
+//! Each returns `Err(violation)` when the client broke a rule; the fuzz targets panic with
+//! it, the replay test fails with it. A panic on the client's I/O thread shows up as a
+//! channel that disconnects before `Close` (and aborts the process under libFuzzer).
+//!
+//! Only `nwebsocket`, `tungstenite` and `std`: no other dependency.
+
+// Each fuzz target uses half of it. `ErrorResponse` is tungstenite's type, large or not.
+#![allow(dead_code, clippy::result_large_err)]
+
+use std::cell::Cell;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nwebsocket::crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use nwebsocket::{Builder, CloseEvent, Error, Event, Message, Timeout, WebSocket};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::protocol::{Role, WebSocketConfig};
+
+/// The client's frame size limit: small, so that inputs of a few KiB reach it for real.
+pub const MAX_FRAME: usize = 2 << 10;
+/// The client's message size limit (several frames' worth, for fragmented messages).
+pub const MAX_MESSAGE: usize = 4 << 10;
+/// The opening-handshake timeout in [`handshake_response`], where the input is the
+/// response: nothing in it may make `connect` wait longer than about this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The opening-handshake timeout in [`after_handshake`], where the handshake is a real,
+/// correct one that the input cannot touch: generous, so a loaded machine does not make it
+/// look like a finding.
+const REAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The closing-handshake timeout.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The whole life of one connection, from connect to `Close`: past this it hangs.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// `connect` must have returned by the handshake timeout plus this.
+const CONNECT_SLACK: Duration = Duration::from_secs(3);
+/// Read/write timeout of the server's socket, and how long it waits for the client.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The request header that tells this iteration's connection from a stale one.
+const ID_HEADER: &str = "x-fuzz-id";
+/// Replaced, in a handshake response input, by the right `Sec-WebSocket-Accept` value.
+pub const ACCEPT_MARKER: &[u8] = b"@ACCEPT@";
+/// The subprotocols the client offers in [`handshake_response`].
+pub const OFFERED: [&str; 2] = ["chat", "superchat"];
+
+/// How one input ended, for statistics and for tests that want to see variety.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// OPEN, then a closing handshake.
+    Clean {
+        /// Messages, pings and pongs delivered.
+        delivered: usize,
+        /// The close code.
+        code: u16,
+    },
+    /// OPEN, then `Error` and `Close` 1006.
+    Failed {
+        /// Messages, pings and pongs delivered.
+        delivered: usize,
+        /// The error, as displayed.
+        error: String,
+    },
+    /// `connect` returned this error (handshake response inputs only).
+    Refused(String),
+}
+
+/// The one loopback listener of this process, and a counter to tag each connection.
+struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    next_id: u64,
+}
+
+/// One iteration at a time: takes the process's listener (binds it the first time).
+fn server() -> MutexGuard<'static, Server> {
+    static SERVER: OnceLock<Mutex<Server>> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            listener
+                .set_nonblocking(true)
+                .expect("a non-blocking listener");
+            let addr = listener.local_addr().expect("the listener's address");
+            Mutex::new(Server {
+                listener,
+                addr,
+                next_id: 0,
+            })
+        })
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Accepts the next connection, bounded by [`SERVER_TIMEOUT`]; `None` if none came.
+fn accept(listener: &TcpListener, deadline: Instant) -> Option<TcpStream> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let ok = stream.set_nonblocking(false).is_ok()
+                    && stream.set_nodelay(true).is_ok()
+                    && stream.set_read_timeout(Some(SERVER_TIMEOUT)).is_ok()
+                    && stream.set_write_timeout(Some(SERVER_TIMEOUT)).is_ok();
+                if ok {
+                    return Some(stream);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                thread::sleep(Duration::from_micros(50));
+            }
+            Err(_) if Instant::now() >= deadline => return None,
+            Err(_) => thread::sleep(Duration::from_micros(50)),
+        }
+    }
+}
+
+/// Writes `bytes` (for one input in four, in a few pieces with short pauses between, so the
+/// client also sees frames cut across reads and readiness edges in the middle of them),
+/// ends the server's side of the stream, and reads (discarding: the client's pongs, its
+/// Close) until the client ends its side. Reading to the end matters: a socket closed with
+/// unread data sends RST, and the client could lose what was sent.
+fn write_and_drain(stream: &mut TcpStream, bytes: &[u8]) {
+    let mut pieces = pieces(bytes).into_iter().peekable();
+    while let Some(piece) = pieces.next() {
+        let _ = stream.write_all(piece);
+        let _ = stream.flush();
+        if pieces.peek().is_some() {
+            thread::sleep(PAUSE);
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + SERVER_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The pause between the pieces of a cut-up write.
+const PAUSE: Duration = Duration::from_micros(300);
+
+/// How the server cuts `bytes` into writes: decided by a hash of the input, so that one
+/// input is always sent the same way (up to the kernel's timing).
+fn pieces(bytes: &[u8]) -> Vec<&[u8]> {
+    // FNV-1a, then xorshift64 for the cut points.
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    if hash % 4 != 0 || bytes.len() < 2 {
+        return vec![bytes];
+    }
+    let mut x = hash | 1;
+    let mut cuts: Vec<usize> = (0..1 + (hash >> 8) % 3)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            1 + (x % (bytes.len() as u64 - 1)) as usize
+        })
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut start = 0;
+    for cut in cuts {
+        out.push(&bytes[start..cut]);
+        start = cut;
+    }
+    out.push(&bytes[start..]);
+    out
+}
+
+/// The server of [`after_handshake`]: a real `tungstenite::accept` of this iteration's
+/// connection, then the input, raw.
+fn serve_after_handshake(listener: &TcpListener, id: &str, input: &[u8]) {
+    let deadline = Instant::now() + SERVER_TIMEOUT;
+    while let Some(stream) = accept(listener, deadline) {
+        let ours = Cell::new(false);
+        let check = |request: &Request, response: Response| {
+            let tagged = request
+                .headers()
+                .get(ID_HEADER)
+                .is_some_and(|v| v.as_bytes() == id.as_bytes());
+            ours.set(tagged);
+            if tagged {
+                Ok(response)
+            } else {
+                let mut refused = ErrorResponse::new(Some("stale connection".into()));
+                *refused.status_mut() = tungstenite::http::StatusCode::GONE;
+                Err(refused)
+            }
+        };
+        match tungstenite::accept_hdr(stream, check) {
+            Ok(mut ws) => {
+                write_and_drain(ws.get_mut(), input);
+                return;
+            }
+            // Ours, and the handshake failed: the client will say why.
+            Err(_) if ours.get() => return,
+            // A connection left over from an earlier iteration: wait for ours.
+            Err(_) => {}
+        }
+    }
+}
+
+/// The server of [`handshake_response`]: reads this iteration's request head, answers with
+/// the input (with `@ACCEPT@` replaced).
+fn serve_handshake_response(listener: &TcpListener, id: &str, input: &[u8]) {
+    let deadline = Instant::now() + SERVER_TIMEOUT;
+    while let Some(mut stream) = accept(listener, deadline) {
+        let Some(head) = read_head(&mut stream) else {
+            continue;
+        };
+        if header(&head, ID_HEADER).as_deref() != Some(id) {
+            continue; // stale
+        }
+        let key = header(&head, "sec-websocket-key").unwrap_or_default();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let response = replace_all(input, ACCEPT_MARKER, accept.as_bytes());
+        write_and_drain(&mut stream, &response);
+        return;
+    }
+}
+
+/// Reads up to the end of an HTTP head (`\r\n\r\n`), at most 16 KiB.
+fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 << 10 {
+            return None;
+        }
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    String::from_utf8(head).ok()
+}
+
+/// The value of a header in a request head (names compared without case).
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+fn replace_all(input: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The client's settings: small limits, short timeouts, every event reported, nothing
+/// that leaves the machine (no proxy from the environment, no redirects followed).
+fn client(id: &str, handshake_timeout: Duration) -> Builder {
+    WebSocket::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .handshake_timeout(handshake_timeout)
+        .close_timeout(CLOSE_TIMEOUT)
+        .max_frame_size(MAX_FRAME)
+        .max_message_size(MAX_MESSAGE)
+        .incoming_queue(4) // small: the held-back-event path runs too
+        .ping_events(true)
+        .max_redirects(0)
+        .no_proxy()
+        .header(ID_HEADER, id)
+}
+
+/// Runs `client` against a server thread that runs `serve`, on this process's listener.
+fn with_server<T>(
+    input: &[u8],
+    serve: fn(&TcpListener, &str, &[u8]),
+    client: impl FnOnce(&str, &str) -> T,
+) -> T {
+    let mut server = server();
+    server.next_id += 1;
+    let id = format!("{}-{}", std::process::id(), server.next_id);
+    let url = format!("ws://{}/fuzz", server.addr);
+    let listener = &server.listener;
+    thread::scope(|scope| {
+        let id = id.as_str();
+        let server = thread::Builder::new()
+            .name("fuzz-server".into())
+            .spawn_scoped(scope, move || serve(listener, id, input))
+            .expect("spawn the server thread");
+        let result = client(&url, id);
+        let _ = server.join();
+        result
+    })
+}
+
+// -------------------------------------------------------------------------------------
+// Target 1: arbitrary bytes after a valid handshake.
+// -------------------------------------------------------------------------------------
+
+/// Connects to a server that completes a real handshake and then sends `input` raw;
+/// checks the events against the contract and against tungstenite reading `input` alone.
+pub fn after_handshake(input: &[u8]) -> Result<Outcome, String> {
+    with_server(input, serve_after_handshake, |url, id| {
+        let started = Instant::now();
+        let (ws, events) = client(id, REAL_HANDSHAKE_TIMEOUT)
+            .connect_pull(url)
+            .map_err(|e| format!("connect failed after a valid handshake: {e:?}"))?;
+        // The client talks too, while the input arrives: the write path (and a send that
+        // races with the server's Close, refused or dropped with a warning) runs as well.
+        // Either may fail once the connection is closing; neither may disturb the rest.
+        let _ = ws.send("from the client");
+        let _ = ws.ping(b"hb".to_vec());
+        let seen = collect(ws, &events, started)?;
+        check_open_sequence(&seen)?;
+        compare_with_reference(input, &seen)?;
+        Ok(outcome(&seen))
+    })
+}
+
+/// Takes every event until `Close`, drops the handle, and checks that the channel is
+/// then over: no event after `Close`, no I/O thread left behind.
+fn collect(
+    ws: WebSocket,
+    events: &Receiver<Event>,
+    started: Instant,
+) -> Result<Vec<Event>, String> {
+    let deadline = started + CONNECTION_DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        match events.recv_deadline(deadline) {
+            Ok(event) => {
+                let last = matches!(event, Event::Close(_));
+                seen.push(event);
+                if last {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "no Close within {CONNECTION_DEADLINE:?} (state {:?}); events: {}",
+                    ws.ready_state(),
+                    show(&seen)
+                ));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(format!(
+                    "the event channel ended without a Close (did the I/O thread panic?); events: {}",
+                    show(&seen)
+                ));
+            }
+        }
+    }
+    // The last handle: closes, and joins the I/O thread within the close timeout.
+    drop(ws);
+    match events.try_recv() {
+        Err(TryRecvError::Disconnected) => Ok(seen),
+        Ok(event) => Err(format!(
+            "an event after Close: {event:?}; events: {}",
+            show(&seen)
+        )),
+        Err(TryRecvError::Empty) => Err(format!(
+            "the I/O thread outlived the last handle; events: {}",
+            show(&seen)
+        )),
+    }
+}
+
+/// The contract's shape of a connection that opened: `Open`; messages, pings and pongs;
+/// at most one `Error`, right before `Close`; one `Close`, last, which is 1006 and unclean
+/// exactly when an `Error` came.
+fn check_open_sequence(seen: &[Event]) -> Result<(), String> {
+    let fail = |why: &str| Err(format!("{why}; events: {}", show(seen)));
+    if !matches!(seen.first(), Some(Event::Open)) {
+        return fail("the first event is not Open");
+    }
+    let Some(Event::Close(close)) = seen.last() else {
+        return fail("the last event is not Close");
+    };
+    let body = &seen[1..seen.len() - 1];
+    let (error, middle) = match body.split_last() {
+        Some((Event::Error(e), rest)) => (Some(e), rest),
+        _ => (None, body),
+    };
+    for event in middle {
+        match event {
+            Event::Message(_) | Event::Ping(_) | Event::Pong(_) => {}
+            Event::Open => return fail("a second Open"),
+            Event::Error(_) => return fail("an Error that Close does not follow at once"),
+            Event::Close(_) => return fail("a Close that is not the last event"),
+            _ => return fail("an unknown event"),
+        }
+    }
+    check_close(error, close).or_else(|why| fail(&why))
+}
+
+/// `Error` ⇔ `Close` 1006 with `was_clean == false`.
+fn check_close(error: Option<&Error>, close: &CloseEvent) -> Result<(), String> {
+    match (error.is_some(), close.was_clean, close.code) {
+        (true, false, 1006) => Ok(()),
+        (true, _, _) => Err("an Error, then a Close that is not 1006/unclean".into()),
+        (false, false, _) => Err("an unclean Close without an Error".into()),
+        (false, true, 1006) => Err("a clean Close with code 1006".into()),
+        (false, true, _) => Ok(()),
+    }
+}
+
+fn outcome(seen: &[Event]) -> Outcome {
+    let delivered = seen
+        .iter()
+        .filter(|e| matches!(e, Event::Message(_) | Event::Ping(_) | Event::Pong(_)))
+        .count();
+    let error = seen.iter().find_map(|e| match e {
+        Event::Error(e) => Some(e.to_string()),
+        _ => None,
+    });
+    match (error, seen.last()) {
+        (Some(error), _) => Outcome::Failed { delivered, error },
+        (None, Some(Event::Close(c))) => Outcome::Clean {
+            delivered,
+            code: c.code,
+        },
+        (None, _) => Outcome::Failed {
+            delivered,
+            error: "no Close".into(),
+        },
+    }
+}
+
+/// What tungstenite itself makes of `input`, read from memory as a client with the same
+/// limits: every message/ping/pong in order, then how it ended.
+struct Reference {
+    delivered: Vec<Delivered>,
+    end: Result<Option<(u16, String)>, tungstenite::Error>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Delivered {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+}
+
+/// The input to read, and a sink for what the client writes back (pongs, Close).
+struct Memory<'a> {
+    input: &'a [u8],
+}
+
+impl Read for Memory<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl Write for Memory<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn reference(input: &[u8]) -> Reference {
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(MAX_FRAME))
+        .max_message_size(Some(MAX_MESSAGE));
+    let mut ws =
+        tungstenite::WebSocket::from_raw_socket(Memory { input }, Role::Client, Some(config));
+    let mut delivered = Vec::new();
+    let mut close = None;
+    let end = loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => delivered.push(Delivered::Text(t.as_str().into())),
+            Ok(tungstenite::Message::Binary(b)) => delivered.push(Delivered::Binary(b.to_vec())),
+            Ok(tungstenite::Message::Ping(p)) => delivered.push(Delivered::Ping(p.to_vec())),
+            Ok(tungstenite::Message::Pong(p)) => delivered.push(Delivered::Pong(p.to_vec())),
+            Ok(tungstenite::Message::Close(frame)) => {
+                close = Some(frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.as_str().to_owned())
+                }));
+            }
+            Ok(tungstenite::Message::Frame(_)) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break Ok(close),
+            Err(e) => break Err(e),
+        }
+    };
+    Reference { delivered, end }
+}
+
+fn delivered(event: &Event) -> Option<Delivered> {
+    match event {
+        Event::Message(Message::Text(t)) => Some(Delivered::Text(t.as_str().into())),
+        Event::Message(Message::Binary(b)) => Some(Delivered::Binary(b.to_vec())),
+        Event::Ping(p) => Some(Delivered::Ping(p.to_vec())),
+        Event::Pong(p) => Some(Delivered::Pong(p.to_vec())),
+        _ => None,
+    }
+}
+
+/// Rule 3 (every complete message delivered once, in order), rule 6 (the server's code and
+/// reason), rule 4 (a failure is an `Error`, of the right kind), against the reference.
+fn compare_with_reference(input: &[u8], seen: &[Event]) -> Result<(), String> {
+    let expected = reference(input);
+    let got: Vec<Delivered> = seen.iter().filter_map(delivered).collect();
+    if got != expected.delivered {
+        let first = got
+            .iter()
+            .zip(&expected.delivered)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(expected.delivered.len()));
+        return Err(format!(
+            "delivered {} messages/pings/pongs, tungstenite reads {}; first difference at #{first}: {:?} vs {:?}",
+            got.len(),
+            expected.delivered.len(),
+            got.get(first),
+            expected.delivered.get(first),
+        ));
+    }
+    let error = seen.iter().find_map(|e| match e {
+        Event::Error(e) => Some(e),
+        _ => None,
+    });
+    let Some(Event::Close(close)) = seen.last() else {
+        return Err("no Close".into());
+    };
+    match (&expected.end, error) {
+        (Ok(Some((code, reason))), None) => {
+            if (close.code, close.reason.as_str()) != (*code, reason.as_str()) || !close.was_clean {
+                return Err(format!(
+                    "closed with {close:?}, the server's Close was {code} {reason:?}"
+                ));
+            }
+        }
+        (Ok(None), None) => {
+            return Err(format!(
+                "a clean {close:?}, but tungstenite saw no Close frame"
+            ))
+        }
+        (Ok(_), Some(e)) => {
+            return Err(format!(
+                "failed with {e:?}, but tungstenite reads a clean closing handshake: {:?}",
+                expected.end
+            ))
+        }
+        (Err(want), None) => {
+            return Err(format!(
+                "no Error ({close:?}), but tungstenite fails with {want:?}"
+            ))
+        }
+        (Err(want), Some(got)) => {
+            if !same_kind(want, got) {
+                return Err(format!("failed with {got:?}, tungstenite with {want:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the crate's error is the kind that tungstenite's error maps to.
+fn same_kind(want: &tungstenite::Error, got: &Error) -> bool {
+    use tungstenite::error::ProtocolError;
+    match want {
+        tungstenite::Error::Capacity(_) => matches!(got, Error::Capacity { .. }),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            matches!(got, Error::Io(_))
+        }
+        tungstenite::Error::Protocol(_)
+        | tungstenite::Error::Utf8(_)
+        | tungstenite::Error::AttackAttempt => matches!(got, Error::Protocol(_)),
+        _ => true,
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// Target 2: arbitrary handshake responses.
+// -------------------------------------------------------------------------------------
+
+/// Connects to a server that answers the opening handshake with `input` (`@ACCEPT@`
+/// replaced), twice: with `connect_pull` (a typed `Err`, in time, or an open connection
+/// that behaves) and with `open_pull` (the same story told as events: `Error` then one
+/// `Close` 1006, or `Open` first).
+pub fn handshake_response(input: &[u8]) -> Result<Outcome, String> {
+    let first = with_server(input, serve_handshake_response, connect_blocking)?;
+    let second = with_server(input, serve_handshake_response, connect_browser_style)?;
+    let agree = match (&first, &second) {
+        (Outcome::Refused(a), Outcome::Refused(b)) => kind(a) == kind(b),
+        (Outcome::Refused(_), _) | (_, Outcome::Refused(_)) => false,
+        _ => true,
+    };
+    if !agree {
+        return Err(format!(
+            "the same response gave {first:?} from connect_pull and {second:?} from open_pull"
+        ));
+    }
+    Ok(first)
+}
+
+fn offering(id: &str) -> Builder {
+    OFFERED
+        .iter()
+        .fold(client(id, HANDSHAKE_TIMEOUT), |b, p| b.subprotocol(*p))
+}
+
+fn connect_blocking(url: &str, id: &str) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let result = offering(id).connect_pull(url);
+    let took = started.elapsed();
+    if took > HANDSHAKE_TIMEOUT + CONNECT_SLACK {
+        return Err(format!(
+            "connect took {took:?}, the handshake timeout is {HANDSHAKE_TIMEOUT:?}: {result:?}"
+        ));
+    }
+    match result {
+        Err(e) => {
+            check_handshake_error(&e)?;
+            Ok(Outcome::Refused(describe(&e)))
+        }
+        Ok((ws, events)) => {
+            check_opened(&ws)?;
+            let seen = collect(ws, &events, started)?;
+            check_open_sequence(&seen)?;
+            Ok(outcome(&seen))
+        }
+    }
+}
+
+fn connect_browser_style(url: &str, id: &str) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let (ws, events) = offering(id)
+        .open_pull(url)
+        .map_err(|e| format!("open_pull refused a valid URL: {e:?}"))?;
+    // The first event says how the handshake went; the handle is looked at before the rest.
+    let first = match events.recv_deadline(started + CONNECTION_DEADLINE) {
+        Ok(Event::Open) => {
+            check_opened(&ws)?;
+            Event::Open
+        }
+        Ok(event @ Event::Error(_)) => event,
+        Ok(other) => return Err(format!("the first event is {other:?}")),
+        Err(e) => return Err(format!("no first event: {e:?}")),
+    };
+    let opened = matches!(first, Event::Open);
+    let mut seen = vec![first];
+    seen.extend(collect(ws, &events, started)?);
+    if opened {
+        check_open_sequence(&seen)?;
+        return Ok(outcome(&seen));
+    }
+    let took = started.elapsed();
+    if took > HANDSHAKE_TIMEOUT + CONNECT_SLACK {
+        return Err(format!("the handshake failure took {took:?} to report"));
+    }
+    match seen.as_slice() {
+        [Event::Error(e), Event::Close(close)] => {
+            check_handshake_error(e)?;
+            check_close(Some(e), close)?;
+            Ok(Outcome::Refused(describe(e)))
+        }
+        _ => Err(format!(
+            "a failed handshake must give Error then Close, and nothing else: {}",
+            show(&seen)
+        )),
+    }
+}
+
+/// After a successful handshake: one of the offered subprotocols (tungstenite insists on
+/// one when some were offered), no extension.
+fn check_opened(ws: &WebSocket) -> Result<(), String> {
+    if !OFFERED.contains(&ws.protocol()) {
+        return Err(format!("opened with protocol {:?}", ws.protocol()));
+    }
+    if !ws.extensions().is_empty() {
+        return Err(format!("opened with extensions {:?}", ws.extensions()));
+    }
+    Ok(())
+}
+
+/// The errors a bad handshake response may give.
+fn check_handshake_error(e: &Error) -> Result<(), String> {
+    match e {
+        Error::Handshake(_)
+        | Error::HandshakeRejected { .. }
+        | Error::TooManyRedirects { .. }
+        | Error::Timeout(Timeout::Handshake)
+        | Error::Io(_) => Ok(()),
+        other => Err(format!("a bad handshake response gave {other:?}")),
+    }
+}
+
+fn describe(e: &Error) -> String {
+    format!("{}: {e}", kind_of(e))
+}
+
+fn kind_of(e: &Error) -> &'static str {
+    match e {
+        Error::Handshake(_) => "Handshake",
+        Error::HandshakeRejected { .. } => "HandshakeRejected",
+        Error::TooManyRedirects { .. } => "TooManyRedirects",
+        Error::Timeout(_) => "Timeout",
+        Error::Io(_) => "Io",
+        _ => "other",
+    }
+}
+
+fn kind(described: &str) -> &str {
+    described.split(':').next().unwrap_or_default()
+}
+
+fn show(events: &[Event]) -> String {
+    const SHOWN: usize = 12;
+    let mut out: Vec<String> = events
+        .iter()
+        .take(SHOWN)
+        .map(|e| format!("{e:?}"))
+        .collect();
+    if events.len() > SHOWN {
+        out.push(format!("… {} more", events.len() - SHOWN));
+    }
+    format!("[{}]", out.join(", "))
+}
