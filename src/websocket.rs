@@ -153,6 +153,36 @@ impl Shared {
         self.drained.1.notify_all();
     }
 
+    /// Waits until `ready` finds what it looks for in the status, or `deadline` passes.
+    fn wait_status<T>(
+        &self,
+        deadline: Option<Instant>,
+        ready: impl Fn(&Status) -> Option<T>,
+    ) -> Option<T> {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(found) = ready(&status) {
+                return Some(found);
+            }
+            status = match deadline {
+                None => self
+                    .status_changed
+                    .wait(status)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    self.status_changed
+                        .wait_timeout(status, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
     pub fn set_open(&self, result: Result<()>) {
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         status.open.get_or_insert(result);
@@ -379,46 +409,16 @@ impl WebSocketRef {
     /// Blocks until the connection is CLOSED and returns how it ended. In callback style
     /// it returns after `onclose` has run.
     pub fn wait_closed(&self) -> CloseEvent {
-        let mut status = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(ev) = &status.closed {
-                return ev.clone();
-            }
-            status = self
-                .shared
-                .status_changed
-                .wait(status)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.shared
+            .wait_status(None, |s| s.closed.clone())
+            .unwrap_or_else(CloseEvent::abnormal) // without a deadline it always has one
     }
 
     /// As [`wait_closed`](Self::wait_closed), giving up after `timeout` with `None`.
     pub fn wait_closed_timeout(&self, timeout: Duration) -> Option<CloseEvent> {
         let deadline = Instant::now() + timeout;
-        let mut status = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(ev) = &status.closed {
-                return Some(ev.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            status = self
-                .shared
-                .status_changed
-                .wait_timeout(status, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.shared
+            .wait_status(Some(deadline), |s| s.closed.clone())
     }
 
     /// Blocks until OPEN, returning the error if the connection failed first.
@@ -430,27 +430,12 @@ impl WebSocketRef {
             + config.connect_timeout
             + config.handshake_timeout
             + Duration::from_secs(1);
-        let mut status = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(result) = &status.open {
-                return result.clone();
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                drop(status);
+        match self.shared.wait_status(Some(deadline), |s| s.open.clone()) {
+            Some(result) => result,
+            None => {
                 let _ = self.request_close(None);
-                return Err(Error::Timeout(Timeout::Connect));
+                Err(Error::Timeout(Timeout::Connect))
             }
-            status = self
-                .shared
-                .status_changed
-                .wait_timeout(status, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
         }
     }
 
