@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{fence, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
@@ -35,6 +35,7 @@ use tungstenite::Bytes;
 
 use crate::config::Config;
 use crate::error::{Error, Timeout, UrlError};
+use crate::framing::Outbox;
 use crate::message::{Binary, CloseEvent, Event, Message, Text};
 use crate::proxy::Proxy;
 use crate::state::ReadyState;
@@ -48,7 +49,8 @@ pub(crate) const WAKER: Token = Token(1);
 /// What handles ask of the I/O thread, in order.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Send(Message),
+    /// The outbox went from empty to not: write it (one nudge per batch of messages).
+    Flush,
     Ping(Bytes),
     /// Start the closing handshake (or abort the opening one).
     Close(Option<(u16, String)>),
@@ -129,8 +131,6 @@ struct Io {
     write_blocked: bool,
     /// tungstenite holds a pong, close or ping frame to flush.
     needs_flush: bool,
-    /// Application bytes written into tungstenite since the last complete flush.
-    unflushed: usize,
     connect_deadline: Instant,
     handshake_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
@@ -138,6 +138,8 @@ struct Io {
     close_sent: bool,
     /// Our Close frame is queued but not yet handed to the OS.
     close_queued: bool,
+    /// Our Close frame, waiting behind the messages sent before it.
+    deferred_close: Option<Option<CloseFrame>>,
     /// We failed the connection with a Close code: let it reach the server before the
     /// socket is dropped (see [`IoThread::linger`]).
     linger: bool,
@@ -185,12 +187,12 @@ impl IoThread {
                 readable: false,
                 write_blocked: false,
                 needs_flush: false,
-                unflushed: 0,
                 connect_deadline,
                 handshake_deadline: None,
                 close_deadline: None,
                 close_sent: false,
                 close_queued: false,
+                deferred_close: None,
                 linger: false,
                 peer_close: None,
                 next_ping: None,
@@ -209,9 +211,9 @@ impl IoThread {
             };
             self.linger();
             self.phase = Phase::Done; // drop the socket: the server sees the end at once
-            let unsent = self.io.drain_after_end();
+            self.io.drain_after_end();
             let retry = self.io.retry_delay(&end);
-            self.io.finish(end, unsent, retry.is_none());
+            self.io.finish(end, retry.is_none());
             match retry {
                 Some(delay) if self.io.backoff(delay) => self.io.new_attempt(),
                 _ => break,
@@ -283,27 +285,22 @@ impl IoThread {
             Command::Close(frame) => {
                 io.stopped = true;
                 match &mut self.phase {
-                    Phase::Open(ws) => io.start_close(ws, frame),
+                    Phase::Open(_) => {
+                        io.start_close(frame);
+                        Ok(())
+                    }
                     Phase::Done => Ok(()),
                     Phase::Connecting { .. } | Phase::Tunneling { .. } | Phase::Handshaking(_) => {
                         Err(Error::Aborted.into())
                     }
                 }
             }
-            Command::Send(msg) => {
-                let len = msg.len();
-                match &mut self.phase {
-                    Phase::Open(ws) => io.write(ws, msg.into_tungstenite(), len),
-                    _ => {
-                        // The gate keeps sends out of other phases; be loud if one slips by.
-                        log::warn!("{}: message of {len} bytes not sent: not open", io.url());
-                        io.shared.sent(len);
-                        Ok(())
-                    }
-                }
+            Command::Flush => {
+                io.needs_flush = true;
+                Ok(())
             }
             Command::Ping(payload) => match &mut self.phase {
-                Phase::Open(ws) => io.write(ws, tungstenite::Message::Ping(payload), 0),
+                Phase::Open(ws) => io.write_control(ws, tungstenite::Message::Ping(payload)),
                 _ => Ok(()),
             },
         }
@@ -673,7 +670,7 @@ impl IoThread {
         let io = &mut self.io;
         // Output stuck behind a full socket buffer cannot be watched from here; retry it
         // on a short timer. This needs a slow consumer and a slow server at once.
-        let retry_writes = io.write_blocked && (io.unflushed > 0 || io.needs_flush);
+        let retry_writes = io.write_blocked && io.needs_flush;
         let deadline = match (deadline, retry_writes) {
             (d, true) => Some(d.map_or(Instant::now() + RETRY, |d| d.min(Instant::now() + RETRY))),
             (d, false) => d,
@@ -775,19 +772,21 @@ impl Io {
         self.stopped = true;
     }
 
-    /// After the end: takes the commands still queued (sends that will not go out; a
-    /// close or drop that ends reconnecting) and returns how many messages were unsent.
-    fn drain_after_end(&mut self) -> usize {
-        let mut unsent = 0;
+    /// After the end: takes the commands still queued (a close or drop ends reconnecting)
+    /// and empties the outbox, whose messages will not go out on this connection.
+    fn drain_after_end(&mut self) {
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Send(_) => unsent += 1,
                 Command::Close(_) => self.stopped = true,
                 Command::Drop => self.dropped(),
-                Command::Ping(_) => {}
+                Command::Flush | Command::Ping(_) => {}
             }
         }
-        unsent
+        *self
+            .shared
+            .outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Outbox::default();
     }
 
     /// How long to wait before reconnecting, or `None` when this was the last connection.
@@ -838,7 +837,7 @@ impl Io {
                     return false;
                 }
                 // The gate refuses sends and pings while CLOSED.
-                Ok(Command::Send(_) | Command::Ping(_)) => {}
+                Ok(Command::Flush | Command::Ping(_)) => {}
             }
         }
     }
@@ -851,12 +850,12 @@ impl Io {
         self.readable = false;
         self.write_blocked = false;
         self.needs_flush = false;
-        self.unflushed = 0;
         self.connect_deadline = Instant::now() + self.shared.config.connect_timeout;
         self.handshake_deadline = None;
         self.close_deadline = None;
         self.close_sent = false;
         self.close_queued = false;
+        self.deferred_close = None;
         self.linger = false;
         self.peer_close = None;
         self.next_ping = None;
@@ -868,7 +867,7 @@ impl Io {
     /// Reports the end of one connection: state CLOSED, the held-back event, `Error` if
     /// any, then `Close`.
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
-    fn finish(&mut self, end: End, unsent: usize, last: bool) {
+    fn finish(&mut self, end: End, last: bool) {
         let shared = Arc::clone(&self.shared);
         shared.transition(
             &[
@@ -888,7 +887,7 @@ impl Io {
         let buffered = shared.buffered();
         if buffered > 0 {
             log::warn!(
-                "{}: connection ended with {buffered} bytes of application data not sent ({unsent} messages still queued)",
+                "{}: connection ended with {buffered} bytes of application data not sent",
                 self.url()
             );
             if !last {
@@ -1057,9 +1056,11 @@ impl Io {
         self.next_ping = None;
     }
 
-    fn start_close(&mut self, ws: &mut Ws, frame: Option<(u16, String)>) -> Result<(), End> {
+    /// Starts the closing handshake. The Close frame itself goes out from `flush`, after
+    /// every message sent before `close` (they may still wait in the outbox).
+    fn start_close(&mut self, frame: Option<(u16, String)>) {
         if self.close_sent {
-            return Ok(());
+            return;
         }
         self.close_sent = true;
         let frame = frame.map(|(code, reason)| CloseFrame {
@@ -1072,73 +1073,89 @@ impl Io {
         // the server's answer.
         self.rearm_close_timer();
         self.close_queued = true;
+        self.deferred_close = Some(frame);
         self.next_ping = None;
         self.needs_flush = true;
-        match ws.close(frame) {
-            Ok(()) => Ok(()),
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.write_blocked = true;
-                Ok(())
-            }
-            // The server closed first; its Close is being echoed instead.
-            Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => Ok(()),
-            Err(e) => Err(self.fail(ws, e)),
-        }
     }
 
-    /// Puts one message into tungstenite's buffer; `flush` writes the batch.
-    fn write(
-        &mut self,
-        ws: &mut Ws,
-        msg: tungstenite::Message,
-        app_bytes: usize,
-    ) -> Result<(), End> {
+    /// Queues a control frame (a ping) with tungstenite; `flush` writes it.
+    fn write_control(&mut self, ws: &mut Ws, msg: tungstenite::Message) -> Result<(), End> {
         match ws.write(msg) {
             Ok(()) => {}
-            // The frame is buffered; the socket is full for now.
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.write_blocked = true;
-            }
+            // The frame is buffered; the socket (or our frame batch) is full for now.
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The closing handshake has started: no more pings.
             Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing))
-            | Err(tungstenite::Error::AlreadyClosed) => {
-                // Only a send racing with the server's Close gets here.
-                log::warn!(
-                    "{}: message of {app_bytes} bytes not sent: the server closed the connection first",
-                    self.url()
-                );
-                self.shared.sent(app_bytes);
-                return Ok(());
-            }
+            | Err(tungstenite::Error::AlreadyClosed) => return Ok(()),
             Err(e) => return Err(self.fail(ws, e)),
         }
-        self.unflushed += app_bytes;
         self.needs_flush = true;
         Ok(())
     }
 
+    /// Writes, in this order and until the socket is full: the rest of the frame batch in
+    /// progress, tungstenite's own frames (pongs, pings, the Close echo), the next batch
+    /// from the outbox, and a Close that waited for the messages sent before it. Our
+    /// batches and tungstenite's frames never interleave: a batch starts only when
+    /// tungstenite has nothing pending, and tungstenite cannot write while one is left.
     fn flush(&mut self, ws: &mut Ws) -> Result<(), End> {
         if self.write_blocked || !self.needs_flush {
             return Ok(());
         }
-        match ws.flush() {
-            Ok(()) => {
-                self.needs_flush = false;
-                self.shared.sent(std::mem::take(&mut self.unflushed));
-                if self.close_queued {
-                    // Our Close frame just went out: the server's time to answer starts.
-                    self.close_queued = false;
-                    self.rearm_close_timer();
+        loop {
+            if ws.get_ref().raw_pending() {
+                match ws.get_mut().write_raw() {
+                    Ok(Some(app_bytes)) => self.shared.sent(app_bytes),
+                    Ok(None) => {
+                        self.write_blocked = true;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(End::Failed(Error::io(e))),
                 }
-                Ok(())
             }
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.write_blocked = true;
-                Ok(())
+            match ws.flush() {
+                Ok(()) => {
+                    if self.close_queued && self.deferred_close.is_none() {
+                        // Our Close frame just went out: the server's time to answer starts.
+                        self.close_queued = false;
+                        self.rearm_close_timer();
+                    }
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.write_blocked = true;
+                    return Ok(());
+                }
+                Err(tungstenite::Error::ConnectionClosed) => {
+                    return Err(End::Clean(
+                        self.peer_close.take().unwrap_or_else(CloseEvent::abnormal),
+                    ));
+                }
+                Err(e) => return Err(self.fail(ws, e)),
             }
-            Err(tungstenite::Error::ConnectionClosed) => Err(End::Clean(
-                self.peer_close.take().unwrap_or_else(CloseEvent::abnormal),
-            )),
-            Err(e) => Err(self.fail(ws, e)),
+            {
+                let mut outbox = self
+                    .shared
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !outbox.is_empty() {
+                    let app_bytes = std::mem::take(&mut outbox.app_bytes);
+                    ws.get_mut().start_raw(&mut outbox.frames, app_bytes);
+                    continue;
+                }
+            }
+            if let Some(frame) = self.deferred_close.take() {
+                match ws.close(frame) {
+                    Ok(()) => {}
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // The server closed first; its Close is being echoed instead.
+                    Err(tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)) => {}
+                    Err(e) => return Err(self.fail(ws, e)),
+                }
+                continue;
+            }
+            self.needs_flush = false;
+            return Ok(());
         }
     }
 
@@ -1167,7 +1184,7 @@ impl Io {
             if now >= due {
                 self.ping_seq += 1;
                 let payload = Bytes::copy_from_slice(&self.ping_seq.to_be_bytes());
-                self.write(ws, tungstenite::Message::Ping(payload), 0)?;
+                self.write_control(ws, tungstenite::Message::Ping(payload))?;
                 self.next_ping = Some(now + interval);
                 let timeout = self.shared.config.pong_timeout;
                 self.pong_deadline.get_or_insert(now + timeout);
@@ -1186,7 +1203,8 @@ impl Io {
             tungstenite::Error::Capacity(_) => Some(1009),
             _ => None,
         };
-        if let Some(code) = code {
+        // Unless half a batch of our frames is out: a Close now would land inside a frame.
+        if let Some(code) = code.filter(|_| ws.get_mut().discard_raw()) {
             let frame = CloseFrame {
                 code: CloseCode::from(code),
                 reason: "".into(),

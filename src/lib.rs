@@ -184,6 +184,7 @@
 
 mod config;
 mod error;
+mod framing;
 mod handler;
 mod io_thread;
 mod json;

@@ -66,13 +66,6 @@ impl Message {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    pub(crate) fn into_tungstenite(self) -> tungstenite::Message {
-        match self {
-            Message::Text(t) => tungstenite::Message::Text(t.0),
-            Message::Binary(b) => tungstenite::Message::Binary(b.0),
-        }
-    }
 }
 
 impl fmt::Debug for Message {

@@ -22,6 +22,13 @@ use crate::error::Error;
 pub(crate) struct Transport {
     stream: Stream,
     head: HeadScan,
+    /// A batch of complete frames from the outbox, being written; `raw_at` bytes of it are
+    /// out. While any of it is left, tungstenite's own writes get `WouldBlock`, so its
+    /// frames (pongs, Close) never land inside one of ours.
+    raw: Vec<u8>,
+    raw_at: usize,
+    /// The application bytes the batch carries, reported once it is all out.
+    raw_app_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -85,6 +92,9 @@ impl Transport {
         Ok(Transport {
             stream,
             head: HeadScan::default(),
+            raw: Vec::new(),
+            raw_at: 0,
+            raw_app_bytes: 0,
         })
     }
 
@@ -94,6 +104,55 @@ impl Transport {
             Stream::Plain(s) => s,
             Stream::Tls(s) => &mut s.sock,
         }
+    }
+
+    /// Whether a batch of outbox frames is still being written.
+    pub fn raw_pending(&self) -> bool {
+        self.raw_at < self.raw.len()
+    }
+
+    /// Takes a batch of outbox frames to write, swapping in the old (empty) buffer so its
+    /// allocation is reused. Only when nothing is pending: see [`Transport::raw`].
+    pub fn start_raw(&mut self, frames: &mut Vec<u8>, app_bytes: usize) {
+        debug_assert!(!self.raw_pending());
+        self.raw.clear();
+        std::mem::swap(&mut self.raw, frames);
+        self.raw_at = 0;
+        self.raw_app_bytes = app_bytes;
+    }
+
+    /// The connection failed: drops the batch if none of it is out yet, and says whether
+    /// a frame may follow (not when a batch is half written: it would land inside a frame).
+    pub fn discard_raw(&mut self) -> bool {
+        if self.raw_at == 0 {
+            self.raw.clear();
+        }
+        !self.raw_pending()
+    }
+
+    /// Writes what is left of the batch. `Ok(Some(app_bytes))` once it is all out,
+    /// `Ok(None)` when the socket is full.
+    pub fn write_raw(&mut self) -> io::Result<Option<usize>> {
+        while self.raw_pending() {
+            let n = match &mut self.stream {
+                Stream::Plain(s) => s.write(&self.raw[self.raw_at..]),
+                Stream::Tls(s) => s.write(&self.raw[self.raw_at..]),
+            };
+            match n {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.raw_at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Stream::Tls(s) = &mut self.stream {
+            // rustls keeps encrypted records until flushed.
+            match s.flush() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                other => other?,
+            }
+        }
+        Ok(Some(std::mem::take(&mut self.raw_app_bytes)))
     }
 
     /// After the opening handshake: whether there may be something to read that no
@@ -126,6 +185,9 @@ impl Read for Transport {
 
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.raw_pending() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         match &mut self.stream {
             Stream::Plain(s) => s.write(buf),
             Stream::Tls(s) => s.write(buf),
@@ -133,6 +195,9 @@ impl Write for Transport {
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if self.raw_pending() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         match &mut self.stream {
             Stream::Plain(s) => s.write_vectored(bufs),
             Stream::Tls(s) => s.write_vectored(bufs),

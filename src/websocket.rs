@@ -15,6 +15,7 @@ use tungstenite::Bytes;
 
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result, SendError, Timeout};
+use crate::framing::Outbox;
 use crate::handler::{dispatch, Handler};
 use crate::io_thread::{Command, IoThread};
 use crate::message::{CloseEvent, Event, Message};
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     state: AtomicU8,
     gate: RwLock<()>,
     commands: Sender<Command>,
+    /// Frames encoded by `send`, waiting for the I/O thread (see `framing`).
+    pub outbox: Mutex<Outbox>,
     waker: mio::Waker,
     /// Set by the I/O thread while it sleeps in `poll`; senders wake it only then.
     pub io_sleeping: AtomicBool,
@@ -124,6 +127,11 @@ impl Shared {
         // The channel is unbounded: sending only fails once the I/O thread is gone, and
         // then the state is already CLOSED and no caller got an `Ok`.
         let _ = self.commands.send(command);
+        self.wake_io();
+    }
+
+    /// Wakes the I/O thread if it sleeps in `poll` (pairs with the fence in `IoThread::wait`).
+    fn wake_io(&self) {
         fence(SeqCst);
         // A plain load first: while the I/O thread is awake, no read-modify-write at all.
         if self.io_sleeping.load(Relaxed) && self.io_sleeping.swap(false, SeqCst) {
@@ -261,7 +269,17 @@ impl WebSocketRef {
             ReadyState::Closing | ReadyState::Closed => return Err(SendError::Closed(msg)),
         }
         shared.buffered.fetch_add(msg.len(), SeqCst);
-        shared.enqueue(Command::Send(msg));
+        let was_empty = {
+            let mut outbox = shared.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+            let was_empty = outbox.is_empty();
+            outbox.push(&msg);
+            was_empty
+        };
+        if was_empty {
+            // One nudge per batch, not per message: it wakes the I/O thread wherever it
+            // waits (in `poll`, or on a full event channel).
+            shared.enqueue(Command::Flush);
+        }
         Ok(())
     }
 
@@ -765,6 +783,7 @@ fn start(
         extensions: OnceLock::new(),
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
+        outbox: Mutex::new(Outbox::default()),
         requests: Mutex::new(HashMap::new()),
         pending_requests: AtomicUsize::new(0),
         next_request_id: AtomicU64::new(1),
