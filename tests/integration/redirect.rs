@@ -13,21 +13,6 @@ use crate::reconnect::multi_server;
 use crate::support::*;
 use crate::tls::{pki, server_config, tls_server, wss_url};
 
-/// The request head, up to the blank line, from any stream.
-fn read_head(stream: &mut impl Read) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) => head.push(byte[0]),
-            Err(e) => panic!("server: reading the request head: {e}"),
-        }
-        assert!(head.len() < 64 * 1024, "request head too long");
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 /// The request line's target: `GET /path?q HTTP/1.1` → `/path?q`.
 fn request_target(head: &str) -> String {
     head.lines()
@@ -63,7 +48,7 @@ fn redirect_response(status: u16, location: &str) -> String {
 
 /// Answers one request with a redirect; returns the request head.
 fn write_redirect(stream: &mut impl ReadWrite, status: u16, location: &str) -> String {
-    let head = read_head(stream);
+    let head = read_http_head(stream);
     stream
         .write_all(redirect_response(status, location).as_bytes())
         .expect("server: write redirect");
@@ -278,7 +263,7 @@ fn max_redirects_zero_refuses_the_first_redirect() {
 fn redirect_without_location_is_handshake_rejected() {
     let _g = shared();
     let server = raw_server(|mut stream| {
-        read_head(&mut stream);
+        read_http_head(&mut stream);
         stream
             .write_all(b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .unwrap();

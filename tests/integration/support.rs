@@ -328,8 +328,8 @@ pub fn read_until_close(
     (messages, close)
 }
 
-/// Reads an HTTP request head (up to the blank line) from a raw socket.
-pub fn read_http_head(stream: &mut TcpStream) -> String {
+/// Reads an HTTP request head (up to the blank line) from a raw socket or a TLS stream.
+pub fn read_http_head(stream: &mut impl Read) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
