@@ -134,6 +134,8 @@ struct Io {
     connect_deadline: Instant,
     handshake_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
+    /// When this thread last wrote to the socket (see `SPIN`).
+    wrote_at: Instant,
     /// We queued our Close frame.
     close_sent: bool,
     /// Our Close frame is queued but not yet handed to the OS.
@@ -190,6 +192,7 @@ impl IoThread {
                 connect_deadline,
                 handshake_deadline: None,
                 close_deadline: None,
+                wrote_at: Instant::now() - SPIN,
                 close_sent: false,
                 close_queued: false,
                 deferred_close: None,
@@ -640,7 +643,23 @@ impl IoThread {
         } else {
             deadline.map(|d| d.saturating_duration_since(Instant::now()))
         };
-        let polled = self.io.poll.poll(events, timeout);
+        // Just after a write an answer is likely within microseconds: look a few times,
+        // yielding the CPU in between, before sleeping for real.
+        let spin_until = self.io.wrote_at + SPIN;
+        let mut polled = if timeout != Some(Duration::ZERO) && Instant::now() < spin_until {
+            let mut polled = self.io.poll.poll(events, Some(Duration::ZERO));
+            while matches!(polled, Ok(())) && events.is_empty() && Instant::now() < spin_until {
+                std::thread::yield_now();
+                polled = self.io.poll.poll(events, Some(Duration::ZERO));
+            }
+            polled
+        } else {
+            self.io.poll.poll(events, timeout)
+        };
+        if matches!(polled, Ok(())) && events.is_empty() && timeout != Some(Duration::ZERO) {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            polled = self.io.poll.poll(events, timeout);
+        }
         shared.io_sleeping.store(false, SeqCst);
         match polled {
             Ok(()) => {}
@@ -745,6 +764,9 @@ fn own_small(payload: Bytes) -> Bytes {
         payload
     }
 }
+
+/// How long the I/O thread keeps looking for an answer after a write before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// How many events one read burst gathers before handing them to the channel.
 const BURST: usize = 64;
@@ -1105,7 +1127,10 @@ impl Io {
         loop {
             if ws.get_ref().raw_pending() {
                 match ws.get_mut().write_raw() {
-                    Ok(Some(app_bytes)) => self.shared.sent(app_bytes),
+                    Ok(Some(app_bytes)) => {
+                        self.shared.sent(app_bytes);
+                        self.wrote_at = Instant::now();
+                    }
                     Ok(None) => {
                         self.write_blocked = true;
                         return Ok(());
