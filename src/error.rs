@@ -144,8 +144,6 @@ pub enum Timeout {
     Close,
     /// Waiting for a pong after a keepalive ping.
     Pong,
-    /// Waiting for room under the outgoing high-water mark.
-    Send,
     /// Waiting for a reply to a request.
     Request,
 }
@@ -157,7 +155,6 @@ impl std::fmt::Display for Timeout {
             Timeout::Handshake => "the opening handshake",
             Timeout::Close => "the closing handshake",
             Timeout::Pong => "waiting for a pong",
-            Timeout::Send => "waiting to send",
             Timeout::Request => "waiting for a reply",
         })
     }

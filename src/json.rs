@@ -273,7 +273,7 @@ impl WebSocketRef {
             // Timed out, or the I/O thread ended. If the entry is still ours, nobody will
             // answer; otherwise the I/O thread took it and its reply is in the channel.
             None if self.forget_request(id) => {
-                return Err(if shared_closed(self) {
+                return Err(if self.ready_state() == ReadyState::Closed {
                     Error::InvalidState(ReadyState::Closed)
                 } else {
                     Error::Timeout(Timeout::Request)
@@ -294,10 +294,6 @@ impl WebSocketRef {
         }
         removed
     }
-}
-
-fn shared_closed(ws: &WebSocketRef) -> bool {
-    ws.ready_state() == ReadyState::Closed
 }
 
 /// The I/O thread's side of `request`: hands a reply to its waiting caller, or gives the
