@@ -123,6 +123,9 @@ struct Io {
     /// burst, not once per message. While the channel is full they wait here, and once
     /// [`BURST`] wait, the socket is not read.
     pending: VecDeque<Event>,
+    /// The consumer emptied the channel lately: when it is full, wait for it to drain
+    /// (see [`Io::await_drain`]) rather than for the next free slot.
+    consumer_keeps_up: bool,
     receiver_gone: bool,
     /// Set by `Command::Drop`: the time by which everything must be over.
     drop_deadline: Option<Instant>,
@@ -184,6 +187,7 @@ impl IoThread {
                 last_close: None,
                 rng: rng | 1,
                 pending: VecDeque::with_capacity(BURST),
+                consumer_keeps_up: true,
                 receiver_gone: false,
                 drop_deadline: None,
                 readable: false,
@@ -630,7 +634,15 @@ impl IoThread {
     fn wait(&mut self, events: &mut Events) -> Result<(), End> {
         let busy = self.io.has_work(&self.phase);
         let deadline = self.io.next_deadline(&self.phase);
-        if !busy {
+        if !busy && !self.io.pending.is_empty() {
+            // The event channel is full: it takes no more until the consumer makes room.
+            if self.io.consumer_keeps_up {
+                if self.io.await_drain() {
+                    self.io.deliver_pending();
+                    return Ok(());
+                }
+                self.io.consumer_keeps_up = false;
+            }
             if let Some(event) = self.io.pending.pop_front() {
                 return self.wait_for_consumer(event, deadline);
             }
@@ -1244,8 +1256,29 @@ impl Io {
         self.pending.push_back(event);
     }
 
+    /// The event channel is full. A consumer that keeps up empties it in microseconds, but
+    /// blocking for room would wake this thread at the first free slot, once per message
+    /// taken: on a shared core each of those wake-ups preempts the consumer. So first give
+    /// the CPU away until the channel is half empty or a command arrives, for at most
+    /// [`SPIN`]. Returns `false` if that time ran out: then the caller blocks, and stops
+    /// trying this until the consumer catches up again.
+    fn await_drain(&self) -> bool {
+        let half = self.events.capacity().unwrap_or(usize::MAX) / 2;
+        let until = Instant::now() + SPIN;
+        while self.events.len() > half && self.commands.is_empty() {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
+    }
+
     /// Moves pending events into the channel, in order, until it is full.
     fn deliver_pending(&mut self) {
+        if !self.pending.is_empty() && self.events.is_empty() {
+            self.consumer_keeps_up = true;
+        }
         while let Some(event) = self.pending.pop_front() {
             match self.events.try_send(event) {
                 Ok(()) => {}
