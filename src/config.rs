@@ -32,6 +32,12 @@ pub struct Builder {
     pub(crate) config: Config,
 }
 
+/// Pull style's default [`Builder::incoming_queue`]: channel slots allocated up front.
+pub(crate) const PULL_QUEUE: usize = 64;
+/// Callback style's default [`Builder::incoming_queue`]: events per batch, allocated only
+/// while events flow.
+pub(crate) const CALLBACK_QUEUE: usize = 256;
+
 /// The settled configuration the threads read. Private: set through [`Builder`].
 /// Its `Debug` leaves out every secret (header and cookie values, proxy credentials, keys).
 #[derive(Clone)]
@@ -47,7 +53,8 @@ pub(crate) struct Config {
     pub pong_timeout: Duration,
     pub max_message_size: usize,
     pub max_frame_size: usize,
-    pub incoming_queue: usize,
+    /// `None`: the style's default ([`PULL_QUEUE`] or [`CALLBACK_QUEUE`]).
+    pub incoming_queue: Option<usize>,
     pub high_water_mark: usize,
     pub nodelay: bool,
     pub ping_events: bool,
@@ -75,7 +82,7 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(10),
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
-            incoming_queue: 64,
+            incoming_queue: None,
             high_water_mark: 8 << 20,
             nodelay: true,
             ping_events: false,
@@ -246,13 +253,21 @@ impl Builder {
         self
     }
 
-    /// How many events may wait for the consumer (the callback thread, or your `recv`).
-    /// When the queue is full the I/O thread stops reading the socket, so TCP slows the
-    /// server down: memory stays below about `(incoming_queue + 64) × max_message_size`
-    /// (64: the events of one read burst, handed over together).
-    /// Defaults to 64. Values below 1 are taken as 1.
+    /// How many events may wait for the consumer. When the queue is full the I/O thread
+    /// stops reading the socket, so TCP slows the server down and memory stays bounded.
+    ///
+    /// - Pull style: the capacity of your `Receiver<Event>` (its slots are allocated up
+    ///   front, 64 bytes each), plus the events of one read burst (64) not yet in it.
+    ///   Memory stays below about `(incoming_queue + 64) × max_message_size`.
+    ///   Defaults to 64.
+    /// - Callback style: the I/O thread hands events to the callback thread in batches of
+    ///   up to this many events or 1 MiB of payload; one batch waits while another is
+    ///   gathered and the callback thread runs a third. Nothing is allocated until events
+    ///   flow. Defaults to 256: larger batches mean fewer thread switches per message.
+    ///
+    /// Values below 1 are taken as 1.
     pub fn incoming_queue(mut self, events: usize) -> Self {
-        self.config.incoming_queue = events.max(1);
+        self.config.incoming_queue = Some(events.max(1));
         self
     }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{fence, Ordering::SeqCst};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+use crossbeam_channel::Receiver;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use tungstenite::client::IntoClientRequest;
@@ -34,6 +34,8 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Bytes;
 
 use crate::config::Config;
+use crate::delivery::{Outlet, Waited, BURST};
+
 use crate::error::{Error, Timeout, UrlError};
 use crate::framing::Outbox;
 use crate::message::{Binary, CloseEvent, Event, Message, Text};
@@ -103,7 +105,8 @@ struct Io {
     shared: Arc<Shared>,
     poll: Poll,
     commands: Receiver<Command>,
-    events: Sender<Event>,
+    /// Where events go to the consumer.
+    outlet: Outlet,
     /// Where this attempt connects: the URL, or where a redirect pointed.
     target: Target,
     redirects: usize,
@@ -118,12 +121,14 @@ struct Io {
     failures: u32,
     last_close: Option<CloseEvent>,
     rng: u64,
-    /// Events read in this burst, not yet in the channel. They go in together at the end of
-    /// the burst, so a consumer that drains faster than the socket fills is woken once per
-    /// burst, not once per message. While the channel is full they wait here, and once
-    /// [`BURST`] wait, the socket is not read.
+    /// Events read in this burst, not yet handed over. They go together at the end of the
+    /// burst, so a consumer that drains faster than the socket fills is woken once per
+    /// burst, not once per message. While the outlet is full they wait here, and once
+    /// [`Outlet::burst`] wait, the socket is not read.
     pending: VecDeque<Event>,
-    /// The consumer emptied the channel lately: when it is full, wait for it to drain
+    /// Payload bytes in `pending`.
+    pending_bytes: usize,
+    /// The consumer emptied the outlet lately: when it is full, wait for it to drain
     /// (see [`Io::await_drain`]) rather than for the next free slot.
     consumer_keeps_up: bool,
     receiver_gone: bool,
@@ -160,7 +165,7 @@ impl IoThread {
         shared: Arc<Shared>,
         poll: Poll,
         commands: Receiver<Command>,
-        events: Sender<Event>,
+        outlet: Outlet,
     ) -> Self {
         let connect_deadline = Instant::now() + shared.config.connect_timeout;
         let target = shared.target.clone();
@@ -176,7 +181,7 @@ impl IoThread {
                 shared,
                 poll,
                 commands,
-                events,
+                outlet,
                 target,
                 redirects: 0,
                 proxy: None,
@@ -187,6 +192,7 @@ impl IoThread {
                 last_close: None,
                 rng: rng | 1,
                 pending: VecDeque::with_capacity(BURST),
+                pending_bytes: 0,
                 consumer_keeps_up: true,
                 receiver_gone: false,
                 drop_deadline: None,
@@ -635,7 +641,7 @@ impl IoThread {
         let busy = self.io.has_work(&self.phase);
         let deadline = self.io.next_deadline(&self.phase);
         if !busy && !self.io.pending.is_empty() {
-            // The event channel is full: it takes no more until the consumer makes room.
+            // The outlet is full: it takes no more until the consumer makes room.
             if self.io.consumer_keeps_up {
                 if self.io.await_drain() {
                     self.io.deliver_pending();
@@ -643,9 +649,7 @@ impl IoThread {
                 }
                 self.io.consumer_keeps_up = false;
             }
-            if let Some(event) = self.io.pending.pop_front() {
-                return self.wait_for_consumer(event, deadline);
-            }
+            return self.wait_for_consumer(deadline);
         }
         let shared = &self.io.shared;
         shared.io_sleeping.store(true, SeqCst);
@@ -696,8 +700,8 @@ impl IoThread {
         Ok(())
     }
 
-    /// The event channel is full: wait for room in it or for a command, not for the socket.
-    fn wait_for_consumer(&mut self, event: Event, deadline: Option<Instant>) -> Result<(), End> {
+    /// The outlet is full: wait for room in it or for a command, not for the socket.
+    fn wait_for_consumer(&mut self, deadline: Option<Instant>) -> Result<(), End> {
         let io = &mut self.io;
         // Output stuck behind a full socket buffer cannot be watched from here; retry it
         // on a short timer. This needs a slow consumer and a slow server at once.
@@ -706,61 +710,23 @@ impl IoThread {
             (d, true) => Some(d.map_or(Instant::now() + RETRY, |d| d.min(Instant::now() + RETRY))),
             (d, false) => d,
         };
-        match select_send(&io.events, &io.commands, event, deadline) {
-            Selected::Sent => {
+        match io.outlet.push_wait(&mut io.pending, &io.commands, deadline) {
+            Waited::Sent => {
                 io.deliver_pending();
                 Ok(())
             }
-            Selected::Disconnected(event) => {
-                io.discard(event);
+            Waited::Gone(events) => {
+                io.discard(events);
+                io.recount_pending();
                 Ok(())
             }
-            Selected::TimedOut(event) => {
-                io.pending.push_front(event);
+            Waited::TimedOut => {
                 io.write_blocked &= !retry_writes;
                 Ok(())
             }
-            Selected::Command(event, command) => {
-                io.pending.push_front(event);
-                match command {
-                    Some(command) => self.command(command),
-                    None => Ok(()),
-                }
-            }
+            Waited::Command(Some(command)) => self.command(command),
+            Waited::Command(None) => Ok(()),
         }
-    }
-}
-
-/// What [`select_send`] saw first.
-enum Selected {
-    Sent,
-    Disconnected(Event),
-    TimedOut(Event),
-    /// A command arrived first (`None`: the command channel is closed); the event is back.
-    Command(Event, Option<Command>),
-}
-
-/// Waits until `event` fits in the event channel or a command arrives, whichever is first.
-fn select_send(
-    events: &Sender<Event>,
-    commands: &Receiver<Command>,
-    event: Event,
-    deadline: Option<Instant>,
-) -> Selected {
-    let mut select = Select::new();
-    let send = select.send(events);
-    select.recv(commands);
-    let selected = match deadline {
-        Some(d) => select.select_deadline(d).ok(),
-        None => Some(select.select()),
-    };
-    match selected {
-        None => Selected::TimedOut(event),
-        Some(op) if op.index() == send => match op.send(events, event) {
-            Ok(()) => Selected::Sent,
-            Err(e) => Selected::Disconnected(e.into_inner()),
-        },
-        Some(op) => Selected::Command(event, op.recv(commands).ok()),
     }
 }
 
@@ -779,9 +745,6 @@ fn own_small(payload: Bytes) -> Bytes {
 
 /// How long the I/O thread keeps looking for an answer after a write before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
-
-/// How many events one read burst gathers before handing them to the channel.
-const BURST: usize = 64;
 
 /// How often output stuck behind a full socket is retried while the consumer is also full.
 const RETRY: Duration = Duration::from_millis(5);
@@ -936,15 +899,9 @@ impl Io {
         }
         log::debug!("{}: closed {close:?}", self.url());
         self.last_close = Some(close.clone());
-        let tail = std::mem::take(&mut self.pending)
-            .into_iter()
-            .chain(error.map(Event::Error))
-            .chain(Some(Event::Close(close)));
-        for event in tail {
-            if !self.deliver(event) {
-                break;
-            }
-        }
+        self.pending.extend(error.map(Event::Error));
+        self.pending.push_back(Event::Close(close));
+        self.deliver_all();
     }
 
     fn ws_config(&self) -> WebSocketConfig {
@@ -994,9 +951,9 @@ impl Io {
         // Bounded, so queued sends and timers get a turn during a flood.
         let mut budget = 256;
         while self.readable && budget > 0 {
-            if self.pending.len() >= BURST {
+            if self.pending_full() {
                 self.deliver_pending();
-                if self.pending.len() >= BURST {
+                if self.pending_full() {
                     break; // the consumer is behind: let TCP push back on the server
                 }
             }
@@ -1253,19 +1210,38 @@ impl Io {
     }
 
     fn emit(&mut self, event: Event) {
+        if let Event::Message(m) = &event {
+            self.pending_bytes += m.len();
+        }
         self.pending.push_back(event);
     }
 
-    /// The event channel is full. A consumer that keeps up empties it in microseconds, but
-    /// blocking for room would wake this thread at the first free slot, once per message
-    /// taken: on a shared core each of those wake-ups preempts the consumer. So first give
-    /// the CPU away until the channel is half empty or a command arrives, for at most
+    fn pending_full(&self) -> bool {
+        self.outlet
+            .burst_full(self.pending.len(), self.pending_bytes)
+    }
+
+    /// After some of `pending` went over: its payload bytes again.
+    fn recount_pending(&mut self) {
+        self.pending_bytes = self
+            .pending
+            .iter()
+            .map(|e| match e {
+                Event::Message(m) => m.len(),
+                _ => 0,
+            })
+            .sum();
+    }
+
+    /// The outlet is full. A consumer that keeps up empties it in microseconds, but blocking
+    /// for room would wake this thread at the first free slot, once per message taken: on
+    /// a shared core each of those wake-ups preempts the consumer. So first give the CPU
+    /// away until the outlet is half empty or a command arrives, for at most
     /// [`SPIN`]. Returns `false` if that time ran out: then the caller blocks, and stops
     /// trying this until the consumer catches up again.
     fn await_drain(&self) -> bool {
-        let half = self.events.capacity().unwrap_or(usize::MAX) / 2;
         let until = Instant::now() + SPIN;
-        while self.events.len() > half && self.commands.is_empty() {
+        while self.outlet.crowded() && self.commands.is_empty() {
             if Instant::now() >= until {
                 return false;
             }
@@ -1274,24 +1250,18 @@ impl Io {
         true
     }
 
-    /// Moves pending events into the channel, in order, until it is full.
+    /// Hands pending events over, in order, as many as fit.
     fn deliver_pending(&mut self) {
-        if !self.pending.is_empty() && self.events.is_empty() {
+        if !self.pending.is_empty() && self.outlet.is_empty() {
             self.consumer_keeps_up = true;
         }
-        while let Some(event) = self.pending.pop_front() {
-            match self.events.try_send(event) {
-                Ok(()) => {}
-                Err(TrySendError::Full(event)) => {
-                    self.pending.push_front(event);
-                    return;
-                }
-                Err(TrySendError::Disconnected(event)) => self.discard(event),
-            }
+        if let Err(gone) = self.outlet.push(&mut self.pending) {
+            self.discard(gone);
         }
+        self.recount_pending();
     }
 
-    fn discard(&mut self, event: Event) {
+    fn discard(&mut self, events: Vec<Event>) {
         if !self.receiver_gone {
             self.receiver_gone = true;
             log::debug!(
@@ -1299,32 +1269,37 @@ impl Io {
                 self.url()
             );
         }
-        log::trace!("discarded {event:?}");
+        log::trace!("discarded {events:?}");
     }
 
-    /// Delivers one of a connection's last events, waiting for room; gives up only when the
-    /// receiver is gone, or when the last handle is gone and its deadline passed.
-    fn deliver(&mut self, event: Event) -> bool {
-        let mut event = event;
-        loop {
-            match select_send(&self.events, &self.commands, event, self.drop_deadline) {
-                Selected::Sent => return true,
-                Selected::Disconnected(event) => {
-                    self.discard(event);
-                    return false;
+    /// Delivers the connection's last events (all that are pending), waiting for room;
+    /// gives up only when the receiver is gone, or when the last handle is gone and its
+    /// deadline passed. Leaves `pending` empty.
+    fn deliver_all(&mut self) {
+        self.wait_deliver_all();
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
+
+    fn wait_deliver_all(&mut self) {
+        while !self.pending.is_empty() {
+            match self
+                .outlet
+                .push_wait(&mut self.pending, &self.commands, self.drop_deadline)
+            {
+                Waited::Sent => {}
+                Waited::Gone(events) => return self.discard(events),
+                Waited::TimedOut => {
+                    let undelivered = std::mem::take(&mut self.pending);
+                    log::debug!(
+                        "{}: last handle dropped; undelivered {undelivered:?}",
+                        self.url()
+                    );
+                    return;
                 }
-                Selected::TimedOut(event) => {
-                    log::debug!("{}: last handle dropped; undelivered {event:?}", self.url());
-                    return false;
-                }
-                Selected::Command(back, command) => {
-                    match command {
-                        Some(Command::Drop) => self.dropped(),
-                        Some(Command::Close(_)) => self.stopped = true,
-                        _ => {}
-                    }
-                    event = back;
-                }
+                Waited::Command(Some(Command::Drop)) => self.dropped(),
+                Waited::Command(Some(Command::Close(_))) => self.stopped = true,
+                Waited::Command(_) => {}
             }
         }
     }
@@ -1332,7 +1307,7 @@ impl Io {
     /// Whether another turn can make progress at once.
     fn has_work(&self, phase: &Phase) -> bool {
         let open = matches!(phase, Phase::Open(_));
-        (open && self.readable && self.pending.len() < BURST)
+        (open && self.readable && !self.pending_full())
             || (open && self.needs_flush && !self.write_blocked)
     }
 

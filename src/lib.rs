@@ -183,6 +183,7 @@
 //! 1.85.
 
 mod config;
+mod delivery;
 mod error;
 mod framing;
 mod handler;

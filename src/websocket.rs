@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use tungstenite::Bytes;
 
-use crate::config::{Builder, Config};
+use crate::config::{Builder, Config, CALLBACK_QUEUE, PULL_QUEUE};
+use crate::delivery::{Batches, Outlet};
 use crate::error::{Error, Result, SendError, Timeout};
 use crate::framing::Outbox;
 use crate::handler::{dispatch, Handler};
@@ -529,7 +530,8 @@ impl WebSocket {
     }
 
     pub(crate) fn start_pull(config: Config, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
-        let (ws, events, io) = start(config, url, false)?;
+        let (tx, events) = crossbeam_channel::bounded(config.incoming_queue.unwrap_or(PULL_QUEUE));
+        let (ws, io) = start(config, url, Outlet::Events(tx))?;
         let owner = Owner {
             ws,
             handler: Arc::new(Mutex::new(())),
@@ -571,7 +573,9 @@ impl<H: Handler + Send + 'static> WebSocket<H> {
     }
 
     pub(crate) fn start_with_handler(config: Config, url: &str, handler: H) -> Result<Self> {
-        let (ws, events, io) = start(config, url, true)?;
+        let (outlet, batches) =
+            crate::delivery::batches(config.incoming_queue.unwrap_or(CALLBACK_QUEUE));
+        let (ws, io) = start(config, url, outlet)?;
         let handler = Arc::new(Mutex::new(handler));
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let cb_ws = ws.clone();
@@ -580,7 +584,7 @@ impl<H: Handler + Send + 'static> WebSocket<H> {
             .name("nwebsocket-cb".into())
             .spawn(move || {
                 let _done = done_tx;
-                callback_loop(&cb_ws, &cb_handler, &events);
+                callback_loop(&cb_ws, &cb_handler, &batches);
             });
         let owner = Owner {
             ws: ws.clone(),
@@ -739,14 +743,17 @@ impl<H> Drop for Owner<H> {
 /// The callback thread: runs the handler for each event until the I/O thread has ended
 /// (after the last connection's `Close`; with reconnect there is one per connection), then
 /// publishes CLOSED, so that `wait_closed` returns with the handler's state final.
-fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &Mutex<H>, events: &Receiver<Event>) {
+fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &Mutex<H>, batches: &Batches) {
     let mut last = None;
-    for event in events.iter() {
-        if let Event::Close(c) = &event {
-            last = Some(c.clone());
+    for mut batch in batches.rx.iter() {
+        for event in batch.drain(..) {
+            if let Event::Close(c) = &event {
+                last = Some(c.clone());
+            }
+            let mut h = handler.lock().unwrap_or_else(PoisonError::into_inner);
+            dispatch(ws, &mut *h, event);
         }
-        let mut h = handler.lock().unwrap_or_else(PoisonError::into_inner);
-        dispatch(ws, &mut *h, event);
+        batches.recycle(batch);
     }
     ws.shared
         .set_closed(last.unwrap_or_else(CloseEvent::abnormal));
@@ -755,19 +762,16 @@ fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &Mutex<H>, events: &Rec
 /// A spawned thread and the channel that disconnects when it has finished.
 type Joinable = (JoinHandle<()>, Receiver<()>);
 
-/// Checks the URL, builds the shared state and spawns the I/O thread.
-fn start(
-    config: Config,
-    url: &str,
-    callback_mode: bool,
-) -> Result<(WebSocketRef, Receiver<Event>, Joinable)> {
+/// Checks the URL, builds the shared state and spawns the I/O thread, which hands its
+/// events to `outlet`.
+fn start(config: Config, url: &str, outlet: Outlet) -> Result<(WebSocketRef, Joinable)> {
+    let callback_mode = matches!(outlet, Outlet::Batches { .. });
     let target = crate::url::parse(url)?;
     // Built again for each attempt by the I/O thread; built here to refuse bad headers now.
     crate::io_thread::build_request(&target, &config)?;
     let poll = mio::Poll::new().map_err(Error::io)?;
     let waker = mio::Waker::new(poll.registry(), crate::io_thread::WAKER).map_err(Error::io)?;
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-    let (events_tx, events_rx) = crossbeam_channel::bounded(config.incoming_queue);
     let shared = Arc::new(Shared {
         target,
         config,
@@ -790,7 +794,7 @@ fn start(
         callback_mode,
         callback_thread: OnceLock::new(),
     });
-    let io = IoThread::new(Arc::clone(&shared), poll, commands_rx, events_tx);
+    let io = IoThread::new(Arc::clone(&shared), poll, commands_rx, outlet);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let handle = thread::Builder::new()
         .name("nwebsocket-io".into())
@@ -799,5 +803,5 @@ fn start(
             io.run();
         })
         .map_err(Error::io)?;
-    Ok((WebSocketRef { shared }, events_rx, (handle, done_rx)))
+    Ok((WebSocketRef { shared }, (handle, done_rx)))
 }

@@ -283,3 +283,88 @@ fn send_json_sends_text() {
         )]
     );
 }
+
+/// Incoming backpressure in callback style: while a callback blocks, the I/O thread stops
+/// reading once the batch queue is full, so the server's writes block after a few 1 MiB
+/// messages (what the batches and the sockets hold), not after all of them; once the
+/// callback returns, everything arrives in order.
+#[test]
+fn a_blocked_callback_pushes_back_on_the_server() {
+    let _g = shared();
+    const N: usize = 120;
+    const LEN: usize = 1 << 20;
+    let payload = |i: usize| {
+        let mut v = vec![(i % 251) as u8; LEN];
+        v[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        v
+    };
+    let (blocked_tx, blocked_rx) = crossbeam_channel::bounded::<usize>(1);
+    let server = server(move |mut ws| {
+        ws.get_ref()
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut blocked_at = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..N {
+            let mut result = ws.send(tungstenite::Message::binary(payload(i)));
+            while let Err(tungstenite::Error::Io(e)) = &result {
+                assert!(
+                    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                    "server: {e}"
+                );
+                assert!(Instant::now() < deadline, "server: stuck for a minute");
+                if blocked_at.is_none() {
+                    blocked_at = Some(i);
+                    blocked_tx.send(i).unwrap();
+                }
+                result = ws.flush();
+            }
+            result.expect("server: send");
+        }
+        ws.get_ref()
+            .set_write_timeout(Some(SOCKET_TIMEOUT))
+            .unwrap();
+        ws.close(None).unwrap();
+        read_until_close(&mut ws);
+        blocked_at
+    });
+
+    struct Gated {
+        gate: crossbeam_channel::Receiver<()>,
+        got: crossbeam_channel::Sender<Vec<u8>>,
+    }
+    impl nwebsocket::Handler for Gated {
+        fn onmessage(&mut self, _ws: &nwebsocket::WebSocketRef, msg: nwebsocket::Message) {
+            let _ = self.gate.recv_timeout(Duration::from_secs(30));
+            self.got.send(msg.as_bytes().to_vec()).unwrap();
+        }
+    }
+    let (open_gate, gate) = crossbeam_channel::unbounded();
+    let (got, got_rx) = crossbeam_channel::unbounded();
+    let ws = WebSocket::builder()
+        .max_message_size(2 << 20)
+        .max_frame_size(2 << 20)
+        .connect(&server.url(), Gated { gate, got })
+        .expect("connect");
+    let blocked_at = blocked_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server's writes never blocked while the callback was blocked");
+    // Three batches of one 1 MiB message each, plus what the sockets buffer (a few MiB on
+    // loopback); without the byte limit the client would take 3 × 256 messages first.
+    eprintln!("BLOCKED AT {blocked_at}");
+    assert!(
+        blocked_at < 40,
+        "the server blocked only at message {blocked_at}"
+    );
+    for _ in 0..N {
+        open_gate.send(()).unwrap();
+    }
+    for i in 0..N {
+        let m = got_rx.recv_timeout(WAIT).expect("message");
+        assert_eq!(m, payload(i), "message {i}");
+    }
+    let close = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert!(close.was_clean && close.code == 1005, "{close:?}");
+    drop(ws);
+    assert_eq!(server.join(), Some(blocked_at));
+}

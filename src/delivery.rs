@@ -1,0 +1,334 @@
+//! How events get from the I/O thread to whoever consumes them.
+//!
+//! The I/O thread gathers the events of a read burst in its `pending` queue, then hands
+//! them over through an [`Outlet`]:
+//! - **pull style**: the caller's `Receiver<Event>`, one channel slot per event, since the
+//!   caller owns that receiver and may `select!` on it;
+//! - **callback style**: the receiver is the crate's own callback thread, so a whole burst
+//!   goes over as one `Vec<Event>`. One channel operation (and at most one wake-up) per
+//!   burst instead of per message; the emptied vectors come back for reuse, and nothing is
+//!   allocated for the queue until events flow.
+//!
+//! Both are bounded: when the outlet is full the I/O thread stops reading the socket.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+
+use crate::io_thread::Command;
+use crate::message::Event;
+
+/// Events per read burst in pull style: the I/O thread reads no more while this many wait.
+pub(crate) const BURST: usize = 64;
+
+/// Payload bytes per batch in callback style: a batch of large messages closes early, so
+/// that memory stays near three batches of this size whatever the message size.
+pub(crate) const BATCH_BYTES: usize = 1 << 20;
+
+pub(crate) enum Outlet {
+    /// Pull style: the caller's channel.
+    Events(Sender<Event>),
+    /// Callback style: at most one batch waits in `tx` while the callback thread runs
+    /// another; `spare` brings the emptied vectors back.
+    Batches {
+        tx: Sender<Vec<Event>>,
+        spare: Receiver<Vec<Event>>,
+        /// Events per batch at most: the configured incoming queue.
+        limit: usize,
+    },
+}
+
+/// The callback thread's end of [`Outlet::Batches`].
+pub(crate) struct Batches {
+    pub rx: Receiver<Vec<Event>>,
+    pub spare: Sender<Vec<Event>>,
+}
+
+impl Batches {
+    /// Returns an emptied batch for reuse (dropped if one is already waiting).
+    pub fn recycle(&self, mut batch: Vec<Event>) {
+        batch.clear();
+        let _ = self.spare.try_send(batch);
+    }
+}
+
+/// An outlet for callback style, in batches of up to `limit` events, and the callback
+/// thread's end of it.
+pub(crate) fn batches(limit: usize) -> (Outlet, Batches) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (spare_tx, spare) = crossbeam_channel::bounded(1);
+    let outlet = Outlet::Batches {
+        tx,
+        spare,
+        limit: limit.max(1),
+    };
+    (
+        outlet,
+        Batches {
+            rx,
+            spare: spare_tx,
+        },
+    )
+}
+
+/// What [`Outlet::push_wait`] saw first.
+pub(crate) enum Waited {
+    /// Some or all of the pending events went over.
+    Sent,
+    /// The consumer is gone; the events were dropped (returned for logging).
+    Gone(Vec<Event>),
+    /// The deadline passed; the events are still pending.
+    TimedOut,
+    /// A command arrived (`None`: the command channel is closed); the events are still
+    /// pending.
+    Command(Option<Command>),
+}
+
+impl Outlet {
+    /// Whether `pending` (`events` events, `bytes` bytes of payload) holds a whole burst:
+    /// then the I/O thread reads no more until some of it is handed over.
+    pub fn burst_full(&self, events: usize, bytes: usize) -> bool {
+        match self {
+            Outlet::Events(_) => events >= BURST,
+            Outlet::Batches { limit, .. } => events >= *limit || bytes >= BATCH_BYTES,
+        }
+    }
+
+    /// Whether the consumer has taken everything handed over so far.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Outlet::Events(tx) => tx.is_empty(),
+            Outlet::Batches { tx, .. } => tx.is_empty(),
+        }
+    }
+
+    /// Whether the consumer has yet to make room enough to be worth a refill: the channel
+    /// is more than half full, or a batch still waits.
+    pub fn crowded(&self) -> bool {
+        match self {
+            Outlet::Events(tx) => tx.len() > tx.capacity().unwrap_or(usize::MAX) / 2,
+            Outlet::Batches { tx, .. } => tx.is_full(),
+        }
+    }
+
+    /// Moves events from the front of `pending` over, in order, as many as fit now.
+    /// `Err` carries the events dropped because the consumer is gone.
+    pub fn push(&mut self, pending: &mut VecDeque<Event>) -> Result<(), Vec<Event>> {
+        match self {
+            Outlet::Events(tx) => {
+                while let Some(event) = pending.pop_front() {
+                    match tx.try_send(event) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(event)) => {
+                            pending.push_front(event);
+                            return Ok(());
+                        }
+                        Err(TrySendError::Disconnected(event)) => {
+                            let mut gone = vec![event];
+                            gone.extend(pending.drain(..));
+                            return Err(gone);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Outlet::Batches { tx, spare, limit } => {
+                // Only this thread sends: once there is room, `try_send` cannot find it full.
+                if pending.is_empty() || tx.is_full() {
+                    return Ok(());
+                }
+                let batch = take_batch(spare, pending, *limit);
+                match tx.try_send(batch) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(batch)) => {
+                        put_back(pending, batch);
+                        Ok(())
+                    }
+                    Err(TrySendError::Disconnected(mut batch)) => {
+                        batch.extend(pending.drain(..));
+                        Err(batch)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Blocks until the front of `pending` (which must not be empty) can go over, a command
+    /// arrives, or `deadline` passes; whichever is first.
+    pub fn push_wait(
+        &mut self,
+        pending: &mut VecDeque<Event>,
+        commands: &Receiver<Command>,
+        deadline: Option<Instant>,
+    ) -> Waited {
+        match self {
+            Outlet::Events(tx) => {
+                let Some(event) = pending.pop_front() else {
+                    return Waited::Sent;
+                };
+                match select_send(tx, commands, event, deadline) {
+                    Selected::Sent => Waited::Sent,
+                    Selected::Disconnected(event) => {
+                        let mut gone = vec![event];
+                        gone.extend(pending.drain(..));
+                        Waited::Gone(gone)
+                    }
+                    Selected::TimedOut(event) => {
+                        pending.push_front(event);
+                        Waited::TimedOut
+                    }
+                    Selected::Command(event, command) => {
+                        pending.push_front(event);
+                        Waited::Command(command)
+                    }
+                }
+            }
+            Outlet::Batches { tx, spare, limit } => {
+                if pending.is_empty() {
+                    return Waited::Sent;
+                }
+                let batch = take_batch(spare, pending, *limit);
+                match select_send(tx, commands, batch, deadline) {
+                    Selected::Sent => Waited::Sent,
+                    Selected::Disconnected(mut batch) => {
+                        batch.extend(pending.drain(..));
+                        Waited::Gone(batch)
+                    }
+                    Selected::TimedOut(batch) => {
+                        put_back(pending, batch);
+                        Waited::TimedOut
+                    }
+                    Selected::Command(batch, command) => {
+                        put_back(pending, batch);
+                        Waited::Command(command)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Up to `limit` events from the front of `pending`, in a reused vector if one came back.
+fn take_batch(
+    spare: &Receiver<Vec<Event>>,
+    pending: &mut VecDeque<Event>,
+    limit: usize,
+) -> Vec<Event> {
+    let n = pending.len().min(limit);
+    let mut batch = spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(n));
+    batch.extend(pending.drain(..n));
+    batch
+}
+
+/// Undoes [`take_batch`]: the batch's events go back to the front of `pending`, in order.
+fn put_back(pending: &mut VecDeque<Event>, batch: Vec<Event>) {
+    for event in batch.into_iter().rev() {
+        pending.push_front(event);
+    }
+}
+
+/// What [`select_send`] saw first.
+enum Selected<T> {
+    Sent,
+    Disconnected(T),
+    TimedOut(T),
+    /// A command arrived first (`None`: the command channel is closed); the item is back.
+    Command(T, Option<Command>),
+}
+
+/// Waits until `item` fits in `tx` or a command arrives, whichever is first.
+fn select_send<T>(
+    tx: &Sender<T>,
+    commands: &Receiver<Command>,
+    item: T,
+    deadline: Option<Instant>,
+) -> Selected<T> {
+    let mut select = Select::new();
+    let send = select.send(tx);
+    select.recv(commands);
+    let selected = match deadline {
+        Some(d) => select.select_deadline(d).ok(),
+        None => Some(select.select()),
+    };
+    match selected {
+        None => Selected::TimedOut(item),
+        Some(op) if op.index() == send => match op.send(tx, item) {
+            Ok(()) => Selected::Sent,
+            Err(e) => Selected::Disconnected(e.into_inner()),
+        },
+        Some(op) => Selected::Command(item, op.recv(commands).ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Binary, Message};
+
+    fn msg(i: u8, len: usize) -> Event {
+        let mut payload = vec![0; len.max(1)];
+        payload[0] = i;
+        Event::Message(Message::Binary(Binary::from(payload)))
+    }
+
+    fn first_byte(e: &Event) -> u8 {
+        match e {
+            Event::Message(m) => m.as_bytes()[0],
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_callback_batch_closes_at_its_event_limit_or_at_one_mebibyte() {
+        let (outlet, _end) = batches(256);
+        assert!(!outlet.burst_full(255, BATCH_BYTES - 1));
+        assert!(outlet.burst_full(256, 0));
+        assert!(outlet.burst_full(1, BATCH_BYTES));
+        let (tx, _rx) = crossbeam_channel::bounded(4);
+        let pull = Outlet::Events(tx);
+        assert!(!pull.burst_full(BURST - 1, usize::MAX));
+        assert!(pull.burst_full(BURST, 0));
+    }
+
+    #[test]
+    fn batches_go_over_in_order_and_wait_when_one_is_queued() {
+        let (mut outlet, end) = batches(3);
+        let mut pending: VecDeque<Event> = (0..5).map(|i| msg(i, 8)).collect();
+        outlet.push(&mut pending).unwrap();
+        // At most `limit` per batch; the rest waits, since one batch is queued.
+        assert_eq!(pending.len(), 2);
+        assert!(outlet.crowded());
+        outlet.push(&mut pending).unwrap();
+        assert_eq!(pending.len(), 2, "a second batch went into a full queue");
+        let first = end.rx.try_recv().unwrap();
+        assert_eq!(first.iter().map(first_byte).collect::<Vec<_>>(), [0, 1, 2]);
+        end.recycle(first);
+        assert!(outlet.is_empty());
+        outlet.push(&mut pending).unwrap();
+        assert!(pending.is_empty());
+        let second = end.rx.try_recv().unwrap();
+        assert_eq!(second.iter().map(first_byte).collect::<Vec<_>>(), [3, 4]);
+        assert!(
+            second.capacity() >= 3,
+            "the emptied vector came back for reuse"
+        );
+    }
+
+    #[test]
+    fn a_batch_that_times_out_goes_back_in_front_in_order() {
+        let (mut outlet, end) = batches(2);
+        let (_commands_tx, commands) = crossbeam_channel::unbounded();
+        let mut pending: VecDeque<Event> = (0..4).map(|i| msg(i, 8)).collect();
+        outlet.push(&mut pending).unwrap();
+        let waited = outlet.push_wait(&mut pending, &commands, Some(Instant::now()));
+        assert!(matches!(waited, Waited::TimedOut));
+        assert_eq!(pending.iter().map(first_byte).collect::<Vec<_>>(), [2, 3]);
+        drop(end);
+        match outlet.push_wait(&mut pending, &commands, None) {
+            Waited::Gone(events) => assert_eq!(events.len(), 2),
+            _ => panic!("the callback thread is gone"),
+        }
+        assert!(pending.is_empty());
+    }
+}
