@@ -35,7 +35,6 @@ use tungstenite::Bytes;
 
 use crate::config::Config;
 use crate::delivery::{Outlet, Waited, BURST};
-
 use crate::error::{Error, Timeout, UrlError};
 use crate::framing::Outbox;
 use crate::message::{Binary, CloseEvent, Event, Message, Text};
@@ -124,7 +123,7 @@ struct Io {
     /// Events read in this burst, not yet handed over. They go together at the end of the
     /// burst, so a consumer that drains faster than the socket fills is woken once per
     /// burst, not once per message. While the outlet is full they wait here, and once
-    /// [`Outlet::burst`] wait, the socket is not read.
+    /// they make a whole burst ([`Outlet::burst_full`]), the socket is not read.
     pending: VecDeque<Event>,
     /// Payload bytes in `pending`.
     pending_bytes: usize,
