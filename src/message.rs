@@ -10,8 +10,12 @@ use crate::error::Error;
 /// A complete WebSocket message: text or binary.
 ///
 /// Build one from `&str`, `String`, `&[u8]` or `Vec<u8>` with `.into()` (every `send`
-/// takes `impl Into<Message>`). Received payloads are not copied on their way from the
-/// socket to you: [`Text`] and [`Binary`] share the I/O thread's buffer.
+/// takes `impl Into<Message>`). A received payload of more than 512 bytes is not copied
+/// on its way from the socket to you: its [`Text`] or [`Binary`] shares the I/O thread's
+/// read buffer. Smaller ones are copied once, with the others of their read burst, into
+/// one shared block (at most 16 KiB). Either way, a message you keep holds on to that
+/// buffer or block: to keep a few small messages out of a flood for long, keep copies
+/// (`to_vec`, `to_owned`).
 ///
 /// ```
 /// use nwebsocket::Message;
