@@ -712,8 +712,14 @@ impl IoThread {
             (d, true) => Some(d.map_or(Instant::now() + RETRY, |d| d.min(Instant::now() + RETRY))),
             (d, false) => d,
         };
+        let blocked = Instant::now();
         match io.outlet.push_wait(&mut io.pending, &io.commands, deadline) {
             Waited::Sent => {
+                // Room came within microseconds: the consumer keeps up after all (it was
+                // preempted, say), and waking for each free slot would make it ping-pong.
+                if blocked.elapsed() < SPIN {
+                    io.consumer_keeps_up = true;
+                }
                 io.deliver_pending();
                 Ok(())
             }
