@@ -16,7 +16,7 @@ use tungstenite::Bytes;
 use crate::config::{Builder, Config, CALLBACK_QUEUE, PULL_QUEUE};
 use crate::delivery::{Batches, Outlet};
 use crate::error::{Error, Result, SendError, Timeout};
-use crate::framing::Outbox;
+use crate::framing::{self, Outbox};
 use crate::handler::{dispatch, Handler};
 use crate::io_thread::{Command, IoThread};
 use crate::message::{CloseEvent, Event, Message};
@@ -270,12 +270,12 @@ impl WebSocketRef {
             ReadyState::Closing | ReadyState::Closed => return Err(SendError::Closed(msg)),
         }
         shared.buffered.fetch_add(msg.len(), SeqCst);
-        let was_empty = {
+        let was_empty = framing::push(&msg, |append| {
             let mut outbox = shared.outbox.lock().unwrap_or_else(PoisonError::into_inner);
             let was_empty = outbox.is_empty();
-            outbox.push(&msg);
+            append(&mut outbox);
             was_empty
-        };
+        });
         if was_empty {
             // One nudge per batch, not per message: it wakes the I/O thread wherever it
             // waits (in `poll`, or on a full event channel).
