@@ -133,19 +133,20 @@ fn try_send_returns_full_above_the_high_water_mark() {
     );
 }
 
-/// Incoming backpressure: with a queue of 4 and a consumer that does not read, the server's
-/// writes block (TCP pushes back), memory stays bounded, and everything arrives in order
-/// once the consumer reads.
-#[test]
-fn incoming_queue_bound_pushes_back_on_the_server() {
-    let _g = shared();
-    const N: usize = 2000;
-    const LEN: usize = 16 << 10;
-    let payload = |i: usize| {
-        let mut v = vec![(i % 256) as u8; LEN];
-        v[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        v
-    };
+/// The `i`th message of [`flooding_server`]: `len` bytes, starting with `i`.
+fn flood_payload(i: usize, len: usize) -> Vec<u8> {
+    let mut v = vec![(i % 251) as u8; len];
+    v[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    v
+}
+
+/// A server that sends `n` binary messages of `len` bytes as fast as the client takes
+/// them, then closes. The receiver gets the index of the first message whose write
+/// blocked (TCP pushing back) and the server thread returns it too.
+fn flooding_server(
+    n: usize,
+    len: usize,
+) -> (Server<Option<usize>>, crossbeam_channel::Receiver<usize>) {
     let (blocked_tx, blocked_rx) = crossbeam_channel::bounded::<usize>(1);
     let server = server(move |mut ws| {
         ws.get_ref()
@@ -153,8 +154,8 @@ fn incoming_queue_bound_pushes_back_on_the_server() {
             .unwrap();
         let mut blocked_at = None;
         let deadline = Instant::now() + Duration::from_secs(60);
-        for i in 0..N {
-            let mut result = ws.send(tungstenite::Message::binary(payload(i)));
+        for i in 0..n {
+            let mut result = ws.send(tungstenite::Message::binary(flood_payload(i, len)));
             // On a timed-out write the frame stays buffered in tungstenite: flush again.
             while let Err(tungstenite::Error::Io(e)) = &result {
                 assert!(
@@ -177,6 +178,18 @@ fn incoming_queue_bound_pushes_back_on_the_server() {
         read_until_close(&mut ws);
         blocked_at
     });
+    (server, blocked_rx)
+}
+
+/// Incoming backpressure: with a queue of 4 and a consumer that does not read, the server's
+/// writes block (TCP pushes back), memory stays bounded, and everything arrives in order
+/// once the consumer reads.
+#[test]
+fn incoming_queue_bound_pushes_back_on_the_server() {
+    let _g = shared();
+    const N: usize = 2000;
+    const LEN: usize = 16 << 10;
+    let (server, blocked_rx) = flooding_server(N, LEN);
     let (ws, events) = WebSocket::builder()
         .incoming_queue(4)
         .connect_pull(&server.url())
@@ -193,7 +206,7 @@ fn incoming_queue_bound_pushes_back_on_the_server() {
     assert!(matches!(next_event(&events), Event::Open));
     for i in 0..N {
         match next_event(&events) {
-            Event::Message(m) => assert_eq!(m.as_bytes(), payload(i), "message {i}"),
+            Event::Message(m) => assert_eq!(m.as_bytes(), flood_payload(i, LEN), "message {i}"),
             other => panic!("message {i}: {other:?}"),
         }
     }
@@ -293,41 +306,7 @@ fn a_blocked_callback_pushes_back_on_the_server() {
     let _g = shared();
     const N: usize = 120;
     const LEN: usize = 1 << 20;
-    let payload = |i: usize| {
-        let mut v = vec![(i % 251) as u8; LEN];
-        v[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        v
-    };
-    let (blocked_tx, blocked_rx) = crossbeam_channel::bounded::<usize>(1);
-    let server = server(move |mut ws| {
-        ws.get_ref()
-            .set_write_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut blocked_at = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for i in 0..N {
-            let mut result = ws.send(tungstenite::Message::binary(payload(i)));
-            while let Err(tungstenite::Error::Io(e)) = &result {
-                assert!(
-                    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-                    "server: {e}"
-                );
-                assert!(Instant::now() < deadline, "server: stuck for a minute");
-                if blocked_at.is_none() {
-                    blocked_at = Some(i);
-                    blocked_tx.send(i).unwrap();
-                }
-                result = ws.flush();
-            }
-            result.expect("server: send");
-        }
-        ws.get_ref()
-            .set_write_timeout(Some(SOCKET_TIMEOUT))
-            .unwrap();
-        ws.close(None).unwrap();
-        read_until_close(&mut ws);
-        blocked_at
-    });
+    let (server, blocked_rx) = flooding_server(N, LEN);
 
     struct Gated {
         gate: crossbeam_channel::Receiver<()>,
@@ -361,7 +340,7 @@ fn a_blocked_callback_pushes_back_on_the_server() {
     }
     for i in 0..N {
         let m = got_rx.recv_timeout(WAIT).expect("message");
-        assert_eq!(m, payload(i), "message {i}");
+        assert_eq!(m, flood_payload(i, LEN), "message {i}");
     }
     let close = ws.wait_closed_timeout(WAIT).expect("closed");
     assert!(close.was_clean && close.code == 1005, "{close:?}");
