@@ -34,7 +34,8 @@ pub(crate) enum Outlet {
     Batches {
         tx: Sender<Vec<Event>>,
         spare: Receiver<Vec<Event>>,
-        /// Events per batch at most: the configured incoming queue.
+        /// Events per batch: the I/O thread reads no more once this many are pending
+        /// (the configured incoming queue).
         limit: usize,
     },
 }
@@ -133,12 +134,12 @@ impl Outlet {
                 }
                 Ok(())
             }
-            Outlet::Batches { tx, spare, limit } => {
+            Outlet::Batches { tx, spare, .. } => {
                 // Only this thread sends: once there is room, `try_send` cannot find it full.
                 if pending.is_empty() || tx.is_full() {
                     return Ok(());
                 }
-                let batch = take_batch(spare, pending, *limit);
+                let batch = take_batch(spare, pending);
                 match tx.try_send(batch) {
                     Ok(()) => Ok(()),
                     Err(TrySendError::Full(batch)) => {
@@ -184,11 +185,11 @@ impl Outlet {
                     }
                 }
             }
-            Outlet::Batches { tx, spare, limit } => {
+            Outlet::Batches { tx, spare, .. } => {
                 if pending.is_empty() {
                     return Waited::Sent;
                 }
-                let batch = take_batch(spare, pending, *limit);
+                let batch = take_batch(spare, pending);
                 match select_send(tx, commands, batch, deadline) {
                     Selected::Sent => Waited::Sent,
                     Selected::Disconnected(mut batch) => {
@@ -209,23 +210,18 @@ impl Outlet {
     }
 }
 
-/// Up to `limit` events from the front of `pending`, in a reused vector if one came back.
-fn take_batch(
-    spare: &Receiver<Vec<Event>>,
-    pending: &mut VecDeque<Event>,
-    limit: usize,
-) -> Vec<Event> {
-    let n = pending.len().min(limit);
-    let mut batch = spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(n));
-    batch.extend(pending.drain(..n));
-    batch
+/// All of `pending` as a batch, leaving a reused (empty) vector in its place if one came
+/// back. No event is copied: `pending` only ever grows at the back and is emptied whole,
+/// so its buffer starts at the front and turns into a `Vec` as it is.
+fn take_batch(spare: &Receiver<Vec<Event>>, pending: &mut VecDeque<Event>) -> Vec<Event> {
+    let next = spare.try_recv().map(VecDeque::from).unwrap_or_default();
+    Vec::from(std::mem::replace(pending, next))
 }
 
 /// Undoes [`take_batch`]: the batch's events go back to the front of `pending`, in order.
 fn put_back(pending: &mut VecDeque<Event>, batch: Vec<Event>) {
-    for event in batch.into_iter().rev() {
-        pending.push_front(event);
-    }
+    let later = std::mem::replace(pending, VecDeque::from(batch));
+    pending.extend(later);
 }
 
 /// What [`select_send`] saw first.
@@ -294,11 +290,11 @@ mod tests {
     #[test]
     fn batches_go_over_in_order_and_wait_when_one_is_queued() {
         let (mut outlet, end) = batches(3);
-        let mut pending: VecDeque<Event> = (0..5).map(|i| msg(i, 8)).collect();
+        let mut pending: VecDeque<Event> = (0..3).map(|i| msg(i, 8)).collect();
         outlet.push(&mut pending).unwrap();
-        // At most `limit` per batch; the rest waits, since one batch is queued.
-        assert_eq!(pending.len(), 2);
+        assert!(pending.is_empty());
         assert!(outlet.crowded());
+        pending.extend((3..5).map(|i| msg(i, 8)));
         outlet.push(&mut pending).unwrap();
         assert_eq!(pending.len(), 2, "a second batch went into a full queue");
         let first = end.rx.try_recv().unwrap();
@@ -319,8 +315,9 @@ mod tests {
     fn a_batch_that_times_out_goes_back_in_front_in_order() {
         let (mut outlet, end) = batches(2);
         let (_commands_tx, commands) = crossbeam_channel::unbounded();
-        let mut pending: VecDeque<Event> = (0..4).map(|i| msg(i, 8)).collect();
+        let mut pending: VecDeque<Event> = (0..2).map(|i| msg(i, 8)).collect();
         outlet.push(&mut pending).unwrap();
+        pending.extend((2..4).map(|i| msg(i, 8)));
         let waited = outlet.push_wait(&mut pending, &commands, Some(Instant::now()));
         assert!(matches!(waited, Waited::TimedOut));
         assert_eq!(pending.iter().map(first_byte).collect::<Vec<_>>(), [2, 3]);
