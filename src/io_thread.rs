@@ -34,7 +34,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::config::Config;
-use crate::delivery::{Outlet, Waited, BURST};
+use crate::delivery::{Outlet, Waited};
 use crate::error::{Error, Timeout, UrlError};
 use crate::framing::Outbox;
 use crate::message::{Binary, CloseEvent, Event, Message, Text};
@@ -192,7 +192,7 @@ impl IoThread {
                 failures: 0,
                 last_close: None,
                 rng: rng | 1,
-                pending: VecDeque::with_capacity(BURST),
+                pending: VecDeque::new(),
                 pending_bytes: 0,
                 slab: Slab::default(),
                 consumer_keeps_up: true,
@@ -218,7 +218,7 @@ impl IoThread {
     }
 
     /// Connects, serves until the connection ends, and reconnects while the policy says so.
-    pub fn run(mut self) {
+    pub fn run(mut self: Box<Self>) {
         loop {
             let end = match self.resolve() {
                 Ok(()) => self.serve(),

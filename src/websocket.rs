@@ -794,7 +794,14 @@ fn start(config: Config, url: &str, outlet: Outlet) -> Result<(WebSocketRef, Joi
         callback_mode,
         callback_thread: OnceLock::new(),
     });
-    let io = IoThread::new(Arc::clone(&shared), poll, commands_rx, outlet);
+    // Boxed: on the I/O thread's stack, under the handshake's deep frames, its 1.2 KiB
+    // would keep one more stack page resident for the connection's life.
+    let io = Box::new(IoThread::new(
+        Arc::clone(&shared),
+        poll,
+        commands_rx,
+        outlet,
+    ));
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let handle = thread::Builder::new()
         .name("nwebsocket-io".into())
