@@ -245,6 +245,9 @@ struct Opts {
     placements: Vec<Placement>,
     reps: usize,
     quick: bool,
+    /// Exit with an error when a target is missed (for CI, on the scenarios that do not
+    /// depend on timing).
+    check: bool,
     out: PathBuf,
     client_cpu: usize,
     server_cpu: usize,
@@ -252,14 +255,15 @@ struct Opts {
 }
 
 const USAGE: &str = "\
-usage: nwebsocket-compare [SCENARIO...] [--reps N] [--quick]
+usage: nwebsocket-compare [SCENARIO...] [--reps N] [--quick] [--check]
          [--placement split,one,unpinned] [--clients LIST] [--client-cpu N] [--server-cpu N]
          [--out FILE]
 scenarios: rtt stream_small send_small stream_large idle_cpu rss_per_conn busy_main (default: all)
 clients:   nws-callback nws-pull tungstenite tokio-tungstenite (default: all)
 placements: split (client on --client-cpu, server on --server-cpu), one (both on
             --client-cpu), unpinned (the CPUs this process was started with).
-            Default: all three; with --quick: unpinned.";
+            Default: all three; with --quick: unpinned.
+--check:   exit with an error if a target is missed (CI runs idle_cpu and rss_per_conn).";
 
 fn parse_args(args: &[String]) -> Res<Opts> {
     let mut scenarios = Vec::new();
@@ -267,6 +271,7 @@ fn parse_args(args: &[String]) -> Res<Opts> {
     let mut placements = Vec::new();
     let mut reps = None;
     let mut quick = false;
+    let mut check = false;
     let mut out = None;
     let mut client_cpu = 0;
     let mut server_cpu = 1;
@@ -279,6 +284,7 @@ fn parse_args(args: &[String]) -> Res<Opts> {
         };
         match a.as_str() {
             "--quick" => quick = true,
+            "--check" => check = true,
             "--reps" => reps = Some(value()?.parse::<usize>()?.max(1)),
             "--out" => out = Some(PathBuf::from(value()?)),
             "--client-cpu" => client_cpu = value()?.parse()?,
@@ -327,6 +333,7 @@ fn parse_args(args: &[String]) -> Res<Opts> {
         placements,
         reps: reps.unwrap_or(if quick { 1 } else { 3 }),
         quick,
+        check,
         out,
         client_cpu,
         server_cpu,
@@ -815,6 +822,7 @@ fn bench(opts: &Opts) -> Res<()> {
     }
     let mut table = String::new();
     let mut last_placement = None;
+    let mut missed = Vec::new();
     for ((p, s, c), (m, n)) in &medians {
         let ratio = s.primary().and_then(|k| {
             let base = medians.get(&(*p, *s, Client::Tung))?.0.get(k)?;
@@ -822,6 +830,9 @@ fn bench(opts: &Opts) -> Res<()> {
         });
         let tgt = if c.is_ours() { target(*s, *p) } else { None };
         let met = tgt.and_then(|t| t.met(m, ratio));
+        if met == Some(false) {
+            missed.push(format!("{} {} {}", p.name(), s.name(), c.name()));
+        }
         let line = json!({
             "kind": "summary", "placement": p.name(), "scenario": s.name(), "client": c.name(),
             "reps": n, "median": m, "primary": s.primary(), "ratio_vs_tungstenite": ratio,
@@ -880,6 +891,9 @@ fn bench(opts: &Opts) -> Res<()> {
     );
     if failures > 0 {
         return Err(format!("{failures} runs failed").into());
+    }
+    if opts.check && !missed.is_empty() {
+        return Err(format!("targets missed: {}", missed.join(", ")).into());
     }
     Ok(())
 }
