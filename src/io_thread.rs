@@ -1331,12 +1331,7 @@ impl Io {
     /// gives up only when the receiver is gone, or when the last handle is gone and its
     /// deadline passed. Leaves `pending` empty.
     fn deliver_all(&mut self) {
-        self.wait_deliver_all();
-        self.pending.clear();
-        self.pending_bytes = 0;
-    }
-
-    fn wait_deliver_all(&mut self) {
+        self.pending_bytes = 0; // no reading follows; the next attempt starts from nothing
         while !self.pending.is_empty() {
             match self
                 .outlet

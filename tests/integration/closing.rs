@@ -270,12 +270,7 @@ fn send_before_open_returns_not_open_with_the_message() {
     gate_tx.send(()).unwrap();
     assert!(matches!(next_event(&events), Event::Open));
     ws.send("after open").unwrap();
-    ws.close().unwrap();
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Close(c)] if c.was_clean),
-        "{evs:?}"
-    );
+    close_cleanly(&ws, &events);
     drop(ws);
     let (messages, _) = server.join();
     assert_eq!(messages, [tungstenite::Message::text("after open")]);

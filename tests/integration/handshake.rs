@@ -355,16 +355,7 @@ fn browser_style_open_returns_connecting_then_onopen() {
     assert_eq!(ws.protocol(), "");
     gate_tx.send(()).unwrap();
     let first = next_rec(&rx);
-    assert!(
-        matches!(
-            first,
-            Rec::Open {
-                state: ReadyState::Open,
-                ..
-            }
-        ),
-        "{first:?}"
-    );
+    assert!(is_open(&first), "{first:?}");
     assert_eq!(ws.ready_state(), ReadyState::Open);
     ws.close().unwrap();
     let c = ws.wait_closed_timeout(WAIT).expect("closed");
@@ -393,6 +384,19 @@ fn server_choosing_a_subprotocol_not_offered_fails() {
     server.join();
 }
 
+/// Opening with `builder` against `server` fails in the handshake: `Error::Handshake`,
+/// then close 1006, and nothing else.
+fn assert_handshake_fails<T>(builder: nwebsocket::Builder, server: Server<T>) {
+    let (ws, events) = builder.open_pull(&server.url()).expect("open");
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        "{evs:?}"
+    );
+    drop(ws);
+    server.join();
+}
+
 #[test]
 fn server_choosing_a_subprotocol_when_none_was_offered_fails() {
     let _g = shared();
@@ -406,14 +410,7 @@ fn server_choosing_a_subprotocol_when_none_was_offered_fails() {
         },
         |mut ws| read_until_close(&mut ws),
     );
-    let (ws, events) = WebSocket::open_pull(&server.url()).expect("open");
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
-        "{evs:?}"
-    );
-    drop(ws);
-    server.join();
+    assert_handshake_fails(WebSocket::builder(), server);
 }
 
 /// Like browsers (Chrome: "Sent non-empty 'Sec-WebSocket-Protocol' header but no response
@@ -422,17 +419,7 @@ fn server_choosing_a_subprotocol_when_none_was_offered_fails() {
 fn server_answering_no_subprotocol_when_some_were_offered_fails() {
     let _g = shared();
     let server = server(|mut ws| read_until_close(&mut ws));
-    let (ws, events) = WebSocket::builder()
-        .subprotocol("chat.v1")
-        .open_pull(&server.url())
-        .expect("open");
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
-        "{evs:?}"
-    );
-    drop(ws);
-    server.join();
+    assert_handshake_fails(WebSocket::builder().subprotocol("chat.v1"), server);
 }
 
 #[test]
@@ -448,14 +435,7 @@ fn server_choosing_an_extension_fails() {
         },
         |mut ws| read_until_close(&mut ws),
     );
-    let (ws, events) = WebSocket::open_pull(&server.url()).expect("open");
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
-        "{evs:?}"
-    );
-    drop(ws);
-    server.join();
+    assert_handshake_fails(WebSocket::builder(), server);
 }
 
 #[test]

@@ -133,12 +133,7 @@ fn busy_main_thread_for_ten_seconds_keeps_the_connection_alive() {
         "events while the main thread was busy: {waiting:?}"
     );
     ws.send("still here").expect("send after the spin");
-    ws.close().unwrap();
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000 && c.was_clean),
-        "{evs:?}"
-    );
+    close_cleanly(&ws, &events);
     drop(ws);
     let report = server.join();
     eprintln!("busy main thread: {report:?}");
@@ -201,16 +196,7 @@ fn half_open_peer_is_detected_within_ping_interval_plus_pong_timeout() {
         .pong_timeout(PONG_TIMEOUT)
         .connect(&server.url(), rec)
         .expect("connect");
-    assert!(
-        matches!(
-            next_rec(&rx),
-            Rec::Open {
-                state: ReadyState::Open,
-                ..
-            }
-        ),
-        "onopen first"
-    );
+    assert!(is_open(&next_rec(&rx)), "onopen first");
     let silent_at = silent_rx.recv_timeout(WAIT).expect("server went silent");
     // Nothing may happen while the server still answered: the next callback is the failure.
     let first = next_rec(&rx);

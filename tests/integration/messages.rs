@@ -92,12 +92,7 @@ fn ten_thousand_echoes_round_trip_in_order() {
         }
     }
     sender.join().unwrap();
-    ws.close().unwrap();
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000 && c.was_clean),
-        "{evs:?}"
-    );
+    close_cleanly(&ws, &events);
     drop(ws);
     assert_eq!(server.join(), MANY);
 }
@@ -147,12 +142,7 @@ fn fragmented_messages_are_reassembled() {
             other => panic!("expected {want:?}, got {other:?}"),
         }
     }
-    ws.close().unwrap();
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Close(c)] if c.was_clean),
-        "{evs:?}"
-    );
+    close_cleanly(&ws, &events);
     drop(ws);
     let (_, close) = server.join();
     assert!(close.is_some(), "the server got the client's Close");

@@ -95,16 +95,7 @@ fn found_302_leads_to_the_second_server_with_path_and_query() {
     let url = first.url_with("/start?a=b");
     let (rec, rx) = recorder();
     let ws = WebSocket::connect(&url, rec).expect("connect through the redirect");
-    assert!(
-        matches!(
-            next_rec(&rx),
-            Rec::Open {
-                state: ReadyState::Open,
-                ..
-            }
-        ),
-        "onopen once, at the final server"
-    );
+    assert!(is_open(&next_rec(&rx)), "onopen once, at the final server");
     assert_eq!(ws.ready_state(), ReadyState::Open);
     assert_eq!(ws.url(), url, "url() stays the URL given");
     ws.close().unwrap();

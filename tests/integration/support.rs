@@ -13,7 +13,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nwebsocket::crossbeam_channel::{self, Receiver, RecvTimeoutError, Sender};
-use nwebsocket::{CloseEvent, Error, Event, Handler, Message, ReadyState, WebSocketRef};
+use nwebsocket::{CloseEvent, Error, Event, Handler, Message, ReadyState, WebSocket, WebSocketRef};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::HeaderMap;
 
@@ -411,6 +411,17 @@ impl Handler for Recorder {
 }
 
 /// The next record, waiting at most [`WAIT`].
+/// An `onopen` that saw the state OPEN.
+pub fn is_open(r: &Rec) -> bool {
+    matches!(
+        r,
+        Rec::Open {
+            state: ReadyState::Open,
+            ..
+        }
+    )
+}
+
 pub fn next_rec(rx: &Receiver<Rec>) -> Rec {
     match rx.recv_timeout(WAIT) {
         Ok(r) => r,
@@ -460,6 +471,16 @@ pub fn next_event(events: &Receiver<Event>) -> Event {
 }
 
 /// Events up to and including `Close`.
+/// Pull style: `close()`, then the only event left is a clean `Close` with code 1000.
+pub fn close_cleanly(ws: &WebSocket, events: &Receiver<Event>) {
+    ws.close().unwrap();
+    let evs = events_until_close(events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000 && c.was_clean),
+        "{evs:?}"
+    );
+}
+
 pub fn events_until_close(events: &Receiver<Event>) -> Vec<Event> {
     let mut out = Vec::new();
     loop {

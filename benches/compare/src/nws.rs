@@ -6,7 +6,7 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use nwebsocket::crossbeam_channel::{self as cb, Receiver, Sender};
-use nwebsocket::{Event, Handler, Message, WebSocket, WebSocketRef};
+use nwebsocket::{Builder, Event, Handler, Message, WebSocket, WebSocketRef};
 
 use crate::{burn, sys, Idle, Res, RssOut, RTT_PAYLOAD, WAIT};
 
@@ -33,13 +33,42 @@ fn close<H>(ws: &WebSocket<H>) -> Res<()> {
     Ok(())
 }
 
+/// Default settings, but for `NWSC_INCOMING_QUEUE=N` (an experiment knob: the size of
+/// the event queue, see `Builder::incoming_queue`).
+fn builder() -> Builder {
+    let b = WebSocket::builder();
+    match std::env::var("NWSC_INCOMING_QUEUE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => b.incoming_queue(n),
+        None => b,
+    }
+}
+
+/// CPU time and context switches of the connection's threads while it idles for `d`.
+fn idle_for<H>(ws: &WebSocket<H>, d: Duration) -> Res<Idle> {
+    std::thread::sleep(Duration::from_millis(100));
+    let before = sys::tasks();
+    std::thread::sleep(d);
+    let after = sys::tasks();
+    // The main thread only sleeps here: it is the harness, not the connection.
+    let (cpu_ns, ctx, threads) = sys::task_delta(&before, &after, Some(sys::main_tid()));
+    close(ws)?;
+    Ok(Idle {
+        cpu_ns,
+        ctx,
+        threads,
+    })
+}
+
 // ---------------------------------------------------------------------------- pull style
 
 pub mod pull {
     use super::*;
 
     pub fn rtt(url: &str, n: usize) -> Res<(Duration, Vec<u64>)> {
-        let (ws, events) = WebSocket::connect_pull(url)?;
+        let (ws, events) = builder().connect_pull(url)?;
         let mut lat = Vec::with_capacity(n);
         let t0 = Instant::now();
         for _ in 0..n {
@@ -54,7 +83,7 @@ pub mod pull {
     }
 
     pub fn stream(url: &str, n: usize) -> Res<(Duration, u64)> {
-        let (ws, events) = WebSocket::connect_pull(url)?;
+        let (ws, events) = builder().connect_pull(url)?;
         let t0 = Instant::now();
         ws.send("go")?;
         let mut bytes = 0u64;
@@ -67,7 +96,7 @@ pub mod pull {
     }
 
     pub fn send(url: &str, n: usize, payload: &[u8]) -> Res<Duration> {
-        let (ws, events) = WebSocket::connect_pull(url)?;
+        let (ws, events) = builder().connect_pull(url)?;
         let t0 = Instant::now();
         for _ in 0..n {
             ws.send(payload)?;
@@ -79,23 +108,12 @@ pub mod pull {
     }
 
     pub fn idle(url: &str, d: Duration) -> Res<Idle> {
-        let (ws, _events) = WebSocket::connect_pull(url)?;
-        std::thread::sleep(Duration::from_millis(100));
-        let before = sys::tasks();
-        std::thread::sleep(d);
-        let after = sys::tasks();
-        // The main thread only sleeps here: it is the harness, not the connection.
-        let (cpu_ns, ctx, threads) = sys::task_delta(&before, &after, Some(sys::main_tid()));
-        close(&ws)?;
-        Ok(Idle {
-            cpu_ns,
-            ctx,
-            threads,
-        })
+        let (ws, _events) = builder().connect_pull(url)?;
+        idle_for(&ws, d)
     }
 
     pub fn busy(url: &str, d: Duration) -> Res<Duration> {
-        let (ws, _events) = WebSocket::connect_pull(url)?;
+        let (ws, _events) = builder().connect_pull(url)?;
         let t0 = Instant::now();
         black_box(burn(t0 + d));
         let wall = t0.elapsed();
@@ -106,7 +124,7 @@ pub mod pull {
     pub fn rss(url: &str, n: usize) -> Res<RssOut> {
         {
             // Warm-up: lazy statics, the allocator's first arenas.
-            let (ws, events) = WebSocket::connect_pull(url)?;
+            let (ws, events) = builder().connect_pull(url)?;
             ws.send(RTT_PAYLOAD)?;
             next_message(&events)?;
             close(&ws)?;
@@ -116,7 +134,7 @@ pub mod pull {
         sys::dump_smaps("0-before");
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
-            conns.push(WebSocket::connect_pull(url)?);
+            conns.push(builder().connect_pull(url)?);
         }
         std::thread::sleep(Duration::from_millis(300));
         let kib_idle = sys::rss_kib();
@@ -222,7 +240,7 @@ pub mod callback {
             lat: Vec::with_capacity(n),
             done: tx,
         };
-        let ws = WebSocket::connect(url, handler)?;
+        let ws = builder().connect(url, handler)?;
         let t0 = Instant::now();
         ws.handler().sent_at = Instant::now();
         ws.send(RTT_PAYLOAD)?;
@@ -235,7 +253,7 @@ pub mod callback {
 
     pub fn stream(url: &str, n: usize) -> Res<(Duration, u64)> {
         let (tx, rx) = cb::unbounded();
-        let ws = WebSocket::connect(url, Count::new(n as u64, tx))?;
+        let ws = builder().connect(url, Count::new(n as u64, tx))?;
         let t0 = Instant::now();
         ws.send("go")?;
         wait(&rx)?;
@@ -247,7 +265,7 @@ pub mod callback {
 
     pub fn send(url: &str, n: usize, payload: &[u8]) -> Res<Duration> {
         let (tx, rx) = cb::unbounded();
-        let ws = WebSocket::connect(url, Count::new(1, tx))?;
+        let ws = builder().connect(url, Count::new(1, tx))?;
         let t0 = Instant::now();
         for _ in 0..n {
             ws.send(payload)?;
@@ -260,23 +278,13 @@ pub mod callback {
 
     pub fn idle(url: &str, d: Duration) -> Res<Idle> {
         let (tx, _rx) = cb::unbounded();
-        let ws = WebSocket::connect(url, Count::new(u64::MAX, tx))?;
-        std::thread::sleep(Duration::from_millis(100));
-        let before = sys::tasks();
-        std::thread::sleep(d);
-        let after = sys::tasks();
-        let (cpu_ns, ctx, threads) = sys::task_delta(&before, &after, Some(sys::main_tid()));
-        close(&ws)?;
-        Ok(Idle {
-            cpu_ns,
-            ctx,
-            threads,
-        })
+        let ws = builder().connect(url, Count::new(u64::MAX, tx))?;
+        idle_for(&ws, d)
     }
 
     pub fn busy(url: &str, d: Duration) -> Res<Duration> {
         let (tx, _rx) = cb::unbounded();
-        let ws = WebSocket::connect(url, Count::new(u64::MAX, tx))?;
+        let ws = builder().connect(url, Count::new(u64::MAX, tx))?;
         let t0 = Instant::now();
         black_box(burn(t0 + d));
         let wall = t0.elapsed();
@@ -287,7 +295,7 @@ pub mod callback {
     pub fn rss(url: &str, n: usize) -> Res<RssOut> {
         let (tx, rx) = cb::unbounded();
         {
-            let ws = WebSocket::connect(url, Count::new(1, tx.clone()))?;
+            let ws = builder().connect(url, Count::new(1, tx.clone()))?;
             ws.send(RTT_PAYLOAD)?;
             wait(&rx)?;
             close(&ws)?;
@@ -297,7 +305,7 @@ pub mod callback {
         sys::dump_smaps("0-before");
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
-            conns.push(WebSocket::connect(url, Count::new(1, tx.clone()))?);
+            conns.push(builder().connect(url, Count::new(1, tx.clone()))?);
         }
         std::thread::sleep(Duration::from_millis(300));
         let kib_idle = sys::rss_kib();
