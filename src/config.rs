@@ -258,8 +258,11 @@ impl Builder {
     ///
     /// - Pull style: the capacity of your `Receiver<Event>` (its slots are allocated up
     ///   front, 64 bytes each), plus the events of one read burst (64) not yet in it.
-    ///   Memory stays below about `(incoming_queue + 64) × max_message_size`.
-    ///   Defaults to 64.
+    ///   Large messages are bounded in bytes too: the I/O thread puts no more messages in
+    ///   the channel while 1 MiB of those of 1 KiB and up waits there, and reads no more
+    ///   while its burst holds 1 MiB, so large messages cannot pile up 64 deep. What waits
+    ///   stays below about `incoming_queue` KiB of small messages plus 2 MiB and two
+    ///   messages of `max_message_size`. Defaults to 64.
     /// - Callback style: the I/O thread hands events to the callback thread in batches of
     ///   up to this many events or 1 MiB of payload; one batch waits while another is
     ///   gathered and the callback thread runs a third. Nothing is allocated until events

@@ -9,7 +9,8 @@
 //!   burst instead of per message; the emptied vectors come back for reuse, and nothing is
 //!   allocated for the queue until events flow.
 //!
-//! Both are bounded: when the outlet is full the I/O thread stops reading the socket.
+//! Both are bounded, in events and in payload bytes: when the outlet is full the I/O
+//! thread stops reading the socket.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -23,12 +24,17 @@ use crate::message::Event;
 pub(crate) const BURST: usize = 64;
 
 /// Payload bytes per batch in callback style: a batch of large messages closes early, so
-/// that memory stays near three batches of this size whatever the message size.
+/// that memory stays near three batches of this size whatever the message size. In pull
+/// style, the payload bytes that may wait in the caller's channel and in one read burst.
 pub(crate) const BATCH_BYTES: usize = 1 << 20;
+
+/// In pull style, messages from this size up are counted against [`BATCH_BYTES`]; the
+/// smaller ones are bounded by the channel's slots alone.
+const COUNTED: usize = 1 << 10;
 
 pub(crate) enum Outlet {
     /// Pull style: the caller's channel.
-    Events(Sender<Event>),
+    Events(Pull),
     /// Callback style: at most one batch waits in `tx` while the callback thread runs
     /// another; `spare` brings the emptied vectors back.
     Batches {
@@ -40,6 +46,71 @@ pub(crate) enum Outlet {
     },
 }
 
+/// Pull style's outlet: the caller's channel, and the payload bytes waiting in it.
+///
+/// The channel bounds the number of events, but a few large messages can still run far
+/// ahead of a consumer: 64 slots of 1 MiB are 64 MiB of buffers that the allocator cannot
+/// reuse warm, and the page faults on fresh ones cost more than the copy from the socket.
+/// So the I/O thread also counts the bytes it has put in the channel. It cannot be woken
+/// when the caller takes a message from a channel that is not full, but it can tell how
+/// many are left (`len`), so it knows which of the messages it sent are gone.
+pub(crate) struct Pull {
+    tx: Sender<Event>,
+    /// Events sent so far.
+    sent: u64,
+    /// The counted messages still in the channel, as (sequence number, payload bytes),
+    /// oldest first.
+    counted: VecDeque<(u64, usize)>,
+    /// Their payload bytes in total.
+    bytes: usize,
+}
+
+impl Pull {
+    pub fn new(tx: Sender<Event>) -> Self {
+        Pull {
+            tx,
+            sent: 0,
+            counted: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Payload bytes in the channel, counting only messages of [`COUNTED`] bytes and up.
+    fn bytes_waiting(&mut self) -> usize {
+        if !self.counted.is_empty() {
+            let taken = self.sent - self.tx.len() as u64; // events the consumer has taken
+            while let Some(&(seq, len)) = self.counted.front() {
+                if seq >= taken {
+                    break;
+                }
+                self.counted.pop_front();
+                self.bytes -= len;
+            }
+        }
+        self.bytes
+    }
+
+    /// Whether the payload bytes waiting keep the channel shut while it has free slots.
+    pub fn held_by_bytes(&mut self) -> bool {
+        self.bytes_waiting() >= BATCH_BYTES && !self.tx.is_full()
+    }
+
+    fn sent(&mut self, len: usize) {
+        if len >= COUNTED {
+            self.counted.push_back((self.sent, len));
+            self.bytes += len;
+        }
+        self.sent += 1;
+    }
+}
+
+fn payload_len(event: &Event) -> usize {
+    match event {
+        Event::Message(m) => m.len(),
+        _ => 0,
+    }
+}
+
 /// The callback thread's end of [`Outlet::Batches`].
 pub(crate) struct Batches {
     pub rx: Receiver<Vec<Event>>,
@@ -47,6 +118,21 @@ pub(crate) struct Batches {
 }
 
 impl Batches {
+    /// The next batch, or `None` once the I/O thread is gone.
+    ///
+    /// When none is waiting, the thread yields once before it blocks: on a shared core
+    /// that runs the I/O thread, which is what fills the channel, where crossbeam's `recv`
+    /// would first spin on `pause` for microseconds that nobody else can use.
+    pub fn next(&self) -> Option<Vec<Event>> {
+        match self.rx.try_recv() {
+            Ok(batch) => return Some(batch),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+        std::thread::yield_now();
+        self.rx.recv().ok()
+    }
+
     /// Returns an emptied batch for reuse (dropped if one is already waiting).
     pub fn recycle(&self, mut batch: Vec<Event>) {
         batch.clear();
@@ -91,7 +177,7 @@ impl Outlet {
     /// then the I/O thread reads no more until some of it is handed over.
     pub fn burst_full(&self, events: usize, bytes: usize) -> bool {
         match self {
-            Outlet::Events(_) => events >= BURST,
+            Outlet::Events(_) => events >= BURST || bytes >= BATCH_BYTES,
             Outlet::Batches { limit, .. } => events >= *limit || bytes >= BATCH_BYTES,
         }
     }
@@ -99,17 +185,29 @@ impl Outlet {
     /// Whether the consumer has taken everything handed over so far.
     pub fn is_empty(&self) -> bool {
         match self {
-            Outlet::Events(tx) => tx.is_empty(),
+            Outlet::Events(pull) => pull.tx.is_empty(),
             Outlet::Batches { tx, .. } => tx.is_empty(),
         }
     }
 
     /// Whether the consumer has yet to make room enough to be worth a refill: the channel
-    /// is more than half full, or a batch still waits.
-    pub fn crowded(&self) -> bool {
+    /// is more than half full (in slots or in bytes), or a batch still waits.
+    pub fn crowded(&mut self) -> bool {
         match self {
-            Outlet::Events(tx) => tx.len() > tx.capacity().unwrap_or(usize::MAX) / 2,
+            Outlet::Events(pull) => {
+                pull.tx.len() > pull.tx.capacity().unwrap_or(usize::MAX) / 2
+                    || pull.bytes_waiting() > BATCH_BYTES / 2
+            }
             Outlet::Batches { tx, .. } => tx.is_full(),
+        }
+    }
+
+    /// Whether pull style's channel has free slots but is shut by the payload bytes in it
+    /// (see [`Pull`]): then nothing will wake the I/O thread when the caller takes a message.
+    pub fn held_by_bytes(&mut self) -> bool {
+        match self {
+            Outlet::Events(pull) => pull.held_by_bytes(),
+            Outlet::Batches { .. } => false,
         }
     }
 
@@ -117,10 +215,14 @@ impl Outlet {
     /// `Err` carries the events dropped because the consumer is gone.
     pub fn push(&mut self, pending: &mut VecDeque<Event>) -> Result<(), Vec<Event>> {
         match self {
-            Outlet::Events(tx) => {
-                while let Some(event) = pending.pop_front() {
-                    match tx.try_send(event) {
-                        Ok(()) => {}
+            Outlet::Events(pull) => {
+                while pull.bytes_waiting() < BATCH_BYTES {
+                    let Some(event) = pending.pop_front() else {
+                        break;
+                    };
+                    let len = payload_len(&event);
+                    match pull.tx.try_send(event) {
+                        Ok(()) => pull.sent(len),
                         Err(TrySendError::Full(event)) => {
                             pending.push_front(event);
                             return Ok(());
@@ -164,12 +266,16 @@ impl Outlet {
         deadline: Option<Instant>,
     ) -> Waited {
         match self {
-            Outlet::Events(tx) => {
+            Outlet::Events(pull) => {
                 let Some(event) = pending.pop_front() else {
                     return Waited::Sent;
                 };
-                match select_send(tx, commands, event, deadline) {
-                    Selected::Sent => Waited::Sent,
+                let len = payload_len(&event);
+                match select_send(&pull.tx, commands, event, deadline) {
+                    Selected::Sent => {
+                        pull.sent(len);
+                        Waited::Sent
+                    }
                     Selected::Disconnected(event) => {
                         let mut gone = vec![event];
                         gone.extend(pending.drain(..));
@@ -282,9 +388,33 @@ mod tests {
         assert!(outlet.burst_full(256, 0));
         assert!(outlet.burst_full(1, BATCH_BYTES));
         let (tx, _rx) = crossbeam_channel::bounded(4);
-        let pull = Outlet::Events(tx);
-        assert!(!pull.burst_full(BURST - 1, usize::MAX));
+        let pull = Outlet::Events(Pull::new(tx));
+        assert!(!pull.burst_full(BURST - 1, BATCH_BYTES - 1));
         assert!(pull.burst_full(BURST, 0));
+        assert!(pull.burst_full(1, BATCH_BYTES));
+    }
+
+    #[test]
+    fn the_pull_channel_shuts_at_one_mebibyte_of_payload_and_opens_as_it_is_taken() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let mut outlet = Outlet::Events(Pull::new(tx));
+        let mut pending: VecDeque<Event> = (0..4).map(|i| msg(i, 600 << 10)).collect();
+        pending.push_front(msg(9, 8)); // small ones are not counted
+        outlet.push(&mut pending).unwrap();
+        assert_eq!(rx.len(), 3, "the small one and two of 600 KiB went over");
+        assert_eq!(pending.len(), 2);
+        assert!(outlet.held_by_bytes() && outlet.crowded());
+        assert_eq!(first_byte(&rx.try_recv().unwrap()), 9);
+        assert!(outlet.held_by_bytes(), "taking a small one frees no bytes");
+        assert_eq!(first_byte(&rx.try_recv().unwrap()), 0);
+        assert!(!outlet.held_by_bytes());
+        assert!(outlet.crowded(), "600 KiB is more than half of the limit");
+        assert_eq!(first_byte(&rx.try_recv().unwrap()), 1);
+        assert!(!outlet.crowded());
+        outlet.push(&mut pending).unwrap();
+        assert!(pending.is_empty());
+        let order: Vec<u8> = rx.try_iter().map(|e| first_byte(&e)).collect();
+        assert_eq!(order, [2, 3]);
     }
 
     #[test]

@@ -12,10 +12,11 @@ use crate::error::Error;
 /// Build one from `&str`, `String`, `&[u8]` or `Vec<u8>` with `.into()` (every `send`
 /// takes `impl Into<Message>`). A received payload of more than 512 bytes is not copied
 /// on its way from the socket to you: its [`Text`] or [`Binary`] shares the I/O thread's
-/// read buffer. Smaller ones are copied once, with the others of their read burst, into
-/// one shared block (at most 16 KiB). Either way, a message you keep holds on to that
-/// buffer or block: to keep a few small messages out of a flood for long, keep copies
-/// (`to_vec`, `to_owned`).
+/// read buffer (16 KiB or more), and so do the small ones of a flood past the first few of
+/// each read burst. Every other payload, which is every message of a connection that is
+/// not flooded, is copied once into an allocation of its own size. A message you keep
+/// holds on to what it shares: to keep a few messages out of a flood for long, keep
+/// copies (`to_vec`, `to_owned`).
 ///
 /// ```
 /// use nwebsocket::Message;

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tungstenite::Bytes;
 
 use crate::config::{Builder, Config, CALLBACK_QUEUE, PULL_QUEUE};
-use crate::delivery::{Batches, Outlet};
+use crate::delivery::{Batches, Outlet, Pull};
 use crate::error::{Error, Result, SendError, Timeout};
 use crate::framing::{self, Outbox};
 use crate::handler::{dispatch, Handler};
@@ -531,7 +531,7 @@ impl WebSocket {
 
     pub(crate) fn start_pull(config: Config, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
         let (tx, events) = crossbeam_channel::bounded(config.incoming_queue.unwrap_or(PULL_QUEUE));
-        let (ws, io) = start(config, url, Outlet::Events(tx))?;
+        let (ws, io) = start(config, url, Outlet::Events(Pull::new(tx)))?;
         let owner = Owner {
             ws,
             handler: Arc::new(Mutex::new(())),
@@ -745,7 +745,7 @@ impl<H> Drop for Owner<H> {
 /// publishes CLOSED, so that `wait_closed` returns with the handler's state final.
 fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &Mutex<H>, batches: &Batches) {
     let mut last = None;
-    for mut batch in batches.rx.iter() {
+    while let Some(mut batch) = batches.next() {
         for event in batch.drain(..) {
             if let Event::Close(c) = &event {
                 last = Some(c.clone());

@@ -219,6 +219,46 @@ fn incoming_queue_bound_pushes_back_on_the_server() {
     assert_eq!(server.join(), Some(blocked_at));
 }
 
+/// Incoming backpressure in pull style counts bytes too: with the default 64 slots and a
+/// consumer that does not read, the channel takes 1 MiB of payload and the I/O thread
+/// stops reading, instead of letting 64 messages of 1 MiB pile up.
+#[test]
+fn large_messages_fill_the_pull_channel_by_bytes_not_by_slots() {
+    let _g = shared();
+    const N: usize = 120;
+    const LEN: usize = 1 << 20;
+    let (server, blocked_rx) = flooding_server(N, LEN);
+    let (ws, events) = WebSocket::builder()
+        .max_message_size(2 << 20)
+        .max_frame_size(2 << 20)
+        .connect_pull(&server.url())
+        .expect("connect");
+    let blocked_at = blocked_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server's writes never blocked while the consumer did not read");
+    // Open and one message in the channel, one message pending, the rest in the sockets
+    // (a few MiB on loopback). By slots alone the channel would take 63 messages.
+    assert!(events.len() <= 3, "{} events wait", events.len());
+    assert!(
+        blocked_at < 40,
+        "the server blocked only at message {blocked_at}"
+    );
+    assert!(matches!(next_event(&events), Event::Open));
+    for i in 0..N {
+        match next_event(&events) {
+            Event::Message(m) => assert_eq!(m.as_bytes(), flood_payload(i, LEN), "message {i}"),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.was_clean && c.code == 1005),
+        "{evs:?}"
+    );
+    drop(ws);
+    assert_eq!(server.join(), Some(blocked_at));
+}
+
 /// A send on an idle connection goes out at once (the I/O thread is woken, no tick):
 /// measured one way, from `send` to the server's `read`, in the same process.
 #[test]
@@ -330,7 +370,6 @@ fn a_blocked_callback_pushes_back_on_the_server() {
         .expect("the server's writes never blocked while the callback was blocked");
     // Three batches of one 1 MiB message each, plus what the sockets buffer (a few MiB on
     // loopback); without the byte limit the client would take 3 × 256 messages first.
-    eprintln!("BLOCKED AT {blocked_at}");
     assert!(
         blocked_at < 40,
         "the server blocked only at message {blocked_at}"
