@@ -36,7 +36,7 @@ pub struct Builder {
 pub(crate) const PULL_QUEUE: usize = 64;
 /// Callback style's default [`Builder::incoming_queue`]: events per batch, allocated only
 /// while events flow.
-pub(crate) const CALLBACK_QUEUE: usize = 256;
+pub(crate) const CALLBACK_QUEUE: usize = 512;
 
 /// The settled configuration the threads read. Private: set through [`Builder`].
 /// Its `Debug` leaves out every secret (header and cookie values, proxy credentials, keys).
@@ -266,7 +266,7 @@ impl Builder {
     /// - Callback style: the I/O thread hands events to the callback thread in batches of
     ///   up to this many events or 1 MiB of payload; one batch waits while another is
     ///   gathered and the callback thread runs a third. Nothing is allocated until events
-    ///   flow. Defaults to 256: larger batches mean fewer thread switches per message.
+    ///   flow. Defaults to 512: larger batches mean fewer thread switches per message.
     ///
     /// Values below 1 are taken as 1.
     pub fn incoming_queue(mut self, events: usize) -> Self {

@@ -519,6 +519,7 @@ impl IoThread {
                 // Read at once only if something may be waiting; an idle connection then
                 // never touches its read buffer.
                 self.io.readable = ws.get_mut().may_have_data();
+                ws.get_mut().start_read_ahead();
                 self.phase = Phase::Open(ws);
                 Ok(())
             }

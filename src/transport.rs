@@ -29,7 +29,16 @@ pub(crate) struct Transport {
     raw_at: usize,
     /// The application bytes the batch carries, reported once it is all out.
     raw_app_bytes: usize,
+    /// Bytes read from a plain socket ahead of tungstenite, and how many of them it took
+    /// (see [`Transport::read_ahead`]); off during the opening handshake.
+    ahead_on: bool,
+    ahead: Vec<u8>,
+    ahead_at: usize,
 }
+
+/// The size of the read-ahead buffer; tungstenite's reads of this size and up go straight
+/// to the socket.
+const AHEAD: usize = 16 << 10;
 
 #[derive(Debug)]
 enum Stream {
@@ -95,6 +104,9 @@ impl Transport {
             raw: Vec::new(),
             raw_at: 0,
             raw_app_bytes: 0,
+            ahead_on: false,
+            ahead: Vec::new(),
+            ahead_at: 0,
         })
     }
 
@@ -155,6 +167,13 @@ impl Transport {
         Ok(Some(std::mem::take(&mut self.raw_app_bytes)))
     }
 
+    /// The connection is open: small reads may go through the read-ahead buffer from now
+    /// on. (Not before: the handshake's small reads would make every connection touch,
+    /// and keep resident, a buffer it may never need.)
+    pub fn start_read_ahead(&mut self) {
+        self.ahead_on = true;
+    }
+
     /// After the opening handshake: whether there may be something to read that no
     /// readiness event will announce (the handshake stops reading at the end of the
     /// response head, and its reads consumed the edges). True when bytes came after the
@@ -162,17 +181,54 @@ impl Transport {
     /// the stream, and always with TLS (rustls may hold decrypted records). False only
     /// when the socket is provably empty: then anything later brings a fresh edge.
     pub fn may_have_data(&mut self) -> bool {
-        if matches!(self.stream, Stream::Tls(_)) || self.head.tail != Some(0) {
+        if matches!(self.stream, Stream::Tls(_))
+            || self.head.tail != Some(0)
+            || self.ahead_at < self.ahead.len()
+        {
             return true;
         }
         !matches!(self.tcp().peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
+impl Transport {
+    /// Reads a plain socket for tungstenite, through a buffer when it asks for little.
+    ///
+    /// tungstenite reads into the free capacity of its read buffer. While messages split
+    /// off that buffer are alive (a consumer has not dropped them yet), it cannot reuse
+    /// the space and reserves a new buffer sized for the next frame, often a few hundred
+    /// bytes: a flood of small messages would cost a system call per handful of messages.
+    /// A small read is served from one `recv` of [`AHEAD`] bytes instead, and the buffer
+    /// is released once the socket is drained, so an idle connection holds none.
+    fn read_ahead(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Stream::Plain(tcp) = &mut self.stream else {
+            unreachable!("TLS reads go through rustls, which buffers records itself")
+        };
+        if self.ahead_at == self.ahead.len() {
+            if buf.len() >= AHEAD || !self.ahead_on {
+                return tcp.read(buf);
+            }
+            self.ahead.resize(AHEAD, 0);
+            self.ahead_at = 0;
+            match tcp.read(&mut self.ahead) {
+                Ok(n) => self.ahead.truncate(n),
+                Err(e) => {
+                    self.ahead = Vec::new();
+                    return Err(e);
+                }
+            }
+        }
+        let n = buf.len().min(self.ahead.len() - self.ahead_at);
+        buf[..n].copy_from_slice(&self.ahead[self.ahead_at..self.ahead_at + n]);
+        self.ahead_at += n;
+        Ok(n)
+    }
+}
+
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = match &mut self.stream {
-            Stream::Plain(s) => s.read(buf)?,
+            Stream::Plain(_) => self.read_ahead(buf)?,
             Stream::Tls(s) => s.read(buf)?,
         };
         // Only until the head's end is seen, plus a counter: one comparison per read after.
@@ -359,7 +415,70 @@ pub(crate) fn tls_error(err: &io::Error) -> Option<&rustls::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::HeadScan;
+    use super::{HeadScan, Transport, AHEAD};
+    use std::io::{ErrorKind, Read, Write};
+
+    /// A plain transport over loopback, and the peer's end.
+    fn loopback() -> (Transport, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        client.set_nonblocking(true).unwrap();
+        let tcp = mio::net::TcpStream::from_std(client);
+        (Transport::new(tcp, false, "127.0.0.1", None).unwrap(), peer)
+    }
+
+    /// Reads with `size`-byte requests until `want` bytes came (the peer wrote them all
+    /// before, so `WouldBlock` before that is a lost byte).
+    fn read_all(t: &mut Transport, size: usize, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0; size];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.len() < want {
+            match t.read(&mut buf) {
+                Ok(0) => panic!("end of stream after {} bytes", got.len()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "stuck at {}",
+                        got.len()
+                    );
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn small_reads_through_the_read_ahead_buffer_keep_the_stream_intact() {
+        let (mut t, mut peer) = loopback();
+        t.start_read_ahead();
+        let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&sent).unwrap();
+        // Requests of every size below the buffer, then one large enough to bypass it.
+        let mut got = Vec::new();
+        for size in [1, 7, 66, 300, 4093, AHEAD - 1] {
+            got.extend(read_all(&mut t, size, 10_000));
+        }
+        got.extend(read_all(&mut t, AHEAD, sent.len() - got.len()));
+        assert_eq!(got, sent);
+        // Drained: the next read says so, and the buffer is given back.
+        let e = t.read(&mut [0; 8]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+        assert_eq!(t.ahead.capacity(), 0, "the read-ahead buffer is released");
+    }
+
+    #[test]
+    fn before_the_connection_opens_reads_go_straight_to_the_socket() {
+        let (mut t, mut peer) = loopback();
+        let head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        peer.write_all(head).unwrap();
+        assert_eq!(read_all(&mut t, 4, head.len()), head);
+        assert_eq!(t.ahead.capacity(), 0, "no read-ahead during the handshake");
+    }
 
     fn tail_of(chunks: &[&[u8]]) -> Option<usize> {
         let mut scan = HeadScan::default();
