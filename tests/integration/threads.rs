@@ -205,6 +205,67 @@ fn handler_state_is_reachable_through_handler() {
     );
 }
 
+/// The callback thread keeps the handler locked across a batch of events, but lets go
+/// between two callbacks when the caller's thread asks for it: during a flood of slow
+/// callbacks `handler()` waits about one callback, not a batch of them.
+#[test]
+fn handler_is_handed_over_between_callbacks_during_a_flood() {
+    const N: usize = 2000;
+    const WORK: Duration = Duration::from_micros(50);
+    struct Slow {
+        count: usize,
+    }
+    impl Handler for Slow {
+        fn onmessage(&mut self, _ws: &WebSocketRef, _msg: Message) {
+            let start = Instant::now();
+            while start.elapsed() < WORK {
+                std::hint::spin_loop();
+            }
+            self.count += 1;
+        }
+    }
+    let _g = shared();
+    let server = server(|mut ws| {
+        for i in 0..N {
+            ws.send(tungstenite::Message::binary(vec![i as u8; 64]))
+                .unwrap();
+        }
+        read_until_close(&mut ws);
+    });
+    let ws = WebSocket::connect(&server.url(), Slow { count: 0 }).expect("connect");
+    let deadline = Instant::now() + WAIT;
+    let mut waits = Vec::new();
+    loop {
+        let asked = Instant::now();
+        let count = ws.handler().count;
+        if count == N {
+            break;
+        }
+        if count > 0 {
+            waits.push(asked.elapsed());
+        }
+        assert!(Instant::now() < deadline, "{count} of {N} callbacks ran");
+        thread::yield_now();
+    }
+    assert!(
+        waits.len() >= 20,
+        "only {} looks during the flood",
+        waits.len()
+    );
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    // A batch here is up to 512 callbacks of 50 µs: 25 ms.
+    assert!(
+        median < Duration::from_millis(2),
+        "median wait {median:?} over {} looks",
+        waits.len()
+    );
+    ws.close().unwrap();
+    assert!(ws.wait_closed_timeout(WAIT).is_some_and(|c| c.was_clean));
+    drop(ws);
+    server.join();
+}
+
 /// A callback that blocks does not stall the I/O thread: pings are still answered.
 #[test]
 fn a_blocked_callback_does_not_stall_pongs() {
