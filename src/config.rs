@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
+use crate::delivery::EventBatches;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::message::Event;
@@ -263,8 +264,9 @@ impl Builder {
     ///   while its burst holds 1 MiB, so large messages cannot pile up 64 deep. What waits
     ///   stays below about `incoming_queue` KiB of small messages plus 2 MiB and two
     ///   messages of `max_message_size`. Defaults to 64.
-    /// - Callback style: the I/O thread hands events to the callback thread in batches of
-    ///   up to this many events or 1 MiB of payload; one batch waits while another is
+    /// - Callback style, and pull style in batches ([`connect_batches`](Self::connect_batches)):
+    ///   the I/O thread hands events over in batches of up to this many events or 1 MiB
+    ///   of payload; one batch waits while another is
     ///   gathered and the callback thread runs a third. Nothing is allocated until events
     ///   flow. Defaults to 512: larger batches mean fewer thread switches per message.
     ///
@@ -426,6 +428,29 @@ impl Builder {
     /// As [`open`](Self::open).
     pub fn open_pull(self, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
         WebSocket::start_pull(self.checked()?, url)
+    }
+
+    /// Pull style in batches: connects and blocks until OPEN or failure; the events come
+    /// as whole read bursts through the returned [`EventBatches`], one channel operation
+    /// per burst instead of per event. For consumers of floods of small messages; see
+    /// [`EventBatches`].
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub fn connect_batches(self, url: &str) -> Result<(WebSocket, EventBatches)> {
+        let (ws, batches) = self.open_batches(url)?;
+        ws.wait_open()?;
+        Ok((ws, batches))
+    }
+
+    /// As [`connect_batches`](Self::connect_batches), but returns at once in CONNECTING.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_batches(self, url: &str) -> Result<(WebSocket, EventBatches)> {
+        WebSocket::start_batches(self.checked()?, url)
     }
 
     fn checked(mut self) -> Result<Config> {

@@ -13,9 +13,12 @@
 //! thread stops reading the socket.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::fmt;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+use crossbeam_channel::{
+    Receiver, RecvError, RecvTimeoutError, Select, Sender, TryRecvError, TrySendError,
+};
 
 use crate::io_thread::Command;
 use crate::message::Event;
@@ -111,10 +114,97 @@ fn payload_len(event: &Event) -> usize {
     }
 }
 
-/// The callback thread's end of [`Outlet::Batches`].
+/// The consumer's end of [`Outlet::Batches`]: the callback thread's, or yours through
+/// [`EventBatches`].
 pub(crate) struct Batches {
     pub rx: Receiver<Vec<Event>>,
     pub spare: Sender<Vec<Event>>,
+}
+
+/// Pull style in batches: the events of a connection as whole read bursts, each a
+/// `Vec<Event>` in order, from [`Builder::connect_batches`](crate::Builder::connect_batches).
+///
+/// The same events as [`connect_pull`](crate::Builder::connect_pull)'s channel, in the same
+/// order (`Open`, the messages, then `Error` on failure and `Close`, last), but one
+/// channel operation per burst rather than per event: for a consumer that takes floods of
+/// small messages, this costs what callback style costs (see the README's figures),
+/// without a callback thread. After `Close` (the last connection's, with reconnect on)
+/// the channel disconnects and `recv` returns an error.
+///
+/// A batch holds up to [`incoming_queue`](crate::Builder::incoming_queue) events (512 by
+/// default) or 1 MiB of payload; one batch waits while the I/O thread gathers the next,
+/// and while both are full it stops reading the socket, so TCP slows the server down.
+/// Handing an emptied batch back with [`recycle`](Self::recycle) lets the I/O thread reuse
+/// its allocation.
+///
+/// ```
+/// # let addr = nwebsocket_doc_server();
+/// use std::time::Duration;
+/// use nwebsocket::{Event, WebSocket};
+///
+/// let (ws, batches) = WebSocket::builder().connect_batches(&format!("ws://{addr}/"))?;
+/// for i in 0..3 {
+///     ws.send(format!("message {i}"))?;
+/// }
+/// let mut got = Vec::new();
+/// while got.len() < 3 {
+///     let mut batch = batches.recv_timeout(Duration::from_secs(5)).expect("a batch");
+///     for event in batch.drain(..) {
+///         if let Event::Message(m) = event {
+///             got.push(m.as_text().unwrap_or_default().to_owned());
+///         }
+///     }
+///     batches.recycle(batch);
+/// }
+/// assert_eq!(got, ["message 0", "message 1", "message 2"]);
+/// # fn nwebsocket_doc_server() -> std::net::SocketAddr {
+/// #     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// #     let a = l.local_addr().unwrap();
+/// #     std::thread::spawn(move || {
+/// #         let mut ws = tungstenite::accept(l.accept().unwrap().0).unwrap();
+/// #         while let Ok(m) = ws.read() { if m.is_text() || m.is_binary() { let _ = ws.send(m); } }
+/// #     });
+/// #     a
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EventBatches(pub(crate) Batches);
+
+impl EventBatches {
+    /// Blocks until a batch arrives; an error once the connection has ended and every
+    /// batch was taken.
+    pub fn recv(&self) -> Result<Vec<Event>, RecvError> {
+        self.0.next().ok_or(RecvError)
+    }
+
+    /// As [`recv`](Self::recv), for at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<Event>, RecvTimeoutError> {
+        self.0.rx.recv_timeout(timeout)
+    }
+
+    /// A batch if one is waiting, without blocking.
+    pub fn try_recv(&self) -> Result<Vec<Event>, TryRecvError> {
+        self.0.rx.try_recv()
+    }
+
+    /// The underlying channel, to `select!` on beside your own.
+    pub fn receiver(&self) -> &Receiver<Vec<Event>> {
+        &self.0.rx
+    }
+
+    /// Hands an emptied batch back (its events are dropped if any are left), so that
+    /// the I/O thread fills the same allocation again.
+    pub fn recycle(&self, batch: Vec<Event>) {
+        self.0.recycle(batch);
+    }
+}
+
+impl fmt::Debug for EventBatches {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBatches")
+            .field("waiting", &self.0.rx.len())
+            .finish()
+    }
 }
 
 impl Batches {
@@ -126,8 +216,8 @@ impl Batches {
     pub fn next(&self) -> Option<Vec<Event>> {
         match self.rx.try_recv() {
             Ok(batch) => return Some(batch),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
-            Err(crossbeam_channel::TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
         }
         std::thread::yield_now();
         self.rx.recv().ok()

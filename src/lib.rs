@@ -53,7 +53,7 @@
 //! It never runs your code, so a slow callback or a busy main thread cannot stall pongs,
 //! keepalive or the close. An idle connection costs no CPU at all.
 //!
-//! You take the events one of two ways:
+//! You take the events one of three ways:
 //!
 //! 1. **Callback style**: [`WebSocket::connect(url, handler)`](WebSocket::connect). A
 //!    [`Handler`]'s methods run in order on the connection's callback thread
@@ -65,6 +65,11 @@
 //!    [`dispatch_pending`](WebSocketRef::dispatch_pending) to run a handler on *your*
 //!    thread at the moments you choose (between chunks of numeric work), with no `Send`
 //!    bound and no lock.
+//! 3. **Pull style in batches**: [`Builder::connect_batches(url)`](Builder::connect_batches)
+//!    returns [`EventBatches`]: the same events, a whole read burst per `recv`, for a
+//!    consumer of floods of small messages (one channel operation per burst, not per
+//!    event); [`dispatch_batches`](WebSocketRef::dispatch_batches) runs a handler over
+//!    them on your thread.
 //!
 //! ```
 //! # let addr = nwebsocket_doc_server();
@@ -197,6 +202,7 @@ mod url;
 mod websocket;
 
 pub use crate::config::{Builder, Reconnect};
+pub use crate::delivery::EventBatches;
 pub use crate::error::{Error, Result, SendError, Timeout, UrlError};
 pub use crate::handler::Handler;
 pub use crate::json::Router;

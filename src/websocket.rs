@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tungstenite::Bytes;
 
 use crate::config::{Builder, Config, CALLBACK_QUEUE, PULL_QUEUE};
-use crate::delivery::{Batches, Outlet, Pull};
+use crate::delivery::{Batches, EventBatches, Outlet, Pull};
 use crate::error::{Error, Result, SendError, Timeout};
 use crate::framing::{self, Outbox};
 use crate::handler::{dispatch, Handler};
@@ -479,6 +479,25 @@ impl WebSocketRef {
         }
         n
     }
+
+    /// [`dispatch_pending`](Self::dispatch_pending) for [`EventBatches`]: runs `handler`
+    /// for every event of the batches already waiting, on this thread, recycles the
+    /// batches, and returns how many events there were. It never blocks.
+    pub fn dispatch_batches<H: Handler + ?Sized>(
+        &self,
+        batches: &EventBatches,
+        handler: &mut H,
+    ) -> usize {
+        let mut n = 0;
+        while let Ok(mut batch) = batches.try_recv() {
+            n += batch.len();
+            for event in batch.drain(..) {
+                dispatch(self, handler, event);
+            }
+            batches.recycle(batch);
+        }
+        n
+    }
 }
 
 /// How long `send` may wait for room under the high-water mark.
@@ -531,7 +550,18 @@ impl WebSocket {
 
     pub(crate) fn start_pull(config: Config, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
         let (tx, events) = crossbeam_channel::bounded(config.incoming_queue.unwrap_or(PULL_QUEUE));
-        let (ws, io) = start(config, url, Outlet::Events(Pull::new(tx)))?;
+        let (ws, io) = start(config, url, Outlet::Events(Pull::new(tx)), false)?;
+        Ok((WebSocket::without_handler(ws, io), events))
+    }
+
+    pub(crate) fn start_batches(config: Config, url: &str) -> Result<(WebSocket, EventBatches)> {
+        let limit = config.incoming_queue.unwrap_or(CALLBACK_QUEUE);
+        let (outlet, batches) = crate::delivery::batches(limit);
+        let (ws, io) = start(config, url, outlet, false)?;
+        Ok((WebSocket::without_handler(ws, io), EventBatches(batches)))
+    }
+
+    fn without_handler(ws: WebSocketRef, io: Joinable) -> WebSocket {
         let owner = Owner {
             ws,
             handler: Arc::new(HandlerCell::new(())),
@@ -540,12 +570,9 @@ impl WebSocket {
                 callback: None,
             }),
         };
-        Ok((
-            WebSocket {
-                owner: Arc::new(owner),
-            },
-            events,
-        ))
+        WebSocket {
+            owner: Arc::new(owner),
+        }
     }
 }
 
@@ -575,7 +602,7 @@ impl<H: Handler + Send + 'static> WebSocket<H> {
     pub(crate) fn start_with_handler(config: Config, url: &str, handler: H) -> Result<Self> {
         let (outlet, batches) =
             crate::delivery::batches(config.incoming_queue.unwrap_or(CALLBACK_QUEUE));
-        let (ws, io) = start(config, url, outlet)?;
+        let (ws, io) = start(config, url, outlet, true)?;
         let handler = Arc::new(HandlerCell::new(handler));
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let cb_ws = ws.clone();
@@ -808,8 +835,12 @@ type Joinable = (JoinHandle<()>, Receiver<()>);
 
 /// Checks the URL, builds the shared state and spawns the I/O thread, which hands its
 /// events to `outlet`.
-fn start(config: Config, url: &str, outlet: Outlet) -> Result<(WebSocketRef, Joinable)> {
-    let callback_mode = matches!(outlet, Outlet::Batches { .. });
+fn start(
+    config: Config,
+    url: &str,
+    outlet: Outlet,
+    callback_mode: bool,
+) -> Result<(WebSocketRef, Joinable)> {
     let target = crate::url::parse(url)?;
     // Built again for each attempt by the I/O thread; built here to refuse bad headers now.
     crate::io_thread::build_request(&target, &config)?;

@@ -25,6 +25,7 @@
 // handshake callbacks have its large error type in their signature.
 #![allow(clippy::unwrap_used, clippy::result_large_err)]
 
+mod batches;
 mod closing;
 mod failures;
 mod faults;

@@ -1,0 +1,205 @@
+//! Pull style in batches (`Builder::connect_batches`): the same events as pull style, in
+//! order, whole read bursts at a time, bounded, and dispatchable on the caller's thread.
+
+use std::time::Duration;
+
+use nwebsocket::{Error, Event, EventBatches, Handler, Message, WebSocket, WebSocketRef};
+
+use crate::support::*;
+
+/// Every event of `batches` until the channel disconnects (bounded by `WAIT` per batch).
+fn all_events(batches: &EventBatches) -> (Vec<Event>, usize) {
+    let mut events = Vec::new();
+    let mut count = 0;
+    loop {
+        match batches.recv_timeout(WAIT) {
+            Ok(mut batch) => {
+                assert!(!batch.is_empty(), "an empty batch");
+                count += 1;
+                events.append(&mut batch);
+                batches.recycle(batch);
+            }
+            Err(nwebsocket::crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return (events, count)
+            }
+            Err(e) => panic!("no batch and no end within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_flood_arrives_whole_and_in_order_in_batches_then_the_channel_ends() {
+    let _g = shared();
+    const N: usize = 20_000;
+    let server = server(|mut ws| {
+        for i in 0..N {
+            ws.write(nth_message(i)).unwrap();
+        }
+        ws.flush().unwrap();
+        ws.close(None).unwrap();
+        read_until_close(&mut ws);
+    });
+    let (ws, batches) = WebSocket::builder()
+        .connect_batches(&server.url())
+        .expect("connect");
+    let (events, count) = all_events(&batches);
+    assert!(
+        matches!(events.first(), Some(Event::Open)),
+        "{:?}",
+        events.first()
+    );
+    assert!(
+        matches!(events.last(), Some(Event::Close(c)) if c.was_clean && c.code == 1005),
+        "{:?}",
+        events.last()
+    );
+    let messages: Vec<&Message> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), N, "events: {}", events.len());
+    assert_eq!(events.len(), N + 2, "only Open, the messages and Close");
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(**m, nth_expected(i), "message {i}");
+    }
+    // Bursts, not one batch per event (and never more than 512 events in one).
+    assert!(count < N / 4, "{count} batches for {N} messages");
+    assert!(batches.recv().is_err(), "the channel ends after Close");
+    drop(ws);
+    server.join();
+}
+
+/// Backpressure: while nobody takes batches, the I/O thread stops reading, so the
+/// server's writes block after what one batch, one pending burst and the sockets hold.
+#[test]
+fn batches_nobody_takes_push_back_on_the_server() {
+    let _g = shared();
+    const N: usize = 4000;
+    const LEN: usize = 16 << 10;
+    let (blocked_tx, blocked_rx) = nwebsocket::crossbeam_channel::bounded::<usize>(1);
+    let server = server(move |mut ws| {
+        ws.get_ref()
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut blocked = None;
+        for i in 0..N {
+            let mut result = ws.send(tungstenite::Message::binary(vec![(i % 251) as u8; LEN]));
+            while let Err(tungstenite::Error::Io(e)) = &result {
+                assert!(matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ));
+                if blocked.is_none() {
+                    blocked = Some(i);
+                    blocked_tx.send(i).unwrap();
+                }
+                result = ws.flush();
+            }
+            result.unwrap();
+        }
+        ws.close(None).unwrap();
+        read_until_close(&mut ws);
+        blocked
+    });
+    let (ws, batches) = WebSocket::builder()
+        .connect_batches(&server.url())
+        .expect("connect");
+    let blocked_at = blocked_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server's writes never blocked while nobody took batches");
+    // Two batches of at most 1 MiB (64 messages of 16 KiB) and a few MiB of socket
+    // buffers; without the bound all 4,000 (62 MiB) would have been read.
+    assert!(
+        blocked_at < 1000,
+        "the server blocked only at message {blocked_at}"
+    );
+    assert!(batches.receiver().len() <= 1, "one batch waits at most");
+    let (events, _) = all_events(&batches);
+    let payloads: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => {
+                assert_eq!(m.len(), LEN);
+                Some(m.as_bytes()[0])
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads.len(), N);
+    assert!(payloads
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i % 251) as u8));
+    drop(ws);
+    assert_eq!(server.join(), Some(blocked_at));
+}
+
+#[test]
+fn dispatch_batches_runs_the_handler_on_the_callers_thread() {
+    struct Seen {
+        on: std::thread::ThreadId,
+        texts: Vec<String>,
+        closed: bool,
+    }
+    impl Handler for Seen {
+        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+            assert_eq!(std::thread::current().id(), self.on);
+            self.texts
+                .push(msg.as_text().unwrap_or_default().to_owned());
+        }
+        fn onclose(&mut self, _ws: &WebSocketRef, _c: nwebsocket::CloseEvent) {
+            self.closed = true;
+        }
+    }
+    let _g = shared();
+    let server = echo_server();
+    let (ws, batches) = WebSocket::builder()
+        .connect_batches(&server.url())
+        .expect("connect");
+    for i in 0..10 {
+        ws.send(format!("echo {i}")).unwrap();
+    }
+    let mut seen = Seen {
+        on: std::thread::current().id(),
+        texts: Vec::new(),
+        closed: false,
+    };
+    assert!(eventually(WAIT, || {
+        ws.dispatch_batches(&batches, &mut seen);
+        seen.texts.len() == 10
+    }));
+    let want: Vec<String> = (0..10).map(|i| format!("echo {i}")).collect();
+    assert_eq!(seen.texts, want);
+    ws.close().unwrap();
+    assert!(eventually(WAIT, || {
+        ws.dispatch_batches(&batches, &mut seen);
+        seen.closed
+    }));
+    drop(ws);
+    server.join();
+}
+
+/// A failure reaches a batch consumer as it reaches a pull consumer: `Error`, then
+/// `Close` 1006, then the end of the channel.
+#[test]
+fn a_refused_connection_gives_error_then_close_in_a_batch() {
+    let _g = shared();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (_ws, batches) = WebSocket::builder()
+        .open_batches(&format!("ws://127.0.0.1:{port}/"))
+        .expect("open");
+    let (events, _) = all_events(&batches);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::Error(Error::Connect(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean
+        ),
+        "{events:?}"
+    );
+}
