@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p nwebsocket-compare -- [SCENARIO...] [--reps N] [--quick]
-//!     [--placement split,one,unpinned] [--clients nws-callback,nws-pull,tungstenite,tokio-tungstenite]
+//!     [--placement split,one,unpinned] [--clients nws-callback,nws-pull,nws-batches,tungstenite,tokio-tungstenite]
 //!     [--client-cpu 0] [--server-cpu 1] [--out FILE]
 //! ```
 //!
@@ -64,16 +64,24 @@ pub fn burn(until: Instant) -> f64 {
 enum Client {
     Callback,
     Pull,
+    Batches,
     Tung,
     Tokio,
 }
 
 impl Client {
-    const ALL: [Client; 4] = [Client::Callback, Client::Pull, Client::Tung, Client::Tokio];
+    const ALL: [Client; 5] = [
+        Client::Callback,
+        Client::Pull,
+        Client::Batches,
+        Client::Tung,
+        Client::Tokio,
+    ];
     fn name(self) -> &'static str {
         match self {
             Client::Callback => "nws-callback",
             Client::Pull => "nws-pull",
+            Client::Batches => "nws-batches",
             Client::Tung => "tungstenite",
             Client::Tokio => "tokio-tungstenite",
         }
@@ -82,7 +90,7 @@ impl Client {
         Client::ALL.into_iter().find(|c| c.name() == s)
     }
     fn is_ours(self) -> bool {
-        matches!(self, Client::Callback | Client::Pull)
+        matches!(self, Client::Callback | Client::Pull | Client::Batches)
     }
 }
 
@@ -259,7 +267,7 @@ usage: nwebsocket-compare [SCENARIO...] [--reps N] [--quick] [--check]
          [--placement split,one,unpinned] [--clients LIST] [--client-cpu N] [--server-cpu N]
          [--out FILE]
 scenarios: rtt stream_small send_small stream_large idle_cpu rss_per_conn busy_main (default: all)
-clients:   nws-callback nws-pull tungstenite tokio-tungstenite (default: all)
+clients:   nws-callback nws-pull nws-batches tungstenite tokio-tungstenite (default: all)
 placements: split (client on --client-cpu, server on --server-cpu), one (both on
             --client-cpu), unpinned (the CPUs this process was started with).
             Default: all three; with --quick: unpinned.
@@ -365,6 +373,7 @@ macro_rules! by_client {
         match $c {
             Client::Callback => nws::callback::$f($($a),*),
             Client::Pull => nws::pull::$f($($a),*),
+            Client::Batches => nws::batches::$f($($a),*),
             Client::Tung => tung::$f($($a),*),
             Client::Tokio => tokio_ws::$f($($a),*),
         }

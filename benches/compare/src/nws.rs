@@ -1,5 +1,6 @@
-//! This crate, in pull style (the caller's thread takes events from the channel) and in
-//! callback style (a `Handler` on the callback thread), each used as its docs show.
+//! This crate, in pull style (the caller's thread takes events from the channel), in pull
+//! style in batches (whole read bursts from `connect_batches`), and in callback style (a
+//! `Handler` on the callback thread), each used as its docs show.
 
 use std::hint::black_box;
 use std::mem;
@@ -144,6 +145,145 @@ pub mod pull {
         }
         for (_, events) in &conns {
             next_message(events)?;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let kib_after = sys::rss_kib();
+        sys::dump_smaps("2-after");
+        for (ws, _) in &conns {
+            ws.close()?;
+        }
+        for (ws, _) in &conns {
+            ws.wait_closed_timeout(WAIT).ok_or("close timed out")?;
+        }
+        Ok(RssOut {
+            kib0,
+            kib_idle,
+            kib_after,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- pull style, in batches
+
+pub mod batches {
+    use super::*;
+    use nwebsocket::EventBatches;
+
+    fn next_batch(batches: &EventBatches) -> Res<Vec<Event>> {
+        // `try_recv` first, as in `next_message`.
+        Ok(match batches.try_recv() {
+            Ok(batch) => batch,
+            Err(_) => batches.recv_timeout(WAIT)?,
+        })
+    }
+
+    /// Takes batches until one holds a message; returns its payload length.
+    fn next_message_len(batches: &EventBatches) -> Res<usize> {
+        loop {
+            let mut batch = next_batch(batches)?;
+            let mut len = None;
+            for event in batch.drain(..) {
+                match event {
+                    Event::Message(m) if len.is_none() => len = Some(m.len()),
+                    Event::Open => {}
+                    other => return Err(format!("unexpected event {other:?}").into()),
+                }
+            }
+            batches.recycle(batch);
+            if let Some(len) = len {
+                return Ok(len);
+            }
+        }
+    }
+
+    pub fn rtt(url: &str, n: usize) -> Res<(Duration, Vec<u64>)> {
+        let (ws, batches) = builder().connect_batches(url)?;
+        let mut lat = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let t = Instant::now();
+            ws.send(RTT_PAYLOAD)?;
+            black_box(next_message_len(&batches)?);
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok((wall, lat))
+    }
+
+    pub fn stream(url: &str, n: usize) -> Res<(Duration, u64)> {
+        let (ws, batches) = builder().connect_batches(url)?;
+        let t0 = Instant::now();
+        ws.send("go")?;
+        let (mut got, mut bytes) = (0, 0u64);
+        while got < n {
+            let mut batch = next_batch(&batches)?;
+            for event in batch.drain(..) {
+                match event {
+                    Event::Message(m) => {
+                        bytes += m.len() as u64;
+                        got += 1;
+                    }
+                    Event::Open => {}
+                    other => return Err(format!("unexpected event {other:?}").into()),
+                }
+            }
+            batches.recycle(batch);
+        }
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok((wall, bytes))
+    }
+
+    pub fn send(url: &str, n: usize, payload: &[u8]) -> Res<Duration> {
+        let (ws, batches) = builder().connect_batches(url)?;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            ws.send(payload)?;
+        }
+        next_message_len(&batches)?;
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok(wall)
+    }
+
+    pub fn idle(url: &str, d: Duration) -> Res<Idle> {
+        let (ws, _batches) = builder().connect_batches(url)?;
+        idle_for(&ws, d)
+    }
+
+    pub fn busy(url: &str, d: Duration) -> Res<Duration> {
+        let (ws, _batches) = builder().connect_batches(url)?;
+        let t0 = Instant::now();
+        black_box(burn(t0 + d));
+        let wall = t0.elapsed();
+        close(&ws)?;
+        Ok(wall)
+    }
+
+    pub fn rss(url: &str, n: usize) -> Res<RssOut> {
+        {
+            // Warm-up: lazy statics, the allocator's first arenas.
+            let (ws, batches) = builder().connect_batches(url)?;
+            ws.send(RTT_PAYLOAD)?;
+            next_message_len(&batches)?;
+            close(&ws)?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let kib0 = sys::rss_kib();
+        sys::dump_smaps("0-before");
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(builder().connect_batches(url)?);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let kib_idle = sys::rss_kib();
+        sys::dump_smaps("1-idle");
+        for (ws, _) in &conns {
+            ws.send(RTT_PAYLOAD)?;
+        }
+        for (_, batches) in &conns {
+            next_message_len(batches)?;
         }
         std::thread::sleep(Duration::from_millis(300));
         let kib_after = sys::rss_kib();

@@ -15,9 +15,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-const CLIENTS: [(&str, &str); 4] = [
+const CLIENTS: [(&str, &str); 5] = [
     ("nws-callback", "#1f77b4"),
     ("nws-pull", "#2ca02c"),
+    ("nws-batches", "#9467bd"),
     ("tungstenite", "#8c8c8c"),
     ("tokio-tungstenite", "#ff7f0e"),
 ];
@@ -315,7 +316,7 @@ fn draw(meta: &Value, end: &Value, s: &Summary) -> String {
             if bars.is_empty() {
                 continue;
             }
-            let target = CLIENTS.iter().take(2).find_map(|(c, _)| {
+            let target = CLIENTS.iter().take(3).find_map(|(c, _)| {
                 let v = s.get(&(p.to_string(), scen.to_owned(), c.to_string()))?;
                 let t = v["target"].as_str()?;
                 t.strip_prefix(">= ")?.trim_end_matches('x').parse().ok()
