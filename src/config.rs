@@ -263,7 +263,9 @@ impl Builder {
     ///   the channel while 1 MiB of those of 1 KiB and up waits there, and reads no more
     ///   while its burst holds 1 MiB, so large messages cannot pile up 64 deep. What waits
     ///   stays below about `incoming_queue` KiB of small messages plus 2 MiB and two
-    ///   messages of `max_message_size`. Defaults to 64.
+    ///   messages of `max_message_size`; while your thread takes nothing at all, one more
+    ///   message goes in after 0.1 s, 0.2 s, 0.4 s, … (that is how a dropped receiver is
+    ///   noticed). Defaults to 64.
     /// - Callback style, and pull style in batches ([`connect_batches`](Self::connect_batches)):
     ///   the I/O thread hands events over in batches of up to this many events or 1 MiB
     ///   of payload; one batch waits while another is

@@ -4,7 +4,8 @@
 //! them over through an [`Outlet`]:
 //! - **pull style**: the caller's `Receiver<Event>`, one channel slot per event, since the
 //!   caller owns that receiver and may `select!` on it;
-//! - **callback style**: the receiver is the crate's own callback thread, so a whole burst
+//! - **callback style**, and **pull style in batches** ([`EventBatches`]): the receiver is
+//!   the crate's own callback thread or a caller who asked for batches, so a whole burst
 //!   goes over as one `Vec<Event>`. One channel operation (and at most one wake-up) per
 //!   burst instead of per message; the emptied vectors come back for reuse, and nothing is
 //!   allocated for the queue until events flow.
@@ -38,8 +39,8 @@ const COUNTED: usize = 1 << 10;
 pub(crate) enum Outlet {
     /// Pull style: the caller's channel.
     Events(Pull),
-    /// Callback style: at most one batch waits in `tx` while the callback thread runs
-    /// another; `spare` brings the emptied vectors back.
+    /// Callback style and pull style in batches: at most one batch waits in `tx` while
+    /// the consumer works through another; `spare` brings the emptied vectors back.
     Batches {
         tx: Sender<Vec<Event>>,
         spare: Receiver<Vec<Event>>,
@@ -57,6 +58,13 @@ pub(crate) enum Outlet {
 /// So the I/O thread also counts the bytes it has put in the channel. It cannot be woken
 /// when the caller takes a message from a channel that is not full, but it can tell how
 /// many are left (`len`), so it knows which of the messages it sent are gone.
+///
+/// Nor can it tell that the caller dropped the receiver (crossbeam says so only to a send),
+/// and a connection whose events nobody wants must go on (its events discarded). So
+/// while the channel stays shut by bytes with nothing taken, the I/O thread sends one more
+/// message as a probe after [`PROBE_FIRST`], then after twice as long each time: a
+/// stalled consumer gets a handful of extra messages over hours, and a dropped receiver
+/// is found within about as long as the consumer had stalled before dropping it.
 pub(crate) struct Pull {
     tx: Sender<Event>,
     /// Events sent so far.
@@ -66,7 +74,18 @@ pub(crate) struct Pull {
     counted: VecDeque<(u64, usize)>,
     /// Their payload bytes in total.
     bytes: usize,
+    /// The receiver is gone: nothing is counted any more.
+    gone: bool,
+    /// Events taken when the consumer was last seen making progress (or probed), when,
+    /// and how long to wait from then before the next probe.
+    taken_seen: u64,
+    seen_at: Option<Instant>,
+    probe_gap: Duration,
 }
+
+/// How long the pull channel stays shut by bytes, with nothing taken, before the I/O
+/// thread probes whether the receiver is still there (see [`Pull`]).
+const PROBE_FIRST: Duration = Duration::from_millis(100);
 
 impl Pull {
     pub fn new(tx: Sender<Event>) -> Self {
@@ -75,13 +94,40 @@ impl Pull {
             sent: 0,
             counted: VecDeque::new(),
             bytes: 0,
+            gone: false,
+            taken_seen: 0,
+            seen_at: None,
+            probe_gap: PROBE_FIRST,
+        }
+    }
+
+    /// Events the consumer has taken.
+    fn taken(&self) -> u64 {
+        self.sent - self.tx.len() as u64
+    }
+
+    /// Whether it is time to probe for a dropped receiver: the channel has been shut by
+    /// bytes, with nothing taken, for the current probe gap.
+    fn probe_due(&mut self, now: Instant) -> bool {
+        let taken = self.taken();
+        match self.seen_at {
+            Some(at) if taken == self.taken_seen => now >= at + self.probe_gap,
+            _ => {
+                self.taken_seen = taken;
+                self.seen_at = Some(now);
+                self.probe_gap = PROBE_FIRST;
+                false
+            }
         }
     }
 
     /// Payload bytes in the channel, counting only messages of [`COUNTED`] bytes and up.
     fn bytes_waiting(&mut self) -> usize {
+        if self.gone {
+            return 0;
+        }
         if !self.counted.is_empty() {
-            let taken = self.sent - self.tx.len() as u64; // events the consumer has taken
+            let taken = self.taken();
             while let Some(&(seq, len)) = self.counted.front() {
                 if seq >= taken {
                     break;
@@ -301,6 +347,40 @@ impl Outlet {
         }
     }
 
+    /// While [`held_by_bytes`](Self::held_by_bytes): sends the front of `pending` anyway
+    /// if a probe for a dropped receiver is due (see [`Pull`]). `Err` carries the events
+    /// dropped because the receiver is gone.
+    pub fn probe(&mut self, pending: &mut VecDeque<Event>, now: Instant) -> Result<(), Vec<Event>> {
+        let Outlet::Events(pull) = self else {
+            return Ok(());
+        };
+        if !pull.probe_due(now) {
+            return Ok(());
+        }
+        let Some(event) = pending.pop_front() else {
+            return Ok(());
+        };
+        pull.seen_at = Some(now);
+        pull.probe_gap *= 2;
+        let len = payload_len(&event);
+        match pull.tx.try_send(event) {
+            Ok(()) => {
+                pull.sent(len);
+                Ok(())
+            }
+            Err(TrySendError::Full(event)) => {
+                pending.push_front(event);
+                Ok(())
+            }
+            Err(TrySendError::Disconnected(event)) => {
+                pull.gone = true;
+                let mut gone = vec![event];
+                gone.extend(pending.drain(..));
+                Err(gone)
+            }
+        }
+    }
+
     /// Moves events from the front of `pending` over, in order, as many as fit now.
     /// `Err` carries the events dropped because the consumer is gone.
     pub fn push(&mut self, pending: &mut VecDeque<Event>) -> Result<(), Vec<Event>> {
@@ -318,6 +398,7 @@ impl Outlet {
                             return Ok(());
                         }
                         Err(TrySendError::Disconnected(event)) => {
+                            pull.gone = true;
                             let mut gone = vec![event];
                             gone.extend(pending.drain(..));
                             return Err(gone);
@@ -367,6 +448,7 @@ impl Outlet {
                         Waited::Sent
                     }
                     Selected::Disconnected(event) => {
+                        pull.gone = true;
                         let mut gone = vec![event];
                         gone.extend(pending.drain(..));
                         Waited::Gone(gone)
@@ -482,6 +564,44 @@ mod tests {
         assert!(!pull.burst_full(BURST - 1, BATCH_BYTES - 1));
         assert!(pull.burst_full(BURST, 0));
         assert!(pull.burst_full(1, BATCH_BYTES));
+    }
+
+    #[test]
+    fn a_probe_for_a_dropped_receiver_is_due_after_a_stall_and_backs_off() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let mut outlet = Outlet::Events(Pull::new(tx));
+        let mut pending: VecDeque<Event> = (0..5).map(|i| msg(i, 600 << 10)).collect();
+        outlet.push(&mut pending).unwrap();
+        assert!(outlet.held_by_bytes());
+        assert_eq!(rx.len(), 2);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut probe =
+            |outlet: &mut Outlet, at| outlet.probe(&mut pending, at).ok().map(|()| rx.len());
+        assert_eq!(probe(&mut outlet, t0), Some(2), "the stall starts now");
+        assert_eq!(probe(&mut outlet, ms(99)), Some(2));
+        assert_eq!(
+            probe(&mut outlet, ms(100)),
+            Some(3),
+            "one more message goes over"
+        );
+        assert_eq!(
+            probe(&mut outlet, ms(299)),
+            Some(3),
+            "the next waits twice as long"
+        );
+        assert_eq!(probe(&mut outlet, ms(300)), Some(4));
+        // Progress resets the stall.
+        first_byte(&rx.try_recv().unwrap());
+        assert_eq!(probe(&mut outlet, ms(1000)), Some(3));
+        assert_eq!(probe(&mut outlet, ms(1099)), Some(3));
+        // A dropped receiver: the next probe finds out, and nothing is held any more.
+        drop(rx);
+        match outlet.probe(&mut pending, ms(1100)) {
+            Err(events) => assert_eq!(events.len(), 1),
+            Ok(()) => panic!("the receiver is gone"),
+        }
+        assert!(!outlet.held_by_bytes());
     }
 
     #[test]

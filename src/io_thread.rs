@@ -715,6 +715,11 @@ impl IoThread {
         };
         let blocked = Instant::now();
         if io.outlet.held_by_bytes() {
+            if let Err(gone) = io.outlet.probe(&mut io.pending, blocked) {
+                io.discard(gone);
+                io.recount_pending();
+                return Ok(());
+            }
             // Nothing wakes this thread when the caller takes a message: look again after
             // a nap that doubles while the caller stays behind, or at once on a command.
             io.nap = (io.nap * 2).clamp(NAP_MIN, NAP_MAX);

@@ -585,6 +585,37 @@ fn default_limits_are_bounded() {
     server.join();
 }
 
+/// As below, with large messages: the receiver is dropped while its channel is shut by
+/// the bytes in it (not by its slots), which no channel operation reports; the I/O
+/// thread's probe finds out, and the connection goes on.
+#[test]
+fn dropping_the_event_receiver_while_large_messages_wait_does_not_block_the_connection() {
+    let _g = shared();
+    const LEN: usize = 256 << 10;
+    let server = server(|mut ws| {
+        for i in 0..40u8 {
+            ws.send(tungstenite::Message::binary(vec![i; LEN])).unwrap();
+        }
+        let m = ws.read().expect("server: a message after the flood");
+        ws.send(m).unwrap();
+        read_until_close(&mut ws).1
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    // Let the channel fill up to its byte bound: Open and four messages of 256 KiB.
+    assert!(
+        eventually(WAIT, || events.len() >= 5),
+        "{} events waiting",
+        events.len()
+    );
+    drop(events);
+    ws.send("still works").unwrap();
+    ws.close_with(3004, "").unwrap();
+    let c = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert!(c.was_clean && c.code == 3004, "{c:?}");
+    drop(ws);
+    assert_eq!(server.join().map(|f| u16::from(f.code)), Some(3004));
+}
+
 /// Pull style: a program that drops its receiver still has a working connection (events
 /// are discarded, nothing blocks).
 #[test]
