@@ -29,11 +29,53 @@ pub(crate) struct Transport {
     raw_at: usize,
     /// The application bytes the batch carries, reported once it is all out.
     raw_app_bytes: usize,
-    /// Bytes read from a plain socket ahead of tungstenite, and how many of them it took
-    /// (see [`Transport::read_ahead`]); off during the opening handshake.
-    ahead_on: bool,
-    ahead: Vec<u8>,
-    ahead_at: usize,
+    /// Small reads of a plain socket, once the connection is open.
+    ahead: ReadAhead,
+}
+
+/// Bytes read from a plain socket ahead of tungstenite.
+///
+/// tungstenite reads into the free capacity of its read buffer. While messages split off
+/// that buffer are alive (a consumer has not dropped them yet), it cannot reuse the space
+/// and reserves a new buffer sized for the next frame, often a few hundred bytes: a flood
+/// of small messages would cost a system call per handful of messages. A small read is
+/// served from one `recv` of [`AHEAD`] bytes instead, and the buffer is released once the
+/// socket is drained, so an idle connection holds none. Off during the opening handshake,
+/// whose small reads would otherwise make every connection touch (and keep resident) a
+/// buffer it may never need.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    on: bool,
+    buf: Vec<u8>,
+    /// How much of `buf` was handed out.
+    at: usize,
+}
+
+impl ReadAhead {
+    fn is_empty(&self) -> bool {
+        self.at == self.buf.len()
+    }
+
+    fn read(&mut self, tcp: &mut TcpStream, out: &mut [u8]) -> io::Result<usize> {
+        if self.is_empty() {
+            if out.len() >= AHEAD || !self.on {
+                return tcp.read(out);
+            }
+            self.buf.resize(AHEAD, 0);
+            self.at = 0;
+            match tcp.read(&mut self.buf) {
+                Ok(n) => self.buf.truncate(n),
+                Err(e) => {
+                    self.buf = Vec::new();
+                    return Err(e);
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// The size of the read-ahead buffer; tungstenite's reads of this size and up go straight
@@ -104,9 +146,7 @@ impl Transport {
             raw: Vec::new(),
             raw_at: 0,
             raw_app_bytes: 0,
-            ahead_on: false,
-            ahead: Vec::new(),
-            ahead_at: 0,
+            ahead: ReadAhead::default(),
         })
     }
 
@@ -167,11 +207,9 @@ impl Transport {
         Ok(Some(std::mem::take(&mut self.raw_app_bytes)))
     }
 
-    /// The connection is open: small reads may go through the read-ahead buffer from now
-    /// on. (Not before: the handshake's small reads would make every connection touch,
-    /// and keep resident, a buffer it may never need.)
+    /// The connection is open: small reads may go through a [`ReadAhead`] from now on.
     pub fn start_read_ahead(&mut self) {
-        self.ahead_on = true;
+        self.ahead.on = true;
     }
 
     /// After the opening handshake: whether there may be something to read that no
@@ -183,7 +221,7 @@ impl Transport {
     pub fn may_have_data(&mut self) -> bool {
         if matches!(self.stream, Stream::Tls(_))
             || self.head.tail != Some(0)
-            || self.ahead_at < self.ahead.len()
+            || !self.ahead.is_empty()
         {
             return true;
         }
@@ -191,44 +229,10 @@ impl Transport {
     }
 }
 
-impl Transport {
-    /// Reads a plain socket for tungstenite, through a buffer when it asks for little.
-    ///
-    /// tungstenite reads into the free capacity of its read buffer. While messages split
-    /// off that buffer are alive (a consumer has not dropped them yet), it cannot reuse
-    /// the space and reserves a new buffer sized for the next frame, often a few hundred
-    /// bytes: a flood of small messages would cost a system call per handful of messages.
-    /// A small read is served from one `recv` of [`AHEAD`] bytes instead, and the buffer
-    /// is released once the socket is drained, so an idle connection holds none.
-    fn read_ahead(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Stream::Plain(tcp) = &mut self.stream else {
-            unreachable!("TLS reads go through rustls, which buffers records itself")
-        };
-        if self.ahead_at == self.ahead.len() {
-            if buf.len() >= AHEAD || !self.ahead_on {
-                return tcp.read(buf);
-            }
-            self.ahead.resize(AHEAD, 0);
-            self.ahead_at = 0;
-            match tcp.read(&mut self.ahead) {
-                Ok(n) => self.ahead.truncate(n),
-                Err(e) => {
-                    self.ahead = Vec::new();
-                    return Err(e);
-                }
-            }
-        }
-        let n = buf.len().min(self.ahead.len() - self.ahead_at);
-        buf[..n].copy_from_slice(&self.ahead[self.ahead_at..self.ahead_at + n]);
-        self.ahead_at += n;
-        Ok(n)
-    }
-}
-
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = match &mut self.stream {
-            Stream::Plain(_) => self.read_ahead(buf)?,
+            Stream::Plain(s) => self.ahead.read(s, buf)?,
             Stream::Tls(s) => s.read(buf)?,
         };
         // Only until the head's end is seen, plus a counter: one comparison per read after.
@@ -468,7 +472,11 @@ mod tests {
         // Drained: the next read says so, and the buffer is given back.
         let e = t.read(&mut [0; 8]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::WouldBlock);
-        assert_eq!(t.ahead.capacity(), 0, "the read-ahead buffer is released");
+        assert_eq!(
+            t.ahead.buf.capacity(),
+            0,
+            "the read-ahead buffer is released"
+        );
     }
 
     #[test]
@@ -477,7 +485,11 @@ mod tests {
         let head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
         peer.write_all(head).unwrap();
         assert_eq!(read_all(&mut t, 4, head.len()), head);
-        assert_eq!(t.ahead.capacity(), 0, "no read-ahead during the handshake");
+        assert_eq!(
+            t.ahead.buf.capacity(),
+            0,
+            "no read-ahead during the handshake"
+        );
     }
 
     fn tail_of(chunks: &[&[u8]]) -> Option<usize> {
