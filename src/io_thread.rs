@@ -778,8 +778,8 @@ const COPY_FIRST: usize = 8;
 /// the first few of its burst, which is every message of a quiet connection, gets an
 /// allocation of its own size; the rest of a flood stays where it was read.
 ///
-/// (Copying every small payload of a flood into blocks shared per burst was measured
-/// too: 0.42-0.48x raw tungstenite unpinned against 0.51-0.52x for leaving them in place.)
+/// (Copying every small payload of a flood into a block per burst was measured too, twice,
+/// and was slower than leaving them in place: see `benches/compare/README.md`.)
 fn own_small(payload: Bytes, nth: usize) -> Bytes {
     if nth < COPY_FIRST && payload.len() <= OWN_BELOW {
         Bytes::copy_from_slice(&payload)
