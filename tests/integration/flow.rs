@@ -181,6 +181,26 @@ fn flooding_server(
     (server, blocked_rx)
 }
 
+/// Takes Open, the `n` messages of `flooding_server(n, len)` in order, and its clean close.
+fn assert_whole_flood_then_close(
+    events: &crossbeam_channel::Receiver<Event>,
+    n: usize,
+    len: usize,
+) {
+    assert!(matches!(next_event(events), Event::Open));
+    for i in 0..n {
+        match next_event(events) {
+            Event::Message(m) => assert_eq!(m.as_bytes(), flood_payload(i, len), "message {i}"),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    let evs = events_until_close(events);
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.was_clean && c.code == 1005),
+        "{evs:?}"
+    );
+}
+
 /// Incoming backpressure: with a queue of 4 and a consumer that does not read, the server's
 /// writes block (TCP pushes back), memory stays bounded, and everything arrives in order
 /// once the consumer reads.
@@ -203,18 +223,7 @@ fn incoming_queue_bound_pushes_back_on_the_server() {
         "the event queue is bounded: {}",
         events.len()
     );
-    assert!(matches!(next_event(&events), Event::Open));
-    for i in 0..N {
-        match next_event(&events) {
-            Event::Message(m) => assert_eq!(m.as_bytes(), flood_payload(i, LEN), "message {i}"),
-            other => panic!("message {i}: {other:?}"),
-        }
-    }
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Close(c)] if c.was_clean && c.code == 1005),
-        "{evs:?}"
-    );
+    assert_whole_flood_then_close(&events, N, LEN);
     drop(ws);
     assert_eq!(server.join(), Some(blocked_at));
 }
@@ -245,18 +254,7 @@ fn large_messages_fill_the_pull_channel_by_bytes_not_by_slots() {
         blocked_at < 40,
         "the server blocked only at message {blocked_at}"
     );
-    assert!(matches!(next_event(&events), Event::Open));
-    for i in 0..N {
-        match next_event(&events) {
-            Event::Message(m) => assert_eq!(m.as_bytes(), flood_payload(i, LEN), "message {i}"),
-            other => panic!("message {i}: {other:?}"),
-        }
-    }
-    let evs = events_until_close(&events);
-    assert!(
-        matches!(evs.as_slice(), [Event::Close(c)] if c.was_clean && c.code == 1005),
-        "{evs:?}"
-    );
+    assert_whole_flood_then_close(&events, N, LEN);
     drop(ws);
     assert_eq!(server.join(), Some(blocked_at));
 }

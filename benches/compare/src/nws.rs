@@ -63,6 +63,62 @@ fn idle_for<H>(ws: &WebSocket<H>, d: Duration) -> Res<Idle> {
     })
 }
 
+/// The main thread computes for `d` while the connection's threads answer the server's
+/// pings (busy_main); returns how long it computed.
+fn busy_for<H>(ws: &WebSocket<H>, d: Duration) -> Res<Duration> {
+    let t0 = Instant::now();
+    black_box(burn(t0 + d));
+    let wall = t0.elapsed();
+    close(ws)?;
+    Ok(wall)
+}
+
+/// RSS before, with `n` idle connections from `connect`, and after one echo on each
+/// (`answer` takes one connection's echo).
+fn rss_of<H, C>(
+    n: usize,
+    connect: impl Fn() -> Res<(WebSocket<H>, C)>,
+    answer: impl Fn(&C) -> Res<()>,
+) -> Res<RssOut> {
+    {
+        // Warm-up: lazy statics, the allocator's first arenas.
+        let (ws, c) = connect()?;
+        ws.send(RTT_PAYLOAD)?;
+        answer(&c)?;
+        close(&ws)?;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let kib0 = sys::rss_kib();
+    sys::dump_smaps("0-before");
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(connect()?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let kib_idle = sys::rss_kib();
+    sys::dump_smaps("1-idle");
+    for (ws, _) in &conns {
+        ws.send(RTT_PAYLOAD)?;
+    }
+    for (_, c) in &conns {
+        answer(c)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let kib_after = sys::rss_kib();
+    sys::dump_smaps("2-after");
+    for (ws, _) in &conns {
+        ws.close()?;
+    }
+    for (ws, _) in &conns {
+        ws.wait_closed_timeout(WAIT).ok_or("close timed out")?;
+    }
+    Ok(RssOut {
+        kib0,
+        kib_idle,
+        kib_after,
+    })
+}
+
 // ---------------------------------------------------------------------------- pull style
 
 pub mod pull {
@@ -115,51 +171,15 @@ pub mod pull {
 
     pub fn busy(url: &str, d: Duration) -> Res<Duration> {
         let (ws, _events) = builder().connect_pull(url)?;
-        let t0 = Instant::now();
-        black_box(burn(t0 + d));
-        let wall = t0.elapsed();
-        close(&ws)?;
-        Ok(wall)
+        busy_for(&ws, d)
     }
 
     pub fn rss(url: &str, n: usize) -> Res<RssOut> {
-        {
-            // Warm-up: lazy statics, the allocator's first arenas.
-            let (ws, events) = builder().connect_pull(url)?;
-            ws.send(RTT_PAYLOAD)?;
-            next_message(&events)?;
-            close(&ws)?;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let kib0 = sys::rss_kib();
-        sys::dump_smaps("0-before");
-        let mut conns = Vec::with_capacity(n);
-        for _ in 0..n {
-            conns.push(builder().connect_pull(url)?);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let kib_idle = sys::rss_kib();
-        sys::dump_smaps("1-idle");
-        for (ws, _) in &conns {
-            ws.send(RTT_PAYLOAD)?;
-        }
-        for (_, events) in &conns {
-            next_message(events)?;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let kib_after = sys::rss_kib();
-        sys::dump_smaps("2-after");
-        for (ws, _) in &conns {
-            ws.close()?;
-        }
-        for (ws, _) in &conns {
-            ws.wait_closed_timeout(WAIT).ok_or("close timed out")?;
-        }
-        Ok(RssOut {
-            kib0,
-            kib_idle,
-            kib_after,
-        })
+        rss_of(
+            n,
+            || Ok(builder().connect_pull(url)?),
+            |events| next_message(events).map(drop),
+        )
     }
 }
 
@@ -254,51 +274,15 @@ pub mod batches {
 
     pub fn busy(url: &str, d: Duration) -> Res<Duration> {
         let (ws, _batches) = builder().connect_batches(url)?;
-        let t0 = Instant::now();
-        black_box(burn(t0 + d));
-        let wall = t0.elapsed();
-        close(&ws)?;
-        Ok(wall)
+        busy_for(&ws, d)
     }
 
     pub fn rss(url: &str, n: usize) -> Res<RssOut> {
-        {
-            // Warm-up: lazy statics, the allocator's first arenas.
-            let (ws, batches) = builder().connect_batches(url)?;
-            ws.send(RTT_PAYLOAD)?;
-            next_message_len(&batches)?;
-            close(&ws)?;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let kib0 = sys::rss_kib();
-        sys::dump_smaps("0-before");
-        let mut conns = Vec::with_capacity(n);
-        for _ in 0..n {
-            conns.push(builder().connect_batches(url)?);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let kib_idle = sys::rss_kib();
-        sys::dump_smaps("1-idle");
-        for (ws, _) in &conns {
-            ws.send(RTT_PAYLOAD)?;
-        }
-        for (_, batches) in &conns {
-            next_message_len(batches)?;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let kib_after = sys::rss_kib();
-        sys::dump_smaps("2-after");
-        for (ws, _) in &conns {
-            ws.close()?;
-        }
-        for (ws, _) in &conns {
-            ws.wait_closed_timeout(WAIT).ok_or("close timed out")?;
-        }
-        Ok(RssOut {
-            kib0,
-            kib_idle,
-            kib_after,
-        })
+        rss_of(
+            n,
+            || Ok(builder().connect_batches(url)?),
+            |batches| next_message_len(batches).map(drop),
+        )
     }
 }
 
@@ -425,50 +409,15 @@ pub mod callback {
     pub fn busy(url: &str, d: Duration) -> Res<Duration> {
         let (tx, _rx) = cb::unbounded();
         let ws = builder().connect(url, Count::new(u64::MAX, tx))?;
-        let t0 = Instant::now();
-        black_box(burn(t0 + d));
-        let wall = t0.elapsed();
-        close(&ws)?;
-        Ok(wall)
+        busy_for(&ws, d)
     }
 
     pub fn rss(url: &str, n: usize) -> Res<RssOut> {
         let (tx, rx) = cb::unbounded();
-        {
-            let ws = builder().connect(url, Count::new(1, tx.clone()))?;
-            ws.send(RTT_PAYLOAD)?;
-            wait(&rx)?;
-            close(&ws)?;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let kib0 = sys::rss_kib();
-        sys::dump_smaps("0-before");
-        let mut conns = Vec::with_capacity(n);
-        for _ in 0..n {
-            conns.push(builder().connect(url, Count::new(1, tx.clone()))?);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let kib_idle = sys::rss_kib();
-        sys::dump_smaps("1-idle");
-        for ws in &conns {
-            ws.send(RTT_PAYLOAD)?;
-        }
-        for _ in 0..n {
-            wait(&rx)?;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let kib_after = sys::rss_kib();
-        sys::dump_smaps("2-after");
-        for ws in &conns {
-            ws.close()?;
-        }
-        for ws in &conns {
-            ws.wait_closed_timeout(WAIT).ok_or("close timed out")?;
-        }
-        Ok(RssOut {
-            kib0,
-            kib_idle,
-            kib_after,
-        })
+        rss_of(
+            n,
+            || Ok((builder().connect(url, Count::new(1, tx.clone()))?, ())),
+            |()| wait(&rx),
+        )
     }
 }
