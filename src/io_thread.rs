@@ -519,7 +519,9 @@ impl IoThread {
                 // Read at once only if something may be waiting; an idle connection then
                 // never touches its read buffer.
                 self.io.readable = ws.get_mut().may_have_data();
-                ws.get_mut().start_read_ahead();
+                let config = &self.io.shared.config;
+                let fast_max = config.max_message_size.min(config.max_frame_size);
+                ws.get_mut().start_read_ahead(Some(fast_max));
                 self.phase = Phase::Open(ws);
                 Ok(())
             }
@@ -1003,7 +1005,7 @@ impl Io {
 
     fn read(&mut self, ws: &mut Ws) -> Result<(), End> {
         // Bounded, so queued sends and timers get a turn during a flood.
-        let mut budget = 256;
+        let mut budget: usize = 256;
         while self.readable && budget > 0 {
             if self.pending_full() {
                 self.deliver_pending();
@@ -1013,19 +1015,8 @@ impl Io {
             }
             budget -= 1;
             match ws.read() {
-                Ok(tungstenite::Message::Text(t)) => {
-                    let text = Text(if self.pending.len() < COPY_FIRST && t.len() <= OWN_BELOW {
-                        tungstenite::Utf8Bytes::from(t.as_str()) // a copy, as in `own_small`
-                    } else {
-                        t
-                    });
-                    if let Some(msg) = crate::json::route_reply(&self.shared, Message::Text(text)) {
-                        self.emit(Event::Message(msg));
-                    }
-                }
-                Ok(tungstenite::Message::Binary(b)) => {
-                    let b = own_small(b, self.pending.len());
-                    self.emit(Event::Message(Message::Binary(Binary(b))));
+                Ok(m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
+                    self.message(m);
                 }
                 Ok(tungstenite::Message::Ping(p)) => {
                     log::trace!("ping {p:?}");
@@ -1045,7 +1036,16 @@ impl Io {
                 Ok(tungstenite::Message::Close(frame)) => self.peer_closed(frame),
                 Ok(tungstenite::Message::Frame(_)) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.readable = false;
+                    // The transport's fast path may have taken simple frames instead of
+                    // tungstenite: they come right after what tungstenite returned.
+                    let (fast, yielded) = ws.get_mut().take_fast();
+                    for m in fast {
+                        budget = budget.saturating_sub(1);
+                        self.message(m);
+                    }
+                    if !yielded {
+                        self.readable = false;
+                    }
                 }
                 Err(tungstenite::Error::ConnectionClosed) => {
                     // Both Close frames went by and the server ended the TCP stream.
@@ -1062,6 +1062,27 @@ impl Io {
         }
         self.deliver_pending();
         Ok(())
+    }
+
+    /// A text or binary message, from tungstenite or from the transport's fast path.
+    fn message(&mut self, m: tungstenite::Message) {
+        match m {
+            tungstenite::Message::Text(t) => {
+                let text = Text(if self.pending.len() < COPY_FIRST && t.len() <= OWN_BELOW {
+                    tungstenite::Utf8Bytes::from(t.as_str()) // a copy, as in `own_small`
+                } else {
+                    t
+                });
+                if let Some(msg) = crate::json::route_reply(&self.shared, Message::Text(text)) {
+                    self.emit(Event::Message(msg));
+                }
+            }
+            tungstenite::Message::Binary(b) => {
+                let b = own_small(b, self.pending.len());
+                self.emit(Event::Message(Message::Binary(Binary(b))));
+            }
+            _ => {}
+        }
     }
 
     fn peer_closed(&mut self, frame: Option<CloseFrame>) {

@@ -190,6 +190,7 @@
 mod config;
 mod delivery;
 mod error;
+mod frames;
 mod framing;
 mod handler;
 mod io_thread;

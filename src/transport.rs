@@ -1,7 +1,10 @@
 //! The byte stream under the WebSocket: plain TCP or rustls over TCP, always non-blocking.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, OnceLock};
+
+use bytes::{Buf, BytesMut};
 
 use mio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -14,6 +17,7 @@ use rustls::{
 };
 
 use crate::error::Error;
+use crate::frames::{frame_size, front, Front, Tracker};
 
 /// What the tungstenite `WebSocket` reads and writes. Both kinds of stream are
 /// non-blocking: reads and writes return `WouldBlock` and the I/O thread waits for
@@ -33,7 +37,7 @@ pub(crate) struct Transport {
     ahead: ReadAhead,
 }
 
-/// Bytes read from a plain socket ahead of tungstenite.
+/// Bytes read from a plain socket ahead of tungstenite, and the fast path.
 ///
 /// tungstenite reads into the free capacity of its read buffer. While messages split off
 /// that buffer are alive (a consumer has not dropped them yet), it cannot reuse the space
@@ -43,38 +47,133 @@ pub(crate) struct Transport {
 /// socket is drained, so an idle connection holds none. Off during the opening handshake,
 /// whose small reads would otherwise make every connection touch (and keep resident) a
 /// buffer it may never need.
+///
+/// With the fast path on ([`crate::frames`]), simple frames at the front of the buffer,
+/// met while tungstenite holds nothing, become messages here, split off the buffer
+/// without a copy; the read then returns `WouldBlock` with [`ReadAhead::yielded`] set, so
+/// that the I/O thread takes them (in order: tungstenite has returned everything before
+/// them) and reads on.
 #[derive(Debug, Default)]
 struct ReadAhead {
     on: bool,
-    buf: Vec<u8>,
-    /// How much of `buf` was handed out.
-    at: usize,
+    /// The largest payload the fast path may take (the configured limits), once on.
+    fast_max: Option<usize>,
+    buf: BytesMut,
+    /// The frames of every byte handed to tungstenite.
+    tracker: Tracker,
+    /// Messages taken by the fast path, for the I/O thread.
+    fast: VecDeque<tungstenite::Message>,
+    yielded: bool,
+    /// The socket reported its end while bytes were still buffered.
+    eof: bool,
 }
+
+/// At most this many fast-path messages per read, so that the I/O thread's bounds on
+/// what it holds apply.
+const FAST_BATCH: usize = 64;
 
 impl ReadAhead {
     fn is_empty(&self) -> bool {
-        self.at == self.buf.len()
+        self.buf.is_empty() && self.fast.is_empty()
     }
 
     fn read(&mut self, tcp: &mut TcpStream, out: &mut [u8]) -> io::Result<usize> {
-        if self.is_empty() {
-            if out.len() >= AHEAD || !self.on {
-                return tcp.read(out);
-            }
-            self.buf.resize(AHEAD, 0);
-            self.at = 0;
-            match tcp.read(&mut self.buf) {
-                Ok(n) => self.buf.truncate(n),
-                Err(e) => {
-                    self.buf = Vec::new();
-                    return Err(e);
+        if !self.on {
+            return tcp.read(out);
+        }
+        loop {
+            if let Some(max) = self.fast_max.filter(|_| self.tracker.at_boundary()) {
+                match front(&self.buf, max) {
+                    Front::Simple { .. } => {
+                        self.take_simple(max);
+                        self.yielded = true;
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Front::NeedMore if !self.eof => {
+                        if self.fill(tcp)? == 0 {
+                            self.eof = true;
+                        }
+                        continue;
+                    }
+                    Front::NeedMore | Front::Other(_) => {}
                 }
             }
+            if self.buf.is_empty() {
+                if self.eof {
+                    return Ok(0);
+                }
+                // A large read straight into tungstenite's buffer: inside a frame it is
+                // in, up to that frame's end (never while the fast path could take the
+                // next frame).
+                let direct = match self.tracker.to_frame_end() {
+                    Some(left) => usize::try_from(left).unwrap_or(usize::MAX).min(out.len()),
+                    None if self.fast_max.is_none() || !self.tracker.at_boundary() => out.len(),
+                    None => 0,
+                };
+                if direct >= AHEAD {
+                    let n = tcp.read(&mut out[..direct])?;
+                    self.tracker.feed(&out[..n]);
+                    return Ok(n);
+                }
+                if self.fill(tcp)? == 0 {
+                    return Ok(0);
+                }
+                continue;
+            }
+            // Hand bytes to tungstenite: up to the end of the frame it is in (or the one
+            // at the front), so that the next frame boundary is seen.
+            let frame_end = match self.tracker.to_frame_end() {
+                Some(left) => Some(left),
+                None if self.tracker.at_boundary() => frame_size(&self.buf),
+                None => None,
+            };
+            let mut n = out.len().min(self.buf.len());
+            if let Some(end) = frame_end {
+                n = n.min(usize::try_from(end).unwrap_or(usize::MAX));
+            }
+            out[..n].copy_from_slice(&self.buf[..n]);
+            self.buf.advance(n);
+            self.tracker.feed(&out[..n]);
+            return Ok(n);
         }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+    }
+
+    /// Takes the simple frames at the front of the buffer (at least one is there).
+    fn take_simple(&mut self, max: usize) {
+        for _ in 0..FAST_BATCH {
+            let Front::Simple { text, header, len } = front(&self.buf, max) else {
+                break;
+            };
+            self.buf.advance(header);
+            let payload = self.buf.split_to(len).freeze();
+            // (`front` checked the UTF-8: the conversion checks it again, and cannot fail.)
+            self.fast.push_back(match text {
+                true => match tungstenite::Utf8Bytes::try_from(payload.clone()) {
+                    Ok(t) => tungstenite::Message::Text(t),
+                    Err(_) => tungstenite::Message::Binary(payload),
+                },
+                false => tungstenite::Message::Binary(payload),
+            });
+        }
+    }
+
+    /// Appends what the socket holds, up to [`AHEAD`] bytes; `Ok(0)` at its end.
+    fn fill(&mut self, tcp: &mut TcpStream) -> io::Result<usize> {
+        let len = self.buf.len();
+        self.buf.resize(len + AHEAD, 0);
+        match tcp.read(&mut self.buf[len..]) {
+            Ok(n) => {
+                self.buf.truncate(len + n);
+                Ok(n)
+            }
+            Err(e) => {
+                self.buf.truncate(len);
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new(); // drained: release it
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -99,10 +198,11 @@ struct HeadScan {
 }
 
 impl HeadScan {
-    fn feed(&mut self, bytes: &[u8]) {
+    /// Follows `bytes`; returns where in them the tail starts, if they hold the head's end.
+    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
         if let Some(tail) = &mut self.tail {
             *tail += bytes.len();
-            return;
+            return Some(0);
         }
         for (i, &b) in bytes.iter().enumerate() {
             self.matched = match (self.matched, b) {
@@ -113,9 +213,10 @@ impl HeadScan {
             };
             if self.matched == 4 {
                 self.tail = Some(bytes.len() - i - 1);
-                return;
+                return Some(i + 1);
             }
         }
+        None
     }
 }
 
@@ -207,9 +308,23 @@ impl Transport {
         Ok(Some(std::mem::take(&mut self.raw_app_bytes)))
     }
 
-    /// The connection is open: small reads may go through a [`ReadAhead`] from now on.
-    pub fn start_read_ahead(&mut self) {
+    /// The connection is open: small reads may go through a [`ReadAhead`] from now on,
+    /// and with `fast_max` set, simple frames of up to that many bytes take the fast path.
+    pub fn start_read_ahead(&mut self, fast_max: Option<usize>) {
         self.ahead.on = true;
+        self.ahead.fast_max = fast_max;
+    }
+
+    /// The messages the fast path took, in order, and whether the read that returned
+    /// `WouldBlock` did so only to hand them over (the socket may hold more).
+    pub fn take_fast(
+        &mut self,
+    ) -> (
+        std::collections::vec_deque::Drain<'_, tungstenite::Message>,
+        bool,
+    ) {
+        let yielded = std::mem::take(&mut self.ahead.yielded);
+        (self.ahead.fast.drain(..), yielded)
     }
 
     /// After the opening handshake: whether there may be something to read that no
@@ -237,7 +352,10 @@ impl Read for Transport {
         };
         // Only until the head's end is seen, plus a counter: one comparison per read after.
         if self.head.tail.is_none() {
-            self.head.feed(&buf[..n]);
+            // Frames in the same read as the head's end are tungstenite's from the start.
+            if let Some(tail) = self.head.feed(&buf[..n]) {
+                self.ahead.tracker.feed(&buf[tail..n]);
+            }
         }
         Ok(n)
     }
@@ -459,7 +577,7 @@ mod tests {
     #[test]
     fn small_reads_through_the_read_ahead_buffer_keep_the_stream_intact() {
         let (mut t, mut peer) = loopback();
-        t.start_read_ahead();
+        t.start_read_ahead(None);
         let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         peer.write_all(&sent).unwrap();
         // Requests of every size below the buffer, then one large enough to bypass it.

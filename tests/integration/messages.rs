@@ -1,5 +1,6 @@
 //! Rule 3 (delivery), rule 8 (callback panics), rule 9 (pings), rule 10 (limits).
 
+use std::io::Write;
 use std::time::Duration;
 
 use nwebsocket::{Error, Event, Message, ReadyState, WebSocket};
@@ -146,6 +147,102 @@ fn fragmented_messages_are_reassembled() {
     drop(ws);
     let (_, close) = server.join();
     assert!(close.is_some(), "the server got the client's Close");
+}
+
+/// The transport takes simple frames (whole, final, small text or binary) out of the
+/// stream before tungstenite sees them, and leaves it everything else. Mixed together and
+/// written in pieces of 1 to 7 bytes, so that frames and headers straddle reads, every
+/// message still arrives once, in order, as tungstenite would read it.
+#[test]
+fn simple_and_other_frames_mixed_and_split_anywhere_arrive_in_order() {
+    fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![first];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+    let _g = shared();
+    let mut stream = Vec::new();
+    let mut expected: Vec<Message> = Vec::new();
+    for i in 0..300usize {
+        match i % 6 {
+            0 => {
+                let t = format!("text {i} h\u{e9}llo \u{2603}");
+                stream.extend(raw_frame(0x81, t.as_bytes()));
+                expected.push(t.into());
+            }
+            1 => {
+                let b = vec![i as u8; i % 50];
+                stream.extend(raw_frame(0x82, &b));
+                expected.push(b.into());
+            }
+            2 => {
+                // Fragmented, with a ping in between: tungstenite's.
+                stream.extend(raw_frame(0x01, format!("frag {i} ").as_bytes()));
+                stream.extend(raw_frame(0x89, b"ping"));
+                stream.extend(raw_frame(0x80, b"end"));
+                expected.push(format!("frag {i} end").into());
+            }
+            3 => {
+                // Above the fast path's size: tungstenite's.
+                let b = vec![(i % 251) as u8; 5000 + i];
+                stream.extend(raw_frame(0x82, &b));
+                expected.push(b.into());
+            }
+            4 => stream.extend(raw_frame(0x8A, b"unsolicited pong")),
+            _ => {
+                let b = vec![i as u8; 125];
+                stream.extend(raw_frame(0x82, &b));
+                expected.push(b.into());
+            }
+        }
+    }
+    let server = server(move |mut ws| {
+        let tcp = ws.get_mut();
+        tcp.set_nodelay(true).unwrap();
+        let mut at = 0;
+        for (k, piece) in std::iter::repeat([1usize, 3, 7, 2, 5, 4, 6])
+            .flatten()
+            .enumerate()
+        {
+            if at >= stream.len() {
+                break;
+            }
+            let end = (at + piece).min(stream.len());
+            tcp.write_all(&stream[at..end]).unwrap();
+            tcp.flush().unwrap();
+            at = end;
+            if k % 64 == 63 {
+                std::thread::yield_now(); // let the client read what is there
+            }
+        }
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .unwrap();
+        read_until_close(&mut ws)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    for (i, want) in expected.iter().enumerate() {
+        match next_event(&events) {
+            Event::Message(m) => assert_eq!(&m, want, "message {i}"),
+            other => panic!("message {i}: expected {want:?}, got {other:?}"),
+        }
+    }
+    match next_event(&events) {
+        Event::Close(c) => assert!(c.was_clean && c.code == 1000, "{c:?}"),
+        other => panic!("expected the Close, got {other:?}"),
+    }
+    drop(ws);
+    server.join();
 }
 
 #[test]
