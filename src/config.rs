@@ -34,7 +34,7 @@ pub struct Builder {
 }
 
 /// Pull style's default [`Builder::incoming_queue`]: channel slots allocated up front.
-pub(crate) const PULL_QUEUE: usize = 64;
+pub(crate) const PULL_QUEUE: usize = 128;
 /// Callback style's default [`Builder::incoming_queue`]: events per batch, allocated only
 /// while events flow.
 pub(crate) const CALLBACK_QUEUE: usize = 512;
@@ -261,11 +261,11 @@ impl Builder {
     ///   front, 64 bytes each), plus the events of one read burst (64) not yet in it.
     ///   Large messages are bounded in bytes too: the I/O thread puts no more messages in
     ///   the channel while 1 MiB of those of 1 KiB and up waits there, and reads no more
-    ///   while its burst holds 1 MiB, so large messages cannot pile up 64 deep. What waits
+    ///   while its burst holds 1 MiB, so large messages cannot fill every slot. What waits
     ///   stays below about `incoming_queue` KiB of small messages plus 2 MiB and two
     ///   messages of `max_message_size`; while your thread takes nothing at all, one more
     ///   message goes in after 0.1 s, 0.2 s, 0.4 s, … (that is how a dropped receiver is
-    ///   noticed). Defaults to 64.
+    ///   noticed). Defaults to 128.
     /// - Callback style, and pull style in batches ([`connect_batches`](Self::connect_batches)):
     ///   the I/O thread hands events over in batches of up to this many events or 1 MiB
     ///   of payload; one batch waits while another is

@@ -53,7 +53,7 @@ pub(crate) enum Outlet {
 /// Pull style's outlet: the caller's channel, and the payload bytes waiting in it.
 ///
 /// The channel bounds the number of events, but a few large messages can still run far
-/// ahead of a consumer: 64 slots of 1 MiB are 64 MiB of buffers that the allocator cannot
+/// ahead of a consumer: 128 slots of 1 MiB are 128 MiB of buffers that the allocator cannot
 /// reuse warm, and the page faults on fresh ones cost more than the copy from the socket.
 /// So the I/O thread also counts the bytes it has put in the channel. It cannot be woken
 /// when the caller takes a message from a channel that is not full, but it can tell how
