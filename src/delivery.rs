@@ -144,7 +144,8 @@ impl Pull {
         self.bytes_waiting() >= BATCH_BYTES && !self.tx.is_full()
     }
 
-    fn sent(&mut self, len: usize) {
+    /// Counts an event just put in the channel (`len` payload bytes).
+    fn record_sent(&mut self, len: usize) {
         if len >= COUNTED {
             self.counted.push_back((self.sent, len));
             self.bytes += len;
@@ -365,7 +366,7 @@ impl Outlet {
         let len = payload_len(&event);
         match pull.tx.try_send(event) {
             Ok(()) => {
-                pull.sent(len);
+                pull.record_sent(len);
                 Ok(())
             }
             Err(TrySendError::Full(event)) => {
@@ -392,7 +393,7 @@ impl Outlet {
                     };
                     let len = payload_len(&event);
                     match pull.tx.try_send(event) {
-                        Ok(()) => pull.sent(len),
+                        Ok(()) => pull.record_sent(len),
                         Err(TrySendError::Full(event)) => {
                             pending.push_front(event);
                             return Ok(());
@@ -444,7 +445,7 @@ impl Outlet {
                 let len = payload_len(&event);
                 match select_send(&pull.tx, commands, event, deadline) {
                     Selected::Sent => {
-                        pull.sent(len);
+                        pull.record_sent(len);
                         Waited::Sent
                     }
                     Selected::Disconnected(event) => {

@@ -161,21 +161,20 @@ pub(crate) fn front(buf: &[u8], max: usize) -> Front {
 mod tests {
     use super::*;
 
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+
+    /// An unmasked frame whose first byte is `first` (FIN, RSV bits, opcode), as
+    /// tungstenite writes it.
     fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![first];
-        match payload.len() {
-            n if n < 126 => f.push(n as u8),
-            n if n <= 0xFFFF => {
-                f.push(126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(payload);
-        f
+        let mut f = Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
+        let h = f.header_mut();
+        h.is_final = first & 0x80 != 0;
+        (h.rsv1, h.rsv2, h.rsv3) = (first & 0x40 != 0, first & 0x20 != 0, first & 0x10 != 0);
+        h.opcode = OpCode::from(first & 0x0F);
+        let mut out = Vec::new();
+        f.format(&mut out).unwrap();
+        out
     }
 
     #[test]

@@ -770,6 +770,12 @@ const OWN_BELOW: usize = 512;
 /// How many messages at the start of each read burst get their own allocation.
 const COPY_FIRST: usize = 8;
 
+/// Whether the payload (`len` bytes) of the `nth` message of a read burst gets an
+/// allocation of its own (see [`own_small`]).
+fn gets_own(len: usize, nth: usize) -> bool {
+    nth < COPY_FIRST && len <= OWN_BELOW
+}
+
 /// The payload of the `nth` message of a read burst, as it will be handed over.
 ///
 /// tungstenite splits each payload off its read buffer, so a payload keeps that whole
@@ -783,7 +789,7 @@ const COPY_FIRST: usize = 8;
 /// (Copying every small payload of a flood into a block per burst was measured too, twice,
 /// and was slower than leaving them in place: see `benches/compare/README.md`.)
 fn own_small(payload: Bytes, nth: usize) -> Bytes {
-    if nth < COPY_FIRST && payload.len() <= OWN_BELOW {
+    if gets_own(payload.len(), nth) {
         Bytes::copy_from_slice(&payload)
     } else {
         payload
@@ -1068,7 +1074,7 @@ impl Io {
     fn message(&mut self, m: tungstenite::Message) {
         match m {
             tungstenite::Message::Text(t) => {
-                let text = Text(if self.pending.len() < COPY_FIRST && t.len() <= OWN_BELOW {
+                let text = Text(if gets_own(t.len(), self.pending.len()) {
                     tungstenite::Utf8Bytes::from(t.as_str()) // a copy, as in `own_small`
                 } else {
                     t

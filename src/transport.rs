@@ -83,19 +83,16 @@ impl ReadAhead {
         }
         loop {
             if let Some(max) = self.fast_max.filter(|_| self.tracker.at_boundary()) {
-                match front(&self.buf, max) {
-                    Front::Simple { .. } => {
-                        self.take_simple(max);
-                        self.yielded = true;
-                        return Err(io::ErrorKind::WouldBlock.into());
+                let (taken, next) = self.take_simple(max);
+                if taken > 0 {
+                    self.yielded = true;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                if next == Front::NeedMore && !self.eof {
+                    if self.fill(tcp)? == 0 {
+                        self.eof = true;
                     }
-                    Front::NeedMore if !self.eof => {
-                        if self.fill(tcp)? == 0 {
-                            self.eof = true;
-                        }
-                        continue;
-                    }
-                    Front::NeedMore | Front::Other(_) => {}
+                    continue;
                 }
             }
             if self.buf.is_empty() {
@@ -138,12 +135,19 @@ impl ReadAhead {
         }
     }
 
-    /// Takes the simple frames at the front of the buffer (at least one is there).
-    fn take_simple(&mut self, max: usize) {
-        for _ in 0..FAST_BATCH {
-            let Front::Simple { text, header, len } = front(&self.buf, max) else {
-                break;
+    /// Takes the simple frames at the front of the buffer, up to [`FAST_BATCH`]; returns
+    /// how many, and what stopped it.
+    fn take_simple(&mut self, max: usize) -> (usize, Front) {
+        let mut taken = 0;
+        loop {
+            let next = front(&self.buf, max);
+            let Front::Simple { text, header, len } = next else {
+                return (taken, next);
             };
+            if taken == FAST_BATCH {
+                return (taken, next);
+            }
+            taken += 1;
             self.buf.advance(header);
             let payload = self.buf.split_to(len).freeze();
             // (`front` checked the UTF-8: the conversion checks it again, and cannot fail.)

@@ -27,6 +27,17 @@ fn all_events(batches: &EventBatches) -> (Vec<Event>, usize) {
     }
 }
 
+/// The messages among `events`.
+fn messages(events: &[Event]) -> Vec<&Message> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn a_flood_arrives_whole_and_in_order_in_batches_then_the_channel_ends() {
     let _g = shared();
@@ -53,13 +64,7 @@ fn a_flood_arrives_whole_and_in_order_in_batches_then_the_channel_ends() {
         "{:?}",
         events.last()
     );
-    let messages: Vec<&Message> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => Some(m),
-            _ => None,
-        })
-        .collect();
+    let messages = messages(&events);
     assert_eq!(messages.len(), N, "events: {}", events.len());
     assert_eq!(events.len(), N + 2, "only Open, the messages and Close");
     for (i, m) in messages.iter().enumerate() {
@@ -79,31 +84,7 @@ fn batches_nobody_takes_push_back_on_the_server() {
     let _g = shared();
     const N: usize = 4000;
     const LEN: usize = 16 << 10;
-    let (blocked_tx, blocked_rx) = nwebsocket::crossbeam_channel::bounded::<usize>(1);
-    let server = server(move |mut ws| {
-        ws.get_ref()
-            .set_write_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut blocked = None;
-        for i in 0..N {
-            let mut result = ws.send(tungstenite::Message::binary(vec![(i % 251) as u8; LEN]));
-            while let Err(tungstenite::Error::Io(e)) = &result {
-                assert!(matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ));
-                if blocked.is_none() {
-                    blocked = Some(i);
-                    blocked_tx.send(i).unwrap();
-                }
-                result = ws.flush();
-            }
-            result.unwrap();
-        }
-        ws.close(None).unwrap();
-        read_until_close(&mut ws);
-        blocked
-    });
+    let (server, blocked_rx) = flooding_server(N, LEN);
     let (ws, batches) = WebSocket::builder()
         .connect_batches(&server.url())
         .expect("connect");
@@ -118,21 +99,11 @@ fn batches_nobody_takes_push_back_on_the_server() {
     );
     assert!(batches.receiver().len() <= 1, "one batch waits at most");
     let (events, _) = all_events(&batches);
-    let payloads: Vec<u8> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => {
-                assert_eq!(m.len(), LEN);
-                Some(m.as_bytes()[0])
-            }
-            _ => None,
-        })
-        .collect();
-    assert_eq!(payloads.len(), N);
-    assert!(payloads
-        .iter()
-        .enumerate()
-        .all(|(i, &b)| b == (i % 251) as u8));
+    let messages = messages(&events);
+    assert_eq!(messages.len(), N);
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m.as_bytes(), flood_payload(i, LEN), "message {i}");
+    }
     drop(ws);
     assert_eq!(server.join(), Some(blocked_at));
 }

@@ -155,17 +155,14 @@ fn fragmented_messages_are_reassembled() {
 /// message still arrives once, in order, as tungstenite would read it.
 #[test]
 fn simple_and_other_frames_mixed_and_split_anywhere_arrive_in_order() {
+    /// A frame with first byte `first` (FIN and opcode), as tungstenite writes it.
     fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![first];
-        match payload.len() {
-            n if n < 126 => f.push(n as u8),
-            n => {
-                f.push(126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(payload);
-        f
+        let mut f = Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
+        f.header_mut().is_final = first & 0x80 != 0;
+        f.header_mut().opcode = OpCode::from(first & 0x0F);
+        let mut out = Vec::new();
+        f.format(&mut out).unwrap();
+        out
     }
     let _g = shared();
     let mut stream = Vec::new();

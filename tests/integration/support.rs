@@ -559,3 +559,54 @@ pub fn nth_expected(i: usize) -> Message {
         _ => unreachable!(),
     }
 }
+
+/// The `i`th message of [`flooding_server`]: `len` bytes, starting with `i`.
+pub fn flood_payload(i: usize, len: usize) -> Vec<u8> {
+    let mut v = vec![(i % 251) as u8; len];
+    v[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    v
+}
+
+/// A server that sends `n` binary messages of `len` bytes as fast as the client takes
+/// them, then closes. The receiver gets the index of the first message whose write
+/// blocked (TCP pushing back) and the server thread returns it too.
+pub fn flooding_server(
+    n: usize,
+    len: usize,
+) -> (Server<Option<usize>>, crossbeam_channel::Receiver<usize>) {
+    let (blocked_tx, blocked_rx) = crossbeam_channel::bounded::<usize>(1);
+    let server = server(move |mut ws| {
+        ws.get_ref()
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut blocked_at = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..n {
+            let mut result = ws.send(tungstenite::Message::binary(flood_payload(i, len)));
+            // On a timed-out write the frame stays buffered in tungstenite: flush again.
+            while let Err(tungstenite::Error::Io(e)) = &result {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ),
+                    "server: {e}"
+                );
+                assert!(Instant::now() < deadline, "server: stuck for a minute");
+                if blocked_at.is_none() {
+                    blocked_at = Some(i);
+                    blocked_tx.send(i).unwrap();
+                }
+                result = ws.flush();
+            }
+            result.expect("server: send");
+        }
+        ws.get_ref()
+            .set_write_timeout(Some(SOCKET_TIMEOUT))
+            .unwrap();
+        ws.close(None).unwrap();
+        read_until_close(&mut ws);
+        blocked_at
+    });
+    (server, blocked_rx)
+}

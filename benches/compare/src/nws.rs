@@ -63,6 +63,24 @@ fn idle_for<H>(ws: &WebSocket<H>, d: Duration) -> Res<Idle> {
     })
 }
 
+/// Sends `n` × `payload` and waits (`counted`) for the server's count of them (send_small);
+/// returns the wall time.
+fn send_burst<H>(
+    ws: &WebSocket<H>,
+    n: usize,
+    payload: &[u8],
+    counted: impl FnOnce() -> Res<()>,
+) -> Res<Duration> {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        ws.send(payload)?;
+    }
+    counted()?;
+    let wall = t0.elapsed();
+    close(ws)?;
+    Ok(wall)
+}
+
 /// The main thread computes for `d` while the connection's threads answer the server's
 /// pings (busy_main); returns how long it computed.
 fn busy_for<H>(ws: &WebSocket<H>, d: Duration) -> Res<Duration> {
@@ -154,14 +172,7 @@ pub mod pull {
 
     pub fn send(url: &str, n: usize, payload: &[u8]) -> Res<Duration> {
         let (ws, events) = builder().connect_pull(url)?;
-        let t0 = Instant::now();
-        for _ in 0..n {
-            ws.send(payload)?;
-        }
-        next_message(&events)?;
-        let wall = t0.elapsed();
-        close(&ws)?;
-        Ok(wall)
+        send_burst(&ws, n, payload, || next_message(&events).map(drop))
     }
 
     pub fn idle(url: &str, d: Duration) -> Res<Idle> {
@@ -257,14 +268,7 @@ pub mod batches {
 
     pub fn send(url: &str, n: usize, payload: &[u8]) -> Res<Duration> {
         let (ws, batches) = builder().connect_batches(url)?;
-        let t0 = Instant::now();
-        for _ in 0..n {
-            ws.send(payload)?;
-        }
-        next_message_len(&batches)?;
-        let wall = t0.elapsed();
-        close(&ws)?;
-        Ok(wall)
+        send_burst(&ws, n, payload, || next_message_len(&batches).map(drop))
     }
 
     pub fn idle(url: &str, d: Duration) -> Res<Idle> {
@@ -390,14 +394,7 @@ pub mod callback {
     pub fn send(url: &str, n: usize, payload: &[u8]) -> Res<Duration> {
         let (tx, rx) = cb::unbounded();
         let ws = builder().connect(url, Count::new(1, tx))?;
-        let t0 = Instant::now();
-        for _ in 0..n {
-            ws.send(payload)?;
-        }
-        wait(&rx)?;
-        let wall = t0.elapsed();
-        close(&ws)?;
-        Ok(wall)
+        send_burst(&ws, n, payload, || wait(&rx))
     }
 
     pub fn idle(url: &str, d: Duration) -> Res<Idle> {
