@@ -493,8 +493,28 @@ impl Outlet {
 /// back. No event is copied: `pending` only ever grows at the back and is emptied whole,
 /// so its buffer starts at the front and turns into a `Vec` as it is.
 fn take_batch(spare: &Receiver<Vec<Event>>, pending: &mut VecDeque<Event>) -> Vec<Event> {
-    let next = spare.try_recv().map(VecDeque::from).unwrap_or_default();
+    let next = spare
+        .try_recv()
+        .map(|mut v| {
+            claim(&mut v);
+            VecDeque::from(v)
+        })
+        .unwrap_or_default();
     Vec::from(std::mem::replace(pending, next))
+}
+
+/// Writes once over the whole of an emptied vector that came back from the consumer,
+/// before any event goes in.
+///
+/// The consumer's core read every cache line of it last, and a write to a line another
+/// core holds waits until that core lets go of it. Spread over a burst, one event at a
+/// time between the reads and parsing of each message, those waits come one after another
+/// and were most of the I/O thread's time when the consumer runs on the other core
+/// (unpinned stream_small, 0.77–0.87× → 0.88–0.96× of raw tungstenite). Written in one
+/// pass, the lines are fetched many at a time.
+fn claim(batch: &mut Vec<Event>) {
+    batch.resize_with(batch.capacity(), || Event::Open);
+    batch.clear();
 }
 
 /// Undoes [`take_batch`]: the batch's events go back to the front of `pending`, in order.
