@@ -177,6 +177,42 @@ fn server_vanishing_mid_connection_fails() {
     server.join();
 }
 
+/// The end of the stream in the middle of a large binary frame (which the transport reads
+/// into a buffer of its own): the same failure as anywhere else, and the partial frame is
+/// not delivered.
+#[test]
+fn server_vanishing_inside_a_large_frame_fails() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        ws.send(tungstenite::Message::text("last words")).unwrap();
+        let mut frame = Vec::new();
+        tungstenite::protocol::frame::Frame::message(
+            vec![7u8; 100_000],
+            tungstenite::protocol::frame::coding::OpCode::Data(
+                tungstenite::protocol::frame::coding::Data::Binary,
+            ),
+            true,
+        )
+        .format(&mut frame)
+        .unwrap();
+        ws.get_mut().write_all(&frame[..60_000]).unwrap();
+        // Drop the TCP connection 40 KB short of the frame's end.
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::connect(&server.url(), rec).expect("connect");
+    let recs = recs_until_close(&rx);
+    assert!(matches!(recs[0], Rec::Open { .. }), "{recs:?}");
+    assert!(
+        matches!(&recs[1], Rec::Message(m) if m.as_text() == Some("last words")),
+        "{recs:?}"
+    );
+    assert_failure_tail(&recs, |e| matches!(e, Error::Io(_)));
+    assert_eq!(recs.len(), 4, "{recs:?}");
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
+    server.join();
+}
+
 #[test]
 fn handshake_timeout_fails() {
     let _g = shared();

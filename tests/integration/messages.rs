@@ -149,21 +149,74 @@ fn fragmented_messages_are_reassembled() {
     assert!(close.is_some(), "the server got the client's Close");
 }
 
+/// A frame with first byte `first` (FIN and opcode), as tungstenite writes it.
+fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
+    f.header_mut().is_final = first & 0x80 != 0;
+    f.header_mut().opcode = OpCode::from(first & 0x0F);
+    let mut out = Vec::new();
+    f.format(&mut out).unwrap();
+    out
+}
+
+/// Serves `stream` raw after the handshake, in pieces of the sizes in `pieces` (in a
+/// cycle), then closes with 1000 and waits for the client's Close.
+fn serve_in_pieces(
+    stream: Vec<u8>,
+    pieces: &'static [usize],
+) -> Server<(Vec<tungstenite::Message>, Option<CloseFrame>)> {
+    server(move |mut ws| {
+        let tcp = ws.get_mut();
+        tcp.set_nodelay(true).unwrap();
+        let mut at = 0;
+        for (k, piece) in pieces.iter().cycle().enumerate() {
+            if at >= stream.len() {
+                break;
+            }
+            let end = (at + piece).min(stream.len());
+            tcp.write_all(&stream[at..end]).unwrap();
+            tcp.flush().unwrap();
+            at = end;
+            if k % 64 == 63 {
+                std::thread::yield_now(); // let the client read what is there
+            }
+        }
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .unwrap();
+        read_until_close(&mut ws)
+    })
+}
+
+/// Takes `expected` messages, in order, then a clean Close with 1000.
+fn expect_in_order(events: &nwebsocket::crossbeam_channel::Receiver<Event>, expected: &[Message]) {
+    assert!(matches!(next_event(events), Event::Open));
+    for (i, want) in expected.iter().enumerate() {
+        match next_event(events) {
+            Event::Message(m) => assert!(
+                &m == want,
+                "message {i}: expected {} bytes, got {} ({:?}...)",
+                want.len(),
+                m.len(),
+                &m.as_bytes()[..m.len().min(16)]
+            ),
+            other => panic!("message {i}: expected {want:?}, got {other:?}"),
+        }
+    }
+    match next_event(events) {
+        Event::Close(c) => assert!(c.was_clean && c.code == 1000, "{c:?}"),
+        other => panic!("expected the Close, got {other:?}"),
+    }
+}
+
 /// The transport takes simple frames (whole, final, small text or binary) out of the
 /// stream before tungstenite sees them, and leaves it everything else. Mixed together and
 /// written in pieces of 1 to 7 bytes, so that frames and headers straddle reads, every
 /// message still arrives once, in order, as tungstenite would read it.
 #[test]
 fn simple_and_other_frames_mixed_and_split_anywhere_arrive_in_order() {
-    /// A frame with first byte `first` (FIN and opcode), as tungstenite writes it.
-    fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = Frame::message(payload.to_vec(), OpCode::Data(Data::Binary), true);
-        f.header_mut().is_final = first & 0x80 != 0;
-        f.header_mut().opcode = OpCode::from(first & 0x0F);
-        let mut out = Vec::new();
-        f.format(&mut out).unwrap();
-        out
-    }
     let _g = shared();
     let mut stream = Vec::new();
     let mut expected: Vec<Message> = Vec::new();
@@ -200,44 +253,73 @@ fn simple_and_other_frames_mixed_and_split_anywhere_arrive_in_order() {
             }
         }
     }
-    let server = server(move |mut ws| {
-        let tcp = ws.get_mut();
-        tcp.set_nodelay(true).unwrap();
-        let mut at = 0;
-        for (k, piece) in std::iter::repeat([1usize, 3, 7, 2, 5, 4, 6])
-            .flatten()
-            .enumerate()
-        {
-            if at >= stream.len() {
-                break;
-            }
-            let end = (at + piece).min(stream.len());
-            tcp.write_all(&stream[at..end]).unwrap();
-            tcp.flush().unwrap();
-            at = end;
-            if k % 64 == 63 {
-                std::thread::yield_now(); // let the client read what is there
-            }
-        }
-        ws.close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        }))
-        .unwrap();
-        read_until_close(&mut ws)
-    });
+    let server = serve_in_pieces(stream, &[1, 3, 7, 2, 5, 4, 6]);
     let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
-    assert!(matches!(next_event(&events), Event::Open));
-    for (i, want) in expected.iter().enumerate() {
-        match next_event(&events) {
-            Event::Message(m) => assert_eq!(&m, want, "message {i}"),
-            other => panic!("message {i}: expected {want:?}, got {other:?}"),
+    expect_in_order(&events, &expected);
+    drop(ws);
+    server.join();
+}
+
+/// Large binary frames (16 KiB and up) are read by the transport into buffers of their
+/// own, in large reads. Mixed with frames on either side of that size, a large text frame,
+/// a fragmented message with a large final fragment, control frames, and a frame exactly
+/// at the frame limit, and written in pieces from 1 byte (a header split across reads) to
+/// 100 KB, each arrives once, in order, byte for byte.
+#[test]
+fn large_binary_frames_mixed_and_split_anywhere_arrive_in_order() {
+    const LIMIT: usize = (1 << 20) + 1;
+    let _g = shared();
+    let mut stream = Vec::new();
+    let mut expected: Vec<Message> = Vec::new();
+    let pattern = |len: usize, seed: usize| -> Vec<u8> {
+        (0..len).map(|k| ((k * 31 + seed) % 251) as u8).collect()
+    };
+    for (i, len) in [
+        16_384,
+        16_383,
+        70_000,
+        1 << 20,
+        200,
+        16_385,
+        LIMIT,
+        0,
+        100_000,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let b = pattern(len, i);
+        stream.extend(raw_frame(0x82, &b));
+        expected.push(b.into());
+        match i % 3 {
+            0 => {
+                let t = "\u{2603}".repeat(7_000); // 21 KB of text: tungstenite's
+                stream.extend(raw_frame(0x81, t.as_bytes()));
+                expected.push(t.into());
+            }
+            1 => {
+                let tail = pattern(40_000, i + 100);
+                stream.extend(raw_frame(0x02, b"head"));
+                stream.extend(raw_frame(0x89, b"ping"));
+                stream.extend(raw_frame(0x80, &tail));
+                let mut whole = b"head".to_vec();
+                whole.extend(&tail);
+                expected.push(whole.into());
+            }
+            _ => {
+                stream.extend(raw_frame(0x8A, b"pong"));
+                stream.extend(raw_frame(0x81, format!("small {i}").as_bytes()));
+                expected.push(format!("small {i}").into());
+            }
         }
     }
-    match next_event(&events) {
-        Event::Close(c) => assert!(c.was_clean && c.code == 1000, "{c:?}"),
-        other => panic!("expected the Close, got {other:?}"),
-    }
+    let server = serve_in_pieces(stream, &[1, 5, 3, 4093, 65_536, 2, 16_384, 100_000, 7]);
+    let (ws, events) = WebSocket::builder()
+        .max_frame_size(LIMIT)
+        .max_message_size(LIMIT)
+        .connect_pull(&server.url())
+        .expect("connect");
+    expect_in_order(&events, &expected);
     drop(ws);
     server.join();
 }
@@ -616,6 +698,30 @@ fn fragmented_message_above_max_message_size_fails_with_1009() {
                     what: "message",
                     limit: 1000,
                     ..
+                }
+            )
+        },
+    );
+}
+
+#[test]
+fn large_binary_frame_above_max_frame_size_fails_with_1009() {
+    let _g = shared();
+    let frames = vec![
+        tungstenite::Message::binary(vec![1u8; 20_000]),
+        tungstenite::Message::binary(vec![2u8; 20_001]),
+    ];
+    assert_capacity_failure(
+        WebSocket::builder().max_frame_size(20_000),
+        frames,
+        1,
+        |e| {
+            matches!(
+                e,
+                Error::Capacity {
+                    what: "frame",
+                    size: 20_001,
+                    limit: 20_000
                 }
             )
         },
