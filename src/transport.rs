@@ -33,8 +33,10 @@ pub(crate) struct Transport {
     raw_at: usize,
     /// The application bytes the batch carries, reported once it is all out.
     raw_app_bytes: usize,
-    /// Small reads of a plain socket, once the connection is open.
-    ahead: ReadAhead,
+    /// Small reads of a plain socket, once the connection is open. Boxed: the opening
+    /// handshake moves the transport by value through several stack frames, and the
+    /// deepest of them decides how many stack pages each I/O thread keeps resident.
+    ahead: Box<ReadAhead>,
 }
 
 /// Bytes read from a plain socket ahead of tungstenite, and the fast path.
@@ -311,7 +313,7 @@ impl Transport {
             raw: Vec::new(),
             raw_at: 0,
             raw_app_bytes: 0,
-            ahead: ReadAhead::default(),
+            ahead: Box::default(),
         })
     }
 
