@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use nwebsocket::{Error, Event, ReadyState, Timeout, WebSocket};
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::support::*;
 
@@ -149,12 +150,13 @@ fn server_hanging_up_during_the_handshake_fails() {
     server.join();
 }
 
-#[test]
-fn server_vanishing_mid_connection_fails() {
-    let _g = shared();
-    let server = server(|mut ws| {
+/// A server that sends "last words", then `tail` raw, then drops the TCP connection
+/// without a closing handshake: the client gets the message, then the failure (rule 4),
+/// and nothing else. `check` looks at the closed handle before it is dropped.
+fn vanishing_server_fails(tail: Vec<u8>, check: impl FnOnce(&WebSocket<Recorder>)) {
+    let server = server(move |mut ws| {
         ws.send(tungstenite::Message::text("last words")).unwrap();
-        // Drop the TCP connection without a closing handshake.
+        ws.get_mut().write_all(&tail).unwrap();
     });
     let (rec, rx) = recorder();
     let ws = WebSocket::connect(&server.url(), rec).expect("connect");
@@ -166,15 +168,23 @@ fn server_vanishing_mid_connection_fails() {
     );
     assert_failure_tail(&recs, |e| matches!(e, Error::Io(_)));
     assert_eq!(recs.len(), 4, "{recs:?}");
-    assert_eq!(ws.ready_state(), ReadyState::Closed);
-    let r = ws.send("too late");
-    assert!(
-        matches!(&r, Err(nwebsocket::SendError::Closed(m)) if m.as_text() == Some("too late")),
-        "{r:?}"
-    );
+    check(&ws);
     drop(ws);
     assert!(leftover_recs(&rx).is_empty());
     server.join();
+}
+
+#[test]
+fn server_vanishing_mid_connection_fails() {
+    let _g = shared();
+    vanishing_server_fails(Vec::new(), |ws| {
+        assert_eq!(ws.ready_state(), ReadyState::Closed);
+        let r = ws.send("too late");
+        assert!(
+            matches!(&r, Err(nwebsocket::SendError::Closed(m)) if m.as_text() == Some("too late")),
+            "{r:?}"
+        );
+    });
 }
 
 /// The end of the stream in the middle of a large binary frame (which the transport reads
@@ -183,34 +193,13 @@ fn server_vanishing_mid_connection_fails() {
 #[test]
 fn server_vanishing_inside_a_large_frame_fails() {
     let _g = shared();
-    let server = server(|mut ws| {
-        ws.send(tungstenite::Message::text("last words")).unwrap();
-        let mut frame = Vec::new();
-        tungstenite::protocol::frame::Frame::message(
-            vec![7u8; 100_000],
-            tungstenite::protocol::frame::coding::OpCode::Data(
-                tungstenite::protocol::frame::coding::Data::Binary,
-            ),
-            true,
-        )
+    let mut frame = Vec::new();
+    let payload = vec![7u8; 100_000];
+    tungstenite::protocol::frame::Frame::message(payload, OpCode::Data(Data::Binary), true)
         .format(&mut frame)
         .unwrap();
-        ws.get_mut().write_all(&frame[..60_000]).unwrap();
-        // Drop the TCP connection 40 KB short of the frame's end.
-    });
-    let (rec, rx) = recorder();
-    let ws = WebSocket::connect(&server.url(), rec).expect("connect");
-    let recs = recs_until_close(&rx);
-    assert!(matches!(recs[0], Rec::Open { .. }), "{recs:?}");
-    assert!(
-        matches!(&recs[1], Rec::Message(m) if m.as_text() == Some("last words")),
-        "{recs:?}"
-    );
-    assert_failure_tail(&recs, |e| matches!(e, Error::Io(_)));
-    assert_eq!(recs.len(), 4, "{recs:?}");
-    drop(ws);
-    assert!(leftover_recs(&rx).is_empty());
-    server.join();
+    frame.truncate(60_000); // 40 KB short of the frame's end
+    vanishing_server_fails(frame, |_| {});
 }
 
 #[test]
