@@ -66,11 +66,22 @@ struct ReadAhead {
     tracker: Tracker,
     /// Messages taken by the fast path, for the I/O thread.
     fast: VecDeque<tungstenite::Message>,
-    /// The payload of a large binary frame being read, and its length.
-    large: Option<(BytesMut, usize)>,
+    /// A large binary frame being read.
+    large: Option<LargeFrame>,
     yielded: bool,
     /// The socket reported its end while bytes were still buffered.
     eof: bool,
+}
+
+/// A large binary frame's payload, being read (see [`Front::Large`]).
+#[derive(Debug)]
+struct LargeFrame {
+    /// Zeroed ahead of the reads, [`LARGE_READ`] at a time, up to `len`.
+    payload: BytesMut,
+    /// The payload's length.
+    len: usize,
+    /// Bytes of it read so far.
+    filled: usize,
 }
 
 /// At most this many fast-path messages per read, so that the I/O thread's bounds on
@@ -189,29 +200,37 @@ impl ReadAhead {
         let mut payload = BytesMut::with_capacity(len);
         payload.extend_from_slice(&self.buf[..here]);
         self.buf.advance(here);
-        self.large = Some((payload, len));
+        self.large = Some(LargeFrame {
+            payload,
+            len,
+            filled: here,
+        });
     }
 
     /// Reads on into the large frame's payload; `Ok(true)` once it is whole and handed
     /// to [`ReadAhead::fast`]. At the end of the stream the partial frame is dropped and
     /// the end reported, as tungstenite would for a frame cut short.
     fn read_large(&mut self, tcp: &mut TcpStream) -> io::Result<bool> {
-        let Some((payload, len)) = &mut self.large else {
+        let Some(frame) = &mut self.large else {
             return Ok(false);
         };
-        let at = payload.len();
-        if at < *len {
-            payload.resize(at + (*len - at).min(LARGE_READ), 0);
-            let n = tcp.read(&mut payload[at..]);
-            payload.truncate(at + *n.as_ref().unwrap_or(&0));
-            if n? == 0 {
-                self.large = None;
-                self.eof = true;
+        if frame.filled < frame.len {
+            if frame.filled == frame.payload.len() {
+                // Zeroed once: a read that returns less leaves the rest for the next.
+                let more = (frame.len - frame.filled).min(LARGE_READ);
+                frame.payload.resize(frame.filled + more, 0);
+            }
+            match tcp.read(&mut frame.payload[frame.filled..])? {
+                0 => {
+                    self.large = None;
+                    self.eof = true;
+                }
+                n => frame.filled += n,
             }
             return Ok(false);
         }
-        if let Some((payload, _)) = self.large.take() {
-            let message = tungstenite::Message::Binary(payload.freeze());
+        if let Some(frame) = self.large.take() {
+            let message = tungstenite::Message::Binary(frame.payload.freeze());
             self.fast.push_back(message);
         }
         Ok(true)
