@@ -9,8 +9,8 @@
 //! with no reserved bits, within the configured limits, valid UTF-8 if text, arriving
 //! while tungstenite holds no partial frame, no fragmented message and no Close. Such a
 //! frame is exactly one message, and tungstenite would deliver it as it is. Everything
-//! else (control frames, fragments, anything malformed or large) still goes to
-//! tungstenite, which stays the authority on the protocol.
+//! else (control frames, fragments, anything malformed, large frames but for the case
+//! below) still goes to tungstenite, which stays the authority on the protocol.
 //!
 //! A second, equally narrow case takes large binary frames ([`Front::Large`]): a final,
 //! unmasked binary frame of [`LARGE_MIN`] bytes or more, within the limits, at the same
