@@ -39,6 +39,27 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 pub const MAX_FRAME: usize = 2 << 10;
 /// The client's message size limit (several frames' worth, for fragmented messages).
 pub const MAX_MESSAGE: usize = 4 << 10;
+
+/// The client's size limits, and tungstenite's in the reference read.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_frame: usize,
+    pub max_message: usize,
+}
+
+/// The fuzz targets' limits: [`MAX_FRAME`] and [`MAX_MESSAGE`].
+pub const SMALL: Limits = Limits {
+    max_frame: MAX_FRAME,
+    max_message: MAX_MESSAGE,
+};
+
+/// Limits above the transport's large-frame size (16 KiB), so that large binary frames
+/// take the path that reads them into buffers of their own (used by `tests/fuzz_replay.rs`
+/// with inputs built for it; the fuzzers' inputs stay small).
+pub const LARGE: Limits = Limits {
+    max_frame: 64 << 10,
+    max_message: 128 << 10,
+};
 /// The opening-handshake timeout in [`handshake_response`], where the input is the
 /// response: nothing in it may make `connect` wait longer than about this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -290,13 +311,13 @@ fn replace_all(input: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 
 /// The client's settings: small limits, short timeouts, every event reported, nothing
 /// that leaves the machine (no proxy from the environment, no redirects followed).
-fn client(id: &str, handshake_timeout: Duration) -> Builder {
+fn client(id: &str, handshake_timeout: Duration, limits: Limits) -> Builder {
     WebSocket::builder()
         .connect_timeout(Duration::from_secs(3))
         .handshake_timeout(handshake_timeout)
         .close_timeout(CLOSE_TIMEOUT)
-        .max_frame_size(MAX_FRAME)
-        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(limits.max_frame)
+        .max_message_size(limits.max_message)
         .incoming_queue(4) // small: the held-back-event path runs too
         .ping_events(true)
         .max_redirects(0)
@@ -334,9 +355,19 @@ fn with_server<T>(
 /// Connects to a server that completes a real handshake and then sends `input` raw;
 /// checks the events against the contract and against tungstenite reading `input` alone.
 pub fn after_handshake(input: &[u8]) -> Result<Outcome, String> {
+    after_handshake_with(input, SMALL)
+}
+
+/// [`after_handshake`] with the [`LARGE`] limits.
+#[allow(dead_code)] // not used by the fuzz targets
+pub fn after_handshake_large(input: &[u8]) -> Result<Outcome, String> {
+    after_handshake_with(input, LARGE)
+}
+
+fn after_handshake_with(input: &[u8], limits: Limits) -> Result<Outcome, String> {
     with_server(input, serve_after_handshake, |url, id| {
         let started = Instant::now();
-        let (ws, events) = client(id, REAL_HANDSHAKE_TIMEOUT)
+        let (ws, events) = client(id, REAL_HANDSHAKE_TIMEOUT, limits)
             .connect_pull(url)
             .map_err(|e| format!("connect failed after a valid handshake: {e:?}"))?;
         // The client talks too, while the input arrives: the write path (and a send that
@@ -346,7 +377,7 @@ pub fn after_handshake(input: &[u8]) -> Result<Outcome, String> {
         let _ = ws.ping(b"hb".to_vec());
         let seen = collect(ws, &events, started)?;
         check_open_sequence(&seen)?;
-        compare_with_reference(input, &seen)?;
+        compare_with_reference(input, &seen, limits)?;
         Ok(outcome(&seen))
     })
 }
@@ -495,10 +526,10 @@ impl Write for Memory<'_> {
     }
 }
 
-fn reference(input: &[u8]) -> Reference {
+fn reference(input: &[u8], limits: Limits) -> Reference {
     let config = WebSocketConfig::default()
-        .max_frame_size(Some(MAX_FRAME))
-        .max_message_size(Some(MAX_MESSAGE));
+        .max_frame_size(Some(limits.max_frame))
+        .max_message_size(Some(limits.max_message));
     let mut ws =
         tungstenite::WebSocket::from_raw_socket(Memory { input }, Role::Client, Some(config));
     let mut delivered = Vec::new();
@@ -534,8 +565,8 @@ fn delivered(event: &Event) -> Option<Delivered> {
 
 /// Rule 3 (every complete message delivered once, in order), rule 6 (the server's code and
 /// reason), rule 4 (a failure is an `Error`, of the right kind), against the reference.
-fn compare_with_reference(input: &[u8], seen: &[Event]) -> Result<(), String> {
-    let expected = reference(input);
+fn compare_with_reference(input: &[u8], seen: &[Event], limits: Limits) -> Result<(), String> {
+    let expected = reference(input, limits);
     let got: Vec<Delivered> = seen.iter().filter_map(delivered).collect();
     if got != expected.delivered {
         let first = got
@@ -633,7 +664,9 @@ pub fn handshake_response(input: &[u8]) -> Result<Outcome, String> {
 fn offering(id: &str) -> Builder {
     OFFERED
         .iter()
-        .fold(client(id, HANDSHAKE_TIMEOUT), |b, p| b.subprotocol(*p))
+        .fold(client(id, HANDSHAKE_TIMEOUT, SMALL), |b, p| {
+            b.subprotocol(*p)
+        })
 }
 
 fn connect_blocking(url: &str, id: &str) -> Result<Outcome, String> {

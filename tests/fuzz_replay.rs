@@ -228,6 +228,70 @@ fn frames(rng: &mut Rng) -> Vec<u8> {
     out
 }
 
+/// Like [`frames`], around the transport's large-frame path (binary frames of 16 KiB and
+/// up, read into buffers of their own) under [`harness::LARGE`]'s limits: binary frames
+/// on either side of 16 KiB and of the 64 KiB frame limit, large text frames (sometimes
+/// with a bad last byte), large final fragments, control frames between, the same
+/// occasional faults, and often a truncation, which can fall inside a large frame.
+fn large_frames(rng: &mut Rng) -> Vec<u8> {
+    const SIZES: [usize; 9] = [
+        16_383, 16_384, 16_385, 30_000, 65_535, 65_536, 65_537, 100_000, 200,
+    ];
+    let mut out = Vec::new();
+    for _ in 0..1 + rng.below(6) {
+        let rsv = if rng.chance(30) { 1 } else { 0 };
+        let mask = rng.chance(30).then_some([1, 2, 3, 4]);
+        match rng.below(8) {
+            0..=3 => {
+                let len = *rng.pick(&SIZES);
+                let payload = rng.bytes(len);
+                frame(&mut out, !rng.chance(8), rsv, 2, &payload, mask);
+            }
+            4 => {
+                let mut text = vec![b'a'; *rng.pick(&SIZES)];
+                if let Some(last) = text.last_mut().filter(|_| rng.chance(3)) {
+                    *last = 0xff;
+                }
+                frame(&mut out, true, rsv, 1, &text, mask);
+            }
+            5 => {
+                let opcode = *rng.pick(&[1, 2]);
+                frame(&mut out, false, 0, opcode, b"head", None);
+                frame(&mut out, true, 0, 9, b"ping", None);
+                let len = *rng.pick(&SIZES);
+                let tail = rng.bytes(len);
+                frame(&mut out, true, rsv, 0, &tail, mask);
+            }
+            6 => frame(
+                &mut out,
+                true,
+                0,
+                *rng.pick(&[9, 10]),
+                &rng.up_to(126),
+                None,
+            ),
+            _ => {
+                let text: &&[u8] = rng.pick(&TEXTS);
+                frame(&mut out, true, 0, 1, text, None);
+            }
+        }
+    }
+    if rng.chance(3) {
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"bye");
+        frame(&mut out, true, 0, 8, &close, None);
+    }
+    match rng.below(4) {
+        0 => out.truncate(rng.below(out.len() + 1)),
+        1 if !out.is_empty() => {
+            let i = rng.below(out.len());
+            out[i] ^= 1 << rng.below(8);
+        }
+        _ => {}
+    }
+    out
+}
+
 /// Handshake responses from a table of status lines and headers, sometimes right
 /// (`@ACCEPT@` and an offered protocol), sometimes not, sometimes followed by frames.
 fn response(rng: &mut Rng) -> Vec<u8> {
@@ -298,6 +362,27 @@ fn pseudo_random_after_handshake() {
     let outcomes = replay(
         "pseudo-random after_handshake",
         harness::after_handshake,
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("#{i}"), v.as_slice())),
+    );
+    assert!(outcomes.iter().any(|o| matches!(o, Outcome::Clean { .. })));
+    assert!(outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::Failed { delivered, .. } if *delivered > 0)));
+}
+
+/// The large-frame path against tungstenite reading the same bytes alone: every message
+/// delivered once, in order, byte for byte, and the same ending (a clean close, or the
+/// same kind of failure).
+#[test]
+fn pseudo_random_after_handshake_with_large_frames() {
+    let mut rng = Rng(0x6c61_7267_6566_726d);
+    let inputs: Vec<Vec<u8>> = (0..80).map(|_| large_frames(&mut rng)).collect();
+    let outcomes = replay(
+        "pseudo-random after_handshake, large frames",
+        harness::after_handshake_large,
         inputs
             .iter()
             .enumerate()
