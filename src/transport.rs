@@ -68,6 +68,9 @@ struct ReadAhead {
     fast: VecDeque<tungstenite::Message>,
     /// A large binary frame being read.
     large: Option<LargeFrame>,
+    /// The size of the next fill: [`FIRST_FILL`] once the buffer was released (0 stands
+    /// for that), four times larger after each fill that came back full, up to [`AHEAD`].
+    fill_size: usize,
     yielded: bool,
     /// The socket reported its end while bytes were still buffered.
     eof: bool,
@@ -237,18 +240,27 @@ impl ReadAhead {
     }
 
     /// Appends what the socket holds, up to [`AHEAD`] bytes; `Ok(0)` at its end.
+    ///
+    /// A quiet connection reads one small message at a time, and each fill zeroes what it
+    /// reads into (and the read that finds the socket empty zeroes it again): so fills
+    /// start at [`FIRST_FILL`] and grow only while they come back full.
     fn fill(&mut self, tcp: &mut TcpStream) -> io::Result<usize> {
         let len = self.buf.len();
-        self.buf.resize(len + AHEAD, 0);
+        let want = self.fill_size.clamp(FIRST_FILL, AHEAD);
+        self.buf.resize(len + want, 0);
         match tcp.read(&mut self.buf[len..]) {
             Ok(n) => {
                 self.buf.truncate(len + n);
+                if n == want {
+                    self.fill_size = want * 4;
+                }
                 Ok(n)
             }
             Err(e) => {
                 self.buf.truncate(len);
                 if self.buf.is_empty() {
                     self.buf = BytesMut::new(); // drained: release it
+                    self.fill_size = 0;
                 }
                 Err(e)
             }
@@ -259,6 +271,9 @@ impl ReadAhead {
 /// The size of the read-ahead buffer; tungstenite's reads of this size and up go straight
 /// to the socket.
 const AHEAD: usize = 16 << 10;
+
+/// The first fill after the read-ahead buffer was released (see [`ReadAhead::fill`]).
+const FIRST_FILL: usize = 2 << 10;
 
 /// The largest read into a large frame's payload: twice raw tungstenite's with its
 /// default configuration (stream_large on one core: 128 KiB 0.92-0.94x, 256 KiB
@@ -679,6 +694,27 @@ mod tests {
             t.ahead.buf.capacity(),
             0,
             "the read-ahead buffer is released"
+        );
+    }
+
+    #[test]
+    fn fills_start_small_after_a_release_and_grow_while_they_come_back_full() {
+        let (mut t, mut peer) = loopback();
+        t.start_read_ahead(None);
+        peer.write_all(b"hi").unwrap();
+        assert_eq!(read_all(&mut t, 8, 2), b"hi");
+        assert!(
+            t.ahead.buf.capacity() < AHEAD / 2,
+            "a quiet connection's message is read into a small buffer: {}",
+            t.ahead.buf.capacity()
+        );
+        peer.write_all(&[7u8; 60_000]).unwrap();
+        let got = read_all(&mut t, 100, 40_000);
+        assert!(got.iter().all(|&b| b == 7), "the burst arrives intact");
+        assert!(
+            t.ahead.fill_size >= AHEAD,
+            "a burst is read {AHEAD} bytes at a time: {}",
+            t.ahead.fill_size
         );
     }
 
