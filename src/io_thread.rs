@@ -1020,6 +1020,20 @@ impl Io {
                 }
             }
             budget -= 1;
+            // Simple frames first, straight from the transport, while tungstenite holds
+            // nothing; tungstenite's turn when the transport says so.
+            match ws.get_mut().read_fast() {
+                Ok(true) => {
+                    self.take_fast(ws, &mut budget);
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    continue;
+                }
+                Err(e) => return Err(self.fail(ws, tungstenite::Error::Io(e))),
+            }
             match ws.read() {
                 Ok(m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
                     self.message(m);
@@ -1044,12 +1058,7 @@ impl Io {
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The transport's fast path may have taken simple frames instead of
                     // tungstenite: they come right after what tungstenite returned.
-                    let (fast, yielded) = ws.get_mut().take_fast();
-                    for m in fast {
-                        budget = budget.saturating_sub(1);
-                        self.message(m);
-                    }
-                    if !yielded {
+                    if !self.take_fast(ws, &mut budget) {
                         self.readable = false;
                     }
                 }
@@ -1068,6 +1077,17 @@ impl Io {
         }
         self.deliver_pending();
         Ok(())
+    }
+
+    /// The messages the transport's fast path took, each counted against the read
+    /// `budget`; returns whether it took them (rather than finding the socket drained).
+    fn take_fast(&mut self, ws: &mut Ws, budget: &mut usize) -> bool {
+        let (fast, yielded) = ws.get_mut().take_fast();
+        for m in fast {
+            *budget = budget.saturating_sub(1);
+            self.message(m);
+        }
+        yielded
     }
 
     /// A text or binary message, from tungstenite or from the transport's fast path.

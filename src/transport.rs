@@ -68,6 +68,11 @@ struct ReadAhead {
     fast: VecDeque<tungstenite::Message>,
     /// A large binary frame being read.
     large: Option<LargeFrame>,
+    /// tungstenite may hold whole frames it has not returned yet (those that came with
+    /// the handshake's response, or a direct read inside a fragmented message that went
+    /// past the fragment): since bytes last went to it and until it asks for more, it
+    /// reads first.
+    held: bool,
     /// The size of the next fill: [`FIRST_FILL`] once the buffer was released (0 stands
     /// for that), four times larger after each fill that came back full, up to [`AHEAD`].
     fill_size: usize,
@@ -97,36 +102,14 @@ impl ReadAhead {
     }
 
     fn read(&mut self, tcp: &mut TcpStream, out: &mut [u8]) -> io::Result<usize> {
+        self.held = false; // tungstenite reads only once it has parsed what it holds
         if !self.on {
             return tcp.read(out);
         }
         loop {
-            if self.large.is_some() {
-                if self.read_large(tcp)? {
-                    self.yielded = true;
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                continue;
-            }
-            if let Some(max) = self.fast_max.filter(|_| self.tracker.at_boundary()) {
-                let (taken, next) = self.take_simple(max);
-                if taken > 0 {
-                    self.yielded = true;
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                match next {
-                    Front::NeedMore if !self.eof => {
-                        if self.fill(tcp)? == 0 {
-                            self.eof = true;
-                        }
-                        continue;
-                    }
-                    Front::Large { header, len } => {
-                        self.start_large(header, len);
-                        continue;
-                    }
-                    _ => {}
-                }
+            if self.read_fast(tcp)? {
+                self.yielded = true;
+                return Err(io::ErrorKind::WouldBlock.into());
             }
             if self.buf.is_empty() {
                 if self.eof {
@@ -143,6 +126,7 @@ impl ReadAhead {
                 if direct >= AHEAD {
                     let n = tcp.read(&mut out[..direct])?;
                     self.tracker.feed(&out[..n]);
+                    self.held = n > 0;
                     return Ok(n);
                 }
                 if self.fill(tcp)? == 0 {
@@ -164,7 +148,44 @@ impl ReadAhead {
             out[..n].copy_from_slice(&self.buf[..n]);
             self.buf.advance(n);
             self.tracker.feed(&out[..n]);
+            self.held = n > 0;
             return Ok(n);
+        }
+    }
+
+    /// The fast path, without tungstenite: takes simple frames (up to [`FAST_BATCH`]) or
+    /// one large frame into [`ReadAhead::fast`], reading the socket as needed. `Ok(true)`
+    /// when it took some; `Ok(false)` when the next bytes are tungstenite's (the fast path
+    /// is off, tungstenite holds frames from the handshake's read, a frame or fragmented
+    /// message is in progress, the frame at the front is not one the fast path takes, or
+    /// the stream ended); `WouldBlock` when the socket is drained.
+    fn read_fast(&mut self, tcp: &mut TcpStream) -> io::Result<bool> {
+        if !self.on || self.held {
+            return Ok(false);
+        }
+        loop {
+            if self.large.is_some() {
+                if self.read_large(tcp)? {
+                    return Ok(true);
+                }
+                continue;
+            }
+            let Some(max) = self.fast_max.filter(|_| self.tracker.at_boundary()) else {
+                return Ok(false);
+            };
+            let (taken, next) = self.take_simple(max);
+            if taken > 0 {
+                return Ok(true);
+            }
+            match next {
+                Front::NeedMore if !self.eof => {
+                    if self.fill(tcp)? == 0 {
+                        self.eof = true;
+                    }
+                }
+                Front::Large { header, len } => self.start_large(header, len),
+                _ => return Ok(false),
+            }
         }
     }
 
@@ -415,6 +436,18 @@ impl Transport {
         self.ahead.fast_max = fast_max;
     }
 
+    /// Runs the fast path directly, when tungstenite holds nothing (see
+    /// [`ReadAhead::read_fast`]): `Ok(true)` when it took messages, for
+    /// [`take_fast`](Self::take_fast); `Ok(false)` when tungstenite must read next (and
+    /// always with TLS). Calling tungstenite's `read` would do the same, but it first zeroes
+    /// the free part of its own read buffer (16 KiB) on every call.
+    pub fn read_fast(&mut self) -> io::Result<bool> {
+        match &mut self.stream {
+            Stream::Plain(s) => self.ahead.read_fast(s),
+            Stream::Tls(_) => Ok(false),
+        }
+    }
+
     /// The messages the fast path took, in order, and whether the read that returned
     /// `WouldBlock` did so only to hand them over (the socket may hold more).
     pub fn take_fast(
@@ -455,6 +488,7 @@ impl Read for Transport {
             // Frames in the same read as the head's end are tungstenite's from the start.
             if let Some(tail) = self.head.feed(&buf[..n]) {
                 self.ahead.tracker.feed(&buf[tail..n]);
+                self.ahead.held = tail < n;
             }
         }
         Ok(n)

@@ -841,3 +841,46 @@ fn dropping_the_event_receiver_does_not_block_the_connection() {
     drop(events);
     assert_works_without_receiver(ws, server);
 }
+
+/// Autobahn 5.19 (found when the I/O thread started calling the fast path before
+/// tungstenite): a fragmented message, a ping, a pause, then the rest of the fragments
+/// with another ping, all in one write. Inside a fragmented message the transport lets
+/// tungstenite read straight from the socket, which took the second ping and the last
+/// fragment at once; tungstenite returned the ping and still held the fragment, and the
+/// message waited for the next bytes from the server. The server here waits for the first
+/// pong (so the client has read everything before) instead of a fixed pause.
+#[test]
+fn a_fragmented_message_resumed_after_a_pause_arrives_without_more_traffic() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        let text = OpCode::Data(Data::Text);
+        ws.send(tungstenite::Message::Frame(Frame::message(
+            b"fragment1".to_vec(),
+            text,
+            false,
+        )))
+        .unwrap();
+        ws.send(tungstenite::Message::Ping(b"pongme 1!".to_vec().into()))
+            .unwrap();
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Pong(p)) if p.as_ref() == b"pongme 1!" => break,
+                Ok(_) => {}
+                Err(e) => panic!("server: {e}"),
+            }
+        }
+        let mut rest = raw_frame(0x00, b"fragment2");
+        rest.extend(raw_frame(0x89, b"pongme 2!"));
+        rest.extend(raw_frame(0x80, b"fragment3"));
+        ws.get_mut().write_all(&rest).unwrap();
+        read_until_close(&mut ws)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    match next_event(&events) {
+        Event::Message(m) => assert_eq!(m.as_text(), Some("fragment1fragment2fragment3")),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    drop(ws);
+    server.join();
+}
