@@ -355,22 +355,44 @@ fn response(rng: &mut Rng) -> Vec<u8> {
     out
 }
 
-#[test]
-fn pseudo_random_after_handshake() {
-    let mut rng = Rng(0x6e77_6562_736f_636b);
-    let inputs: Vec<Vec<u8>> = (0..300).map(|_| frames(&mut rng)).collect();
-    let outcomes = replay(
-        "pseudo-random after_handshake",
-        harness::after_handshake,
+/// Runs `n` inputs from `generate` (seeded with `seed`) through `target`.
+fn replay_generated(
+    what: &str,
+    target: fn(&[u8]) -> Result<Outcome, String>,
+    seed: u64,
+    n: usize,
+    generate: fn(&mut Rng) -> Vec<u8>,
+) -> Vec<Outcome> {
+    let mut rng = Rng(seed);
+    let inputs: Vec<Vec<u8>> = (0..n).map(|_| generate(&mut rng)).collect();
+    replay(
+        what,
+        target,
         inputs
             .iter()
             .enumerate()
             .map(|(i, v)| (format!("#{i}"), v.as_slice())),
-    );
+    )
+}
+
+/// The inputs reached both ends: a closing handshake, and a failure after messages.
+fn reach_both_ends(outcomes: &[Outcome]) {
     assert!(outcomes.iter().any(|o| matches!(o, Outcome::Clean { .. })));
     assert!(outcomes
         .iter()
         .any(|o| matches!(o, Outcome::Failed { delivered, .. } if *delivered > 0)));
+}
+
+#[test]
+fn pseudo_random_after_handshake() {
+    let outcomes = replay_generated(
+        "pseudo-random after_handshake",
+        harness::after_handshake,
+        0x6e77_6562_736f_636b,
+        300,
+        frames,
+    );
+    reach_both_ends(&outcomes);
 }
 
 /// The large-frame path against tungstenite reading the same bytes alone: every message
@@ -378,33 +400,24 @@ fn pseudo_random_after_handshake() {
 /// same kind of failure).
 #[test]
 fn pseudo_random_after_handshake_with_large_frames() {
-    let mut rng = Rng(0x6c61_7267_6566_726d);
-    let inputs: Vec<Vec<u8>> = (0..80).map(|_| large_frames(&mut rng)).collect();
-    let outcomes = replay(
+    let outcomes = replay_generated(
         "pseudo-random after_handshake, large frames",
         harness::after_handshake_large,
-        inputs
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("#{i}"), v.as_slice())),
+        0x6c61_7267_6566_726d,
+        80,
+        large_frames,
     );
-    assert!(outcomes.iter().any(|o| matches!(o, Outcome::Clean { .. })));
-    assert!(outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Failed { delivered, .. } if *delivered > 0)));
+    reach_both_ends(&outcomes);
 }
 
 #[test]
 fn pseudo_random_handshake_response() {
-    let mut rng = Rng(0x6861_6e64_7368_616b);
-    let inputs: Vec<Vec<u8>> = (0..150).map(|_| response(&mut rng)).collect();
-    let outcomes = replay(
+    let outcomes = replay_generated(
         "pseudo-random handshake_response",
         harness::handshake_response,
-        inputs
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("#{i}"), v.as_slice())),
+        0x6861_6e64_7368_616b,
+        150,
+        response,
     );
     assert!(outcomes.iter().any(|o| matches!(o, Outcome::Refused(_))));
     assert!(outcomes.iter().any(|o| !matches!(o, Outcome::Refused(_))));
