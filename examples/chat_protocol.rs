@@ -283,20 +283,28 @@ mod server {
     #[allow(clippy::result_large_err)]
     fn serve(stream: TcpStream, clients: &Clients) {
         let mut name = String::from("anonymous");
-        let Ok(mut ws) = tungstenite::accept_hdr(stream, |req: &Request, resp: Response| {
+        let mut joined = false;
+        let (tx, outbox): (Sender<Message>, Receiver<Message>) = crossbeam_channel::unbounded();
+        let accepted = tungstenite::accept_hdr(stream, |req: &Request, resp: Response| {
             if let Some(n) = req.uri().query().and_then(|q| q.strip_prefix("name=")) {
                 name = n.to_owned();
             }
+            // Joined before the client sees the 101: a broadcast sent once its `connect`
+            // returns must reach it.
+            lock(clients).insert(name.clone(), tx);
+            joined = true;
             Ok(resp)
-        }) else {
+        });
+        let Ok(mut ws) = accepted else {
+            if joined {
+                lock(clients).remove(&name);
+            }
             return;
         };
         // A short read timeout lets this thread also forward broadcasts to its client.
         let _ = ws
             .get_ref()
             .set_read_timeout(Some(Duration::from_millis(5)));
-        let (tx, outbox): (Sender<Message>, Receiver<Message>) = crossbeam_channel::unbounded();
-        lock(clients).insert(name.clone(), tx);
         let challenge: Vec<u8> = name.bytes().rev().chain(0u8..8).collect();
         let _ = ws.send(Message::Binary(challenge.clone().into()));
 
