@@ -33,8 +33,9 @@ pub struct Builder {
     pub(crate) config: Config,
 }
 
-/// Pull style's default [`Builder::incoming_queue`]: channel slots allocated up front.
-pub(crate) const PULL_QUEUE: usize = 128;
+/// Pull style's default [`Builder::incoming_queue`]: events that may wait in the channel,
+/// whose slots are allocated only while they wait.
+pub(crate) const PULL_QUEUE: usize = 4096;
 /// Callback style's default [`Builder::incoming_queue`]: events per batch, allocated only
 /// while events flow.
 pub(crate) const CALLBACK_QUEUE: usize = 512;
@@ -257,15 +258,17 @@ impl Builder {
     /// How many events may wait for the consumer. When the queue is full the I/O thread
     /// stops reading the socket, so TCP slows the server down and memory stays bounded.
     ///
-    /// - Pull style: the capacity of your `Receiver<Event>` (its slots are allocated up
-    ///   front, 64 bytes each), plus the events of one read burst (64) not yet in it.
-    ///   Large messages are bounded in bytes too: the I/O thread puts no more messages in
-    ///   the channel while 1 MiB of those of 1 KiB and up waits there, and reads no more
-    ///   while its burst holds 1 MiB, so large messages cannot fill every slot. What waits
-    ///   stays below about `incoming_queue` KiB of small messages plus 2 MiB and two
-    ///   messages of `max_message_size`; while your thread takes nothing at all, one more
-    ///   message goes in after 0.1 s, 0.2 s, 0.4 s, … (that is how a dropped receiver is
-    ///   noticed). Defaults to 128.
+    /// - Pull style: how many events may wait in your `Receiver<Event>`, plus the events
+    ///   of one read burst (256) not yet in it. The channel is unbounded to crossbeam (its
+    ///   `capacity()` is `None`); the bound is the I/O thread's. Its slots (64 bytes each)
+    ///   are allocated in blocks while events wait and freed as you take them, so an idle
+    ///   connection holds none. Payload is bounded too: the I/O thread puts no more
+    ///   messages in while 1 MiB of payload waits there, and reads no more while its burst
+    ///   holds 1 MiB. What waits stays below `incoming_queue` × 64 bytes plus about 2 MiB
+    ///   and two messages of `max_message_size`. Nothing wakes the I/O thread when you take
+    ///   a message: while the channel is full it looks again every 0.1 to 5 ms. Defaults to
+    ///   4096: on a shared core your thread and the I/O thread then take turns once per
+    ///   thousands of messages, not once per hundred.
     /// - Callback style, and pull style in batches ([`connect_batches`](Self::connect_batches)):
     ///   the I/O thread hands events over in batches of up to this many events or 1 MiB
     ///   of payload; one batch waits while another is

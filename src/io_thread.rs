@@ -34,7 +34,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::config::Config;
-use crate::delivery::{Outlet, Waited};
+use crate::delivery::{Level, Outlet, Waited};
 use crate::error::{Error, Timeout, UrlError};
 use crate::framing::Outbox;
 use crate::message::{Binary, CloseEvent, Event, Message, Text};
@@ -127,7 +127,9 @@ struct Io {
     pending: VecDeque<Event>,
     /// Payload bytes in `pending`.
     pending_bytes: usize,
-    /// The last nap taken while the outlet was held by bytes; zero once it was not.
+    /// Messages read since the socket was last found drained (see [`own_small`]).
+    burst_nth: usize,
+    /// How long to nap while pull style's channel is full (see [`Level`]).
     nap: Duration,
     /// The consumer emptied the outlet lately: when it is full, wait for it to drain
     /// (see [`Io::await_drain`]) rather than for the next free slot.
@@ -194,7 +196,8 @@ impl IoThread {
                 rng: rng | 1,
                 pending: VecDeque::new(),
                 pending_bytes: 0,
-                nap: Duration::ZERO,
+                burst_nth: 0,
+                nap: NAP_MIN,
                 consumer_keeps_up: true,
                 receiver_gone: false,
                 drop_deadline: None,
@@ -716,15 +719,13 @@ impl IoThread {
             (d, false) => d,
         };
         let blocked = Instant::now();
-        if io.outlet.held_by_bytes() {
-            if let Err(gone) = io.outlet.probe(&mut io.pending, blocked) {
-                io.discard(gone);
-                io.recount_pending();
+        if let Outlet::Events(pull) = &mut io.outlet {
+            if !pull.held() {
+                io.deliver_pending(); // the caller took some since the last look
                 return Ok(());
             }
             // Nothing wakes this thread when the caller takes a message: look again after
-            // a nap that doubles while the caller stays behind, or at once on a command.
-            io.nap = (io.nap * 2).clamp(NAP_MIN, NAP_MAX);
+            // a nap, or at once on a command.
             let until = blocked + io.nap;
             return match io
                 .commands
@@ -732,6 +733,13 @@ impl IoThread {
             {
                 Ok(command) => self.command(command),
                 Err(_) => {
+                    if Instant::now() >= until {
+                        io.nap = match pull.level() {
+                            Level::Low => NAP_MIN,
+                            Level::Middle => io.nap,
+                            Level::High => (io.nap * 2).min(NAP_MAX),
+                        };
+                    }
                     io.write_blocked &= !retry_writes;
                     io.deliver_pending();
                     Ok(())
@@ -776,7 +784,9 @@ fn gets_own(len: usize, nth: usize) -> bool {
     nth < COPY_FIRST && len <= OWN_BELOW
 }
 
-/// The payload of the `nth` message of a read burst, as it will be handed over.
+/// Gives the payload of the `nth` message of a read burst (the messages read since the
+/// socket was last found drained) an allocation of its own, if it is small and among the
+/// first few.
 ///
 /// tungstenite splits each payload off its read buffer, so a payload keeps that whole
 /// buffer (16 KiB or more) alive for as long as it lives. In a flood that is free and
@@ -788,11 +798,15 @@ fn gets_own(len: usize, nth: usize) -> bool {
 ///
 /// (Copying every small payload of a flood into a block per burst was measured too, twice,
 /// and was slower than leaving them in place: see `benches/compare/README.md`.)
-fn own_small(payload: Bytes, nth: usize) -> Bytes {
-    if gets_own(payload.len(), nth) {
-        Bytes::copy_from_slice(&payload)
-    } else {
-        payload
+fn own_small(message: &mut Message, nth: usize) {
+    match message {
+        Message::Text(Text(t)) if gets_own(t.len(), nth) => {
+            *t = tungstenite::Utf8Bytes::from(t.as_str());
+        }
+        Message::Binary(Binary(b)) if gets_own(b.len(), nth) => {
+            *b = Bytes::copy_from_slice(b);
+        }
+        _ => {}
     }
 }
 
@@ -803,8 +817,10 @@ const SPIN: Duration = Duration::from_micros(50);
 /// consumer to drain a full outlet.
 const SPIN_YIELDS: u32 = 32;
 
-/// The shortest and longest naps of the I/O thread while pull style's channel is shut by
-/// the bytes in it (see [`Outlet::held_by_bytes`]).
+/// The shortest and longest naps of the I/O thread while pull style's channel is full
+/// (see [`Level`]): after each nap, the next is the shortest if the caller had taken
+/// three quarters of what waited, twice as long if it had taken less than half. A caller
+/// that stopped taking costs this thread 200 wake-ups a second, while the server sends.
 const NAP_MIN: Duration = Duration::from_micros(100);
 const NAP_MAX: Duration = Duration::from_millis(5);
 
@@ -1030,6 +1046,7 @@ impl Io {
                 Ok(false) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
+                    self.burst_nth = 0;
                     continue;
                 }
                 Err(e) => return Err(self.fail(ws, tungstenite::Error::Io(e))),
@@ -1060,6 +1077,7 @@ impl Io {
                     // tungstenite: they come right after what tungstenite returned.
                     if !self.take_fast(ws, &mut budget) {
                         self.readable = false;
+                        self.burst_nth = 0;
                     }
                 }
                 Err(tungstenite::Error::ConnectionClosed) => {
@@ -1082,33 +1100,49 @@ impl Io {
     /// The messages the transport's fast path took, each counted against the read
     /// `budget`; returns whether it took them (rather than finding the socket drained).
     fn take_fast(&mut self, ws: &mut Ws, budget: &mut usize) -> bool {
-        let (fast, yielded) = ws.get_mut().take_fast();
-        for m in fast {
-            *budget = budget.saturating_sub(1);
-            self.message(m);
+        let first = self.pending.len();
+        let (bytes, yielded) = ws.get_mut().take_fast(&mut self.pending);
+        let taken = self.pending.len() - first;
+        // What `message` does one by one, here once for the lot.
+        let own = COPY_FIRST.saturating_sub(self.burst_nth).min(taken);
+        for (i, event) in self.pending.range_mut(first..first + own).enumerate() {
+            if let Event::Message(m) = event {
+                own_small(m, self.burst_nth + i);
+            }
+        }
+        self.burst_nth += taken;
+        *budget = budget.saturating_sub(taken);
+        self.pending_bytes += bytes;
+        if self.shared.pending_requests.load(SeqCst) > 0 {
+            let taken = self.pending.split_off(first);
+            for event in taken {
+                match event {
+                    Event::Message(m) => self.json_or_emit(m),
+                    other => self.emit(other),
+                }
+            }
+            self.recount_pending();
         }
         yielded
     }
 
-    /// A text or binary message, from tungstenite or from the transport's fast path.
-    fn message(&mut self, m: tungstenite::Message) {
-        match m {
-            tungstenite::Message::Text(t) => {
-                let text = Text(if gets_own(t.len(), self.pending.len()) {
-                    tungstenite::Utf8Bytes::from(t.as_str()) // a copy, as in `own_small`
-                } else {
-                    t
-                });
-                if let Some(msg) = crate::json::route_reply(&self.shared, Message::Text(text)) {
-                    self.emit(Event::Message(msg));
-                }
-            }
-            tungstenite::Message::Binary(b) => {
-                let b = own_small(b, self.pending.len());
-                self.emit(Event::Message(Message::Binary(Binary(b))));
-            }
-            _ => {}
+    /// A message, or the reply a `request_json` waits for.
+    fn json_or_emit(&mut self, m: Message) {
+        if let Some(m) = crate::json::route_reply(&self.shared, m) {
+            self.emit(Event::Message(m));
         }
+    }
+
+    /// A text or binary message from tungstenite.
+    fn message(&mut self, m: tungstenite::Message) {
+        let mut m = match m {
+            tungstenite::Message::Text(t) => Message::Text(Text(t)),
+            tungstenite::Message::Binary(b) => Message::Binary(Binary(b)),
+            _ => return,
+        };
+        own_small(&mut m, self.burst_nth);
+        self.burst_nth += 1;
+        self.json_or_emit(m);
     }
 
     fn peer_closed(&mut self, frame: Option<CloseFrame>) {
@@ -1362,12 +1396,8 @@ impl Io {
         if !self.pending.is_empty() && self.outlet.is_empty() {
             self.consumer_keeps_up = true;
         }
-        let before = self.pending.len();
         if let Err(gone) = self.outlet.push(&mut self.pending) {
             self.discard(gone);
-        }
-        if self.pending.len() < before {
-            self.nap = Duration::ZERO; // the consumer made room: the next nap starts short
         }
         self.recount_pending();
     }
@@ -1548,7 +1578,21 @@ fn map_error(e: tungstenite::Error, handshake: bool, config: &Config) -> Error {
 #[cfg(test)]
 mod tests {
     use super::{own_small, COPY_FIRST, OWN_BELOW};
+    use crate::message::{Binary, Message, Text};
     use bytes::{Bytes, BytesMut};
+
+    /// The payload as `own_small` leaves it, for a binary message or a text one.
+    fn kept(payload: Bytes, nth: usize, text: bool) -> Bytes {
+        let mut m = match text {
+            true => Message::Text(Text(payload.try_into().unwrap())),
+            false => Message::Binary(Binary(payload)),
+        };
+        own_small(&mut m, nth);
+        match m {
+            Message::Text(Text(t)) => Bytes::from(t),
+            Message::Binary(Binary(b)) => b,
+        }
+    }
 
     /// A read buffer with `n` payloads of `len` bytes split off it, as tungstenite does.
     fn split_payloads(n: usize, len: usize) -> (BytesMut, Vec<Bytes>) {
@@ -1561,12 +1605,13 @@ mod tests {
     fn the_first_small_payloads_of_a_burst_stop_pinning_the_read_buffer() {
         let (_buffer, payloads) = split_payloads(COPY_FIRST + 2, 64);
         for (nth, payload) in payloads.into_iter().enumerate() {
-            let kept = own_small(payload, nth);
+            let text = nth % 2 == 1;
+            let kept = kept(payload, nth, text);
             assert_eq!(&kept[..], &[7u8; 64][..]);
             assert_eq!(
                 kept.is_unique(),
                 nth < COPY_FIRST,
-                "message {nth} of the burst"
+                "message {nth} of the burst (text: {text})"
             );
         }
     }
@@ -1576,7 +1621,6 @@ mod tests {
         let (_buffer, mut payloads) = split_payloads(1, OWN_BELOW + 1);
         let payload = payloads.pop().unwrap();
         let at = payload.as_ptr();
-        let kept = own_small(payload, 0);
-        assert_eq!(kept.as_ptr(), at, "moved, not copied");
+        assert_eq!(kept(payload, 0, false).as_ptr(), at, "moved, not copied");
     }
 }

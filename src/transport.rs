@@ -18,6 +18,7 @@ use rustls::{
 
 use crate::error::Error;
 use crate::frames::{frame_size, front, Front, Tracker};
+use crate::message::{Binary, Event, Message, Text};
 
 /// What the tungstenite `WebSocket` reads and writes. Both kinds of stream are
 /// non-blocking: reads and writes return `WouldBlock` and the I/O thread waits for
@@ -64,8 +65,11 @@ struct ReadAhead {
     buf: BytesMut,
     /// The frames of every byte handed to tungstenite.
     tracker: Tracker,
-    /// Messages taken by the fast path, for the I/O thread.
-    fast: VecDeque<tungstenite::Message>,
+    /// Messages taken by the fast path, for the I/O thread, already as the events it
+    /// hands over: it takes them all at once (see [`Transport::take_fast`]).
+    fast: VecDeque<Event>,
+    /// Their payload bytes.
+    fast_bytes: usize,
     /// A large binary frame being read.
     large: Option<LargeFrame>,
     /// tungstenite may hold whole frames it has not returned yet (those that came with
@@ -205,13 +209,15 @@ impl ReadAhead {
             self.buf.advance(header);
             let payload = self.buf.split_to(len).freeze();
             // (`front` checked the UTF-8: the conversion checks it again, and cannot fail.)
-            self.fast.push_back(match text {
+            let message = match text {
                 true => match tungstenite::Utf8Bytes::try_from(payload.clone()) {
-                    Ok(t) => tungstenite::Message::Text(t),
-                    Err(_) => tungstenite::Message::Binary(payload),
+                    Ok(t) => Message::Text(Text(t)),
+                    Err(_) => Message::Binary(Binary(payload)),
                 },
-                false => tungstenite::Message::Binary(payload),
-            });
+                false => Message::Binary(Binary(payload)),
+            };
+            self.fast.push_back(Event::Message(message));
+            self.fast_bytes += len;
         }
     }
 
@@ -254,8 +260,10 @@ impl ReadAhead {
             return Ok(false);
         }
         if let Some(frame) = self.large.take() {
-            let message = tungstenite::Message::Binary(frame.payload.freeze());
-            self.fast.push_back(message);
+            let payload = Binary(frame.payload.freeze());
+            self.fast
+                .push_back(Event::Message(Message::Binary(payload)));
+            self.fast_bytes += frame.len;
         }
         Ok(true)
     }
@@ -448,16 +456,19 @@ impl Transport {
         }
     }
 
-    /// The messages the fast path took, in order, and whether the read that returned
-    /// `WouldBlock` did so only to hand them over (the socket may hold more).
-    pub fn take_fast(
-        &mut self,
-    ) -> (
-        std::collections::vec_deque::Drain<'_, tungstenite::Message>,
-        bool,
-    ) {
-        let yielded = std::mem::take(&mut self.ahead.yielded);
-        (self.ahead.fast.drain(..), yielded)
+    /// Moves the messages the fast path took to the back of `pending`, in order (whole,
+    /// when `pending` is empty: the two queues trade buffers). Returns their payload
+    /// bytes, and whether the read that returned `WouldBlock` did so only to hand them
+    /// over (the socket may hold more).
+    pub fn take_fast(&mut self, pending: &mut VecDeque<Event>) -> (usize, bool) {
+        let ahead = &mut self.ahead;
+        if pending.is_empty() {
+            std::mem::swap(pending, &mut ahead.fast);
+        } else {
+            pending.append(&mut ahead.fast);
+        }
+        let bytes = std::mem::take(&mut ahead.fast_bytes);
+        (bytes, std::mem::take(&mut ahead.yielded))
     }
 
     /// After the opening handshake: whether there may be something to read that no

@@ -549,8 +549,9 @@ impl WebSocket {
     }
 
     pub(crate) fn start_pull(config: Config, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
-        let (tx, events) = crossbeam_channel::bounded(config.incoming_queue.unwrap_or(PULL_QUEUE));
-        let (ws, io) = start(config, url, Outlet::Events(Pull::new(tx)), false)?;
+        let limit = config.incoming_queue.unwrap_or(PULL_QUEUE);
+        let (tx, events) = crossbeam_channel::unbounded();
+        let (ws, io) = start(config, url, Outlet::Events(Pull::new(tx, limit)), false)?;
         Ok((WebSocket::without_handler(ws, io), events))
     }
 
