@@ -734,11 +734,7 @@ impl IoThread {
                 Ok(command) => self.command(command),
                 Err(_) => {
                     if Instant::now() >= until {
-                        io.nap = match pull.level() {
-                            Level::Low => NAP_MIN,
-                            Level::Middle => io.nap,
-                            Level::High => (io.nap * 2).min(NAP_MAX),
-                        };
+                        io.nap = next_nap(io.nap, pull.level());
                     }
                     io.write_blocked &= !retry_writes;
                     io.deliver_pending();
@@ -818,11 +814,24 @@ const SPIN: Duration = Duration::from_micros(50);
 const SPIN_YIELDS: u32 = 32;
 
 /// The shortest and longest naps of the I/O thread while pull style's channel is full
-/// (see [`Level`]): after each nap, the next is the shortest if the caller had taken
-/// three quarters of what waited, twice as long if it had taken less than half. A caller
-/// that stopped taking costs this thread 200 wake-ups a second, while the server sends.
+/// (see [`next_nap`]). A caller that stopped taking costs this thread 200 wake-ups a
+/// second, while the server sends.
 const NAP_MIN: Duration = Duration::from_micros(100);
 const NAP_MAX: Duration = Duration::from_millis(5);
+
+/// The nap after one of `nap` that ended with the channel at `level`: half as long if less
+/// than a quarter of the limit still waited (the caller had nearly caught up, or sat
+/// waiting), twice as long if more than half did (it took little). So the naps settle
+/// near the time the caller takes to work through half the limit: with a limit of 1 to
+/// 8 events and a caller that spends 50 µs to 3 ms on each, it spent 88–100 % of the time
+/// working (measured; it waits for the I/O thread the rest).
+fn next_nap(nap: Duration, level: Level) -> Duration {
+    match level {
+        Level::Low => (nap / 2).max(NAP_MIN),
+        Level::Middle => nap,
+        Level::High => (nap * 2).min(NAP_MAX),
+    }
+}
 
 /// How often output stuck behind a full socket is retried while the consumer is also full.
 const RETRY: Duration = Duration::from_millis(5);
@@ -923,6 +932,7 @@ impl Io {
         self.redirects = 0;
         self.opened = false;
         self.readable = false;
+        self.burst_nth = 0;
         self.write_blocked = false;
         self.needs_flush = false;
         self.connect_deadline = Instant::now() + self.shared.config.connect_timeout;
@@ -1577,7 +1587,23 @@ fn map_error(e: tungstenite::Error, handshake: bool, config: &Config) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::{own_small, COPY_FIRST, OWN_BELOW};
+    use super::{next_nap, own_small, COPY_FIRST, NAP_MAX, NAP_MIN, OWN_BELOW};
+    use crate::delivery::Level;
+    use std::time::Duration;
+
+    #[test]
+    fn naps_halve_when_the_caller_caught_up_and_double_while_it_lags() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_nap(ms(2), Level::Low), ms(1));
+        assert_eq!(next_nap(ms(2), Level::Middle), ms(2));
+        assert_eq!(next_nap(ms(2), Level::High), ms(4));
+        assert_eq!(next_nap(NAP_MIN, Level::Low), NAP_MIN);
+        assert_eq!(next_nap(NAP_MAX, Level::High), NAP_MAX);
+        // A stalled caller: from the shortest nap to the longest in six steps.
+        let stalled = (0..6).fold(NAP_MIN, |nap, _| next_nap(nap, Level::High));
+        assert_eq!(stalled, NAP_MAX);
+    }
+
     use crate::message::{Binary, Message, Text};
     use bytes::{Bytes, BytesMut};
 
