@@ -139,9 +139,11 @@ impl Pull {
 
     pub fn level(&mut self) -> Level {
         let (events, bytes) = self.waiting();
-        if events > self.limit / 2 || bytes > BATCH_BYTES / 2 {
+        // (Multiplied, not divided: with a limit of 1 to 3, `limit / 4` would be 0 and
+        // the channel never `Low`, so the naps could only grow.)
+        if events * 2 > self.limit || bytes * 2 > BATCH_BYTES {
             Level::High
-        } else if events < self.limit / 4 && bytes < BATCH_BYTES / 4 {
+        } else if events * 4 < self.limit && bytes * 4 < BATCH_BYTES {
             Level::Low
         } else {
             Level::Middle
@@ -644,6 +646,16 @@ mod tests {
         assert!(!outlet.is_empty());
         assert_eq!(first_byte(&rx.try_recv().unwrap()), 11);
         assert!(outlet.is_empty());
+    }
+
+    #[test]
+    fn a_pull_channel_of_one_event_is_high_when_full_and_low_when_empty() {
+        let (mut outlet, rx) = pull(1);
+        let mut pending: VecDeque<Event> = (0..2).map(|i| msg(i, 8)).collect();
+        outlet.push(&mut pending).unwrap();
+        assert_eq!(level(&mut outlet), Level::High);
+        rx.try_recv().unwrap();
+        assert_eq!(level(&mut outlet), Level::Low, "else the naps only grow");
     }
 
     #[test]

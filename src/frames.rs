@@ -28,8 +28,8 @@
 pub(crate) const FAST_MAX: usize = 4 << 10;
 
 /// The smallest binary frame payload read by the fast path into a buffer of its own
-/// (see [`Front::Large`]): the size of the transport's read-ahead buffer, below which a
-/// frame costs at most one more read.
+/// (see [`Front::Large`]): tungstenite's read size here (16 KiB), below which a frame
+/// costs it at most one more read.
 pub(crate) const LARGE_MIN: usize = 16 << 10;
 
 /// Where the byte stream handed to tungstenite stands, frame by frame.

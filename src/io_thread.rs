@@ -132,7 +132,7 @@ struct Io {
     /// How long to nap while pull style's channel is full (see [`Level`]).
     nap: Duration,
     /// The consumer emptied the outlet lately: when it is full, wait for it to drain
-    /// (see [`Io::await_drain`]) rather than for the next free slot.
+    /// (see [`Io::await_drain`]) rather than block or nap.
     consumer_keeps_up: bool,
     receiver_gone: bool,
     /// Set by `Command::Drop`: the time by which everything must be over.
@@ -823,8 +823,9 @@ const NAP_MAX: Duration = Duration::from_millis(5);
 /// than a quarter of the limit still waited (the caller had nearly caught up, or sat
 /// waiting), twice as long if more than half did (it took little). So the naps settle
 /// near the time the caller takes to work through half the limit: with a limit of 1 to
-/// 8 events and a caller that spends 50 µs to 3 ms on each, it spent 88–100 % of the time
-/// working (measured; it waits for the I/O thread the rest).
+/// 8 events and a caller that spends 50 µs to 3 ms on each, it spends 85–100 % of its
+/// time working and waits for the I/O thread the rest (three runs of `cargo run
+/// --release -p nwebsocket-compare --bin slow_consumer`).
 fn next_nap(nap: Duration, level: Level) -> Duration {
     match level {
         Level::Low => (nap / 2).max(NAP_MIN),
@@ -1379,12 +1380,13 @@ impl Io {
             .sum();
     }
 
-    /// The outlet is full. A consumer that keeps up empties it in microseconds, but blocking
-    /// for room would wake this thread at the first free slot, once per message taken: on
-    /// a shared core each of those wake-ups preempts the consumer. So first give the CPU
-    /// away until the outlet is half empty or a command arrives, for at most
-    /// [`SPIN`]. Returns `false` if that time ran out: then the caller blocks, and stops
-    /// trying this until the consumer catches up again.
+    /// The outlet is full. A consumer that keeps up empties it in microseconds, but
+    /// blocking for room would wake this thread at the first batch taken (callback style),
+    /// or nap at least [`NAP_MIN`] (pull style): on a shared core the wake-ups preempt the
+    /// consumer, and a nap leaves it idle. So first give the CPU away until the outlet is
+    /// half empty or a command arrives, for at most [`SPIN`]. Returns `false` if that time
+    /// ran out: then the caller blocks (or naps), and stops trying this until the consumer
+    /// catches up again.
     fn await_drain(&mut self) -> bool {
         let until = Instant::now() + SPIN;
         let mut yields = 0;
