@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the side-by-side comparison and draws its chart.
 #
-#   benches/compare/run.sh                 # every scenario, three placements, 3 repetitions
+#   benches/compare/run.sh                 # every scenario, three placements, 7 repetitions
+#                                          # (3 of busy_main and rss_per_conn, idle_cpu once)
 #   benches/compare/run.sh --quick         # smoke test, under a minute
 #   benches/compare/run.sh rtt --reps 5    # any arguments of nwebsocket-compare
 #

@@ -251,7 +251,8 @@ struct Opts {
     scenarios: Vec<Scenario>,
     clients: Vec<Client>,
     placements: Vec<Placement>,
-    reps: usize,
+    /// `--reps N`: that many of every scenario (but `idle_cpu`).
+    reps: Option<usize>,
     quick: bool,
     /// Exit with an error when a target is missed (for CI, on the scenarios that do not
     /// depend on timing).
@@ -271,7 +272,27 @@ clients:   nws-callback nws-pull nws-batches tungstenite tokio-tungstenite (defa
 placements: split (client on --client-cpu, server on --server-cpu), one (both on
             --client-cpu), unpinned (the CPUs this process was started with).
             Default: all three; with --quick: unpinned.
+--reps:    repetitions of each scenario. Default: 7 of rtt, stream_small, send_small
+           and stream_large (under a second a run), 3 of rss_per_conn and busy_main;
+           with --quick, 1. idle_cpu runs once.
 --check:   exit with an error if a target is missed (CI runs idle_cpu and rss_per_conn).";
+
+impl Opts {
+    /// How many times each client runs `s`. The short scenarios run more often: their
+    /// medians are what a noisy two-core machine moves most (three threads on two cores
+    /// in stream_large: the server's share varied 56-99 % between runs), and seven
+    /// cost seconds, where busy_main costs 5 s a run.
+    fn reps_for(&self, s: Scenario) -> usize {
+        match (s, self.reps) {
+            // 10 s per client and nearly deterministic: once is enough.
+            (Scenario::IdleCpu, _) => 1,
+            (_, Some(n)) => n,
+            _ if self.quick => 1,
+            (Scenario::RssPerConn | Scenario::BusyMain, None) => 3,
+            _ => 7,
+        }
+    }
+}
 
 fn parse_args(args: &[String]) -> Res<Opts> {
     let mut scenarios = Vec::new();
@@ -339,7 +360,7 @@ fn parse_args(args: &[String]) -> Res<Opts> {
         scenarios,
         clients,
         placements,
-        reps: reps.unwrap_or(if quick { 1 } else { 3 }),
+        reps,
         quick,
         check,
         out,
@@ -683,7 +704,7 @@ fn bench(opts: &Opts) -> Res<()> {
         "unix_time": now_unix(),
         "args": cmdline[1..],
         "quick": opts.quick,
-        "reps": opts.reps,
+        "reps": Scenario::ALL.iter().map(|&s| (s.name(), opts.reps_for(s))).collect::<BTreeMap<_, _>>(),
         "plan": {
             "rtt": opts.plan.rtt, "stream_small": opts.plan.stream_small,
             "send_small": opts.plan.send_small, "stream_large": opts.plan.stream_large,
@@ -741,10 +762,10 @@ fn bench(opts: &Opts) -> Res<()> {
             .copied()
             .filter(|s| !s.once() || placement == once_in)
             .collect();
-        for rep in 0..opts.reps {
+        let reps = scenarios.iter().map(|&s| opts.reps_for(s)).max();
+        for rep in 0..reps.unwrap_or(0) {
             for &s in &scenarios {
-                if s == Scenario::IdleCpu && rep > 0 {
-                    // 10 s per client and nearly deterministic: once is enough.
+                if rep >= opts.reps_for(s) {
                     continue;
                 }
                 // Interleaved, and a different client first in each repetition.
