@@ -5,6 +5,7 @@
 //! takes `shared()`, so no other connection's threads start or stop while they look.
 
 use std::cell::RefCell;
+use std::io::Write;
 use std::rc::Rc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -441,6 +442,52 @@ fn an_idle_connection_costs_no_cpu() {
     assert_eq!(ws.ready_state(), ReadyState::Open);
     ws.close().unwrap();
     drop(ws);
+    server.join();
+}
+
+/// A large message that stops arriving halfway: the I/O thread looks for the rest for a
+/// moment (in a stream it is microseconds away), then sleeps until it comes, and the
+/// message arrives whole.
+#[test]
+fn a_large_message_stalled_halfway_lets_the_io_thread_sleep() {
+    let _g = exclusive();
+    let payload = flood_payload(7, 1 << 20);
+    let mut frame = vec![0x82, 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        let half = frame.len() / 2;
+        ws.get_mut().write_all(&frame[..half]).unwrap();
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
+        ws.get_mut().write_all(&frame[half..]).unwrap();
+        read_until_close(&mut ws)
+    });
+    let before = crate_threads();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let (tid, name) = new_crate_threads(&before, 1).remove(0);
+    // Time to read the first half, then a window in which nothing arrives.
+    thread::sleep(Duration::from_millis(100));
+    let (ticks0, switches0) = (thread_cpu_ticks(tid), thread_switches(tid));
+    thread::sleep(Duration::from_secs(1));
+    let ticks = thread_cpu_ticks(tid) - ticks0;
+    let switches = thread_switches(tid) - switches0;
+    // Ticks are 10 ms: 2 ticks is at most 2 % of the second.
+    assert!(
+        ticks <= 2,
+        "{name} used {ticks} ticks of CPU while the frame stalled"
+    );
+    assert!(
+        switches <= 1,
+        "{name} woke up {switches} times while the frame stalled"
+    );
+    go_tx.send(()).unwrap();
+    match next_event(&events) {
+        Event::Message(m) => assert!(m.as_bytes() == payload.as_slice(), "payload differs"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    close_cleanly(&ws, &events);
     server.join();
 }
 
