@@ -667,16 +667,9 @@ impl IoThread {
         } else {
             deadline.map(|d| d.saturating_duration_since(Instant::now()))
         };
-        // Just after a write an answer is likely within microseconds, and so is the rest
-        // of a large frame partly read: look a few times, yielding the CPU in between,
-        // before sleeping for real. (In the middle of a large frame, sleeping made the
-        // sender wake this thread for nearly every segment: stream_large with the server
-        // on the other core 1.01-1.06x -> 1.41-1.50x of raw tungstenite, see SPIN.)
-        let mid_large = matches!(&self.phase, Phase::Open(ws) if ws.get_ref().mid_large());
-        let spin_until = match mid_large {
-            true => Instant::now() + SPIN,
-            false => self.io.wrote_at + SPIN,
-        };
+        // Just after a write an answer is likely within microseconds: look a few times,
+        // yielding the CPU in between, before sleeping for real.
+        let spin_until = self.io.wrote_at + SPIN;
         let mut polled = if timeout != Some(Duration::ZERO) && Instant::now() < spin_until {
             let mut polled = self.io.poll.poll(events, Some(Duration::ZERO));
             while matches!(polled, Ok(())) && events.is_empty() && Instant::now() < spin_until {
@@ -813,11 +806,7 @@ fn own_small(message: &mut Message, nth: usize) {
     }
 }
 
-/// How long the I/O thread keeps looking for an answer after a write, or for more of a
-/// large frame it is reading, before it sleeps. It yields the CPU between looks, so a
-/// thread that shares its core runs meanwhile; in a stream of large messages, the I/O
-/// thread then uses most of its core (97 % against 70 % when it slept) and the sender
-/// no longer has to wake it.
+/// How long the I/O thread keeps looking for an answer after a write before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
 
 /// The least number of yields before [`SPIN`] counts as spent, when waiting for the

@@ -477,11 +477,6 @@ impl Transport {
         }
     }
 
-    /// Whether a large frame is partly read (the rest is likely on its way).
-    pub fn mid_large(&self) -> bool {
-        self.ahead.large.is_some()
-    }
-
     /// Moves the messages the fast path took to the back of `pending`, in order (whole,
     /// when `pending` is empty: the two queues trade buffers). Returns their payload
     /// bytes, and whether the read that returned `WouldBlock` did so only to hand them

@@ -445,9 +445,8 @@ fn an_idle_connection_costs_no_cpu() {
     server.join();
 }
 
-/// A large message that stops arriving halfway: the I/O thread looks for the rest for a
-/// moment (in a stream it is microseconds away), then sleeps until it comes, and the
-/// message arrives whole.
+/// A large message that stops arriving halfway (the fast path's own buffer holds half a
+/// frame): the I/O thread sleeps until the rest comes, and the message arrives whole.
 #[test]
 fn a_large_message_stalled_halfway_lets_the_io_thread_sleep() {
     let _g = exclusive();
