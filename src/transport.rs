@@ -199,8 +199,9 @@ impl ReadAhead {
     /// The frames are found first; then their run is split off the buffer once, and each
     /// payload sliced out of that run. Splitting the buffer once per message instead
     /// (`advance` past the header, `split_to` the payload) rewrote the buffer's fields
-    /// just before reading them again, and each message stalled on those reads: unpinned
-    /// stream_small measured 13-17 % faster this way (see `benches/compare/README.md`).
+    /// just before reading them again, and each message stalled on those reads: pull
+    /// style, unpinned stream_small measured 15 % faster this way, callback style 20-25 %
+    /// (see `benches/compare/README.md`).
     fn take_simple(&mut self, max: usize) -> (usize, Front) {
         // (text, payload start, payload length), within the run.
         let mut spans = [(false, 0, 0); FAST_BATCH];
