@@ -263,14 +263,14 @@ impl Builder {
     ///   `capacity()` is `None`); the bound is the I/O thread's. Its slots (64 bytes each)
     ///   are allocated in blocks while events wait and freed as you take them, so an idle
     ///   connection holds none. Payload is bounded too: the I/O thread puts no more
-    ///   messages in while 1 MiB of payload waits there, and reads no more while its burst
-    ///   holds 1 MiB. What waits stays below `incoming_queue` × 64 bytes plus about 2 MiB
+    ///   messages in while 2 MiB of payload waits there, and reads no more while its burst
+    ///   holds 2 MiB. What waits stays below `incoming_queue` × 64 bytes plus about 4 MiB
     ///   and two messages of `max_message_size`. Nothing wakes the I/O thread when you take
     ///   a message: while the channel is full it looks again every 0.1 to 5 ms. Defaults to
     ///   4096: on a shared core your thread and the I/O thread then take turns once per
     ///   thousands of messages, not once per hundred.
     /// - Callback style, and pull style in batches ([`connect_batches`](Self::connect_batches)):
-    ///   the I/O thread hands events over in batches of up to this many events or 1 MiB
+    ///   the I/O thread hands events over in batches of up to this many events or 2 MiB
     ///   of payload; one batch waits while another is
     ///   gathered and the callback thread runs a third. Nothing is allocated until events
     ///   flow. Defaults to 512: larger batches mean fewer thread switches per message.

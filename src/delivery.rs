@@ -37,7 +37,13 @@ pub(crate) const BURST: usize = 256;
 /// Payload bytes per batch in callback style: a batch of large messages closes early, so
 /// that memory stays near three batches of this size whatever the message size. In pull
 /// style, the payload bytes that may wait in the caller's channel and in one read burst.
-pub(crate) const BATCH_BYTES: usize = 1 << 20;
+///
+/// Two messages of 1 MiB fit: with room for only one, pull style's I/O thread found the
+/// channel full (and napped) whenever the consumer was a moment late, and stream_large
+/// unpinned measured 0.84x of raw tungstenite against 0.99x with 2 MiB (paired runs;
+/// see `benches/compare/README.md`). More is slower again: with 4 MiB the buffers in
+/// flight no longer stay in the cache (0.55x).
+pub(crate) const BATCH_BYTES: usize = 2 << 20;
 
 pub(crate) enum Outlet {
     /// Pull style: the caller's channel.
@@ -236,7 +242,7 @@ const FLOOD_YIELDS: usize = 64;
 /// the channel disconnects and `recv` returns an error.
 ///
 /// A batch holds up to [`incoming_queue`](crate::Builder::incoming_queue) events (512 by
-/// default) or 1 MiB of payload; one batch waits while the I/O thread gathers the next,
+/// default) or 2 MiB of payload; one batch waits while the I/O thread gathers the next,
 /// and while both are full it stops reading the socket, so TCP slows the server down.
 /// Handing an emptied batch back with [`recycle`](Self::recycle) lets the I/O thread reuse
 /// its allocation.
@@ -589,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn a_callback_batch_closes_at_its_event_limit_or_at_one_mebibyte() {
+    fn a_callback_batch_closes_at_its_event_limit_or_at_two_mebibytes() {
         let (outlet, _end) = batches(256);
         assert!(!outlet.burst_full(255, BATCH_BYTES - 1));
         assert!(outlet.burst_full(256, 0));
@@ -659,12 +665,12 @@ mod tests {
     }
 
     #[test]
-    fn the_pull_channel_shuts_at_one_mebibyte_of_payload_and_opens_as_it_is_taken() {
+    fn the_pull_channel_shuts_at_two_mebibytes_of_payload_and_opens_as_it_is_taken() {
         let (mut outlet, rx) = pull(64);
-        let mut pending: VecDeque<Event> = (0..4).map(|i| msg(i, 600 << 10)).collect();
+        let mut pending: VecDeque<Event> = (0..4).map(|i| msg(i, 1200 << 10)).collect();
         pending.push_front(msg(9, 8));
         outlet.push(&mut pending).unwrap();
-        assert_eq!(rx.len(), 3, "the small one and two of 600 KiB went over");
+        assert_eq!(rx.len(), 3, "the small one and two of 1,200 KiB went over");
         assert_eq!(pending.len(), 2);
         assert!(is_held(&mut outlet) && outlet.crowded());
         assert_eq!(first_byte(&rx.try_recv().unwrap()), 9);
@@ -674,7 +680,7 @@ mod tests {
         );
         assert_eq!(first_byte(&rx.try_recv().unwrap()), 0);
         assert!(!is_held(&mut outlet));
-        assert!(outlet.crowded(), "600 KiB is more than half of the limit");
+        assert!(outlet.crowded(), "1,200 KiB is more than half of the limit");
         assert_eq!(first_byte(&rx.try_recv().unwrap()), 1);
         assert!(!outlet.crowded());
         outlet.push(&mut pending).unwrap();
@@ -686,9 +692,9 @@ mod tests {
     #[test]
     fn the_pull_channel_counts_the_bytes_of_small_messages_too() {
         let (mut outlet, rx) = pull(1 << 20);
-        let mut pending: VecDeque<Event> = (0..3000).map(|i| msg(i as u8, 500)).collect();
+        let mut pending: VecDeque<Event> = (0..6000).map(|i| msg(i as u8, 500)).collect();
         outlet.push(&mut pending).unwrap();
-        // 2,098 messages of 500 bytes reach 1 MiB.
+        // 4,195 messages of 500 bytes reach 2 MiB.
         assert_eq!(rx.len(), BATCH_BYTES.div_ceil(500));
         assert!(is_held(&mut outlet));
         // Taken in part, counted within a mark (64 KiB) of the truth...

@@ -1321,6 +1321,7 @@ impl Io {
         if self.drop_deadline.is_some_and(|d| now >= d) {
             return Err(Error::Timeout(Timeout::Close).into());
         }
+        ws.get_mut().expire_pool(now);
         if let (Some(due), Some(interval)) = (self.next_ping, self.shared.config.ping_interval) {
             if now >= due {
                 self.ping_seq += 1;
@@ -1462,17 +1463,18 @@ impl Io {
     fn next_deadline(&self, phase: &Phase) -> Option<Instant> {
         let judging = self.pending.is_empty() || self.drop_deadline.is_some();
         let candidates = match phase {
-            Phase::Connecting { .. } => [Some(self.connect_deadline), None, None, None],
+            Phase::Connecting { .. } => [Some(self.connect_deadline), None, None, None, None],
             Phase::Handshaking(_) | Phase::Tunneling { .. } => {
-                [self.handshake_deadline, None, None, None]
+                [self.handshake_deadline, None, None, None, None]
             }
-            Phase::Open(_) => [
+            Phase::Open(ws) => [
                 self.close_deadline.filter(|_| judging),
                 self.pong_deadline.filter(|_| judging),
                 self.next_ping,
                 self.drop_deadline,
+                ws.get_ref().pool_expiry(),
             ],
-            Phase::Done => [None; 4],
+            Phase::Done => [None; 5],
         };
         candidates.into_iter().flatten().min()
     }

@@ -173,7 +173,7 @@
 //! Every wait is bounded: connect 10 s, opening handshake 10 s, closing handshake 10 s.
 //! Incoming messages and frames are limited to 16 MiB each; the incoming queue to 4,096
 //! events in pull style (allocated only while they wait) and to batches of 512 events in
-//! callback style (and 1 MiB of payload in both); the outgoing high-water mark is 8 MiB.
+//! callback style (and 2 MiB of payload in both); the outgoing high-water mark is 8 MiB.
 //! `TCP_NODELAY` is on. No keepalive pings unless you set
 //! [`ping_interval`](Builder::ping_interval). `wss://` uses rustls with the Mozilla root
 //! certificates from `webpki-roots`, compiled in.
@@ -197,8 +197,10 @@ mod framing;
 mod handler;
 mod io_thread;
 mod json;
+mod low_water;
 mod message;
 mod proxy;
+mod recycle;
 mod state;
 mod transport;
 mod url;

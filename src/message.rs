@@ -216,7 +216,9 @@ impl PartialEq<&str> for Text {
 pub struct Binary(pub(crate) Bytes);
 
 impl Binary {
-    /// An owned `Vec<u8>` (copies unless this is the only reference to a whole buffer).
+    /// An owned `Vec<u8>`: copies, unless this is the only reference to a whole buffer of
+    /// its own. (A large received message, 16 KiB and up, lives in a buffer that the
+    /// connection reads its next large message into once you drop it: that one is copied.)
     pub fn into_vec(self) -> Vec<u8> {
         Vec::from(self.0)
     }

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
@@ -18,7 +19,9 @@ use rustls::{
 
 use crate::error::Error;
 use crate::frames::{frame_size, front, Front, Tracker};
+use crate::low_water;
 use crate::message::{Binary, Event, Message, Text};
+use crate::recycle::Pool;
 
 /// What the tungstenite `WebSocket` reads and writes. Both kinds of stream are
 /// non-blocking: reads and writes return `WouldBlock` and the I/O thread waits for
@@ -56,7 +59,8 @@ pub(crate) struct Transport {
 /// without a copy; the read then returns `WouldBlock` with [`ReadAhead::yielded`] set, so
 /// that the I/O thread takes them (in order: tungstenite has returned everything before
 /// them) and reads on. A large binary frame ([`Front::Large`]) is read into a buffer of
-/// its own, in reads of up to [`LARGE_READ`], and handed over the same way once whole.
+/// its own (from [`Pool`]: one the caller dropped, if one fits), in reads of up to
+/// [`LARGE_READ`], and handed over the same way once whole.
 #[derive(Debug, Default)]
 struct ReadAhead {
     on: bool,
@@ -72,6 +76,11 @@ struct ReadAhead {
     fast_bytes: usize,
     /// A large binary frame being read.
     large: Option<LargeFrame>,
+    /// The buffers of large frames, back from the caller; made at the first large frame,
+    /// dropped [`crate::recycle::IDLE`] after the last.
+    pool: Option<Pool>,
+    /// The socket's receive low-water mark, as last set (0: never set, so 1).
+    low_water: usize,
     /// tungstenite may hold whole frames it has not returned yet (those that came with
     /// the handshake's response, or a direct read inside a fragmented message that went
     /// past the fragment): since bytes last went to it and until it asks for more, it
@@ -88,12 +97,16 @@ struct ReadAhead {
 /// A large binary frame's payload, being read (see [`Front::Large`]).
 #[derive(Debug)]
 struct LargeFrame {
-    /// Zeroed ahead of the reads, [`LARGE_READ`] at a time, up to `len`.
-    payload: BytesMut,
+    /// Initialized up to its length: zeroed ahead of the reads, [`LARGE_READ`] at a
+    /// time, up to `len` (a reused buffer may be longer already).
+    payload: Vec<u8>,
     /// The payload's length.
     len: usize,
     /// Bytes of it read so far.
     filled: usize,
+    /// The most the low-water mark may be raised to while it is read: a quarter of the
+    /// socket's receive buffer, looked up at the first wait (0 until then).
+    low_water_max: usize,
 }
 
 /// At most this many fast-path messages per read, so that the I/O thread's bounds on
@@ -245,13 +258,21 @@ impl ReadAhead {
     fn start_large(&mut self, header: usize, len: usize) {
         self.buf.advance(header);
         let here = len.min(self.buf.len());
-        let mut payload = BytesMut::with_capacity(len);
-        payload.extend_from_slice(&self.buf[..here]);
+        let now = Instant::now();
+        let mut payload = self
+            .pool
+            .get_or_insert_with(|| Pool::new(now))
+            .take(len, now);
+        // A reused buffer is initialized (to old bytes) as far as its length.
+        let init = payload.len().min(here);
+        payload[..init].copy_from_slice(&self.buf[..init]);
+        payload.extend_from_slice(&self.buf[init..here]);
         self.buf.advance(here);
         self.large = Some(LargeFrame {
             payload,
             len,
             filled: here,
+            low_water_max: 0,
         });
     }
 
@@ -263,27 +284,64 @@ impl ReadAhead {
             return Ok(false);
         };
         if frame.filled < frame.len {
-            if frame.filled == frame.payload.len() {
+            if frame.filled >= frame.payload.len() {
                 // Zeroed once: a read that returns less leaves the rest for the next.
                 let more = (frame.len - frame.filled).min(LARGE_READ);
                 frame.payload.resize(frame.filled + more, 0);
             }
-            match tcp.read(&mut frame.payload[frame.filled..])? {
-                0 => {
+            let end = frame
+                .payload
+                .len()
+                .min(frame.len)
+                .min(frame.filled + LARGE_READ);
+            match tcp.read(&mut frame.payload[frame.filled..end]) {
+                Ok(0) => {
                     self.large = None;
                     self.eof = true;
                 }
-                n => frame.filled += n,
+                Ok(n) => frame.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Sleep until a read's worth of the rest is here, not the next segment.
+                    if frame.low_water_max == 0 {
+                        let buffer = low_water::receive_buffer(tcp).unwrap_or(0);
+                        frame.low_water_max = (buffer / 4).max(1);
+                    }
+                    let mark = (frame.len - frame.filled)
+                        .min(LARGE_READ)
+                        .min(frame.low_water_max);
+                    self.set_low_water(tcp, mark);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
             }
             return Ok(false);
         }
+        self.set_low_water(tcp, 1);
         if let Some(frame) = self.large.take() {
-            let payload = Binary(frame.payload.freeze());
+            let pool = self.pool.get_or_insert_with(|| Pool::new(Instant::now()));
+            let payload = Binary(pool.wrap(frame.payload, frame.len));
             self.fast
                 .push_back(Event::Message(Message::Binary(payload)));
             self.fast_bytes += frame.len;
         }
         Ok(true)
+    }
+
+    /// Sets the socket's receive low-water mark to `mark` bytes, unless it is that
+    /// already. Best effort: if the system refuses, the I/O thread only wakes more often.
+    fn set_low_water(&mut self, tcp: &TcpStream, mark: usize) {
+        if mark != self.low_water.max(1) && low_water::set(tcp, mark).is_ok() {
+            self.low_water = mark;
+        }
+    }
+
+    /// When the buffers kept for reuse should be dropped, if there are any (not while a
+    /// large frame is being read: one will be needed when it ends).
+    fn pool_expiry(&self) -> Option<Instant> {
+        self.pool
+            .as_ref()
+            .filter(|_| self.large.is_none())
+            .map(Pool::expiry)
     }
 
     /// Appends what the socket holds, up to [`AHEAD`] bytes; `Ok(0)` at its end.
@@ -491,6 +549,20 @@ impl Transport {
         }
         let bytes = std::mem::take(&mut ahead.fast_bytes);
         (bytes, std::mem::take(&mut ahead.yielded))
+    }
+
+    /// When the I/O thread should call [`Transport::expire_pool`], if ever.
+    pub fn pool_expiry(&self) -> Option<Instant> {
+        self.ahead.pool_expiry()
+    }
+
+    /// Drops the buffers kept for reuse if no large frame came for a while (see
+    /// [`crate::recycle`]); those still out with the caller go to the allocator when
+    /// dropped.
+    pub fn expire_pool(&mut self, now: Instant) {
+        if self.ahead.pool_expiry().is_some_and(|at| now >= at) {
+            self.ahead.pool = None;
+        }
     }
 
     /// After the opening handshake: whether there may be something to read that no

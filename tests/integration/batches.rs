@@ -91,7 +91,7 @@ fn batches_nobody_takes_push_back_on_the_server() {
     let blocked_at = blocked_rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the server's writes never blocked while nobody took batches");
-    // Two batches of at most 1 MiB (64 messages of 16 KiB) and a few MiB of socket
+    // Two batches of at most 2 MiB (128 messages of 16 KiB) and a few MiB of socket
     // buffers; without the bound all 4,000 (62 MiB) would have been read.
     assert!(
         blocked_at < 1000,

@@ -324,6 +324,85 @@ fn large_binary_frames_mixed_and_split_anywhere_arrive_in_order() {
     server.join();
 }
 
+/// Large binary messages are read into buffers that come back when the caller drops
+/// them, and the next large frame of about the same size is read into one (a buffer up
+/// to a quarter longer than the frame, holding an older message's bytes). Every message
+/// arrives byte for byte, and the messages the caller keeps stay as they were while
+/// later ones are read into the buffers of those it dropped.
+#[test]
+fn large_messages_in_reused_buffers_arrive_whole_and_stay_whole() {
+    let _g = shared();
+    let pattern = |len: usize, seed: usize| -> Vec<u8> {
+        (0..len)
+            .map(|k| ((k * 7 + seed * 13) % 251) as u8)
+            .collect()
+    };
+    let sizes = [
+        1 << 20,
+        1 << 20,
+        900_000,
+        (1 << 20) - 1,
+        850_000,
+        300_000,
+        1 << 20,
+        70_000,
+        16_384,
+        1 << 20,
+        1 << 20,
+        999_999,
+        16_385,
+        1 << 20,
+    ];
+    let mut stream = Vec::new();
+    let mut expected: Vec<Vec<u8>> = Vec::new();
+    for round in 0..3 {
+        for (i, &len) in sizes.iter().enumerate() {
+            let b = pattern(len, round * 100 + i);
+            stream.extend(raw_frame(0x82, &b));
+            expected.push(b);
+        }
+        let t = format!("round {round} done");
+        stream.extend(raw_frame(0x81, t.as_bytes()));
+    }
+    let server = serve_in_pieces(stream, &[65_536, 4093, 100_000, 1, 262_144, 7]);
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let mut kept = Vec::new();
+    for (i, want) in expected.iter().enumerate() {
+        let m = match next_event(&events) {
+            Event::Message(m) => m,
+            other => panic!("message {i}: expected it, got {other:?}"),
+        };
+        assert!(
+            m.as_bytes() == want.as_slice(),
+            "message {i}: {} bytes, expected {}",
+            m.len(),
+            want.len()
+        );
+        if i % 3 == 0 {
+            kept.push((i, m)); // the rest are dropped here, and their buffers reused
+        }
+        if i % sizes.len() == sizes.len() - 1 {
+            match next_event(&events) {
+                Event::Message(m) if m.as_text().is_some_and(|t| t.ends_with("done")) => {}
+                other => panic!("expected the round's text, got {other:?}"),
+            }
+        }
+    }
+    for (i, m) in &kept {
+        assert!(
+            m.as_bytes() == expected[*i].as_slice(),
+            "kept message {i} changed"
+        );
+    }
+    match next_event(&events) {
+        Event::Close(c) => assert!(c.was_clean && c.code == 1000, "{c:?}"),
+        other => panic!("expected the Close, got {other:?}"),
+    }
+    drop(ws);
+    server.join();
+}
+
 #[test]
 fn empty_and_large_messages_are_delivered() {
     let _g = shared();

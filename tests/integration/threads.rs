@@ -490,6 +490,84 @@ fn a_large_message_stalled_halfway_lets_the_io_thread_sleep() {
     server.join();
 }
 
+/// While the rest of a large frame is awaited, the I/O thread raises the socket's
+/// low-water mark so that it sleeps until a good part of it is there; once the frame is
+/// whole the mark is back at one byte, so a small message that comes alone afterwards
+/// still wakes it at once.
+#[test]
+fn a_small_message_after_a_stalled_large_one_arrives_at_once() {
+    let _g = shared();
+    let payload = flood_payload(3, 1 << 20);
+    let mut frame = vec![0x82, 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(2);
+    let server = server(move |mut ws| {
+        let half = frame.len() / 2;
+        ws.get_mut().write_all(&frame[..half]).unwrap();
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
+        ws.get_mut().write_all(&frame[half..]).unwrap();
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
+        ws.send(tungstenite::Message::text("after")).unwrap();
+        read_until_close(&mut ws)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    // Time to read the first half and wait for the rest.
+    thread::sleep(Duration::from_millis(100));
+    go_tx.send(()).unwrap();
+    match next_event(&events) {
+        Event::Message(m) => assert!(m.as_bytes() == payload.as_slice(), "payload differs"),
+        other => panic!("expected the large message, got {other:?}"),
+    }
+    go_tx.send(()).unwrap();
+    match events.recv_timeout(Duration::from_secs(2)) {
+        Ok(Event::Message(m)) => assert_eq!(m.as_text(), Some("after")),
+        other => panic!("expected the small message at once, got {other:?}"),
+    }
+    close_cleanly(&ws, &events);
+    server.join();
+}
+
+/// The buffers of large messages are kept for reuse for a second after the last one
+/// (see `recycle` in the crate), then dropped: the I/O thread wakes for that once, and
+/// otherwise sleeps.
+#[test]
+fn after_large_messages_stop_the_io_thread_sleeps() {
+    let _g = exclusive();
+    let server = server(move |mut ws| {
+        for i in 0..4 {
+            ws.send(tungstenite::Message::binary(flood_payload(i, 1 << 20)))
+                .unwrap();
+        }
+        read_until_close(&mut ws)
+    });
+    let before = crate_threads();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let (tid, name) = new_crate_threads(&before, 1).remove(0);
+    for i in 0..4 {
+        match next_event(&events) {
+            Event::Message(m) => assert!(m.as_bytes() == flood_payload(i, 1 << 20)),
+            other => panic!("expected message {i}, got {other:?}"),
+        }
+    }
+    let (ticks0, switches0) = (thread_cpu_ticks(tid), thread_switches(tid));
+    thread::sleep(Duration::from_secs(2));
+    let ticks = thread_cpu_ticks(tid) - ticks0;
+    let switches = thread_switches(tid) - switches0;
+    assert!(
+        ticks <= 2,
+        "{name} used {ticks} ticks of CPU after the large messages"
+    );
+    assert!(
+        switches <= 3,
+        "{name} woke up {switches} times after the large messages"
+    );
+    close_cleanly(&ws, &events);
+    server.join();
+}
+
 /// The last handle dropped inside a callback (the threads cannot join themselves): the
 /// connection still closes with 1001 and both threads end on their own.
 #[test]
