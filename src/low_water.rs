@@ -68,6 +68,12 @@ pub(crate) fn receive_buffer(tcp: &TcpStream) -> io::Result<usize> {
     }
 }
 
+/// Elsewhere: unknown.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn receive_buffer(_tcp: &TcpStream) -> io::Result<usize> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
