@@ -9,8 +9,8 @@
 //! on its first write; it also has to be zeroed before it can be read into (no `unsafe`
 //! here), and it is cold in the cache. A buffer that comes back is none of these: its
 //! bytes are already initialized, and they were touched a moment ago. Receiving a stream
-//! of 1 MiB messages, the I/O thread's page faults, zeroing and allocator work were about
-//! a fifth of its time; see `benches/compare/README.md` for the measurements.
+//! of 1 MiB messages, the I/O thread's page faults and zeroing were about a quarter of its
+//! time; see `benches/compare/README.md` for the measurements.
 //!
 //! Bounds: at most [`KEEP`] buffers wait here, each of at most [`MAX_LEN`] bytes, and the
 //! I/O thread drops them all [`IDLE`] after the last large frame. A buffer dropped after
@@ -60,7 +60,7 @@ impl Pool {
     pub fn take(&mut self, len: usize, now: Instant) -> Vec<u8> {
         self.used = now;
         while let Ok(buf) = self.back.try_recv() {
-            if (len..=len + len / 4).contains(&buf.capacity()) {
+            if (len..=len.saturating_add(len / 4)).contains(&buf.capacity()) {
                 return buf;
             }
         }
