@@ -45,8 +45,14 @@ pub(crate) fn set(_tcp: &TcpStream, _bytes: usize) -> io::Result<()> {
 /// The socket's receive buffer, in bytes (`SO_RCVBUF`; Linux counts its bookkeeping in
 /// it, so somewhat more than the data it can hold).
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub(crate) fn receive_buffer(tcp: &TcpStream) -> io::Result<usize> {
+    get(tcp, libc::SO_RCVBUF).map(|value| usize::try_from(value).unwrap_or(0))
+}
+
+/// The value of a socket-level option that is an `int`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn get(tcp: &TcpStream, option: libc::c_int) -> io::Result<libc::c_int> {
     use std::os::fd::AsRawFd;
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -57,13 +63,13 @@ pub(crate) fn receive_buffer(tcp: &TcpStream) -> io::Result<usize> {
         libc::getsockopt(
             tcp.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
+            option,
             (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
     };
     match result {
-        0 => Ok(usize::try_from(value).unwrap_or(0)),
+        0 => Ok(value),
         _ => Err(io::Error::last_os_error()),
     }
 }
@@ -78,34 +84,19 @@ pub(crate) fn receive_buffer(_tcp: &TcpStream) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    #[allow(unsafe_code)]
-    fn get(tcp: &TcpStream) -> usize {
-        use std::os::fd::AsRawFd;
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: as in `receive_buffer`.
-        let result = unsafe {
-            libc::getsockopt(
-                tcp.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(result, 0);
-        value as usize
+    fn mark(tcp: &TcpStream) -> libc::c_int {
+        get(tcp, libc::SO_RCVLOWAT).expect("SO_RCVLOWAT")
     }
 
     #[test]
     fn the_mark_is_set_and_read_back() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        assert_eq!(get(&tcp), 1);
+        assert_eq!(mark(&tcp), 1);
         set(&tcp, 64 << 10).unwrap();
-        assert_eq!(get(&tcp), 64 << 10);
+        assert_eq!(mark(&tcp), 64 << 10);
         set(&tcp, 1).unwrap();
-        assert_eq!(get(&tcp), 1);
+        assert_eq!(mark(&tcp), 1);
         assert!(receive_buffer(&tcp).unwrap() > 0);
     }
 }
