@@ -41,8 +41,8 @@ pub(crate) const BURST: usize = 256;
 /// Two messages of 1 MiB fit: with room for only one, pull style's I/O thread found the
 /// channel full (and napped) whenever the consumer was a moment late, and stream_large
 /// unpinned measured 0.84x of raw tungstenite against 0.99x with 2 MiB (paired runs;
-/// see `benches/compare/README.md`). More is slower again: with 4 MiB the buffers in
-/// flight no longer stay in the cache (0.55x).
+/// see `benches/compare/README.md`). More gains nothing: 4 MiB measured 0.95x (and,
+/// before large buffers were reused, 0.55x: the buffers in flight left the cache).
 pub(crate) const BATCH_BYTES: usize = 2 << 20;
 
 pub(crate) enum Outlet {

@@ -205,6 +205,11 @@ fn expect_in_order(events: &nwebsocket::crossbeam_channel::Receiver<Event>, expe
             other => panic!("message {i}: expected {want:?}, got {other:?}"),
         }
     }
+    expect_clean_close(events);
+}
+
+/// The server's Close with 1000, and the closing handshake completed.
+fn expect_clean_close(events: &nwebsocket::crossbeam_channel::Receiver<Event>) {
     match next_event(events) {
         Event::Close(c) => assert!(c.was_clean && c.code == 1000, "{c:?}"),
         other => panic!("expected the Close, got {other:?}"),
@@ -395,10 +400,7 @@ fn large_messages_in_reused_buffers_arrive_whole_and_stay_whole() {
             "kept message {i} changed"
         );
     }
-    match next_event(&events) {
-        Event::Close(c) => assert!(c.was_clean && c.code == 1000, "{c:?}"),
-        other => panic!("expected the Close, got {other:?}"),
-    }
+    expect_clean_close(&events);
     drop(ws);
     server.join();
 }

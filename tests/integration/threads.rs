@@ -445,15 +445,21 @@ fn an_idle_connection_costs_no_cpu() {
     server.join();
 }
 
+/// A final binary frame carrying `payload`, unmasked, with a 64-bit length.
+fn binary_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x82, 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// A large message that stops arriving halfway (the fast path's own buffer holds half a
 /// frame): the I/O thread sleeps until the rest comes, and the message arrives whole.
 #[test]
 fn a_large_message_stalled_halfway_lets_the_io_thread_sleep() {
     let _g = exclusive();
     let payload = flood_payload(7, 1 << 20);
-    let mut frame = vec![0x82, 127];
-    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    let frame = binary_frame(&payload);
     let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
     let server = server(move |mut ws| {
         let half = frame.len() / 2;
@@ -498,9 +504,7 @@ fn a_large_message_stalled_halfway_lets_the_io_thread_sleep() {
 fn a_small_message_after_a_stalled_large_one_arrives_at_once() {
     let _g = shared();
     let payload = flood_payload(3, 1 << 20);
-    let mut frame = vec![0x82, 127];
-    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    let frame = binary_frame(&payload);
     let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(2);
     let server = server(move |mut ws| {
         let half = frame.len() / 2;
