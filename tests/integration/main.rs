@@ -10,6 +10,7 @@
 //! - `threads`: concurrent senders, callback threads, handler state, thread and CPU cost.
 //! - `faults`: peers that break the protocol after the handshake (1002 on the wire).
 //! - `json`: `send_json`, `Message::json`, `Router`, `request` among unrelated traffic.
+//! - `protocol`: issue 15's I/O-core defects (data after Close, bare-LF 101, panics, close codes, bounds).
 //! - `load`: 16 senders × 100,000 messages; 1,000 connect/close cycles leak nothing.
 //! - `proxy`: HTTP CONNECT through an in-process proxy.
 //! - `keepalive`, `reconnect`, `tls`, `redirect`: staying connected (issue 4): pings under a
@@ -35,6 +36,7 @@ mod json;
 mod keepalive;
 mod load;
 mod messages;
+mod protocol;
 mod proxy;
 mod reconnect;
 mod redirect;
