@@ -533,7 +533,6 @@ fn reference(input: &[u8], limits: Limits) -> Reference {
     let mut ws =
         tungstenite::WebSocket::from_raw_socket(Memory { input }, Role::Client, Some(config));
     let mut delivered = Vec::new();
-    let mut close = None;
     let end = loop {
         match ws.read() {
             Ok(tungstenite::Message::Text(t)) => delivered.push(Delivered::Text(t.as_str().into())),
@@ -541,12 +540,22 @@ fn reference(input: &[u8], limits: Limits) -> Reference {
             Ok(tungstenite::Message::Ping(p)) => delivered.push(Delivered::Ping(p.to_vec())),
             Ok(tungstenite::Message::Pong(p)) => delivered.push(Delivered::Pong(p.to_vec())),
             Ok(tungstenite::Message::Close(frame)) => {
-                close = Some(frame.map_or((1005, String::new()), |f| {
+                let close = frame.map_or((1005, String::new()), |f| {
                     (u16::from(f.code), f.reason.as_str().to_owned())
-                }));
+                });
+                // Where the contract departs from tungstenite's reading (RFC 6455 §7.1.7 and
+                // §1.4, as browsers do): a Close with an invalid code fails the connection
+                // (tungstenite instead returns its own reply, 1002 "Protocol violation"),
+                // and whatever follows the server's Close is discarded.
+                if close == (1002, "Protocol violation".to_owned()) {
+                    break Err(tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::InvalidCloseSequence,
+                    ));
+                }
+                break Ok(Some(close));
             }
             Ok(tungstenite::Message::Frame(_)) => {}
-            Err(tungstenite::Error::ConnectionClosed) => break Ok(close),
+            Err(tungstenite::Error::ConnectionClosed) => break Ok(None),
             Err(e) => break Err(e),
         }
     };
@@ -626,9 +635,17 @@ fn compare_with_reference(input: &[u8], seen: &[Event], limits: Limits) -> Resul
 fn same_kind(want: &tungstenite::Error, got: &Error) -> bool {
     use tungstenite::error::ProtocolError;
     match want {
+        // RFC 6455 §5.2: a 64-bit length with its top bit set is a protocol error.
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size,
+            ..
+        }) if *size > i64::MAX as usize => matches!(got, Error::Protocol(_)),
         tungstenite::Error::Capacity(_) => matches!(got, Error::Capacity { .. }),
+        // The stream ended inside a frame. tungstenite checks a frame only once its payload
+        // is all there; the crate checks the header as soon as it is, so a bad header
+        // before the end is a protocol error there.
         tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            matches!(got, Error::Io(_))
+            matches!(got, Error::Io(_) | Error::Protocol(_))
         }
         tungstenite::Error::Protocol(_)
         | tungstenite::Error::Utf8(_)

@@ -8,9 +8,9 @@ use crossbeam_channel::Receiver;
 use crate::delivery::EventBatches;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
+use crate::io::proxy::ProxyChoice;
+use crate::io::TlsOptions;
 use crate::message::Event;
-use crate::proxy::ProxyChoice;
-use crate::transport::TlsOptions;
 use crate::websocket::WebSocket;
 
 /// Settings for a connection, set with chained calls, then used to connect.
@@ -39,6 +39,13 @@ pub(crate) const PULL_QUEUE: usize = 4096;
 /// Callback style's default [`Builder::incoming_queue`]: events per batch, allocated only
 /// while events flow.
 pub(crate) const CALLBACK_QUEUE: usize = 512;
+
+/// The largest size limit: 2^48 bytes (on 32-bit targets, `usize::MAX`).
+const MAX_SIZE_LIMIT: usize = if usize::BITS > 48 {
+    (1u64 << 48) as usize
+} else {
+    usize::MAX
+};
 
 /// The settled configuration the threads read. Private: set through [`Builder`].
 /// Its `Debug` leaves out every secret (header and cookie values, proxy credentials, keys).
@@ -242,16 +249,18 @@ impl Builder {
     }
 
     /// The largest incoming message, in bytes; a larger one closes the connection with
-    /// 1009 and [`Error::Capacity`]. Defaults to 16 MiB.
+    /// 1009 and [`Error::Capacity`]. Defaults to 16 MiB. At most 2^48 bytes (256 TiB,
+    /// more than any machine can hold): larger values, `usize::MAX` included, mean that.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.config.max_message_size = bytes;
+        self.config.max_message_size = bytes.min(MAX_SIZE_LIMIT);
         self
     }
 
     /// The largest incoming frame payload, in bytes; a larger one closes the connection
-    /// with 1009 and [`Error::Capacity`]. Defaults to 16 MiB.
+    /// with 1009 and [`Error::Capacity`]. Defaults to 16 MiB. At most 2^48 bytes, as for
+    /// [`max_message_size`](Self::max_message_size).
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.config.max_frame_size = bytes;
+        self.config.max_frame_size = bytes.min(MAX_SIZE_LIMIT);
         self
     }
 
@@ -463,7 +472,7 @@ impl Builder {
         self.config.tls = self.config.tls_options.build()?;
         if let ProxyChoice::Url(url) = &self.config.proxy {
             // Refuse a bad proxy URL now rather than on the I/O thread.
-            crate::proxy::check_url(url)?;
+            crate::io::proxy::check_url(url)?;
         }
         for (name, value) in &self.config.headers {
             let bad = |reason: &str| Error::InvalidHeader {

@@ -22,7 +22,7 @@ use crossbeam_channel::{
     Receiver, RecvError, RecvTimeoutError, Select, Sender, TryRecvError, TrySendError,
 };
 
-use crate::io_thread::Command;
+use crate::io::Command;
 use crate::message::Event;
 
 /// Events per read burst in pull style: the I/O thread reads no more while this many are
@@ -294,7 +294,7 @@ impl EventBatches {
 
     /// As [`recv`](Self::recv), for at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<Event>, RecvTimeoutError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::protocol::saturating_deadline(Instant::now(), timeout);
         match self.0.look(Some(deadline)) {
             Some(Ok(batch)) => Ok(batch),
             Some(Err(RecvError)) => Err(RecvTimeoutError::Disconnected),

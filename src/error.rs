@@ -116,6 +116,10 @@ pub enum Error {
     /// A callback panicked; the panic was caught and the connection carries on.
     #[error("a callback panicked: {0}")]
     CallbackPanic(String),
+    /// The connection's I/O thread panicked (a bug in this crate); the panic was caught and
+    /// the connection closed.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -144,6 +148,9 @@ pub enum Timeout {
     Close,
     /// Waiting for a pong after a keepalive ping.
     Pong,
+    /// Waiting for the server to take what we write, while it is owed a control frame
+    /// (it pings and never reads).
+    Write,
     /// Waiting for a reply to a request.
     Request,
 }
@@ -155,6 +162,7 @@ impl std::fmt::Display for Timeout {
             Timeout::Handshake => "the opening handshake",
             Timeout::Close => "the closing handshake",
             Timeout::Pong => "waiting for a pong",
+            Timeout::Write => "waiting for the server to read",
             Timeout::Request => "waiting for a reply",
         })
     }

@@ -247,7 +247,7 @@ impl WebSocketRef {
         T: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::protocol::saturating_deadline(Instant::now(), timeout);
         let mut value = serde_json::to_value(value).map_err(|e| Error::Json(e.to_string()))?;
         let Value::Object(object) = &mut value else {
             return Err(Error::Json("a request must be a JSON object".into()));

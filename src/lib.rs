@@ -192,17 +192,13 @@
 mod config;
 mod delivery;
 mod error;
-mod frames;
-mod framing;
 mod handler;
-mod io_thread;
+mod io;
 mod json;
-mod low_water;
 mod message;
-mod proxy;
+mod protocol;
 mod recycle;
 mod state;
-mod transport;
 mod url;
 mod websocket;
 

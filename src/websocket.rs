@@ -16,10 +16,10 @@ use tungstenite::Bytes;
 use crate::config::{Builder, Config, CALLBACK_QUEUE, PULL_QUEUE};
 use crate::delivery::{Batches, EventBatches, Outlet, Pull};
 use crate::error::{Error, Result, SendError, Timeout};
-use crate::framing::{self, Outbox};
 use crate::handler::{dispatch, Handler};
-use crate::io_thread::{Command, IoThread};
+use crate::io::{Command, IoThread};
 use crate::message::{CloseEvent, Event, Message};
+use crate::protocol::{self, after, Outbox};
 use crate::state::ReadyState;
 use crate::url::Target;
 
@@ -72,8 +72,11 @@ pub(crate) struct Shared {
     state: AtomicU8,
     gate: RwLock<()>,
     commands: Sender<Command>,
-    /// Frames encoded by `send`, waiting for the I/O thread (see `framing`).
+    /// Frames encoded by `send`, waiting for the I/O thread (see `protocol::push`).
     pub outbox: Mutex<Outbox>,
+    /// The ping `ping` asked for, until the I/O thread takes it: one slot, so that pings
+    /// asked for faster than they go out replace each other instead of piling up.
+    ping: Mutex<Option<Bytes>>,
     waker: mio::Waker,
     /// Set by the I/O thread while it sleeps in `poll`; senders wake it only then.
     pub io_sleeping: AtomicBool,
@@ -140,6 +143,14 @@ impl Shared {
                 log::warn!("could not wake the I/O thread: {e}");
             }
         }
+    }
+
+    /// The ping `ping` asked for, if one waits.
+    pub fn take_ping(&self) -> Option<Bytes> {
+        self.ping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// The I/O thread handed `bytes` of application data to the OS.
@@ -245,7 +256,8 @@ impl WebSocketRef {
         msg: impl Into<Message>,
         timeout: Duration,
     ) -> Result<(), SendError> {
-        self.send_inner(msg.into(), Wait::Until(Instant::now() + timeout))
+        let wait = after(Instant::now(), Some(timeout)).map_or(Wait::Forever, Wait::Until);
+        self.send_inner(msg.into(), wait)
     }
 
     fn send_inner(&self, msg: Message, wait: Wait) -> Result<(), SendError> {
@@ -270,7 +282,7 @@ impl WebSocketRef {
             ReadyState::Closing | ReadyState::Closed => return Err(SendError::Closed(msg)),
         }
         shared.buffered.fetch_add(msg.len(), SeqCst);
-        let was_empty = framing::push(&msg, |append| {
+        let was_empty = protocol::push(&msg, |append| {
             let mut outbox = shared.outbox.lock().unwrap_or_else(PoisonError::into_inner);
             let was_empty = outbox.is_empty();
             append(&mut outbox);
@@ -342,7 +354,10 @@ impl WebSocketRef {
         let _gate = shared.gate.read().unwrap_or_else(PoisonError::into_inner);
         match shared.ready_state() {
             ReadyState::Open => {
-                shared.enqueue(Command::Ping(Bytes::from(payload)));
+                let mut slot = shared.ping.lock().unwrap_or_else(PoisonError::into_inner);
+                if slot.replace(Bytes::from(payload)).is_none() {
+                    shared.enqueue(Command::Ping);
+                }
                 Ok(())
             }
             other => Err(Error::InvalidState(other)),
@@ -435,9 +450,8 @@ impl WebSocketRef {
 
     /// As [`wait_closed`](Self::wait_closed), giving up after `timeout` with `None`.
     pub fn wait_closed_timeout(&self, timeout: Duration) -> Option<CloseEvent> {
-        let deadline = Instant::now() + timeout;
-        self.shared
-            .wait_status(Some(deadline), |s| s.closed.clone())
+        let deadline = after(Instant::now(), Some(timeout));
+        self.shared.wait_status(deadline, |s| s.closed.clone())
     }
 
     /// Blocks until OPEN, returning the error if the connection failed first.
@@ -445,11 +459,12 @@ impl WebSocketRef {
         let config = &self.shared.config;
         // The I/O thread bounds connecting and the handshake itself; this outer bound
         // only covers a resolver that ignores the connect timeout.
-        let deadline = Instant::now()
-            + config.connect_timeout
-            + config.handshake_timeout
-            + Duration::from_secs(1);
-        match self.shared.wait_status(Some(deadline), |s| s.open.clone()) {
+        let bound = config
+            .connect_timeout
+            .checked_add(config.handshake_timeout)
+            .and_then(|d| d.checked_add(Duration::from_secs(1)));
+        let deadline = bound.and_then(|d| after(Instant::now(), Some(d)));
+        match self.shared.wait_status(deadline, |s| s.open.clone()) {
             Some(result) => result,
             None => {
                 let _ = self.request_close(None);
@@ -778,7 +793,9 @@ impl<H> Drop for Owner<H> {
             return;
         }
         let config = &shared.config;
-        let deadline = Instant::now() + config.close_timeout + Duration::from_secs(1);
+        let bound = config.close_timeout.checked_add(Duration::from_secs(1));
+        let deadline =
+            crate::protocol::saturating_deadline(Instant::now(), bound.unwrap_or(Duration::MAX));
         for (name, joined) in [("I/O", threads.io), ("callback", threads.callback)] {
             let Some((handle, done)) = joined else {
                 continue;
@@ -844,9 +861,9 @@ fn start(
 ) -> Result<(WebSocketRef, Joinable)> {
     let target = crate::url::parse(url)?;
     // Built again for each attempt by the I/O thread; built here to refuse bad headers now.
-    crate::io_thread::build_request(&target, &config)?;
+    crate::io::build_request(&target, &config)?;
     let poll = mio::Poll::new().map_err(Error::io)?;
-    let waker = mio::Waker::new(poll.registry(), crate::io_thread::WAKER).map_err(Error::io)?;
+    let waker = mio::Waker::new(poll.registry(), crate::io::WAKER).map_err(Error::io)?;
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         target,
@@ -864,6 +881,7 @@ fn start(
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
         outbox: Mutex::new(Outbox::default()),
+        ping: Mutex::new(None),
         requests: Mutex::new(HashMap::new()),
         pending_requests: AtomicUsize::new(0),
         next_request_id: AtomicU64::new(1),

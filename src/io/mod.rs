@@ -1,0 +1,779 @@
+//! The I/O thread: one per connection, the only owner of the socket, and the driver of
+//! the protocol core ([`crate::protocol::Connection`]).
+//!
+//! It is one state machine, [`Phase`]: `Connecting` (non-blocking TCP connect to each
+//! resolved address in turn) → `Tunneling` (through a proxy) → `Handshaking` (TLS and the
+//! HTTP upgrade, resumed on each readiness event) → `Open` (the protocol core: it covers
+//! CLOSING too) → the end, reported once as [`End`]. Reaching OPEN is in `connect.rs`;
+//! driving the core (bytes in, events out, bytes out, timers) in `open.rs`.
+//!
+//! Each turn of the loop runs the queued commands, makes what progress the phase allows
+//! without blocking, checks the timers, then sleeps in exactly one place:
+//! - in `mio::Poll`, on socket readiness and the waker that `send` pokes (only when this
+//!   thread is asleep), with a timeout only when a timer is set; or
+//! - when the event channel is full, in a crossbeam `Select` on "room in the event channel"
+//!   and "a command arrived". The socket is not read then, so TCP pushes back on the server.
+//!
+//! It never runs user code, and it runs under a guard: a panic on it (a bug) is reported
+//! as `Error`, then `Close` 1006, and every waiter is released.
+
+mod connect;
+mod open;
+pub(crate) mod proxy;
+mod transport;
+
+pub(crate) mod low_water;
+
+pub(crate) use connect::build_request;
+pub(crate) use transport::TlsOptions;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{fence, Ordering::SeqCst};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use mio::net::TcpStream;
+use mio::{Events, Poll, Token};
+use tungstenite::handshake::client::{ClientHandshake, Request};
+use tungstenite::handshake::MidHandshake;
+
+use crate::delivery::{Level, Outlet, Waited};
+use crate::error::{Error, Timeout};
+use crate::message::{CloseEvent, Event};
+use crate::protocol::{after, End, Outbox};
+use crate::state::ReadyState;
+use crate::url::Target;
+use crate::websocket::Shared;
+use open::Open;
+use proxy::Proxy;
+use transport::Transport;
+
+pub(crate) const SOCKET: Token = Token(0);
+pub(crate) const WAKER: Token = Token(1);
+
+/// What handles ask of the I/O thread, in order.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// The outbox went from empty to not: write it (one nudge per batch of messages).
+    Flush,
+    /// `ping` filled the ping slot (see [`Shared::ping`]).
+    Ping,
+    /// Start the closing handshake (or abort the opening one).
+    Close(Option<(u16, String)>),
+    /// The last `WebSocket` handle is gone: close with 1001 and finish within the close
+    /// timeout, whatever the event consumer does.
+    Drop,
+}
+
+type Mid = MidHandshake<ClientHandshake<Transport>>;
+
+enum Phase {
+    Connecting {
+        addrs: VecDeque<SocketAddr>,
+        tcp: Option<TcpStream>,
+        last_error: Option<io::Error>,
+    },
+    /// Through an HTTP proxy: CONNECT written from `out`, the answer read into `answer`.
+    Tunneling {
+        tcp: TcpStream,
+        out: Vec<u8>,
+        written: usize,
+        answer: Vec<u8>,
+    },
+    Handshaking(Mid),
+    Open(Box<Open>),
+    Done,
+}
+
+pub(crate) struct IoThread {
+    phase: Phase,
+    io: Io,
+}
+
+/// Everything but the phase, so that methods can borrow the socket and this together.
+struct Io {
+    shared: Arc<Shared>,
+    poll: Poll,
+    commands: Receiver<Command>,
+    /// Where events go to the consumer.
+    outlet: Outlet,
+    /// Where this attempt connects: the URL, or where a redirect pointed.
+    target: Target,
+    redirects: usize,
+    /// The HTTP proxy this attempt tunnels through.
+    proxy: Option<Proxy>,
+    request: Option<Request>,
+    /// `close` was called or the last handle dropped: no more reconnecting.
+    stopped: bool,
+    /// This attempt reached OPEN.
+    opened: bool,
+    /// Consecutive failed attempts, for the reconnect backoff.
+    failures: u32,
+    last_close: Option<CloseEvent>,
+    rng: u64,
+    /// Events read in this burst, not yet handed over. They go together at the end of the
+    /// burst, so a consumer that drains faster than the socket fills is woken once per
+    /// burst, not once per message. While the outlet is full they wait here, and once
+    /// they make a whole burst ([`Outlet::burst_full`]), the socket is not read.
+    pending: VecDeque<Event>,
+    /// Payload bytes in `pending`.
+    pending_bytes: usize,
+    /// Messages read since the socket was last found drained (see `open::own_small`).
+    burst_nth: usize,
+    /// How long to nap while pull style's channel is full (see [`Level`]).
+    nap: Duration,
+    /// The consumer emptied the outlet lately: when it is full, wait for it to drain
+    /// (see [`Io::await_drain`]) rather than block or nap.
+    consumer_keeps_up: bool,
+    receiver_gone: bool,
+    /// Set by `Command::Drop`: the time by which everything must be over.
+    drop_deadline: Option<Instant>,
+    /// Edge-triggered readiness, remembered until a read returns `WouldBlock`.
+    readable: bool,
+    /// The core holds complete frames not turned into events yet (a burst's budget ran
+    /// out, or the consumer is behind).
+    buffered: bool,
+    write_blocked: bool,
+    /// The core has output waiting (as of the last write).
+    output_waiting: bool,
+    connect_deadline: Option<Instant>,
+    handshake_deadline: Option<Instant>,
+    /// When this thread last wrote to the socket (see `SPIN`).
+    wrote_at: Instant,
+}
+
+impl IoThread {
+    pub fn new(
+        shared: Arc<Shared>,
+        poll: Poll,
+        commands: Receiver<Command>,
+        outlet: Outlet,
+    ) -> Self {
+        let connect_deadline = after(Instant::now(), Some(shared.config.connect_timeout));
+        let target = shared.target.clone();
+        // Seed for the backoff jitter; it only needs to differ between processes and
+        // connections, not to be unpredictable.
+        let rng = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            ^ (Arc::as_ptr(&shared) as usize as u64);
+        IoThread {
+            phase: Phase::Done,
+            io: Io {
+                shared,
+                poll,
+                commands,
+                outlet,
+                target,
+                redirects: 0,
+                proxy: None,
+                request: None,
+                stopped: false,
+                opened: false,
+                failures: 0,
+                last_close: None,
+                rng: rng | 1,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                burst_nth: 0,
+                nap: NAP_MIN,
+                consumer_keeps_up: true,
+                receiver_gone: false,
+                drop_deadline: None,
+                readable: false,
+                buffered: false,
+                write_blocked: false,
+                output_waiting: false,
+                connect_deadline,
+                handshake_deadline: None,
+                wrote_at: Instant::now()
+                    .checked_sub(SPIN)
+                    .unwrap_or_else(Instant::now),
+            },
+        }
+    }
+
+    /// Runs the connection under a guard: a panic here is a bug, but the user still gets
+    /// `Error`, then `Close` 1006, CLOSED, and every blocked call released.
+    pub fn run(mut self: Box<Self>) {
+        let result = catch_unwind(AssertUnwindSafe(|| self.run_connections()));
+        if let Err(panic) = result {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            log::error!("{}: the I/O thread panicked: {what}", self.io.url());
+            self.phase = Phase::Done; // drops the socket
+            self.io.stopped = true;
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                self.io.finish(End::Failed(Error::Internal(what)), true);
+            }));
+            // Whatever happened above, every waiter is released.
+            let shared = &self.io.shared;
+            shared.transition(
+                &[
+                    ReadyState::Connecting,
+                    ReadyState::Open,
+                    ReadyState::Closing,
+                ],
+                ReadyState::Closed,
+            );
+            shared.set_open(Err(Error::Aborted));
+            shared.set_closed(CloseEvent::abnormal());
+        }
+    }
+
+    /// Connects, serves until the connection ends, and reconnects while the policy says so.
+    fn run_connections(&mut self) {
+        loop {
+            let end = match self.resolve() {
+                Ok(()) => self.serve(),
+                Err(end) => end,
+            };
+            self.linger();
+            self.phase = Phase::Done; // drop the socket: the server sees the end at once
+            self.io.drain_after_end();
+            let retry = self.io.retry_delay(&end);
+            self.io.finish(end, retry.is_none());
+            match retry {
+                Some(delay) if self.io.backoff(delay) => self.io.new_attempt(),
+                _ => break,
+            }
+        }
+        if !self.io.shared.callback_mode {
+            let last = self
+                .io
+                .last_close
+                .take()
+                .unwrap_or_else(CloseEvent::abnormal);
+            self.io.shared.set_closed(last);
+        }
+    }
+
+    fn serve(&mut self) -> End {
+        let mut events = Events::with_capacity(8);
+        loop {
+            if let Err(end) = self.step() {
+                return end;
+            }
+            if let Err(end) = self.wait(&mut events) {
+                return end;
+            }
+        }
+    }
+
+    /// One turn: commands, then whatever progress the phase can make without blocking.
+    fn step(&mut self) -> Result<(), End> {
+        while let Ok(command) = self.io.commands.try_recv() {
+            self.command(command)?;
+        }
+        match &mut self.phase {
+            Phase::Connecting { .. } => self.progress_connect()?,
+            Phase::Tunneling { .. } => self.progress_tunnel()?,
+            Phase::Handshaking(_) => self.progress_handshake()?,
+            Phase::Open(open) => self.io.drive(open)?,
+            Phase::Done => {}
+        }
+        let now = Instant::now();
+        match self.phase {
+            Phase::Connecting { .. } if self.io.connect_deadline.is_some_and(|d| now >= d) => {
+                Err(Error::Timeout(Timeout::Connect).into())
+            }
+            Phase::Handshaking(_) | Phase::Tunneling { .. }
+                if self.io.handshake_deadline.is_some_and(|d| now >= d) =>
+            {
+                Err(Error::Timeout(Timeout::Handshake).into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn command(&mut self, command: Command) -> Result<(), End> {
+        let io = &mut self.io;
+        match command {
+            Command::Drop => {
+                io.dropped();
+                io.shared.transition(
+                    &[ReadyState::Connecting, ReadyState::Open],
+                    ReadyState::Closing,
+                );
+                self.command(Command::Close(Some((1001, String::new()))))
+            }
+            Command::Close(frame) => {
+                io.stopped = true;
+                match &mut self.phase {
+                    Phase::Open(open) => {
+                        io.close(open, frame);
+                        Ok(())
+                    }
+                    Phase::Done => Ok(()),
+                    Phase::Connecting { .. } | Phase::Tunneling { .. } | Phase::Handshaking(_) => {
+                        Err(Error::Aborted.into())
+                    }
+                }
+            }
+            Command::Flush => {
+                if let Phase::Open(open) = &mut self.phase {
+                    io.take_outbox(open);
+                }
+                Ok(())
+            }
+            Command::Ping => {
+                let payload = io.shared.take_ping();
+                if let (Phase::Open(open), Some(payload)) = (&mut self.phase, payload) {
+                    open.conn.ping(payload, Instant::now());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sleeps until there is something to do.
+    fn wait(&mut self, events: &mut Events) -> Result<(), End> {
+        let busy = self.io.has_work(&self.phase);
+        let deadline = self.io.next_deadline(&self.phase);
+        if !busy && !self.io.pending.is_empty() {
+            // The outlet is full: it takes no more until the consumer makes room.
+            if self.io.consumer_keeps_up {
+                if self.io.await_drain() {
+                    self.io.deliver_pending();
+                    return Ok(());
+                }
+                self.io.consumer_keeps_up = false;
+            }
+            return self.wait_for_consumer(deadline);
+        }
+        let shared = &self.io.shared;
+        shared.io_sleeping.store(true, SeqCst);
+        fence(SeqCst);
+        let timeout = if busy || !self.io.commands.is_empty() {
+            Some(Duration::ZERO)
+        } else {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        // Just after a write an answer is likely within microseconds: look a few times,
+        // yielding the CPU in between, before sleeping for real.
+        let spin_until = self.io.wrote_at + SPIN;
+        let mut polled = if timeout != Some(Duration::ZERO) && Instant::now() < spin_until {
+            let mut polled = self.io.poll.poll(events, Some(Duration::ZERO));
+            while matches!(polled, Ok(())) && events.is_empty() && Instant::now() < spin_until {
+                std::thread::yield_now();
+                polled = self.io.poll.poll(events, Some(Duration::ZERO));
+            }
+            polled
+        } else {
+            self.io.poll.poll(events, timeout)
+        };
+        if matches!(polled, Ok(())) && events.is_empty() && timeout != Some(Duration::ZERO) {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            polled = self.io.poll.poll(events, timeout);
+        }
+        shared.io_sleeping.store(false, SeqCst);
+        match polled {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(e).into()),
+        }
+        for event in events.iter() {
+            if event.token() == SOCKET {
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.io.readable = true;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    self.io.write_blocked = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The outlet is full: wait for room in it or for a command, not for the socket.
+    fn wait_for_consumer(&mut self, deadline: Option<Instant>) -> Result<(), End> {
+        let io = &mut self.io;
+        // Output stuck behind a full socket buffer cannot be watched from here; retry it
+        // on a short timer. This needs a slow consumer and a slow server at once.
+        let retry_writes = io.write_blocked && io.output_waiting;
+        let deadline = match (deadline, retry_writes) {
+            (d, true) => Some(d.map_or(Instant::now() + RETRY, |d| d.min(Instant::now() + RETRY))),
+            (d, false) => d,
+        };
+        let blocked = Instant::now();
+        if let Outlet::Events(pull) = &mut io.outlet {
+            if !pull.held() {
+                io.deliver_pending(); // the caller took some since the last look
+                return Ok(());
+            }
+            // Nothing wakes this thread when the caller takes a message: look again after
+            // a nap, or at once on a command.
+            let until = blocked + io.nap;
+            return match io
+                .commands
+                .recv_deadline(deadline.map_or(until, |d| d.min(until)))
+            {
+                Ok(command) => self.command(command),
+                Err(_) => {
+                    if Instant::now() >= until {
+                        io.nap = next_nap(io.nap, pull.level());
+                    }
+                    io.write_blocked &= !retry_writes;
+                    io.deliver_pending();
+                    Ok(())
+                }
+            };
+        }
+        match io.outlet.push_wait(&mut io.pending, &io.commands, deadline) {
+            Waited::Sent => {
+                // Room came within microseconds: the consumer keeps up after all (it was
+                // preempted, say), and waking for each free slot would make it ping-pong.
+                if blocked.elapsed() < SPIN {
+                    io.consumer_keeps_up = true;
+                }
+                io.deliver_pending();
+                Ok(())
+            }
+            Waited::Gone(events) => {
+                io.discard(events);
+                io.recount_pending();
+                Ok(())
+            }
+            Waited::TimedOut => {
+                io.write_blocked &= !retry_writes;
+                Ok(())
+            }
+            Waited::Command(Some(command)) => self.command(command),
+            Waited::Command(None) => Ok(()),
+        }
+    }
+}
+
+/// How long the I/O thread keeps looking for an answer after a write before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// The least number of yields before [`SPIN`] counts as spent, when waiting for the
+/// consumer to drain a full outlet.
+const SPIN_YIELDS: u32 = 32;
+
+/// The shortest and longest naps of the I/O thread while pull style's channel is full
+/// (see [`next_nap`]). A caller that stopped taking costs this thread 200 wake-ups a
+/// second, while the server sends.
+const NAP_MIN: Duration = Duration::from_micros(100);
+const NAP_MAX: Duration = Duration::from_millis(5);
+
+/// The nap after one of `nap` that ended with the channel at `level`: half as long if less
+/// than a quarter of the limit still waited (the caller had nearly caught up, or sat
+/// waiting), twice as long if more than half did (it took little). So the naps settle
+/// near the time the caller takes to work through half the limit: with a limit of 1 to
+/// 8 events and a caller that spends 50 µs to 3 ms on each, it spends 85–100 % of its
+/// time working and waits for the I/O thread the rest (three runs of `cargo run
+/// --release -p nwebsocket-compare --bin slow_consumer`).
+fn next_nap(nap: Duration, level: Level) -> Duration {
+    match level {
+        Level::Low => (nap / 2).max(NAP_MIN),
+        Level::Middle => nap,
+        Level::High => (nap * 2).min(NAP_MAX),
+    }
+}
+
+/// How often output stuck behind a full socket is retried while the consumer is also full.
+const RETRY: Duration = Duration::from_millis(5);
+
+impl Io {
+    fn url(&self) -> &str {
+        self.target.url.as_str()
+    }
+
+    fn dropped(&mut self) {
+        if self.drop_deadline.is_none() {
+            self.drop_deadline = after(Instant::now(), Some(self.shared.config.close_timeout));
+        }
+        self.stopped = true;
+    }
+
+    /// After the end: takes the commands still queued (a close or drop ends reconnecting)
+    /// and empties the outbox, whose messages will not go out on this connection.
+    fn drain_after_end(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Close(_) => self.stopped = true,
+                Command::Drop => self.dropped(),
+                Command::Flush | Command::Ping => {}
+            }
+        }
+        *self
+            .shared
+            .outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Outbox::default();
+    }
+
+    /// How long to wait before reconnecting, or `None` when this was the last connection.
+    fn retry_delay(&mut self, end: &End) -> Option<Duration> {
+        let policy = self.shared.config.reconnect.as_ref()?;
+        if self.stopped || (matches!(end, End::Clean(_)) && policy.stop_on_clean_close) {
+            return None;
+        }
+        if self.opened {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        if policy
+            .max_attempts_limit()
+            .is_some_and(|max| self.failures > max)
+        {
+            log::debug!(
+                "{}: giving up after {} attempts",
+                self.url(),
+                self.failures - 1
+            );
+            return None;
+        }
+        // xorshift64, for the jitter only.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        Some(policy.delay(self.failures - 1, unit))
+    }
+
+    /// Waits out the reconnect delay; `false` if `close` or the last handle's drop ended it.
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
+    fn backoff(&mut self, delay: Duration) -> bool {
+        log::info!(
+            "{}: reconnecting in {delay:?} (attempt {})",
+            self.url(),
+            self.failures
+        );
+        let deadline = after(Instant::now(), Some(delay));
+        loop {
+            let next = match deadline {
+                Some(deadline) => self.commands.recv_deadline(deadline),
+                None => self
+                    .commands
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Err(RecvTimeoutError::Timeout) => return !self.stopped,
+                Err(RecvTimeoutError::Disconnected) => return false,
+                Ok(Command::Close(_)) => return false,
+                Ok(Command::Drop) => {
+                    self.dropped();
+                    return false;
+                }
+                // The gate refuses sends and pings while CLOSED.
+                Ok(Command::Flush | Command::Ping) => {}
+            }
+        }
+    }
+
+    /// Resets everything that belongs to one connection, and goes CONNECTING again.
+    fn new_attempt(&mut self) {
+        self.target = self.shared.target.clone();
+        self.redirects = 0;
+        self.opened = false;
+        self.readable = false;
+        self.buffered = false;
+        self.burst_nth = 0;
+        self.write_blocked = false;
+        self.output_waiting = false;
+        self.connect_deadline = after(Instant::now(), Some(self.shared.config.connect_timeout));
+        self.handshake_deadline = None;
+        self.shared
+            .transition(&[ReadyState::Closed], ReadyState::Connecting);
+    }
+
+    /// Reports the end of one connection: state CLOSED, the held-back event, `Error` if
+    /// any, then `Close`.
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
+    fn finish(&mut self, end: End, last: bool) {
+        let shared = Arc::clone(&self.shared);
+        shared.transition(
+            &[
+                ReadyState::Connecting,
+                ReadyState::Open,
+                ReadyState::Closing,
+            ],
+            ReadyState::Closed,
+        );
+        let (error, close) = match end {
+            End::Clean(close) => (None, close),
+            End::Failed(e) => {
+                log::debug!("{}: failed: {e}", self.url());
+                (Some(e), CloseEvent::abnormal())
+            }
+        };
+        let buffered = shared.buffered();
+        if buffered > 0 {
+            log::warn!(
+                "{}: connection ended with {buffered} bytes of application data not sent",
+                self.url()
+            );
+            if !last {
+                // A new connection starts from nothing; the old one's leftovers are gone.
+                shared.sent(buffered);
+            }
+        }
+        crate::json::fail_requests(&shared);
+        shared.set_open(Err(error.clone().unwrap_or(Error::Aborted)));
+        if last && !shared.callback_mode {
+            shared.set_closed(close.clone());
+        }
+        log::debug!("{}: closed {close:?}", self.url());
+        self.last_close = Some(close.clone());
+        self.pending.extend(error.map(Event::Error));
+        self.pending.push_back(Event::Close(close));
+        self.deliver_all();
+    }
+
+    fn emit(&mut self, event: Event) {
+        if let Event::Message(m) = &event {
+            self.pending_bytes += m.len();
+        }
+        self.pending.push_back(event);
+    }
+
+    fn pending_full(&self) -> bool {
+        self.outlet
+            .burst_full(self.pending.len(), self.pending_bytes)
+    }
+
+    /// After some of `pending` went over: its payload bytes again.
+    fn recount_pending(&mut self) {
+        self.pending_bytes = self
+            .pending
+            .iter()
+            .map(|e| match e {
+                Event::Message(m) => m.len(),
+                _ => 0,
+            })
+            .sum();
+    }
+
+    /// The outlet is full. A consumer that keeps up empties it in microseconds, but
+    /// blocking for room would wake this thread at the first batch taken (callback style),
+    /// or nap at least [`NAP_MIN`] (pull style): on a shared core the wake-ups preempt the
+    /// consumer, and a nap leaves it idle. So first give the CPU away until the outlet is
+    /// half empty or a command arrives, for at most [`SPIN`]. Returns `false` if that time
+    /// ran out: then the caller blocks (or naps), and stops trying this until the consumer
+    /// catches up again.
+    fn await_drain(&mut self) -> bool {
+        let until = Instant::now() + SPIN;
+        let mut yields = 0;
+        while self.outlet.crowded() && self.commands.is_empty() {
+            // Both bounds: a yield that returns at once costs about a microsecond, but one
+            // that ran the consumer (or anyone else) for a long while cost this thread
+            // nothing, and should not count as the consumer falling behind.
+            if yields >= SPIN_YIELDS && Instant::now() >= until {
+                return false;
+            }
+            yields += 1;
+            std::thread::yield_now();
+        }
+        true
+    }
+
+    /// Hands pending events over, in order, as many as fit.
+    fn deliver_pending(&mut self) {
+        if !self.pending.is_empty() && self.outlet.is_empty() {
+            self.consumer_keeps_up = true;
+        }
+        if let Err(gone) = self.outlet.push(&mut self.pending) {
+            self.discard(gone);
+        }
+        self.recount_pending();
+    }
+
+    fn discard(&mut self, events: Vec<Event>) {
+        if !self.receiver_gone {
+            self.receiver_gone = true;
+            log::debug!(
+                "{}: the event receiver was dropped; events are discarded",
+                self.url()
+            );
+        }
+        log::trace!("discarded {events:?}");
+    }
+
+    /// Delivers the connection's last events (all that are pending), waiting for room;
+    /// gives up only when the receiver is gone, or when the last handle is gone and its
+    /// deadline passed. Leaves `pending` empty.
+    fn deliver_all(&mut self) {
+        self.pending_bytes = 0; // no reading follows; the next attempt starts from nothing
+        while !self.pending.is_empty() {
+            match self
+                .outlet
+                .push_wait(&mut self.pending, &self.commands, self.drop_deadline)
+            {
+                Waited::Sent => {}
+                Waited::Gone(events) => return self.discard(events),
+                Waited::TimedOut => {
+                    let undelivered = std::mem::take(&mut self.pending);
+                    log::debug!(
+                        "{}: last handle dropped; undelivered {undelivered:?}",
+                        self.url()
+                    );
+                    return;
+                }
+                Waited::Command(Some(Command::Drop)) => self.dropped(),
+                Waited::Command(Some(Command::Close(_))) => self.stopped = true,
+                Waited::Command(_) => {}
+            }
+        }
+    }
+
+    /// Whether another turn can make progress at once.
+    fn has_work(&self, phase: &Phase) -> bool {
+        let Phase::Open(open) = phase else {
+            return false;
+        };
+        ((self.readable || self.buffered) && !self.pending_full() && open.conn.wants_read())
+            || (open.conn.has_output() && !self.write_blocked)
+    }
+
+    fn next_deadline(&self, phase: &Phase) -> Option<Instant> {
+        match phase {
+            Phase::Connecting { .. } => self.connect_deadline,
+            Phase::Handshaking(_) | Phase::Tunneling { .. } => self.handshake_deadline,
+            Phase::Open(open) => {
+                let judging = self.judging();
+                [open.conn.poll_timeout(judging), self.drop_deadline]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
+            Phase::Done => None,
+        }
+    }
+
+    /// Whether the server may be blamed for a late pong or Close now. While the consumer
+    /// holds the I/O thread back, the socket is not read, so the answer may be there,
+    /// unread: those timers wait, unless the last handle is gone.
+    fn judging(&self) -> bool {
+        (self.pending.is_empty() || self.drop_deadline.is_some()) && !self.readable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{next_nap, NAP_MAX, NAP_MIN};
+    use crate::delivery::Level;
+    use std::time::Duration;
+
+    #[test]
+    fn naps_halve_when_the_caller_caught_up_and_double_while_it_lags() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_nap(ms(2), Level::Low), ms(1));
+        assert_eq!(next_nap(ms(2), Level::Middle), ms(2));
+        assert_eq!(next_nap(ms(2), Level::High), ms(4));
+        assert_eq!(next_nap(NAP_MIN, Level::Low), NAP_MIN);
+        assert_eq!(next_nap(NAP_MAX, Level::High), NAP_MAX);
+        // A stalled caller: from the shortest nap to the longest in six steps.
+        let stalled = (0..6).fold(NAP_MIN, |nap, _| next_nap(nap, Level::High));
+        assert_eq!(stalled, NAP_MAX);
+    }
+}

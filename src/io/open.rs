@@ -1,0 +1,347 @@
+//! The open connection: the I/O thread drives the protocol core. Each turn reads what
+//! the socket holds into the core and turns it into events (bounded, so queued sends and
+//! timers get their turn during a flood), runs the core's timers, and writes what the
+//! core has to send until the socket is full.
+
+use std::io::{self, Read, Write};
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::Events;
+
+use super::transport::{tls_error, Transport};
+use super::{Io, IoThread, Phase};
+use crate::error::{Error, Timeout};
+use crate::message::{Binary, Event, Message, Text};
+use crate::protocol::{self, Connection, End};
+use crate::state::ReadyState;
+
+/// The protocol core and the stream under it.
+pub(super) struct Open {
+    pub conn: Connection,
+    pub transport: Transport,
+}
+
+/// At most this many events per turn, so queued sends and timers get a turn in a flood.
+const BURST: usize = 256;
+
+impl Io {
+    /// One turn of an open connection: read, timers, write.
+    pub(super) fn drive(&mut self, open: &mut Open) -> Result<(), End> {
+        let now = Instant::now();
+        self.read(open, now)?;
+        open.conn.handle_timeout(now, self.judging());
+        if self.drop_deadline.is_some_and(|d| now >= d) {
+            return Err(Error::Timeout(Timeout::Close).into());
+        }
+        self.flush(open)?;
+        // The end, if a timer or a failed write found it.
+        self.events(open, now, 0).map(drop)
+    }
+
+    /// Reads while the socket has bytes and the consumer has room; turns them into events.
+    fn read(&mut self, open: &mut Open, now: Instant) -> Result<(), End> {
+        let mut budget = BURST;
+        loop {
+            budget = self.events(open, now, budget)?;
+            if self.pending_full() {
+                self.deliver_pending();
+                if self.pending_full() {
+                    break; // the consumer is behind: let TCP push back on the server
+                }
+                continue;
+            }
+            if budget == 0 || !self.readable || !open.conn.wants_read() {
+                break;
+            }
+            let transport = &mut open.transport;
+            match open.conn.read_with(|buf| transport.read(buf)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    self.burst_nth = 0;
+                    open.transport.set_low_water(open.conn.large_frame_left());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => open.conn.abort(io_error(e), now),
+            }
+        }
+        self.deliver_pending();
+        Ok(())
+    }
+
+    /// Turns what the core holds into events, at most `budget` of them and while the
+    /// consumer has room (the end is reported whatever the budget); returns what is left
+    /// of the budget.
+    fn events(&mut self, open: &mut Open, now: Instant, mut budget: usize) -> Result<usize, End> {
+        let polling = budget > 0;
+        loop {
+            let held_back = budget == 0 || self.pending_full();
+            if held_back && !open.conn.has_end() {
+                // Frames may be left in the core: another turn takes them.
+                self.buffered |= polling;
+                return Ok(budget);
+            }
+            let Some(event) = open.conn.poll_event(now) else {
+                self.buffered = false;
+                return Ok(budget);
+            };
+            budget = budget.saturating_sub(1);
+            match event {
+                protocol::Event::Message(mut m) => {
+                    own_small(&mut m, self.burst_nth);
+                    self.burst_nth += 1;
+                    self.json_or_emit(m);
+                }
+                protocol::Event::Ping(p) if self.shared.config.ping_events => {
+                    self.emit(Event::Ping(Binary(p)));
+                }
+                protocol::Event::Pong(p) if self.shared.config.ping_events => {
+                    self.emit(Event::Pong(Binary(p)));
+                }
+                protocol::Event::Ping(_) | protocol::Event::Pong(_) => {}
+                protocol::Event::PeerClose(close) => {
+                    log::debug!("{}: the server closed: {close:?}", self.url());
+                    // Stop the senders first: what they sent before goes out before the echo.
+                    self.shared
+                        .transition(&[ReadyState::Open], ReadyState::Closing);
+                    self.close(open, None);
+                }
+                protocol::Event::End(end) => return Err(end),
+            }
+        }
+    }
+
+    /// Starts (or answers) the closing handshake. The senders are stopped already (the
+    /// state is CLOSING): what they sent before goes out first, then our Close.
+    pub(super) fn close(&mut self, open: &mut Open, frame: Option<(u16, String)>) {
+        self.take_outbox(open);
+        let frame = frame
+            .as_ref()
+            .map(|(code, reason)| (*code, reason.as_str()));
+        open.conn.close(frame, Instant::now());
+    }
+
+    /// Moves what `send` queued into the core.
+    pub(super) fn take_outbox(&mut self, open: &mut Open) {
+        let spare = open.conn.take_spare();
+        let chunks = self
+            .shared
+            .outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(spare);
+        if let Err(refused) = open.conn.queue_data(chunks, Instant::now()) {
+            // Cannot happen: sends stop (CLOSING) before our Close is queued.
+            let bytes: usize = refused.iter().map(protocol::Chunk::app_bytes).sum();
+            log::warn!(
+                "{}: {bytes} bytes sent after our Close were dropped",
+                self.url()
+            );
+            self.shared.sent(bytes);
+        }
+    }
+
+    /// Writes what the core has to send until the socket is full.
+    fn flush(&mut self, open: &mut Open) -> Result<(), End> {
+        if self.write_blocked {
+            return Ok(());
+        }
+        let mut wrote = false;
+        while let Some(bytes) = open.conn.transmit() {
+            match open.transport.write(bytes) {
+                Ok(0) => return Err(io_error(io::ErrorKind::WriteZero.into()).into()),
+                Ok(n) => {
+                    let now = Instant::now();
+                    self.shared.sent(open.conn.advance(n, now));
+                    self.wrote_at = now;
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.write_blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(e).into()),
+            }
+        }
+        if wrote && open.transport.is_tls() {
+            // rustls keeps encrypted records until flushed.
+            match open.transport.flush() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
+                Err(e) => return Err(io_error(e).into()),
+                Ok(()) => {}
+            }
+        }
+        self.output_waiting = open.conn.has_output();
+        Ok(())
+    }
+
+    /// A message, or the reply a `request_json` waits for.
+    fn json_or_emit(&mut self, m: Message) {
+        if let Some(m) = crate::json::route_reply(&self.shared, m) {
+            self.emit(Event::Message(m));
+        }
+    }
+}
+
+impl IoThread {
+    /// After failing the connection with a Close code: flush that Close, end our side of
+    /// the stream, and read (discarding) until the server ends its side, for at most a
+    /// second. Dropping a socket with unread data makes the kernel send RST, and the
+    /// server would lose the Close (and learn nothing of why).
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
+    pub(super) fn linger(&mut self) {
+        let Phase::Open(open) = &mut self.phase else {
+            return;
+        };
+        let dropped_late = self.io.drop_deadline.is_some_and(|d| Instant::now() >= d);
+        if !open.conn.has_output() || dropped_late {
+            return;
+        }
+        let timeout = self
+            .io
+            .shared
+            .config
+            .close_timeout
+            .min(Duration::from_secs(1));
+        let deadline = Instant::now() + timeout;
+        let mut events = Events::with_capacity(4);
+        let mut buf = vec![0u8; 4096]; // not on the stack: this thread's stack stays small
+        loop {
+            while let Some(bytes) = open.conn.transmit() {
+                match open.transport.write(bytes) {
+                    Ok(n) if n > 0 => {
+                        open.conn.advance(n, Instant::now());
+                    }
+                    _ => break,
+                }
+            }
+            let _ = open.transport.flush();
+            if !open.conn.has_output() {
+                let _ = open.transport.tcp().shutdown(std::net::Shutdown::Write);
+                match open.transport.tcp().read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                log::debug!(
+                    "{}: the server did not end the stream after our Close",
+                    self.io.url()
+                );
+                return;
+            }
+            if self
+                .io
+                .poll
+                .poll(&mut events, Some(deadline - now))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// An I/O error of the stream, as the crate reports it.
+fn io_error(e: io::Error) -> Error {
+    match tls_error(&e) {
+        Some(tls) => Error::Tls(tls.to_string()),
+        None => Error::io(e),
+    }
+}
+
+/// Payloads up to this size are copied out of the read buffer, for the first
+/// [`COPY_FIRST`] messages of a read burst.
+const OWN_BELOW: usize = 512;
+
+/// How many messages at the start of each read burst get their own allocation.
+const COPY_FIRST: usize = 8;
+
+/// Whether the payload (`len` bytes) of the `nth` message of a read burst gets an
+/// allocation of its own (see [`own_small`]).
+fn gets_own(len: usize, nth: usize) -> bool {
+    nth < COPY_FIRST && len <= OWN_BELOW
+}
+
+/// Gives the payload of the `nth` message of a read burst (the messages read since the
+/// socket was last found drained) an allocation of its own, if it is small and among the
+/// first few.
+///
+/// The core splits each payload off its read buffer, so a payload keeps that whole
+/// buffer (16 KiB or more) alive for as long as it lives. In a flood that is free and
+/// fair: a burst's messages share one buffer, and the consumer drops them together. On a
+/// quiet connection each message would pin a buffer of its own, and a program that keeps
+/// its messages (a chat history) would hold 16 KiB per message. So a small payload among
+/// the first few of its burst, which is every message of a quiet connection, gets an
+/// allocation of its own size; the rest of a flood stays where it was read.
+///
+/// (Copying every small payload of a flood into a block per burst was measured too, twice,
+/// and was slower than leaving them in place: see `benches/compare/README.md`.)
+fn own_small(message: &mut Message, nth: usize) {
+    match message {
+        Message::Text(Text(t)) if gets_own(t.len(), nth) => {
+            *t = tungstenite::Utf8Bytes::from(t.as_str());
+        }
+        Message::Binary(Binary(b)) if gets_own(b.len(), nth) => {
+            *b = Bytes::copy_from_slice(b);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{own_small, COPY_FIRST, OWN_BELOW};
+
+    use crate::message::{Binary, Message, Text};
+    use bytes::{Bytes, BytesMut};
+
+    /// The payload as `own_small` leaves it, for a binary message or a text one.
+    fn kept(payload: Bytes, nth: usize, text: bool) -> Bytes {
+        let mut m = match text {
+            true => Message::Text(Text(payload.try_into().unwrap())),
+            false => Message::Binary(Binary(payload)),
+        };
+        own_small(&mut m, nth);
+        match m {
+            Message::Text(Text(t)) => Bytes::from(t),
+            Message::Binary(Binary(b)) => b,
+        }
+    }
+
+    /// A read buffer with `n` payloads of `len` bytes split off it, as tungstenite does.
+    fn split_payloads(n: usize, len: usize) -> (BytesMut, Vec<Bytes>) {
+        let mut buffer = BytesMut::from(&vec![7u8; n * len + 100][..]);
+        let payloads = (0..n).map(|_| buffer.split_to(len).freeze()).collect();
+        (buffer, payloads)
+    }
+
+    #[test]
+    fn the_first_small_payloads_of_a_burst_stop_pinning_the_read_buffer() {
+        let (_buffer, payloads) = split_payloads(COPY_FIRST + 2, 64);
+        for (nth, payload) in payloads.into_iter().enumerate() {
+            let text = nth % 2 == 1;
+            let kept = kept(payload, nth, text);
+            assert_eq!(&kept[..], &[7u8; 64][..]);
+            assert_eq!(
+                kept.is_unique(),
+                nth < COPY_FIRST,
+                "message {nth} of the burst (text: {text})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_payload_is_never_copied() {
+        let (_buffer, mut payloads) = split_payloads(1, OWN_BELOW + 1);
+        let payload = payloads.pop().unwrap();
+        let at = payload.as_ptr();
+        assert_eq!(kept(payload, 0, false).as_ptr(), at, "moved, not copied");
+    }
+}

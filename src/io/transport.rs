@@ -1,0 +1,332 @@
+//! The byte stream under the WebSocket: plain TCP or rustls over TCP, always non-blocking.
+
+use std::io::{self, Read, Write};
+use std::sync::{Arc, OnceLock};
+
+use mio::net::TcpStream;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    StreamOwned,
+};
+
+use super::low_water;
+use crate::error::Error;
+
+/// The byte stream under the WebSocket: plain TCP or rustls over TCP, always
+/// non-blocking (reads and writes return `WouldBlock`; the I/O thread waits for
+/// readiness). During the opening handshake it keeps a copy of what it read, so that the
+/// bytes that came after the response head (the first frames) are handed to the protocol
+/// core exactly: see [`Transport::handshake_tail`].
+#[derive(Debug)]
+pub(crate) struct Transport {
+    stream: Stream,
+    /// What the handshake read, until it is done.
+    recorded: Option<Vec<u8>>,
+    /// The socket's receive low-water mark, as last set (0: never set, so 1).
+    low_water: usize,
+    /// The most the low-water mark may be raised to: a quarter of the socket's receive
+    /// buffer, looked up when first needed (0 until then).
+    low_water_max: usize,
+}
+
+/// The largest receive low-water mark asked for while a large frame is read.
+const LOW_WATER_MAX: usize = 256 << 10;
+
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    /// Wraps a connected socket, starting TLS when the URL's scheme asked for it.
+    pub fn new(
+        tcp: TcpStream,
+        tls: bool,
+        host: &str,
+        config: Option<&Arc<ClientConfig>>,
+    ) -> Result<Self, Error> {
+        let stream = if tls {
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| Error::Tls(format!("invalid server name {host:?}: {e}")))?;
+            let config = match config {
+                Some(c) => Arc::clone(c),
+                None => default_tls_config()?,
+            };
+            let conn =
+                ClientConnection::new(config, name).map_err(|e| Error::Tls(e.to_string()))?;
+            Stream::Tls(Box::new(StreamOwned::new(conn, tcp)))
+        } else {
+            Stream::Plain(tcp)
+        };
+        Ok(Transport {
+            stream,
+            recorded: Some(Vec::new()),
+            low_water: 0,
+            low_water_max: 0,
+        })
+    }
+
+    /// The socket under TLS, if any.
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        match &mut self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &mut s.sock,
+        }
+    }
+
+    /// Whether this is a TLS stream (which may hold decrypted bytes no readiness event
+    /// announces).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// After the opening handshake: the bytes read after the response head, and the end
+    /// of recording. The head's length is found by tungstenite's own response parser, the
+    /// one the handshake used, on the same bytes, so the split is exact however the
+    /// server ended its lines.
+    pub fn handshake_tail(&mut self) -> Vec<u8> {
+        use tungstenite::handshake::client::Response;
+        use tungstenite::handshake::machine::TryParse;
+        let recorded = self.recorded.take().unwrap_or_default();
+        match Response::try_parse(&recorded) {
+            Ok(Some((head, _))) => recorded[head..].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sets the socket's receive low-water mark for a large frame with `left` bytes to
+    /// come (`None`: back to 1 byte), so the I/O thread wakes once a good part of the
+    /// rest is here rather than at each segment. Best effort: if the system refuses, the
+    /// I/O thread only wakes more often.
+    pub fn set_low_water(&mut self, left: Option<usize>) {
+        let mark = match left {
+            None => 1,
+            Some(left) => {
+                if self.low_water_max == 0 {
+                    let buffer = low_water::receive_buffer(self.tcp()).unwrap_or(0);
+                    self.low_water_max = (buffer / 4).max(1);
+                }
+                left.min(LOW_WATER_MAX).min(self.low_water_max).max(1)
+            }
+        };
+        if mark != self.low_water.max(1) && low_water::set(self.tcp(), mark).is_ok() {
+            self.low_water = mark;
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.stream {
+            Stream::Plain(s) => s.read(buf)?,
+            Stream::Tls(s) => s.read(buf)?,
+        };
+        if let Some(recorded) = &mut self.recorded {
+            recorded.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => {
+                let n = s.write(buf)?;
+                // rustls keeps encrypted records until flushed.
+                match s.flush() {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+                    _ => Ok(n),
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// TLS settings from the builder, as given (PEM), checked when connecting.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsOptions {
+    pub extra_roots_pem: Vec<Vec<u8>>,
+    pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
+    pub accept_invalid_certs: bool,
+}
+
+impl TlsOptions {
+    /// `None` when the defaults apply (the shared default config is used then).
+    pub fn build(&self) -> Result<Option<Arc<ClientConfig>>, Error> {
+        if self.extra_roots_pem.is_empty()
+            && self.client_cert_pem.is_none()
+            && !self.accept_invalid_certs
+        {
+            return Ok(None);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = webpki_root_store();
+        for pem in &self.extra_roots_pem {
+            let mut added = 0;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert =
+                    cert.map_err(|e| Error::Tls(format!("bad root certificate PEM: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::Tls(format!("unusable root certificate: {e}")))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(Error::Tls(
+                    "no certificate in the root certificate PEM".into(),
+                ));
+            }
+        }
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let builder = if self.accept_invalid_certs {
+            log::warn!("TLS certificate verification is OFF: any server can impersonate any host");
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        } else {
+            builder.with_root_certificates(roots)
+        };
+        let config = match &self.client_cert_pem {
+            None => builder.with_no_client_auth(),
+            Some((chain_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(chain_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Tls(format!("bad client certificate PEM: {e}")))?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem)
+                    .map_err(|e| Error::Tls(format!("bad client key PEM: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| Error::Tls(format!("unusable client certificate: {e}")))?
+            }
+        };
+        Ok(Some(Arc::new(config)))
+    }
+}
+
+fn webpki_root_store() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots
+}
+
+/// rustls with the `ring` provider and the Mozilla roots from `webpki-roots`, built once
+/// per process. The roots are compiled in, so `wss://` works the same on every machine.
+fn default_tls_config() -> Result<Arc<ClientConfig>, Error> {
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    Arc::new(
+                        b.with_root_certificates(webpki_root_store())
+                            .with_no_client_auth(),
+                    )
+                })
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(Error::Tls)
+}
+
+/// The explicit opt-out of certificate verification: any certificate is taken, but the
+/// handshake signatures are still checked, so the session is encrypted to *someone*.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The rustls error inside an I/O error, if that is what it is.
+pub(crate) fn tls_error(err: &io::Error) -> Option<&rustls::Error> {
+    err.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Transport;
+    use std::io::Write;
+
+    #[test]
+    fn the_handshake_tail_is_exact_with_bare_line_feeds() {
+        for head in [
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"[..],
+            &b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\n\n"[..],
+        ] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            let mut t =
+                Transport::new(mio::net::TcpStream::from_std(client), false, "h", None).unwrap();
+            let mut wire = head.to_vec();
+            wire.extend_from_slice(b"\x82\x04\r\n\r\n");
+            peer.write_all(&wire).unwrap();
+            let mut got = Vec::new();
+            while got.len() < wire.len() {
+                let mut buf = [0u8; 7];
+                let n = std::io::Read::read(&mut t, &mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(t.handshake_tail(), b"\x82\x04\r\n\r\n");
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The incoming side: bytes from the server become frames (with tungstenite's frame
+//! codec, the only parser), frames become messages (assembly, UTF-8, limits).
+//!
+//! Bytes are read into one buffer and each payload is split off it without a copy. A
+//! large data frame's payload is read into a buffer of its own instead (from the
+//! [`Pool`], one the caller dropped if one fits), in reads as large as what is left of
+//! it; the buffer is never grown ahead of the bytes that arrive beyond
+//! [`PREALLOC_MAX`], so a peer that announces a huge frame costs only what it sends.
+
+use std::io::{self, Cursor};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+use crate::error::Error;
+use crate::message::{Binary, Message, Text};
+use crate::recycle::Pool;
+
+/// The size limits of incoming frames and messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_frame: usize,
+    pub max_message: usize,
+}
+
+/// A frame, or a whole message, from the server.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Message(Message),
+    Ping(Bytes),
+    Pong(Bytes),
+    /// The server's Close: its code and reason, or `None` for an empty payload.
+    Close(Option<(u16, String)>),
+}
+
+/// The server broke the protocol: the Close code to tell it, and the error to report.
+#[derive(Debug)]
+pub(crate) struct Violation {
+    pub code: u16,
+    pub error: Error,
+}
+
+fn protocol(what: impl Into<String>) -> Violation {
+    Violation {
+        code: 1002,
+        error: Error::Protocol(what.into()),
+    }
+}
+
+/// The size of the read buffer's fills in a flood.
+const AHEAD: usize = 32 << 10;
+/// The first fill after the read buffer was released: a quiet connection reads one small
+/// message at a time, and each fill zeroes what it reads into.
+const FIRST_FILL: usize = 2 << 10;
+/// Data frames with payloads of this size and up that are not all here yet are read
+/// into a buffer of their own.
+const LARGE_MIN: usize = 16 << 10;
+/// The largest read into a large frame's payload (see the bench notes).
+const LARGE_READ: usize = 256 << 10;
+/// A large frame's buffer is allocated for its announced size up to this; beyond, it
+/// grows with what arrives.
+const PREALLOC_MAX: usize = 16 << 20;
+
+/// A large data frame's payload, being read.
+#[derive(Debug)]
+struct Large {
+    is_final: bool,
+    data: Data,
+    /// Initialized up to its length, which runs ahead of `filled` by at most a read.
+    payload: Vec<u8>,
+    len: usize,
+    filled: usize,
+}
+
+/// A fragmented message being assembled.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    data: Vec<u8>,
+    /// How much of a text message's `data` is checked UTF-8 (all but an incomplete
+    /// character at its end): invalid text fails at the fragment that makes it so.
+    checked: usize,
+}
+
+impl Partial {
+    fn append(&mut self, bytes: &[u8]) -> Result<(), Violation> {
+        self.data.extend_from_slice(bytes);
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(e) => return Err(invalid_utf8(e)),
+        }
+        Ok(())
+    }
+}
+
+fn invalid_utf8(e: std::str::Utf8Error) -> Violation {
+    Violation {
+        code: 1007,
+        error: Error::Protocol(format!("invalid UTF-8 in a text message: {e}")),
+    }
+}
+
+/// Bytes in, frames and messages out.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    limits: Limits,
+    input: BytesMut,
+    /// The next fill's size: [`FIRST_FILL`] after a release (0 stands for that), four
+    /// times larger after each fill that came back full, up to [`AHEAD`].
+    fill_size: usize,
+    large: Option<Large>,
+    partial: Option<Partial>,
+    /// The buffers of large frames, back from the caller; made at the first large frame,
+    /// dropped [`crate::recycle::IDLE`] after the last.
+    pool: Option<Pool>,
+}
+
+impl Reader {
+    /// A reader that starts with `tail`: what came after the handshake's response.
+    pub fn new(limits: Limits, tail: &[u8]) -> Self {
+        Reader {
+            limits,
+            input: BytesMut::from(tail),
+            fill_size: 0,
+            large: None,
+            partial: None,
+            pool: None,
+        }
+    }
+
+    /// Lets `read` fill a buffer: the rest of a large frame's payload, or the input
+    /// buffer's free space. Returns what `read` returned.
+    pub fn read_with(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if let Some(large) = self.large.as_mut().filter(|l| l.filled < l.len) {
+            if large.filled >= large.payload.len() {
+                // Zeroed once: a read that returns less leaves the rest for the next.
+                let more = (large.len - large.filled).min(LARGE_READ);
+                large.payload.resize(large.filled + more, 0);
+            }
+            let end = large
+                .payload
+                .len()
+                .min(large.len)
+                .min(large.filled + LARGE_READ);
+            let n = read(&mut large.payload[large.filled..end])?;
+            large.filled += n;
+            return Ok(n);
+        }
+        let len = self.input.len();
+        let want = self.fill_size.clamp(FIRST_FILL, AHEAD);
+        self.input.resize(len + want, 0);
+        match read(&mut self.input[len..]) {
+            Ok(n) => {
+                self.input.truncate(len + n);
+                if n == want {
+                    self.fill_size = want * 4;
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                self.input.truncate(len);
+                if self.input.is_empty() {
+                    self.input = BytesMut::new(); // drained: an idle connection holds none
+                    self.fill_size = 0;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes still to come for the large frame being read, if one is.
+    pub fn large_frame_left(&self) -> Option<usize> {
+        self.large.as_ref().map(|l| l.len - l.filled)
+    }
+
+    /// Whether bytes were read that are not a whole frame yet.
+    pub fn has_partial_frame(&self) -> bool {
+        !self.input.is_empty() || self.large.is_some()
+    }
+
+    /// Drops everything read and not parsed (data after the server's Close).
+    pub fn discard(&mut self) {
+        self.input.clear();
+        self.large = None;
+        self.partial = None;
+    }
+
+    /// The next frame or whole message from what was read; `Ok(None)` until more bytes
+    /// come.
+    pub fn next(&mut self, now: Instant) -> Result<Option<Incoming>, Violation> {
+        loop {
+            if let Some(large) = &self.large {
+                if large.filled < large.len {
+                    return Ok(None);
+                }
+                if let Some(large) = self.large.take() {
+                    let pool = self.pool.get_or_insert_with(|| Pool::new(now));
+                    let payload = pool.wrap(large.payload, large.len);
+                    if let Some(m) = self.data(large.is_final, large.data, payload)? {
+                        return Ok(Some(Incoming::Message(m)));
+                    }
+                }
+                continue;
+            }
+            let mut cursor = Cursor::new(&self.input[..]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(protocol(e.to_string())),
+            };
+            let head = cursor.position() as usize;
+            let len = self.check(&header, len)?;
+            log::trace!(
+                "frame in: {:?} fin={} len={len}",
+                header.opcode,
+                header.is_final
+            );
+            if self.input.len() - head < len {
+                if let OpCode::Data(data) = header.opcode {
+                    if len >= LARGE_MIN {
+                        self.start_large(header.is_final, data, head, len, now);
+                        continue;
+                    }
+                }
+                self.fill_size = self.fill_size.max(head + len - self.input.len());
+                return Ok(None);
+            }
+            self.input.advance(head);
+            let payload = self.input.split_to(len).freeze();
+            match header.opcode {
+                OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload))),
+                OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong(payload))),
+                OpCode::Control(Control::Close) => return close(&payload).map(Some),
+                OpCode::Control(Control::Reserved(op)) | OpCode::Data(Data::Reserved(op)) => {
+                    return Err(protocol(format!("reserved opcode {op}")));
+                }
+                OpCode::Data(data) => {
+                    if let Some(m) = self.data(header.is_final, data, payload)? {
+                        return Ok(Some(Incoming::Message(m)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks a frame's header against RFC 6455 §5.2 and the limits; returns its length.
+    fn check(&self, header: &FrameHeader, len: u64) -> Result<usize, Violation> {
+        if len > i64::MAX as u64 {
+            return Err(protocol("frame length with the most significant bit set"));
+        }
+        // The size first, as tungstenite does: before anything else is looked at.
+        let size = usize::try_from(len).unwrap_or(usize::MAX);
+        let Limits {
+            max_frame,
+            max_message,
+        } = self.limits;
+        if size > max_frame {
+            let what = if max_frame == max_message {
+                "message"
+            } else {
+                "frame"
+            };
+            return Err(too_big(what, size, max_frame));
+        }
+        if header.mask.is_some() {
+            return Err(protocol("the server sent a masked frame"));
+        }
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(protocol("reserved bits set with no extension negotiated"));
+        }
+        match header.opcode {
+            OpCode::Control(_) if !header.is_final => Err(protocol("fragmented control frame")),
+            OpCode::Control(_) if len > 125 => {
+                Err(protocol(format!("control frame of {len} bytes (max 125)")))
+            }
+            OpCode::Control(_) => Ok(size),
+            OpCode::Data(Data::Continue) if self.partial.is_none() => {
+                Err(protocol("continuation frame with no message to continue"))
+            }
+            OpCode::Data(Data::Text | Data::Binary) if self.partial.is_some() => {
+                Err(protocol("new data message inside a fragmented one"))
+            }
+            OpCode::Data(_) => {
+                let so_far = self.partial.as_ref().map_or(0, |p| p.data.len());
+                let total = size.saturating_add(so_far);
+                if total > max_message {
+                    return Err(too_big("message", total, max_message));
+                }
+                Ok(size)
+            }
+        }
+    }
+
+    fn start_large(&mut self, is_final: bool, data: Data, head: usize, len: usize, now: Instant) {
+        self.input.advance(head);
+        let here = self.input.len();
+        let pool = self.pool.get_or_insert_with(|| Pool::new(now));
+        let mut payload = pool.take(len.min(PREALLOC_MAX), now);
+        // A reused buffer is initialized (to old bytes) as far as its length.
+        let init = payload.len().min(here);
+        payload[..init].copy_from_slice(&self.input[..init]);
+        payload.extend_from_slice(&self.input[init..here]);
+        self.input.clear();
+        self.large = Some(Large {
+            is_final,
+            data,
+            payload,
+            len,
+            filled: here,
+        });
+    }
+
+    /// A data frame: a whole message, or a fragment of one.
+    fn data(
+        &mut self,
+        is_final: bool,
+        data: Data,
+        payload: Bytes,
+    ) -> Result<Option<Message>, Violation> {
+        let (text, payload) = match (data, self.partial.take()) {
+            (Data::Continue, Some(mut partial)) => {
+                partial.append(&payload)?;
+                if !is_final {
+                    self.partial = Some(partial);
+                    return Ok(None);
+                }
+                (partial.text, Bytes::from(partial.data))
+            }
+            (Data::Text | Data::Binary, None) if !is_final => {
+                let mut partial = Partial {
+                    text: data == Data::Text,
+                    data: Vec::new(),
+                    checked: 0,
+                };
+                partial.append(&payload)?;
+                self.partial = Some(partial);
+                return Ok(None);
+            }
+            (data, _) => (data == Data::Text, payload),
+        };
+        if !text {
+            return Ok(Some(Message::Binary(Binary(payload))));
+        }
+        match tungstenite::Utf8Bytes::try_from(payload) {
+            Ok(t) => Ok(Some(Message::Text(Text(t)))),
+            Err(e) => Err(invalid_utf8(e)),
+        }
+    }
+
+    /// When the buffers kept for reuse should be dropped, if any are kept.
+    pub fn pool_expiry(&self) -> Option<Instant> {
+        self.pool
+            .as_ref()
+            .filter(|_| self.large.is_none())
+            .map(Pool::expiry)
+    }
+
+    /// Drops the buffers kept for reuse if no large frame came for a while.
+    pub fn expire_pool(&mut self, now: Instant) {
+        if self.pool_expiry().is_some_and(|at| now >= at) {
+            self.pool = None;
+        }
+    }
+}
+
+fn too_big(what: &'static str, size: usize, limit: usize) -> Violation {
+    Violation {
+        code: 1009,
+        error: Error::Capacity { what, size, limit },
+    }
+}
+
+/// The server's Close frame: an allowed code (RFC 6455 §7.4) and a UTF-8 reason, or no
+/// payload at all.
+fn close(payload: &[u8]) -> Result<Incoming, Violation> {
+    match payload {
+        [] => Ok(Incoming::Close(None)),
+        [_] => Err(protocol("a Close frame with a 1-byte payload")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(protocol(format!(
+                    "the server closed with invalid code {code}"
+                )));
+            }
+            match std::str::from_utf8(reason) {
+                Ok(reason) => Ok(Incoming::Close(Some((code, reason.to_owned())))),
+                Err(_) => Err(Violation {
+                    code: 1007,
+                    error: Error::Protocol("the Close frame's reason is not UTF-8".into()),
+                }),
+            }
+        }
+    }
+}

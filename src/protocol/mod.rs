@@ -1,0 +1,414 @@
+//! The protocol core: one WebSocket connection after its opening handshake, with no
+//! socket, thread or clock of its own (the shape of quinn-proto's and rustls's
+//! connections).
+//!
+//! The I/O thread drives it:
+//! - bytes in: [`Connection::read_with`] lets it fill the core's buffer from the socket;
+//! - events out: [`Connection::poll_event`] gives messages, pings, pongs, the server's
+//!   Close and, once, how the connection [`End`]ed;
+//! - commands in: [`queue_data`](Connection::queue_data) (frames the sending threads
+//!   encoded), [`ping`](Connection::ping), [`close`](Connection::close);
+//! - bytes out: [`transmit`](Connection::transmit) says what to write next and
+//!   [`advance`](Connection::advance) how much went;
+//! - timers: [`poll_timeout`](Connection::poll_timeout) says when it next needs
+//!   [`handle_timeout`](Connection::handle_timeout).
+//!
+//! The closing handshake is one state, [`Closing`]: every rule of RFC 6455 §5.5.1 and §7
+//! is a transition of it. Frames are parsed by tungstenite's frame codec alone
+//! ([`FrameHeader`](tungstenite::protocol::frame::FrameHeader)).
+
+mod incoming;
+mod outgoing;
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Timeout};
+use crate::message::{CloseEvent, Message};
+
+pub(crate) use incoming::Limits;
+use incoming::{Incoming, Reader, Violation};
+use outgoing::Output;
+pub(crate) use outgoing::{push, Chunk, Outbox};
+
+/// How the connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The closing handshake completed; the event carries the server's code and reason.
+    Clean(CloseEvent),
+    Failed(Error),
+}
+
+impl From<Error> for End {
+    fn from(e: Error) -> Self {
+        End::Failed(e)
+    }
+}
+
+/// What the core has for the driver.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Message(Message),
+    Ping(Bytes),
+    Pong(Bytes),
+    /// The server's Close arrived first. The driver stops the senders, queues what they
+    /// sent before, and calls [`Connection::close`], which echoes it.
+    PeerClose(CloseEvent),
+    /// The end, reported once; nothing follows.
+    End(End),
+}
+
+/// The timers' settings; `None` is "no limit".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timers {
+    pub close_timeout: Option<Duration>,
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Option<Duration>,
+}
+
+/// The closing handshake (RFC 6455 §7), in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// Our Close is queued (or written); the server's has not come.
+    Sent,
+    /// The server's Close came first; our echo is not queued yet.
+    Received(CloseEvent),
+    /// Both Close frames (ours queued or written): the server ends the TCP stream next.
+    Both(CloseEvent),
+    /// The connection failed, or ended: nothing more is read or reported.
+    Over,
+}
+
+/// One connection's protocol state. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    reader: Reader,
+    out: Output,
+    closing: Closing,
+    timers: Timers,
+    /// The server ended its side of the TCP stream.
+    eof: bool,
+    /// The end, once known, until [`Connection::poll_event`] reports it.
+    end: Option<End>,
+    close_deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    ping_seq: u64,
+}
+
+/// `now + d`, or `None` (never) for `None` or a time too far to represent.
+pub(crate) fn after(now: Instant, d: Option<Duration>) -> Option<Instant> {
+    d.and_then(|d| now.checked_add(d))
+}
+
+/// `now + d`, saturating at a deadline decades away: for waits that need an instant.
+pub(crate) fn saturating_deadline(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
+impl Connection {
+    /// A connection that just opened; `tail` is what came after the handshake's response.
+    pub fn new(limits: Limits, timers: Timers, tail: &[u8], now: Instant) -> Self {
+        Connection {
+            reader: Reader::new(limits, tail),
+            out: Output::new(),
+            closing: Closing::Open,
+            timers,
+            eof: false,
+            end: None,
+            close_deadline: None,
+            next_ping: after(now, timers.ping_interval),
+            pong_deadline: None,
+            ping_seq: 0,
+        }
+    }
+
+    /// Reads: `read` fills the buffer it is given (a socket read). `Ok(0)` is the end of
+    /// the server's stream.
+    pub fn read_with(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let n = self.reader.read_with(read)?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+
+    /// Whether the end is known and not yet reported by [`poll_event`](Self::poll_event).
+    pub fn has_end(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// Whether the driver should read the socket at all.
+    pub fn wants_read(&self) -> bool {
+        !self.eof && self.closing != Closing::Over
+    }
+
+    /// Bytes still to come of the large frame being read, if one is (for the socket's
+    /// receive low-water mark).
+    pub fn large_frame_left(&self) -> Option<usize> {
+        self.reader.large_frame_left()
+    }
+
+    /// The next event, from the bytes read so far.
+    pub fn poll_event(&mut self, now: Instant) -> Option<Event> {
+        loop {
+            if let Some(end) = self.end.take() {
+                return Some(Event::End(end));
+            }
+            match &self.closing {
+                Closing::Over => return None,
+                Closing::Received(close) | Closing::Both(close) => {
+                    // RFC 6455 §1.4: nothing the server sends after its Close counts.
+                    self.reader.discard();
+                    if self.eof {
+                        self.end(End::Clean(close.clone()));
+                        continue;
+                    }
+                    return None;
+                }
+                Closing::Open | Closing::Sent => {}
+            }
+            match self.reader.next(now) {
+                Ok(Some(incoming)) => {
+                    if let Some(event) = self.incoming(incoming, now) {
+                        return Some(event);
+                    }
+                }
+                Ok(None) if self.eof => {
+                    let what = if self.reader.has_partial_frame() {
+                        "the server closed the TCP connection in the middle of a frame"
+                    } else {
+                        "the server closed the TCP connection without a closing handshake"
+                    };
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, what);
+                    self.end(End::Failed(Error::io(e)));
+                }
+                Ok(None) => return None,
+                Err(Violation { code, error }) => self.fail(Some(code), error, now),
+            }
+        }
+    }
+
+    fn incoming(&mut self, incoming: Incoming, now: Instant) -> Option<Event> {
+        match incoming {
+            Incoming::Message(m) => Some(Event::Message(m)),
+            Incoming::Ping(payload) => {
+                log::trace!("ping {payload:?}");
+                self.out.queue_pong(payload.clone(), now);
+                Some(Event::Ping(payload))
+            }
+            Incoming::Pong(payload) => {
+                log::trace!("pong {payload:?}");
+                self.pong_deadline = None;
+                Some(Event::Pong(payload))
+            }
+            Incoming::Close(frame) => {
+                let close = match frame {
+                    Some((code, reason)) => CloseEvent {
+                        code,
+                        reason,
+                        was_clean: true,
+                    },
+                    None => CloseEvent {
+                        code: 1005,
+                        reason: String::new(),
+                        was_clean: true,
+                    },
+                };
+                log::debug!("the server sent Close {} {:?}", close.code, close.reason);
+                self.next_ping = None;
+                self.pong_deadline = None;
+                if self.closing == Closing::Sent {
+                    self.closing = Closing::Both(close);
+                    return None;
+                }
+                self.closing = Closing::Received(close.clone());
+                self.close_deadline = after(now, self.timers.close_timeout);
+                Some(Event::PeerClose(close))
+            }
+        }
+    }
+
+    /// Queues frames encoded by the sending threads. Refused (handed back) once our
+    /// Close is queued: no data frame ever follows it.
+    pub fn queue_data(
+        &mut self,
+        chunks: VecDeque<Chunk>,
+        now: Instant,
+    ) -> Result<(), VecDeque<Chunk>> {
+        match self.closing {
+            Closing::Open | Closing::Received(_) => self.out.queue_data(chunks, now),
+            _ => Err(chunks),
+        }
+    }
+
+    /// An emptied buffer of small frames, for the outbox to reuse.
+    pub fn take_spare(&mut self) -> Option<Vec<u8>> {
+        self.out.take_spare()
+    }
+
+    /// Queues a ping (replacing one not yet written). Only while open.
+    pub fn ping(&mut self, payload: Bytes, now: Instant) {
+        if self.closing == Closing::Open {
+            self.out.queue_ping(payload, now);
+        }
+    }
+
+    /// Starts the closing handshake with our Close (`None`: no status code), behind the
+    /// data queued so far; or, after the server's Close, echoes its code. Once only.
+    pub fn close(&mut self, frame: Option<(u16, &str)>, now: Instant) {
+        let payload = match (&self.closing, frame) {
+            (Closing::Open, Some((code, reason))) => close_payload(code, reason),
+            (Closing::Open, None) => Vec::new(),
+            // RFC 6455 §5.5.1: echo the status code received.
+            (Closing::Received(c), _) if c.code == 1005 => Vec::new(),
+            (Closing::Received(c), _) => close_payload(c.code, ""),
+            _ => return,
+        };
+        log::debug!("sending Close {payload:?}");
+        self.closing = match std::mem::replace(&mut self.closing, Closing::Over) {
+            Closing::Received(c) => Closing::Both(c),
+            _ => Closing::Sent,
+        };
+        self.out.queue_close(payload, now);
+        // Until our Close is out this bounds a stall only (re-armed whenever the server
+        // takes data, in `advance`); from then on, the server's answer.
+        self.close_deadline = after(now, self.timers.close_timeout);
+        self.next_ping = None;
+        self.pong_deadline = None;
+    }
+
+    /// The bytes to write next, if any.
+    pub fn transmit(&mut self) -> Option<&[u8]> {
+        self.out.transmit()
+    }
+
+    /// Whether anything waits to be written.
+    pub fn has_output(&self) -> bool {
+        self.out.has_output()
+    }
+
+    /// `n` bytes of what [`transmit`](Self::transmit) returned were written. Returns the
+    /// application bytes whose frames are now all out.
+    pub fn advance(&mut self, n: usize, now: Instant) -> usize {
+        let (app_bytes, close_written) = self.out.advance(n, now);
+        if n > 0 && self.out.close_queued() {
+            // The server takes data: it is alive. Our Close (when it is out) starts its
+            // time to answer.
+            self.close_deadline = after(now, self.timers.close_timeout);
+        }
+        if close_written {
+            log::trace!("our Close is out");
+        }
+        app_bytes
+    }
+
+    /// "Fail the WebSocket connection" (RFC 6455 §7.1.7): tell the server why if there is
+    /// a code and our Close is not out yet, report the error, read and report nothing more.
+    fn fail(&mut self, code: Option<u16>, error: Error, now: Instant) {
+        log::debug!("failing the connection: {error}");
+        let dropped = self.out.fail(code.map(|c| close_payload(c, "")), now);
+        if dropped > 0 {
+            log::debug!("{dropped} bytes of application data not sent");
+        }
+        self.end(End::Failed(error));
+    }
+
+    fn end(&mut self, end: End) {
+        if self.closing != Closing::Over {
+            self.closing = Closing::Over;
+            self.end = Some(end);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next needed, if ever. While the
+    /// driver holds reading back (`judging` false: the consumer is behind), the server
+    /// is not blamed for a late pong or Close.
+    pub fn poll_timeout(&self, judging: bool) -> Option<Instant> {
+        if self.closing == Closing::Over {
+            return None;
+        }
+        let judged = [
+            self.close_deadline,
+            self.pong_deadline,
+            self.stall_deadline(),
+        ];
+        judged
+            .into_iter()
+            .filter(|_| judging)
+            .chain([self.next_ping, self.reader.pool_expiry()])
+            .flatten()
+            .min()
+    }
+
+    /// A peer owed a control frame (a pong) that takes nothing we write for the close
+    /// timeout is failed: it will never read its pongs.
+    fn stall_deadline(&self) -> Option<Instant> {
+        let since = self
+            .out
+            .waiting_since()
+            .filter(|_| self.out.owes_control())?;
+        after(since, self.timers.close_timeout)
+    }
+
+    /// Runs the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant, judging: bool) {
+        if self.closing == Closing::Over {
+            return;
+        }
+        self.reader.expire_pool(now);
+        let due = |d: Option<Instant>| d.is_some_and(|d| now >= d);
+        if judging && due(self.close_deadline) {
+            match &self.closing {
+                // Both Close frames went by; only the TCP end is missing.
+                Closing::Both(c) if self.out.close_written() => {
+                    let close = c.clone();
+                    self.end(End::Clean(close));
+                }
+                _ => self.fail(None, Error::Timeout(Timeout::Close), now),
+            }
+            return;
+        }
+        if judging && due(self.pong_deadline) {
+            return self.fail(None, Error::Timeout(Timeout::Pong), now);
+        }
+        if judging && due(self.stall_deadline()) {
+            return self.fail(None, Error::Timeout(Timeout::Write), now);
+        }
+        if due(self.next_ping) {
+            self.ping_seq += 1;
+            let payload = Bytes::copy_from_slice(&self.ping_seq.to_be_bytes());
+            self.out.queue_ping(payload, now);
+            self.next_ping = after(now, self.timers.ping_interval);
+            if self.pong_deadline.is_none() {
+                self.pong_deadline = after(now, self.timers.pong_timeout);
+            }
+        }
+    }
+
+    /// The driver failed the connection (an I/O error, its own timeout): nothing more is
+    /// written or reported.
+    pub fn abort(&mut self, error: Error, now: Instant) {
+        self.fail(None, error, now);
+    }
+}
+
+/// A Close frame's payload: the code, then the reason.
+fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    payload
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,664 @@
+//! The outgoing side: frames encoded by the sending threads (the [`Outbox`]), and the
+//! [`Output`] queue that decides, frame by frame, what goes on the wire next.
+//!
+//! A `send` encodes one complete, masked frame on the sending thread and puts it in the
+//! connection's outbox; the I/O thread moves the outbox into the [`Output`] as it is. Small
+//! frames share one buffer (a flood of them goes out in one write); a large frame is
+//! encoded in a buffer of its own before the outbox lock is taken, so a large `send` never
+//! holds the lock the I/O thread needs while it copies and masks.
+//!
+//! The [`Output`] writes data in whole runs of frames, but control frames (pong, ping,
+//! Close) never wait behind a run: while one waits, the write stops at the end of the
+//! frame in progress and the control frame goes next. Once our Close is queued, nothing
+//! more is accepted, and once it is written, nothing more is written (RFC 6455 §5.5.1).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+use crate::message::Message;
+
+/// Payloads up to this size are framed in the sending thread's scratch buffer and copied
+/// into the shared buffer of small frames; larger ones get a buffer of their own.
+const SMALL: usize = 512;
+/// The longest client frame header: 2 bytes, an 8-byte length, a 4-byte mask.
+const MAX_HEADER: usize = 14;
+/// The most pongs that wait to be written; past it the oldest is dropped.
+const PONGS: usize = 8;
+/// A run of small frames stops growing at this size and a new one starts, so that an
+/// emptied run's buffer can be kept for reuse.
+const RUN_MAX: usize = 1 << 20;
+
+/// Complete frames, in order, and the application bytes they carry.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    bytes: Vec<u8>,
+    app_bytes: usize,
+    /// Small frames may still be appended (it is not one large frame's own buffer).
+    open: bool,
+}
+
+impl Chunk {
+    /// The application bytes its frames carry.
+    pub fn app_bytes(&self) -> usize {
+        self.app_bytes
+    }
+}
+
+/// Frames encoded by `send`, waiting for the I/O thread. Shared behind a mutex.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    chunks: VecDeque<Chunk>,
+    /// An emptied buffer, back from the I/O thread, for the next run of small frames.
+    spare: Vec<u8>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Everything queued, for the I/O thread; `spare` (an emptied buffer) is kept for reuse.
+    pub fn take(&mut self, spare: Option<Vec<u8>>) -> VecDeque<Chunk> {
+        if let Some(mut buf) = spare.filter(|_| self.spare.capacity() == 0) {
+            buf.clear();
+            self.spare = buf;
+        }
+        std::mem::take(&mut self.chunks)
+    }
+
+    fn append_small(&mut self, frame: &[u8], app_bytes: usize) {
+        let reuse = self
+            .chunks
+            .back()
+            .is_some_and(|c| c.open && c.bytes.len() < RUN_MAX);
+        if !reuse {
+            let bytes = std::mem::take(&mut self.spare);
+            self.chunks.push_back(Chunk {
+                bytes,
+                app_bytes: 0,
+                open: true,
+            });
+        }
+        if let Some(run) = self.chunks.back_mut() {
+            run.bytes.extend_from_slice(frame);
+            run.app_bytes += app_bytes;
+        }
+    }
+}
+
+thread_local! {
+    /// Where a small message's frame is built before it is copied into the outbox.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Frames `msg` as one final, masked frame (a fresh random mask for every frame, RFC 6455
+/// §5.3) and appends it to an outbox: `lock` locks the outbox and calls the appender it is
+/// given on it, and what `lock` returns is returned. The lock is held only for a small
+/// frame's copy, or to move a large frame's buffer in.
+pub(crate) fn push<R>(msg: &Message, lock: impl FnOnce(&mut dyn FnMut(&mut Outbox)) -> R) -> R {
+    let (opcode, payload) = match msg {
+        Message::Text(t) => (Data::Text, t.as_bytes()),
+        Message::Binary(b) => (Data::Binary, &b[..]),
+    };
+    let mut lock = Some(lock);
+    if payload.len() <= SMALL {
+        let built = SCRATCH.try_with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            buf.clear();
+            encode(OpCode::Data(opcode), payload, &mut buf);
+            lock.take().map(|lock| {
+                lock(&mut |outbox: &mut Outbox| outbox.append_small(&buf, payload.len()))
+            })
+        });
+        if let Ok(Some(done)) = built {
+            return done;
+        }
+        // The thread's locals are being torn down: a buffer of its own instead.
+    }
+    let mut bytes = Vec::new();
+    encode(OpCode::Data(opcode), payload, &mut bytes);
+    let mut chunk = Some(Chunk {
+        bytes,
+        app_bytes: payload.len(),
+        open: false,
+    });
+    let lock = lock.expect("`lock` is only taken on the path that returned");
+    lock(&mut |outbox: &mut Outbox| outbox.chunks.extend(chunk.take()))
+}
+
+/// Appends one final, masked client frame to `buf`.
+pub(crate) fn encode(opcode: OpCode, payload: &[u8], buf: &mut Vec<u8>) {
+    let mask: [u8; 4] = rand::random();
+    let header = FrameHeader {
+        is_final: true,
+        opcode,
+        mask: Some(mask),
+        ..FrameHeader::default()
+    };
+    buf.reserve(MAX_HEADER + payload.len());
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, buf);
+    let start = buf.len();
+    buf.extend_from_slice(payload);
+    apply_mask(&mut buf[start..], mask);
+}
+
+/// XORs `buf` with the repeated 4-byte `mask`, eight bytes at a time.
+fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+/// Where our Close frame stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CloseOut {
+    NotQueued,
+    /// Queued (its payload), behind the data queued before it.
+    Queued(Vec<u8>),
+    /// Being written (it is the staged frame).
+    Writing,
+    Written,
+}
+
+/// The kind of control frame in [`Output::staged`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Staged {
+    Pong,
+    Ping,
+    Close,
+}
+
+/// What goes on the wire next, in order. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Output {
+    data: VecDeque<Chunk>,
+    /// Bytes of `data.front()` already written.
+    at: usize,
+    /// A frame boundary in `data.front()`, at or before `at` until a control frame waits;
+    /// then the end of the frame in progress (where the write stops).
+    boundary: usize,
+    /// At most [`PONGS`] pongs (the answers to the latest pings: RFC 6455 §5.5.3 allows
+    /// answering only the latest) and one ping (the latest asked for) wait: a peer that
+    /// pings and never reads cannot make this queue grow.
+    pongs: VecDeque<Bytes>,
+    ping: Option<Bytes>,
+    close: CloseOut,
+    /// The control frame being written, encoded, and how much of it is out.
+    staged: Vec<u8>,
+    staged_at: usize,
+    staged_kind: Option<Staged>,
+    /// An emptied run buffer, for the outbox to reuse.
+    spare: Option<Vec<u8>>,
+    /// Since when something has been waiting to be written without any of it going out.
+    waiting_since: Option<Instant>,
+}
+
+impl Output {
+    pub fn new() -> Self {
+        Output {
+            data: VecDeque::new(),
+            at: 0,
+            boundary: 0,
+            pongs: VecDeque::new(),
+            ping: None,
+            close: CloseOut::NotQueued,
+            staged: Vec::new(),
+            staged_at: 0,
+            staged_kind: None,
+            spare: None,
+            waiting_since: None,
+        }
+    }
+
+    /// Queues data frames. Refused (handed back) once our Close is queued.
+    pub fn queue_data(
+        &mut self,
+        chunks: VecDeque<Chunk>,
+        now: Instant,
+    ) -> Result<(), VecDeque<Chunk>> {
+        if self.close != CloseOut::NotQueued {
+            return Err(chunks);
+        }
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.note_waiting(now);
+        if self.data.is_empty() {
+            self.data = chunks;
+        } else {
+            self.data.extend(chunks);
+        }
+        Ok(())
+    }
+
+    /// Queues the answer to a ping (dropping the oldest unsent one past [`PONGS`]). Not
+    /// once our Close is written.
+    pub fn queue_pong(&mut self, payload: Bytes, now: Instant) {
+        if self.accepts_control() {
+            self.note_waiting(now);
+            if self.pongs.len() == PONGS {
+                self.pongs.pop_front();
+            }
+            self.pongs.push_back(payload);
+        }
+    }
+
+    /// Queues a ping (replacing an unsent one).
+    pub fn queue_ping(&mut self, payload: Bytes, now: Instant) {
+        if self.accepts_control() {
+            self.note_waiting(now);
+            self.ping = Some(payload);
+        }
+    }
+
+    /// Queues our Close frame (its payload) behind everything queued so far. Once only.
+    pub fn queue_close(&mut self, payload: Vec<u8>, now: Instant) {
+        if self.close == CloseOut::NotQueued {
+            self.note_waiting(now);
+            self.close = CloseOut::Queued(payload);
+        }
+    }
+
+    /// The connection failed: the frame in progress is finished (a Close in the middle
+    /// of a frame would be garbage), every other data frame is dropped, and `close` (the
+    /// payload of a Close frame) goes next, unless our Close is queued already. With
+    /// `None`, nothing more is written. Returns the application bytes dropped.
+    pub fn fail(&mut self, close: Option<Vec<u8>>, now: Instant) -> usize {
+        let keep = usize::from(self.at > 0);
+        if let (1, Some(front)) = (keep, self.data.front_mut()) {
+            let end = next_boundary(&front.bytes, &mut self.boundary, self.at);
+            front.bytes.truncate(end);
+        }
+        let dropped = self.data.drain(keep..).map(|c| c.app_bytes).sum();
+        self.pongs.clear();
+        self.ping = None;
+        match close {
+            Some(payload) => self.queue_close(payload, now),
+            None => self.close = CloseOut::Written,
+        }
+        dropped
+    }
+
+    /// Whether our Close frame is queued (or written): no more data is accepted.
+    pub fn close_queued(&self) -> bool {
+        self.close != CloseOut::NotQueued
+    }
+
+    /// Whether our Close frame is out.
+    pub fn close_written(&self) -> bool {
+        self.close == CloseOut::Written
+    }
+
+    /// Whether a control frame the peer is owed waits (a pong, or our Close).
+    pub fn owes_control(&self) -> bool {
+        !self.pongs.is_empty()
+            || matches!(self.close, CloseOut::Queued(_) | CloseOut::Writing)
+            || self.staged_kind == Some(Staged::Pong)
+    }
+
+    /// Since when output has waited with none of it going out, if any waits.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.waiting_since
+    }
+
+    /// An emptied run buffer for the outbox to reuse, if there is one.
+    pub fn take_spare(&mut self) -> Option<Vec<u8>> {
+        self.spare.take()
+    }
+
+    /// Whether anything waits to be written.
+    pub fn has_output(&self) -> bool {
+        self.staged_at < self.staged.len()
+            || (self.close != CloseOut::Written
+                && (!self.data.is_empty()
+                    || self.controls_waiting()
+                    || matches!(self.close, CloseOut::Queued(_))))
+    }
+
+    /// The bytes to write next, if any: write them (or a part), then call
+    /// [`advance`](Self::advance) with how many went out.
+    pub fn transmit(&mut self) -> Option<&[u8]> {
+        if self.staged_at == self.staged.len() && !self.stage_next() {
+            return match self.data.front() {
+                Some(front) if self.close != CloseOut::Written => {
+                    let end = if self.controls_waiting() {
+                        self.boundary
+                    } else {
+                        front.bytes.len()
+                    };
+                    Some(&front.bytes[self.at..end])
+                }
+                _ => None,
+            };
+        }
+        Some(&self.staged[self.staged_at..])
+    }
+
+    /// Stages the next control frame if it is its turn; `false` if data goes next (or
+    /// nothing).
+    fn stage_next(&mut self) -> bool {
+        if self.close == CloseOut::Written {
+            return false;
+        }
+        if let Some(front) = self.data.front() {
+            if !self.controls_waiting() {
+                return false;
+            }
+            // Finish the frame in progress first.
+            if next_boundary(&front.bytes, &mut self.boundary, self.at) > self.at {
+                return false;
+            }
+        }
+        let (kind, opcode, payload) = if let Some(p) = self.pongs.pop_front() {
+            (Staged::Pong, OpCode::Control(Control::Pong), p.to_vec())
+        } else if let Some(p) = self.ping.take() {
+            (Staged::Ping, OpCode::Control(Control::Ping), p.to_vec())
+        } else if !self.data.is_empty() {
+            return false;
+        } else if let CloseOut::Queued(_) = &self.close {
+            let CloseOut::Queued(payload) = std::mem::replace(&mut self.close, CloseOut::Writing)
+            else {
+                return false;
+            };
+            (Staged::Close, OpCode::Control(Control::Close), payload)
+        } else {
+            return false;
+        };
+        self.staged.clear();
+        self.staged_at = 0;
+        encode(opcode, &payload, &mut self.staged);
+        self.staged_kind = Some(kind);
+        true
+    }
+
+    /// `n` bytes of what [`transmit`](Self::transmit) returned went out. Returns the
+    /// application bytes whose frames are now all out, and whether our Close just went.
+    pub fn advance(&mut self, n: usize, now: Instant) -> (usize, bool) {
+        let mut done = (0, false);
+        if self.staged_at < self.staged.len() {
+            self.staged_at += n;
+            if self.staged_at == self.staged.len() {
+                if self.staged_kind.take() == Some(Staged::Close) {
+                    self.close = CloseOut::Written;
+                    done.1 = true;
+                }
+                self.staged.clear();
+                self.staged_at = 0;
+            }
+        } else if let Some(front) = self.data.front() {
+            self.at += n;
+            if self.at >= front.bytes.len() {
+                if let Some(chunk) = self.data.pop_front() {
+                    done.0 = chunk.app_bytes;
+                    if chunk.open && chunk.bytes.capacity() <= RUN_MAX * 2 {
+                        self.spare = Some(chunk.bytes);
+                    }
+                }
+                self.at = 0;
+                self.boundary = 0;
+            }
+        }
+        if n > 0 {
+            self.waiting_since = self.has_output().then_some(now);
+        }
+        done
+    }
+
+    fn controls_waiting(&self) -> bool {
+        !self.pongs.is_empty() || self.ping.is_some()
+    }
+
+    fn accepts_control(&self) -> bool {
+        matches!(self.close, CloseOut::NotQueued | CloseOut::Queued(_))
+    }
+
+    fn note_waiting(&mut self, now: Instant) {
+        if !self.has_output() {
+            self.waiting_since = Some(now);
+        }
+    }
+}
+
+/// The first frame boundary in `bytes` at or after `at`, walking frame headers from
+/// `walked` (a boundary at or before `at`, updated). Our own frames: the walk uses the
+/// same frame codec as everything else; if it ever failed, the end of the buffer is the
+/// boundary.
+fn next_boundary(bytes: &[u8], walked: &mut usize, at: usize) -> usize {
+    while *walked < at {
+        let mut cursor = Cursor::new(&bytes[*walked..]);
+        match FrameHeader::parse(&mut cursor) {
+            Ok(Some((_, len))) => {
+                let size = (cursor.position() as usize).saturating_add(len as usize);
+                *walked = walked.saturating_add(size).min(bytes.len());
+            }
+            _ => *walked = bytes.len(),
+        }
+    }
+    *walked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox_of(messages: &[Message]) -> Outbox {
+        let mut outbox = Outbox::default();
+        for m in messages {
+            push(m, |append| append(&mut outbox));
+        }
+        outbox
+    }
+
+    /// Everything the output writes, `step` bytes per write.
+    fn drain(out: &mut Output, step: usize) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let now = Instant::now();
+        while let Some(bytes) = out.transmit() {
+            let n = bytes.len().min(step);
+            wire.extend_from_slice(&bytes[..n]);
+            out.advance(n, now);
+        }
+        wire
+    }
+
+    /// The frames on `wire`, as a server reads them: (opcode, unmasked payload).
+    fn frames(wire: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+        framed(wire).into_iter().map(|(op, p, _)| (op, p)).collect()
+    }
+
+    /// (opcode, unmasked payload, offset of the frame on the wire).
+    fn framed(wire: &[u8]) -> Vec<(OpCode, Vec<u8>, usize)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let mut cursor = Cursor::new(&wire[at..]);
+            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            let start = at + cursor.position() as usize;
+            let mut payload = wire[start..start + len as usize].to_vec();
+            apply_mask(&mut payload, header.mask.unwrap());
+            out.push((header.opcode, payload, at));
+            at = start + len as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn frames_decode_as_tungstenite_reads_them() {
+        let messages: Vec<Message> = vec![
+            "".into(),
+            "hello".into(),
+            "é".repeat(100).into(),
+            vec![7u8; 125].into(),
+            vec![1u8; 126].into(),
+            vec![4u8; 512].into(),
+            vec![5u8; 513].into(),
+            vec![2u8; 65_535].into(),
+            vec![3u8; 65_536].into(),
+            (0..=255u8).cycle().take(1001).collect::<Vec<u8>>().into(),
+        ];
+        let mut outbox = outbox_of(&messages);
+        let mut out = Output::new();
+        out.queue_data(outbox.take(None), Instant::now()).unwrap();
+        let wire = drain(&mut out, usize::MAX);
+        let mut server = tungstenite::WebSocket::from_raw_socket(
+            Wire(std::io::Cursor::new(wire)),
+            tungstenite::protocol::Role::Server,
+            None,
+        );
+        for m in &messages {
+            let got = server.read().unwrap();
+            assert_eq!(got.into_data().as_ref(), m.as_bytes());
+        }
+    }
+
+    #[test]
+    fn masks_differ_between_frames() {
+        let a: Message = "a".into();
+        let mut outbox = outbox_of(&[a.clone(), a]);
+        let chunks = outbox.take(None);
+        let bytes = &chunks[0].bytes;
+        assert_eq!(bytes.len(), 14);
+        assert_ne!(bytes[2..6], bytes[9..13]);
+    }
+
+    #[test]
+    fn a_control_frame_goes_at_the_next_frame_boundary_whatever_the_write_sizes() {
+        let messages: Vec<Message> = (0..20)
+            .map(|i| vec![i as u8; 100 + i * 37].into())
+            .collect();
+        for step in [1, 3, 50, 333, 100_000] {
+            for pong_after in [0, 1, 7, 150, 901] {
+                let mut out = Output::new();
+                let now = Instant::now();
+                out.queue_data(outbox_of(&messages).take(None), now)
+                    .unwrap();
+                let mut wire = Vec::new();
+                let mut queued_at = None;
+                loop {
+                    if queued_at.is_none() && wire.len() >= pong_after {
+                        out.queue_pong(Bytes::from_static(b"p"), now);
+                        queued_at = Some(wire.len());
+                    }
+                    let Some(bytes) = out.transmit() else { break };
+                    let n = bytes.len().min(step);
+                    wire.extend_from_slice(&bytes[..n]);
+                    out.advance(n, now);
+                }
+                let got = framed(&wire);
+                assert_eq!(got.len(), 21, "step {step}, pong after {pong_after}");
+                let (_, _, pong_at) = got
+                    .iter()
+                    .find(|(op, _, _)| *op == OpCode::Control(Control::Pong))
+                    .unwrap();
+                // The first frame boundary at or after the moment the pong was queued.
+                let queued_at = queued_at.unwrap();
+                let first_boundary = got
+                    .iter()
+                    .map(|(_, _, at)| *at)
+                    .find(|at| *at >= queued_at)
+                    .unwrap();
+                assert_eq!(
+                    *pong_at, first_boundary,
+                    "step {step}, queued at {queued_at}"
+                );
+                let data: Vec<_> = got
+                    .iter()
+                    .filter(|(op, _, _)| matches!(op, OpCode::Data(_)))
+                    .collect();
+                assert_eq!(data.len(), messages.len());
+                for (m, (_, p, _)) in messages.iter().zip(&data) {
+                    assert_eq!(m.as_bytes(), &p[..]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_follows_our_close_and_nothing_is_accepted_after_it() {
+        let now = Instant::now();
+        let mut out = Output::new();
+        out.queue_data(outbox_of(&["a".into(), "b".into()]).take(None), now)
+            .unwrap();
+        out.queue_close(vec![0x03, 0xe8], now);
+        assert!(out
+            .queue_data(outbox_of(&["late".into()]).take(None), now)
+            .is_err());
+        let wire = drain(&mut out, 5);
+        out.queue_pong(Bytes::from_static(b"x"), now);
+        out.queue_ping(Bytes::from_static(b"y"), now);
+        assert!(out.transmit().is_none(), "nothing after the Close");
+        let got = frames(&wire);
+        let ops: Vec<OpCode> = got.iter().map(|(op, _)| *op).collect();
+        assert_eq!(
+            ops,
+            [
+                OpCode::Data(Data::Text),
+                OpCode::Data(Data::Text),
+                OpCode::Control(Control::Close)
+            ]
+        );
+    }
+
+    #[test]
+    fn pongs_for_a_flood_of_pings_are_bounded_and_answer_the_latest() {
+        let now = Instant::now();
+        let mut out = Output::new();
+        for i in 0..10_000u32 {
+            out.queue_pong(Bytes::copy_from_slice(&i.to_be_bytes()), now);
+        }
+        let got = frames(&drain(&mut out, usize::MAX));
+        assert_eq!(got.len(), PONGS);
+        let last: Vec<Vec<u8>> = (10_000 - PONGS as u32..10_000)
+            .map(|i| i.to_be_bytes().to_vec())
+            .collect();
+        assert_eq!(got.into_iter().map(|(_, p)| p).collect::<Vec<_>>(), last);
+    }
+
+    #[test]
+    fn failing_finishes_the_frame_in_progress_then_closes() {
+        let now = Instant::now();
+        let mut out = Output::new();
+        let big: Message = vec![9u8; 1000].into();
+        out.queue_data(outbox_of(&[big.clone(), big]).take(None), now)
+            .unwrap();
+        let mut wire = out.transmit().unwrap()[..10].to_vec();
+        out.advance(10, now);
+        out.fail(Some(vec![0x03, 0xea]), now);
+        wire.extend(drain(&mut out, 7));
+        let got = frames(&wire);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].0, OpCode::Control(Control::Close));
+        assert_eq!(got[1].1, [0x03, 0xea]);
+    }
+
+    struct Wire(std::io::Cursor<Vec<u8>>);
+    impl std::io::Read for Wire {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl std::io::Write for Wire {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}

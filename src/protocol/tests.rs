@@ -1,0 +1,466 @@
+//! The core without sockets: byte slices in, events and bytes out.
+
+use super::*;
+
+fn limits() -> Limits {
+    Limits {
+        max_frame: 1 << 20,
+        max_message: 1 << 20,
+    }
+}
+
+fn timers() -> Timers {
+    Timers {
+        close_timeout: Some(Duration::from_secs(10)),
+        ping_interval: None,
+        pong_timeout: Some(Duration::from_secs(10)),
+    }
+}
+
+fn conn() -> Connection {
+    Connection::new(limits(), timers(), &[], Instant::now())
+}
+
+/// Feeds `bytes` to the core as one read.
+fn feed(c: &mut Connection, bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = c
+            .read_with(|buf| {
+                let n = buf.len().min(rest.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                Ok(n)
+            })
+            .unwrap();
+        rest = &rest[n..];
+    }
+}
+
+fn events(c: &mut Connection) -> Vec<Event> {
+    let now = Instant::now();
+    std::iter::from_fn(|| c.poll_event(now)).collect()
+}
+
+/// An unmasked server frame.
+fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![first];
+    match payload.len() {
+        n if n < 126 => f.push(n as u8),
+        n if n < 65536 => {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn a_text_message_split_at_every_byte_comes_out_once() {
+    let wire = [frame(0x81, b"hello"), frame(0x82, &[1, 2, 3])].concat();
+    for split in 0..=wire.len() {
+        let mut c = conn();
+        feed(&mut c, &wire[..split]);
+        let mut got = events(&mut c);
+        feed(&mut c, &wire[split..]);
+        got.extend(events(&mut c));
+        assert_eq!(got.len(), 2, "split at {split}: {got:?}");
+        assert!(matches!(&got[0], Event::Message(m) if m.as_text() == Some("hello")));
+        assert!(matches!(&got[1], Event::Message(m) if m.as_bytes() == [1, 2, 3]));
+    }
+}
+
+fn ended(got: &[Event]) -> Option<&End> {
+    got.iter().find_map(|e| match e {
+        Event::End(end) => Some(end),
+        _ => None,
+    })
+}
+
+/// Everything the core writes, unmasked: (opcode byte, payload) per frame.
+fn written(c: &mut Connection) -> Vec<(u8, Vec<u8>)> {
+    let now = Instant::now();
+    let mut wire = Vec::new();
+    while let Some(bytes) = c.transmit() {
+        let n = bytes.len();
+        wire.extend_from_slice(bytes);
+        c.advance(n, now);
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < wire.len() {
+        let mut cursor = std::io::Cursor::new(&wire[at..]);
+        let (header, len) = tungstenite::protocol::frame::FrameHeader::parse(&mut cursor)
+            .unwrap()
+            .unwrap();
+        let start = at + cursor.position() as usize;
+        let mask = header.mask.expect("client frames are masked");
+        let payload: Vec<u8> = wire[start..start + len as usize]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        let mut first = Vec::new();
+        header.format(len, &mut first).unwrap();
+        frames.push((first[0], payload));
+        at = start + len as usize;
+    }
+    frames
+}
+
+fn eof(c: &mut Connection) {
+    c.read_with(|_| Ok(0)).unwrap();
+}
+
+#[test]
+fn fragments_with_control_frames_between_split_at_every_byte() {
+    let wire = [
+        frame(0x01, b"hel"),
+        frame(0x89, b"ping"),
+        frame(0x00, b"lo "),
+        frame(0x8A, b"pong"),
+        frame(0x80, "wörld".as_bytes()),
+        frame(0x88, &[0x03, 0xe8, b'b', b'y', b'e']),
+    ]
+    .concat();
+    for split in 0..=wire.len() {
+        let mut c = conn();
+        feed(&mut c, &wire[..split]);
+        let mut got = events(&mut c);
+        feed(&mut c, &wire[split..]);
+        got.extend(events(&mut c));
+        let kinds: Vec<String> = got
+            .iter()
+            .map(|e| match e {
+                Event::Message(m) => format!("msg {:?}", m.as_text()),
+                Event::Ping(p) => format!("ping {p:?}"),
+                Event::Pong(p) => format!("pong {p:?}"),
+                Event::PeerClose(c) => format!("close {}", c.code),
+                Event::End(_) => "end".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ping b\"ping\"",
+                "pong b\"pong\"",
+                "msg Some(\"hello wörld\")",
+                "close 1000"
+            ],
+            "split at {split}"
+        );
+    }
+}
+
+#[test]
+fn the_server_closes_first_the_echo_carries_its_code_and_the_end_is_clean() {
+    let mut c = conn();
+    let now = Instant::now();
+    feed(&mut c, &frame(0x88, &[0x0f, 0xa0, b'x'])); // 4000 "x"
+    let got = events(&mut c);
+    assert!(matches!(&got[..], [Event::PeerClose(e)] if e.code == 4000 && e.reason == "x"));
+    c.close(None, now);
+    assert_eq!(written(&mut c), [(0x88, vec![0x0f, 0xa0])]);
+    eof(&mut c);
+    let got = events(&mut c);
+    assert!(
+        matches!(ended(&got), Some(End::Clean(e)) if e.code == 4000 && e.was_clean),
+        "{got:?}"
+    );
+    assert!(c.poll_event(now).is_none(), "the end is reported once");
+}
+
+#[test]
+fn we_close_first_then_the_server_answers() {
+    let mut c = conn();
+    let now = Instant::now();
+    c.close(Some((1000, "bye")), now);
+    assert_eq!(written(&mut c), [(0x88, b"\x03\xe8bye".to_vec())]);
+    // Messages the server sent before it saw our Close still arrive.
+    feed(
+        &mut c,
+        &[frame(0x81, b"late"), frame(0x88, &[0x03, 0xe8])].concat(),
+    );
+    let got = events(&mut c);
+    assert!(matches!(&got[..], [Event::Message(m)] if m.as_text() == Some("late")));
+    eof(&mut c);
+    let got = events(&mut c);
+    assert!(
+        matches!(ended(&got), Some(End::Clean(e)) if e.code == 1000),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn data_after_the_servers_close_is_discarded() {
+    let mut c = conn();
+    let wire = [
+        frame(0x88, &[0x03, 0xe8]),
+        frame(0x81, b"after"),
+        frame(0x89, b"p"),
+    ]
+    .concat();
+    feed(&mut c, &wire);
+    let got = events(&mut c);
+    assert!(
+        matches!(&got[..], [Event::PeerClose(e)] if e.code == 1000),
+        "{got:?}"
+    );
+    c.close(None, Instant::now());
+    assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xe8])], "no pong");
+    eof(&mut c);
+    assert!(matches!(ended(&events(&mut c)), Some(End::Clean(e)) if e.code == 1000));
+}
+
+#[test]
+fn no_data_frame_follows_our_close() {
+    let mut c = conn();
+    let now = Instant::now();
+    let mut outbox = Outbox::default();
+    push(&Message::from("before"), |append| append(&mut outbox));
+    c.queue_data(outbox.take(None), now).unwrap();
+    c.close(Some((1000, "")), now);
+    push(&Message::from("after"), |append| append(&mut outbox));
+    assert!(c.queue_data(outbox.take(None), now).is_err());
+    // A ping from the server after our Close is not answered after it.
+    let ops: Vec<u8> = written(&mut c).into_iter().map(|(op, _)| op).collect();
+    assert_eq!(ops, [0x81, 0x88]);
+    feed(&mut c, &frame(0x89, b"p"));
+    let _ = events(&mut c);
+    assert!(c.transmit().is_none());
+}
+
+#[test]
+fn invalid_close_codes_fail_the_connection_with_1002() {
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535] {
+        let mut c = conn();
+        feed(&mut c, &frame(0x88, &code.to_be_bytes()));
+        let got = events(&mut c);
+        assert!(
+            matches!(ended(&got), Some(End::Failed(Error::Protocol(_)))),
+            "code {code}: {got:?}"
+        );
+        assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xea])], "code {code}");
+    }
+    let mut c = conn();
+    feed(&mut c, &frame(0x88, &[0x03]));
+    assert!(matches!(
+        ended(&events(&mut c)),
+        Some(End::Failed(Error::Protocol(_)))
+    ));
+    let mut c = conn();
+    feed(&mut c, &frame(0x88, &[0x03, 0xe8, 0xff]));
+    assert!(matches!(
+        ended(&events(&mut c)),
+        Some(End::Failed(Error::Protocol(_)))
+    ));
+    assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xef])], "1007");
+}
+
+#[test]
+fn malformed_frames_fail_with_the_right_code() {
+    let mut top_bit = vec![0x82, 127];
+    top_bit.extend_from_slice(&0x8000_0000_0000_0005u64.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("masked", vec![0x81, 0x81, 1, 2, 3, 4, b'a'], 1002),
+        ("rsv1", frame(0xC1, b"a"), 1002),
+        ("rsv3", frame(0x91, b"a"), 1002),
+        ("reserved opcode", frame(0x83, b"a"), 1002),
+        ("reserved control opcode", frame(0x8B, b"a"), 1002),
+        ("fragmented ping", frame(0x09, b"a"), 1002),
+        ("long ping", frame(0x89, &[0; 126]), 1002),
+        ("continuation first", frame(0x80, b"a"), 1002),
+        (
+            "text inside fragments",
+            [frame(0x01, b"a"), frame(0x81, b"b")].concat(),
+            1002,
+        ),
+        ("64-bit length top bit", top_bit, 1002),
+        ("bad utf-8", frame(0x81, &[0xff, 0xfe]), 1007),
+        (
+            "bad utf-8 fragmented",
+            [frame(0x01, &[0xe2]), frame(0x80, &[0x28])].concat(),
+            1007,
+        ),
+        (
+            "frame over the limit",
+            frame(0x82, &vec![0; (1 << 20) + 1]),
+            1009,
+        ),
+    ];
+    for (what, wire, code) in cases {
+        let mut c = conn();
+        feed(&mut c, &wire);
+        let got = events(&mut c);
+        assert!(
+            matches!(ended(&got), Some(End::Failed(_))),
+            "{what}: {got:?}"
+        );
+        if code == 1009 {
+            assert!(
+                matches!(ended(&got), Some(End::Failed(Error::Capacity { .. }))),
+                "{what}"
+            );
+        } else {
+            assert!(
+                matches!(ended(&got), Some(End::Failed(Error::Protocol(_)))),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            written(&mut c),
+            [(0x88, code.to_be_bytes().to_vec())],
+            "{what}"
+        );
+        assert!(
+            c.poll_event(Instant::now()).is_none(),
+            "{what}: nothing after the end"
+        );
+    }
+}
+
+#[test]
+fn a_fragmented_message_over_the_limit_fails_with_1009() {
+    let limits = Limits {
+        max_frame: 100,
+        max_message: 150,
+    };
+    let mut c = Connection::new(limits, timers(), &[], Instant::now());
+    feed(
+        &mut c,
+        &[frame(0x02, &[0; 100]), frame(0x80, &[0; 51])].concat(),
+    );
+    let got = events(&mut c);
+    assert!(matches!(
+        ended(&got),
+        Some(End::Failed(Error::Capacity {
+            what: "message",
+            size: 151,
+            limit: 150
+        }))
+    ));
+}
+
+#[test]
+fn limits_of_usize_max_and_a_huge_announced_frame_do_not_panic() {
+    let limits = Limits {
+        max_frame: usize::MAX,
+        max_message: usize::MAX,
+    };
+    let mut c = Connection::new(limits, timers(), &[], Instant::now());
+    let mut wire = vec![0x82, 127];
+    wire.extend_from_slice(&(i64::MAX as u64).to_be_bytes());
+    wire.extend_from_slice(b"a few bytes");
+    feed(&mut c, &wire);
+    assert!(events(&mut c).is_empty());
+    eof(&mut c);
+    assert!(matches!(
+        ended(&events(&mut c)),
+        Some(End::Failed(Error::Io(_)))
+    ));
+}
+
+#[test]
+fn a_large_frame_is_read_into_its_own_buffer_in_any_pieces() {
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let wire = [frame(0x82, &payload), frame(0x81, b"next")].concat();
+    for piece in [1usize, 1000, 16_384, 65_536, 1 << 20] {
+        let mut c = conn();
+        let mut got = Vec::new();
+        for chunk in wire.chunks(piece) {
+            feed(&mut c, chunk);
+            got.extend(events(&mut c));
+        }
+        assert_eq!(got.len(), 2, "pieces of {piece}");
+        assert!(matches!(&got[0], Event::Message(m) if m.as_bytes() == &payload[..]));
+        assert!(matches!(&got[1], Event::Message(m) if m.as_text() == Some("next")));
+    }
+}
+
+#[test]
+fn the_close_timeout_runs_from_our_close_going_out() {
+    let mut c = conn();
+    let t0 = Instant::now();
+    c.close(Some((1000, "")), t0);
+    // Stuck behind a full socket: nothing written, no timeout before the deadline.
+    let later = t0 + Duration::from_secs(5);
+    c.handle_timeout(later, true);
+    assert!(!c.has_end());
+    // Written at t0 + 5 s: the server has until t0 + 15 s.
+    let n = c.transmit().unwrap().len();
+    c.advance(n, later);
+    c.handle_timeout(t0 + Duration::from_secs(14), true);
+    assert!(!c.has_end());
+    assert_eq!(c.poll_timeout(true), Some(later + Duration::from_secs(10)));
+    // Not judged while the driver holds reading back.
+    c.handle_timeout(t0 + Duration::from_secs(16), false);
+    assert!(!c.has_end());
+    c.handle_timeout(t0 + Duration::from_secs(16), true);
+    assert!(matches!(
+        ended(&events(&mut c)),
+        Some(End::Failed(Error::Timeout(Timeout::Close)))
+    ));
+}
+
+#[test]
+fn keepalive_pings_and_a_missing_pong_fail_the_connection() {
+    let t0 = Instant::now();
+    let timers = Timers {
+        close_timeout: Some(Duration::from_secs(10)),
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Some(Duration::from_secs(3)),
+    };
+    let mut c = Connection::new(limits(), timers, &[], t0);
+    assert_eq!(c.poll_timeout(true), Some(t0 + Duration::from_secs(1)));
+    c.handle_timeout(t0 + Duration::from_secs(1), true);
+    assert_eq!(written(&mut c), [(0x89, 1u64.to_be_bytes().to_vec())]);
+    feed(&mut c, &frame(0x8A, &1u64.to_be_bytes()));
+    assert!(matches!(&events(&mut c)[..], [Event::Pong(_)]));
+    c.handle_timeout(t0 + Duration::from_secs(2), true);
+    let _ = written(&mut c);
+    c.handle_timeout(t0 + Duration::from_secs(5), true);
+    assert!(matches!(
+        ended(&events(&mut c)),
+        Some(End::Failed(Error::Timeout(Timeout::Pong)))
+    ));
+}
+
+#[test]
+fn a_peer_that_pings_and_never_reads_is_failed_after_the_close_timeout() {
+    let t0 = Instant::now();
+    let mut c = conn();
+    for i in 0..1000u32 {
+        feed(&mut c, &frame(0x89, &i.to_be_bytes()));
+        let _ = events(&mut c);
+    }
+    // Nothing could be written: the pongs wait, bounded.
+    assert!(c.has_output());
+    c.handle_timeout(t0 + Duration::from_secs(9), true);
+    assert!(!c.has_end());
+    c.handle_timeout(t0 + Duration::from_secs(11), true);
+    assert!(matches!(
+        ended(&events(&mut c)),
+        Some(End::Failed(Error::Timeout(Timeout::Write)))
+    ));
+    assert!(written(&mut c).len() <= 8, "pongs waiting are bounded");
+}
+
+#[test]
+fn durations_of_max_mean_no_limit() {
+    let t0 = Instant::now();
+    let timers = Timers {
+        close_timeout: after(t0, Some(Duration::MAX)).map(|_| Duration::MAX),
+        ping_interval: Some(Duration::MAX),
+        pong_timeout: Some(Duration::MAX),
+    };
+    let mut c = Connection::new(limits(), timers, &[], t0);
+    c.close(Some((1000, "")), t0);
+    let _ = written(&mut c);
+    assert_eq!(c.poll_timeout(true), None);
+    c.handle_timeout(t0 + Duration::from_secs(1 << 30), true);
+    assert!(!c.has_end());
+}
