@@ -249,7 +249,12 @@ pub fn cap_receive_buffer(tcp: &TcpStream, bytes: i32) {
         // SAFETY: a valid socket descriptor, and a pointer to an int of the stated size
         // that outlives the call.
         let r = unsafe { setsockopt(tcp.as_raw_fd(), SOL_SOCKET, SO_RCVBUF, &bytes, 4) };
-        assert_eq!(r, 0, "setsockopt(SO_RCVBUF): {}", io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "setsockopt(SO_RCVBUF): {}",
+            io::Error::last_os_error()
+        );
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (tcp, bytes);
