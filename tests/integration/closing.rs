@@ -533,12 +533,14 @@ fn close_with_megabytes_queued_sends_them_all_before_the_close_frame() {
 ///
 /// The numbers, so that load cannot fail it and a timer counting from `close()` must:
 /// the server's receive buffer is capped (support::cap_receive_buffer; left alone, Linux
-/// grew it to tens of MiB, and draining that after our Close went out took longer than
-/// the 300 ms this test once used: `[Open, Error(Timeout(Close)), Close(1006)]` on a
-/// loaded machine), so at most about 6 MiB (the client's send buffer, at most 4 MiB, and
-/// the server's) wait behind our Close once it is handed to the OS. At 25 ms per MiB:
-/// - the Close goes out 58 × 25 ms = 1.45 s or more after `close()`: a close timeout of
-///   1 s counted from `close()` fires first (load only makes the reading slower);
+/// may grow it up to `tcp_rmem`'s maximum, 32 MiB here, and draining that after our Close
+/// went out can take longer than the 300 ms close timeout this test once used: it failed
+/// with `[Open, Error(Timeout(Close)), Close(1006)]` on a loaded machine), so at most
+/// about 6 MiB (the client's send buffer, at most 4 MiB, and the server's) wait behind
+/// our Close once it is handed to the OS. At 25 ms per MiB:
+/// - the server starts reading at `close()`, so the Close goes out 58 × 25 ms = 1.45 s
+///   or more after it: a close timeout of 1 s counted from `close()` fires first (load
+///   only makes the reading slower);
 /// - after it, the server has about 6 × 25 ms = 150 ms of reading left: ~7x inside 1 s;
 /// - a stall, the longest wait for the server to take data, is one 25 ms pause: 40x.
 #[test]
@@ -546,8 +548,13 @@ fn close_timeout_counts_from_the_close_frame_not_from_close() {
     let _g = shared();
     const N: usize = 64;
     const LEN: usize = 1 << 20; // 64 MiB: far more than the capped buffers hold
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
     let server = server(move |mut ws| {
         cap_receive_buffer(ws.get_ref(), 64 << 10);
+        // Nothing is read before `close()`, however long the sends take on a loaded machine
+        // (reading from the first send on, the server once had a third of the data before
+        // `close()` was called).
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
         // A steady reader: 25 ms per MiB, 1.6 s or more in all.
         let mut messages = Vec::new();
         while messages.len() < N {
@@ -574,6 +581,7 @@ fn close_timeout_counts_from_the_close_frame_not_from_close() {
     }
     let closed_at = Instant::now();
     ws.close_with(3003, "slow reader").unwrap();
+    go_tx.send(()).unwrap();
     let evs = events_until_close(&events);
     let took = closed_at.elapsed();
     drop(ws);
@@ -585,7 +593,7 @@ fn close_timeout_counts_from_the_close_frame_not_from_close() {
     assert_eq!(messages.len(), N, "messages sent before close were lost");
     assert_eq!(close.map(|c| u16::from(c.code)), Some(3003));
     // What makes this test able to fail: the closing handshake outlasted the close timeout
-    // (a lower bound, which load only makes easier to meet).
+    // (64 × 25 ms of pauses after `close()`: a lower bound, which load only lengthens).
     assert!(
         took > Duration::from_millis(1400),
         "the server read everything {took:?} after close(): not longer than the timeout"
