@@ -1,11 +1,11 @@
 //! Interop tests against real third-party servers: Python `websockets` and Node `ws`.
 //!
 //! Every test runs once per peer (`python::*` and `node::*`). The peers' base URLs come
-//! from `NWS_INTEROP_PY_URL` and `NWS_INTEROP_NODE_URL` (for example `ws://127.0.0.1:40123`);
-//! when one is unset its tests print a note to stderr and pass, so a plain `cargo test`
-//! needs nothing installed. `.ci/interop.sh` installs both servers, starts them on
-//! loopback, sets the variables (and `NWS_INTEROP_REQUIRE=1`, which turns a missing
-//! variable into a failure) and runs `cargo test --test interop`.
+//! from `NWS_INTEROP_PY_URL` and `NWS_INTEROP_NODE_URL` (for example `ws://127.0.0.1:40123`).
+//! Every test is `#[ignore]`d, so a plain `cargo test` needs nothing installed and lists
+//! them as ignored (never as passed); `.ci/interop.sh` installs both servers, starts them
+//! on loopback, sets the variables and runs `cargo test --test interop -- --ignored`.
+//! Run without its variable, a test fails: it never passes without its server.
 //!
 //! The servers (`.ci/interop/py_server.py`, `.ci/interop/node_server.js`) behave by path;
 //! the table is in `py_server.py`'s docstring. Every wait here is a bounded `recv_timeout`.
@@ -36,19 +36,16 @@ impl Peer {
         }
     }
 
-    fn base(self, test: &str) -> Option<String> {
+    /// The peer's base URL. A test that runs without it fails: it must never pass
+    /// without having talked to the server.
+    fn base(self, test: &str) -> String {
         match std::env::var(self.var()) {
-            Ok(v) if !v.trim().is_empty() => Some(v.trim().trim_end_matches('/').to_owned()),
-            _ => {
-                if std::env::var("NWS_INTEROP_REQUIRE").is_ok_and(|v| v == "1") {
-                    panic!("{} is not set but NWS_INTEROP_REQUIRE=1", self.var());
-                }
-                eprintln!(
-                    "skipping interop test {test} ({self:?}): {} is not set; run .ci/interop.sh",
-                    self.var()
-                );
-                None
-            }
+            Ok(v) if !v.trim().is_empty() => v.trim().trim_end_matches('/').to_owned(),
+            _ => panic!(
+                "interop test {test} ({self:?}): {} is not set; run .ci/interop.sh, which \
+                 starts the servers and runs these tests with --ignored",
+                self.var()
+            ),
         }
     }
 }
@@ -116,7 +113,7 @@ impl Ctx {
 }
 
 fn run(peer: Peer, test: &'static str, body: fn(&Ctx)) {
-    let Some(base) = peer.base(test) else { return };
+    let base = peer.base(test);
     let _ = env_logger::builder().is_test(true).try_init();
     body(&Ctx { peer, base, test });
 }
@@ -920,11 +917,19 @@ macro_rules! interop_tests {
     ($($name:ident),* $(,)?) => {
         /// Against Python `websockets` (`NWS_INTEROP_PY_URL`).
         mod python {
-            $( #[test] fn $name() { super::run(super::Peer::Python, stringify!($name), super::$name); } )*
+            $(
+                #[test]
+                #[ignore = "needs the Python websockets server: run .ci/interop.sh"]
+                fn $name() { super::run(super::Peer::Python, stringify!($name), super::$name); }
+            )*
         }
         /// Against Node `ws` (`NWS_INTEROP_NODE_URL`).
         mod node {
-            $( #[test] fn $name() { super::run(super::Peer::Node, stringify!($name), super::$name); } )*
+            $(
+                #[test]
+                #[ignore = "needs the Node ws server: run .ci/interop.sh"]
+                fn $name() { super::run(super::Peer::Node, stringify!($name), super::$name); }
+            )*
         }
     };
 }

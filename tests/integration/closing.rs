@@ -529,20 +529,39 @@ fn close_with_megabytes_queued_sends_them_all_before_the_close_frame() {
 
 /// The close timeout does not count from `close()`: while our Close frame waits behind
 /// queued messages it bounds only a stall (Builder::close_timeout). A server that reads
-/// steadily, for several close timeouts in all, gets every message and closes cleanly.
+/// steadily, for longer than the close timeout in all, gets every message and closes cleanly.
+///
+/// The numbers, so that load cannot fail it and a timer counting from `close()` must:
+/// the server's receive buffer is capped (support::cap_receive_buffer; left alone, Linux
+/// may grow it up to `tcp_rmem`'s maximum, 32 MiB here, and draining that after our Close
+/// went out can take longer than the 300 ms close timeout this test once used: it failed
+/// with `[Open, Error(Timeout(Close)), Close(1006)]` on a loaded machine), so at most
+/// about 6 MiB (the client's send buffer, at most 4 MiB, and the server's) wait behind
+/// our Close once it is handed to the OS. At 25 ms per MiB:
+/// - the server starts reading at `close()`, so the Close goes out 58 × 25 ms = 1.45 s
+///   or more after it: a close timeout of 1 s counted from `close()` fires first (load
+///   only makes the reading slower);
+/// - after it, the server has about 6 × 25 ms = 150 ms of reading left: ~7x inside 1 s;
+/// - a stall, the longest wait for the server to take data, is one 25 ms pause: 40x.
 #[test]
 fn close_timeout_counts_from_the_close_frame_not_from_close() {
     let _g = shared();
     const N: usize = 64;
-    const LEN: usize = 1 << 20; // 64 MiB: far more than the kernel's buffers hold
+    const LEN: usize = 1 << 20; // 64 MiB: far more than the capped buffers hold
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
     let server = server(move |mut ws| {
-        // A steady reader: 10 ms per MiB, 640 ms or more in all, twice the close timeout.
+        cap_receive_buffer(ws.get_ref(), 64 << 10);
+        // Nothing is read before `close()`, however long the sends take on a loaded machine
+        // (reading from the first send on, the server once had a third of the data before
+        // `close()` was called).
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
+        // A steady reader: 25 ms per MiB, 1.6 s or more in all.
         let mut messages = Vec::new();
         while messages.len() < N {
             match ws.read() {
                 Ok(m @ tungstenite::Message::Binary(_)) => {
                     messages.push(m);
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(25));
                 }
                 Ok(_) => {}
                 Err(e) => panic!("server: {e}"),
@@ -553,15 +572,18 @@ fn close_timeout_counts_from_the_close_frame_not_from_close() {
         (messages, close)
     });
     let (ws, events) = WebSocket::builder()
-        .close_timeout(Duration::from_millis(300))
+        .close_timeout(Duration::from_secs(1))
         .high_water_mark(128 << 20)
         .connect_pull(&server.url())
         .expect("connect");
     for i in 0..N {
         ws.send(vec![i as u8; LEN]).unwrap();
     }
+    let closed_at = Instant::now();
     ws.close_with(3003, "slow reader").unwrap();
+    go_tx.send(()).unwrap();
     let evs = events_until_close(&events);
+    let took = closed_at.elapsed();
     drop(ws);
     let (messages, close) = server.join();
     assert!(
@@ -570,6 +592,12 @@ fn close_timeout_counts_from_the_close_frame_not_from_close() {
     );
     assert_eq!(messages.len(), N, "messages sent before close were lost");
     assert_eq!(close.map(|c| u16::from(c.code)), Some(3003));
+    // What makes this test able to fail: the closing handshake outlasted the close timeout
+    // (64 × 25 ms of pauses after `close()`: a lower bound, which load only lengthens).
+    assert!(
+        took > Duration::from_millis(1400),
+        "the server read everything {took:?} after close(): not longer than the timeout"
+    );
 }
 
 /// A `send` blocked above the high-water mark when `close()` is called returns

@@ -149,23 +149,25 @@ fn bad_proxy_urls_are_refused_synchronously() {
 
 // ---------------------------------------------------------------------------------------
 // Through a real proxy: tinyproxy, started by `.ci/proxy.sh`, whose URL (with credentials)
-// is in `NWS_PROXY_URL`. Without it these tests print a note and pass.
+// is in `NWS_PROXY_URL`. These tests are `#[ignore]`d (a plain `cargo test` lists them as
+// ignored, never as passed); `.ci/proxy.sh` runs them with `--ignored`. Run without
+// `NWS_PROXY_URL`, they fail.
 // ---------------------------------------------------------------------------------------
 
-fn tinyproxy_url() -> Option<String> {
+fn tinyproxy_url() -> String {
     match std::env::var("NWS_PROXY_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("NWS_PROXY_REQUIRE").is_ok() => panic!("NWS_PROXY_URL is required"),
-        _ => {
-            eprintln!("skipped: NWS_PROXY_URL is not set (.ci/proxy.sh sets it)");
-            None
-        }
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "NWS_PROXY_URL is not set: run .ci/proxy.sh, which starts tinyproxy and runs \
+             these tests with --ignored"
+        ),
     }
 }
 
 #[test]
+#[ignore = "needs tinyproxy: run .ci/proxy.sh"]
 fn tinyproxy_tunnels_ws() {
-    let Some(proxy) = tinyproxy_url() else { return };
+    let proxy = tinyproxy_url();
     let _g = shared();
     let server = echo_server();
     let (ws, events) = WebSocket::builder()
@@ -190,8 +192,9 @@ fn tinyproxy_tunnels_ws() {
 }
 
 #[test]
+#[ignore = "needs tinyproxy: run .ci/proxy.sh"]
 fn tinyproxy_tunnels_wss_end_to_end() {
-    let Some(proxy) = tinyproxy_url() else { return };
+    let proxy = tinyproxy_url();
     let _g = shared();
     let pki = crate::tls::pki();
     let server = crate::tls::tls_echo_server(crate::tls::server_config(&pki.localhost, false));
@@ -217,8 +220,9 @@ fn tinyproxy_tunnels_wss_end_to_end() {
 }
 
 #[test]
+#[ignore = "needs tinyproxy: run .ci/proxy.sh"]
 fn tinyproxy_refuses_wrong_credentials_with_a_typed_error() {
-    let Some(proxy) = tinyproxy_url() else { return };
+    let proxy = tinyproxy_url();
     let _g = shared();
     let wrong = proxy.replace("s3cret", "wrong");
     assert_ne!(wrong, proxy);

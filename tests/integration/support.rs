@@ -84,6 +84,25 @@ pub fn thread_alive(tid: u32) -> bool {
     std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
 }
 
+/// Waits until none of the threads `tids` has been scheduled for `quiet` in a row (they
+/// are asleep, their start-up work done), at most [`WAIT`]; false if they never settled.
+/// Tests that count wake-ups over a window start it with this rather than a fixed sleep,
+/// which a loaded machine can make too short.
+pub fn settled(tids: &[u32], quiet: Duration) -> bool {
+    let switches = || tids.iter().map(|&t| thread_switches(t)).collect::<Vec<_>>();
+    let deadline = Instant::now() + WAIT;
+    let mut last = switches();
+    while Instant::now() < deadline {
+        thread::sleep(quiet);
+        let now = switches();
+        if now == last {
+            return true;
+        }
+        last = now;
+    }
+    false
+}
+
 /// utime + stime of thread `tid`, in clock ticks.
 pub fn thread_cpu_ticks(tid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
@@ -209,6 +228,36 @@ where
         addr,
         handle: Some(handle),
     }
+}
+
+/// Caps the kernel's receive buffer of an accepted socket (`SO_RCVBUF`, which also stops
+/// Linux from growing it by itself, up to `tcp_rmem`'s maximum: 32 MiB on some machines),
+/// so that a test knows how much of the client's data can wait between the client and a
+/// slow reader. Call it before the first read: until then the kernel has not grown it.
+/// Linux only (no safe wrapper sets it, and the crate's `libc` is not a dev-dependency);
+/// elsewhere it does nothing.
+pub fn cap_receive_buffer(tcp: &TcpStream, bytes: i32) {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    {
+        use std::os::fd::AsRawFd;
+        const SOL_SOCKET: i32 = 1;
+        const SO_RCVBUF: i32 = 8;
+        extern "C" {
+            fn setsockopt(fd: i32, level: i32, name: i32, value: *const i32, len: u32) -> i32;
+        }
+        // SAFETY: a valid socket descriptor, and a pointer to an int of the stated size
+        // that outlives the call.
+        let r = unsafe { setsockopt(tcp.as_raw_fd(), SOL_SOCKET, SO_RCVBUF, &bytes, 4) };
+        assert_eq!(
+            r,
+            0,
+            "setsockopt(SO_RCVBUF): {}",
+            io::Error::last_os_error()
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (tcp, bytes);
 }
 
 /// A tungstenite server: `body` gets the accepted WebSocket.
