@@ -1,7 +1,22 @@
-//! The seed's `ChatProtocol`, in Rust: a chat client whose `messages` fill in from
-//! `onmessage` while the main thread does what it likes, that posts JSON, reflects binary
-//! payloads back to the server, and asks the server questions whose answers arrive in the
-//! middle of unrelated chat traffic (the Jupyter problem of the seed, solved by `request`).
+//! A chat client, `ChatProtocol`, against a small chat server that this program starts
+//! itself (see `mod server` at the end). It shows the three things a chat client needs:
+//!
+//! - **State filled in by callbacks.** `onmessage` appends each chat line to `messages`
+//!   on the connection's callback thread; the main thread reads the list whenever it
+//!   likes, through `ws.handler()`, without writing any locking of its own.
+//! - **Sending JSON and answering the server.** `post` sends `{"type": "message", ...}`;
+//!   when the server sends a binary payload, `onmessage` sends the same bytes back
+//!   ("reflects" them) and the server confirms it got them back unchanged.
+//! - **A question whose answer arrives among unrelated traffic.** With a plain blocking
+//!   socket, "send a query, then `recv()`" gets whatever comes next: chat lines and other
+//!   broadcasts, any number of them, before the answer. `request` solves this by stamping
+//!   the query with an id that the server copies into its answer; the answer is handed to
+//!   the thread that asked, and everything else still goes to `onmessage`.
+//!
+//! The class comes from the article that introduced the Python `nwebsocket` package
+//! ("WebSockets in Python for Practitioners"), whose `ChatProtocol` keeps a `messages`
+//! list, posts JSON and reflects binary payloads; that article calls the id the server
+//! copies back a "reflect header", and shows the problem above in Jupyter notebook cells.
 //!
 //! ```text
 //! cargo run --example chat_protocol                      # demo against an embedded server
@@ -17,11 +32,16 @@ use nwebsocket::{CloseEvent, Error, Handler, Message, WebSocket, WebSocketRef};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// What the callbacks keep: the handler of one chat connection.
+/// What the callbacks keep: the handler of one chat connection. Its methods run on the
+/// connection's callback thread; the main thread reads it through `ws.handler()`.
 struct ChatState {
     name: String,
+    /// Chat lines, as "from: text".
     messages: Vec<String>,
+    /// The server's confirmations that our reflected binary payload came back intact.
     reflected: Vec<String>,
+    /// Messages that are neither chat lines nor confirmations (the server's "ticker"
+    /// broadcasts), counted as `onmessage` handles them.
     unrelated: usize,
     print_live: bool,
     /// Ticks once per message, so the main thread can wait for news without polling.
@@ -45,7 +65,8 @@ impl Handler for ChatState {
 
     fn onmessage(&mut self, ws: &WebSocketRef, msg: Message) {
         match &msg {
-            // Binary payloads are reflected back to the server, as in the seed.
+            // The server sends each client a binary payload when it joins; sending it
+            // back unchanged ("reflecting" it) is how this chat proves it is listening.
             Message::Binary(payload) => {
                 if let Err(e) = ws.send(payload.clone()) {
                     log::warn!("could not reflect: {e}");
@@ -77,7 +98,7 @@ impl Handler for ChatState {
     }
 }
 
-/// The seed's `ChatProtocol`: a connection plus the chat verbs.
+/// A chat client: a connection plus the chat verbs (join, post, ask who is online).
 struct ChatProtocol {
     ws: WebSocket<ChatState>,
     news: Receiver<()>,
@@ -106,8 +127,9 @@ impl ChatProtocol {
         self.ws.send_json(&json!({"type": "message", "data": text}))
     }
 
-    /// Asks who is online. The reply is matched by its id; the chat traffic that arrives
-    /// meanwhile still goes to `onmessage`.
+    /// Asks who is online and blocks until the answer. `request` adds an `"id"` field to
+    /// the query; the server copies it into its answer, which is how the answer is told
+    /// apart from the chat traffic around it. That traffic still goes to `onmessage`.
     fn users(&self) -> Result<Vec<String>, Error> {
         let reply: Value = self.ws.request(
             &json!({"type": "query", "what": "users"}),
@@ -181,13 +203,29 @@ fn run_demo(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         users[who].post(text)?;
     }
 
-    // The Jupyter problem: the answer to a query arrives among unrelated traffic.
+    // A question whose answer arrives among unrelated traffic: before it answers, the
+    // server broadcasts `CHATTER_BEFORE_ANSWER` "ticker" messages to everyone. `request`
+    // picks the answer out by its id and returns it here; the tickers go to `onmessage`.
+    // The answer is handed straight to the thread that asked, so it can overtake tickers
+    // that arrived before it but still wait for the callback thread: the count below is
+    // how many `onmessage` had handled by the time the answer was back, anywhere from 0
+    // to all of them.
+    println!(
+        "alice asks who is online; the server sends {} unrelated messages first, then the answer",
+        server::CHATTER_BEFORE_ANSWER
+    );
+    let handled_before = users[0].ws.handler().unrelated;
     let asked = Instant::now();
     let online = users[0].users()?;
+    let waited = asked.elapsed();
+    let handled_meanwhile = users[0].ws.handler().unrelated - handled_before;
     println!(
-        "alice asked who is online; answer in {:.1} ms, among {} unrelated messages that went to onmessage: users: {}",
-        asked.elapsed().as_secs_f64() * 1e3,
-        users[0].ws.handler().unrelated,
+        "  answer in {:.1} ms; onmessage handled {handled_meanwhile} unrelated messages while the request waited \
+         (the answer goes straight to the asking thread, so it can overtake messages still queued for onmessage)",
+        waited.as_secs_f64() * 1e3,
+    );
+    println!(
+        "  alice's answer, kept apart from the unrelated messages that went to onmessage: users: {}",
         online.join(", ")
     );
 
@@ -243,7 +281,17 @@ fn run_interactive(url: &str, name: &str) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
-/// The embedded chat server: plain tungstenite, one thread per client.
+/// The embedded chat server: plain tungstenite, one thread per client. What it speaks:
+///
+/// - a client joins with `?name=NAME` in the URL, and at once gets a binary payload (its
+///   name reversed, then the bytes 0 to 7) that it is expected to send back;
+/// - a binary message from the client is compared with that payload and answered with
+///   `{"type": "reflected", "data": {"bytes": N, "ok": true|false}}`;
+/// - `{"type": "message", "data": TEXT}` is broadcast to everyone as
+///   `{"type": "message", "from": NAME, "data": TEXT}`;
+/// - `{"type": "query", "what": "users", "id": ID}` first broadcasts
+///   `CHATTER_BEFORE_ANSWER` `{"type": "ticker", ...}` messages to everyone, then answers the
+///   asker with `{"type": "answer", "id": ID, "users": [...]}`, the id copied from the query.
 mod server {
     use std::collections::HashMap;
     use std::io;
@@ -260,7 +308,7 @@ mod server {
     type Clients = Arc<Mutex<HashMap<String, Sender<Message>>>>;
 
     /// How many unrelated broadcasts the server sends before answering a query.
-    const CHATTER_BEFORE_ANSWER: usize = 25;
+    pub const CHATTER_BEFORE_ANSWER: usize = 25;
 
     pub fn start() -> io::Result<SocketAddr> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -305,6 +353,7 @@ mod server {
         let _ = ws
             .get_ref()
             .set_read_timeout(Some(Duration::from_millis(5)));
+        // The payload the client must send back (see the module's docs).
         let challenge: Vec<u8> = name.bytes().rev().chain(0u8..8).collect();
         let _ = ws.send(Message::Binary(challenge.clone().into()));
 
