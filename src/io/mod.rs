@@ -269,6 +269,8 @@ impl IoThread {
 
     /// One turn: commands, then whatever progress the phase can make without blocking.
     fn step(&mut self) -> Result<(), End> {
+        #[cfg(test)]
+        tests::maybe_panic(self.io.url());
         while let Ok(command) = self.io.commands.try_recv() {
             self.command(command)?;
         }
@@ -762,7 +764,49 @@ impl Io {
 mod tests {
     use super::{next_nap, NAP_MAX, NAP_MIN};
     use crate::delivery::Level;
+    use crate::{Error, Event, ReadyState, SendError, WebSocket};
+    use std::sync::Mutex;
     use std::time::Duration;
+
+    /// The URL whose I/O thread panics at its next turn (a stand-in for a bug).
+    static PANIC_FOR: Mutex<Option<String>> = Mutex::new(None);
+
+    pub(super) fn maybe_panic(url: &str) {
+        let mut target = PANIC_FOR.lock().unwrap_or_else(|e| e.into_inner());
+        if target.as_deref() == Some(url) {
+            *target = None;
+            drop(target);
+            panic!("a bug, for the test");
+        }
+    }
+
+    #[test]
+    fn a_panic_on_the_io_thread_is_an_error_then_close_1006_and_releases_everyone() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut ws = tungstenite::accept(listener.accept().unwrap().0).unwrap();
+            while ws.read().is_ok() {}
+        });
+        let url = format!("ws://{addr}/panic");
+        let (ws, events) = WebSocket::connect_pull(&url).unwrap();
+        let wait = Duration::from_secs(10);
+        assert!(matches!(events.recv_timeout(wait), Ok(Event::Open)));
+        *PANIC_FOR.lock().unwrap() = Some(ws.url().to_owned());
+        ws.send("wake up").unwrap();
+        assert!(matches!(
+            events.recv_timeout(wait),
+            Ok(Event::Error(Error::Internal(_)))
+        ));
+        assert!(
+            matches!(events.recv_timeout(wait), Ok(Event::Close(c)) if c.code == 1006 && !c.was_clean)
+        );
+        assert_eq!(ws.ready_state(), ReadyState::Closed);
+        assert!(ws.wait_closed_timeout(wait).is_some());
+        assert!(matches!(ws.send("after"), Err(SendError::Closed(_))));
+        drop(ws);
+        server.join().unwrap();
+    }
 
     #[test]
     fn naps_halve_when_the_caller_caught_up_and_double_while_it_lags() {

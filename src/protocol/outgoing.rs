@@ -141,6 +141,7 @@ pub(crate) fn encode(opcode: OpCode, payload: &[u8], buf: &mut Vec<u8>) {
         mask: Some(mask),
         ..FrameHeader::default()
     };
+    log::trace!("frame out: {opcode:?} len={}", payload.len());
     buf.reserve(MAX_HEADER + payload.len());
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, buf);

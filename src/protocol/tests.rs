@@ -464,3 +464,172 @@ fn durations_of_max_mean_no_limit() {
     c.handle_timeout(t0 + Duration::from_secs(1 << 30), true);
     assert!(!c.has_end());
 }
+
+// ---------------------------------------------------------------------------------------
+// The core and tungstenite's own `WebSocket` agree on random streams, valid and not.
+// ---------------------------------------------------------------------------------------
+
+mod agreement {
+    use super::*;
+    use proptest::prelude::*;
+    use tungstenite::protocol::{Role, WebSocketConfig};
+
+    /// What a reader reports, up to the server's Close.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(u16, String),
+        /// The connection failed.
+        Failed,
+    }
+
+    const LIMIT: usize = 400;
+
+    /// One frame: the first header byte's parts, the mask bit, and the payload.
+    fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let opcode = prop_oneof![
+            6 => Just(0x1u8),
+            6 => Just(0x2u8),
+            4 => Just(0x0u8),
+            2 => Just(0x9u8),
+            2 => Just(0xAu8),
+            1 => Just(0x8u8),
+            1 => Just(0x3u8),
+            1 => Just(0xBu8),
+        ];
+        let payload = prop_oneof![
+            4 => "[a-zé€😀]{0,40}".prop_map(String::into_bytes),
+            3 => proptest::collection::vec(any::<u8>(), 0..60),
+            1 => proptest::collection::vec(any::<u8>(), 120..130),
+            1 => proptest::collection::vec(any::<u8>(), 390..410),
+            1 => (0u16..5100, "[a-z]{0,10}").prop_map(|(code, reason)| {
+                [&code.to_be_bytes()[..], reason.as_bytes()].concat()
+            }),
+        ];
+        (
+            opcode,
+            prop::bool::weighted(0.8),
+            prop::bool::weighted(0.03),
+            prop::bool::weighted(0.03),
+            payload,
+        )
+            .prop_map(|(opcode, fin, rsv, masked, payload)| {
+                let first = opcode | if fin { 0x80 } else { 0 } | if rsv { 0x40 } else { 0 };
+                let mut f = frame(first, &payload);
+                if masked {
+                    // A mask of zeros: the payload reads the same, but the bit is set.
+                    f[1] |= 0x80;
+                    let at = match payload.len() {
+                        n if n < 126 => 2,
+                        n if n < 65536 => 4,
+                        _ => 10,
+                    };
+                    f.splice(at..at, [0u8; 4]);
+                }
+                f
+            })
+    }
+
+    fn ours(wire: &[u8], splits: &[usize]) -> Vec<Seen> {
+        let limits = Limits {
+            max_frame: LIMIT,
+            max_message: LIMIT,
+        };
+        let mut c = Connection::new(limits, timers(), &[], Instant::now());
+        let mut seen = Vec::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = splits.iter().map(|s| s % (wire.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(wire.len());
+        for cut in cuts {
+            feed(&mut c, &wire[at..cut.max(at)]);
+            at = at.max(cut);
+            seen.extend(events(&mut c));
+        }
+        eof(&mut c);
+        seen.extend(events(&mut c));
+        let mut out = Vec::new();
+        for e in seen {
+            match e {
+                Event::Message(Message::Text(t)) => out.push(Seen::Text(t.as_str().into())),
+                Event::Message(Message::Binary(b)) => out.push(Seen::Binary(b.to_vec())),
+                Event::Ping(p) => out.push(Seen::Ping(p.to_vec())),
+                Event::Pong(p) => out.push(Seen::Pong(p.to_vec())),
+                Event::PeerClose(c) => {
+                    out.push(Seen::Close(c.code, c.reason));
+                    break;
+                }
+                Event::End(End::Failed(_)) => out.push(Seen::Failed),
+                Event::End(End::Clean(_)) => {}
+            }
+        }
+        out
+    }
+
+    struct Memory<'a>(&'a [u8]);
+    impl std::io::Read for Memory<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::io::Read::read(&mut self.0, buf)
+        }
+    }
+    impl std::io::Write for Memory<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn tungstenites(wire: &[u8]) -> Vec<Seen> {
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(LIMIT))
+            .max_message_size(Some(LIMIT));
+        let mut ws =
+            tungstenite::WebSocket::from_raw_socket(Memory(wire), Role::Client, Some(config));
+        let mut out = Vec::new();
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => out.push(Seen::Text(t.as_str().into())),
+                Ok(tungstenite::Message::Binary(b)) => out.push(Seen::Binary(b.to_vec())),
+                Ok(tungstenite::Message::Ping(p)) => out.push(Seen::Ping(p.to_vec())),
+                Ok(tungstenite::Message::Pong(p)) => out.push(Seen::Pong(p.to_vec())),
+                Ok(tungstenite::Message::Close(frame)) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.as_str().to_owned())
+                    });
+                    // tungstenite answers an invalid code with its own 1002 and returns
+                    // that; the contract fails the connection (RFC 6455 §7.1.7).
+                    if (code, reason.as_str()) == (1002, "Protocol violation") {
+                        out.push(Seen::Failed);
+                    } else {
+                        out.push(Seen::Close(code, reason));
+                    }
+                    break;
+                }
+                Ok(tungstenite::Message::Frame(_)) => {}
+                Err(_) => {
+                    out.push(Seen::Failed);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_core_reads_what_tungstenite_reads(
+            frames in proptest::collection::vec(frame_strategy(), 0..12),
+            splits in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let wire = frames.concat();
+            prop_assert_eq!(ours(&wire, &splits), tungstenites(&wire));
+        }
+    }
+}
