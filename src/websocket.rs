@@ -69,8 +69,10 @@ pub(crate) struct Shared {
     pub config: Config,
     /// `ReadyState` as u8. Written only under `gate`'s write lock, so that a `send`
     /// holding the read lock sees a state that cannot close under it.
-    state: AtomicU8,
-    gate: RwLock<()>,
+    state: Padded<AtomicU8>,
+    /// Every `send` takes it (a read lock is an atomic write): on a cache line of its own,
+    /// so that the I/O thread's writes nearby do not make each send wait for that line.
+    gate: Padded<RwLock<()>>,
     commands: Sender<Command>,
     /// Frames encoded by `send`, waiting for the I/O thread (see `protocol::push`).
     pub outbox: Mutex<Outbox>,
@@ -81,7 +83,7 @@ pub(crate) struct Shared {
     /// Set by the I/O thread while it sleeps in `poll`; senders wake it only then.
     pub io_sleeping: AtomicBool,
     /// Bytes of application data accepted by `send` and not yet handed to the OS.
-    buffered: AtomicUsize,
+    buffered: Padded<AtomicUsize>,
     drain_waiters: AtomicUsize,
     drained: (Mutex<()>, Condvar),
     pub protocol: OnceLock<String>,
@@ -97,6 +99,17 @@ pub(crate) struct Shared {
     pub callback_mode: bool,
     /// The callback thread, when there is one: `Drop` on it must not join it.
     callback_thread: OnceLock<ThreadId>,
+}
+
+/// A value on a cache line (pair) of its own.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 #[derive(Default)]
@@ -868,12 +881,12 @@ fn start(
     let shared = Arc::new(Shared {
         target,
         config,
-        state: AtomicU8::new(ReadyState::Connecting as u8),
-        gate: RwLock::new(()),
+        state: Padded(AtomicU8::new(ReadyState::Connecting as u8)),
+        gate: Padded(RwLock::new(())),
         commands: commands_tx,
         waker,
         io_sleeping: AtomicBool::new(false),
-        buffered: AtomicUsize::new(0),
+        buffered: Padded(AtomicUsize::new(0)),
         drain_waiters: AtomicUsize::new(0),
         drained: (Mutex::new(()), Condvar::new()),
         protocol: OnceLock::new(),

@@ -140,6 +140,8 @@ struct Io {
     write_blocked: bool,
     /// The core has output waiting (as of the last write).
     output_waiting: bool,
+    /// The outbox has frames the core has not taken yet.
+    outbox_waiting: bool,
     connect_deadline: Option<Instant>,
     handshake_deadline: Option<Instant>,
     /// When this thread last wrote to the socket (see `SPIN`).
@@ -188,6 +190,7 @@ impl IoThread {
                 buffered: false,
                 write_blocked: false,
                 output_waiting: false,
+                outbox_waiting: false,
                 connect_deadline,
                 handshake_deadline: None,
                 wrote_at: Instant::now()
@@ -320,9 +323,9 @@ impl IoThread {
                 }
             }
             Command::Flush => {
-                if let Phase::Open(open) = &mut self.phase {
-                    io.take_outbox(open);
-                }
+                // Taken once what the core holds is out (see `flush`): one batch at a
+                // time, while the senders fill the next.
+                io.outbox_waiting = true;
                 Ok(())
             }
             Command::Ping => {
@@ -583,6 +586,7 @@ impl Io {
         self.burst_nth = 0;
         self.write_blocked = false;
         self.output_waiting = false;
+        self.outbox_waiting = false;
         self.connect_deadline = after(Instant::now(), Some(self.shared.config.connect_timeout));
         self.handshake_deadline = None;
         self.shared
@@ -734,7 +738,7 @@ impl Io {
             return false;
         };
         ((self.readable || self.buffered) && !self.pending_full() && open.conn.wants_read())
-            || (open.conn.has_output() && !self.write_blocked)
+            || ((open.conn.has_output() || self.outbox_waiting) && !self.write_blocked)
     }
 
     fn next_deadline(&self, phase: &Phase) -> Option<Instant> {

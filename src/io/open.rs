@@ -4,6 +4,7 @@
 //! core has to send until the socket is full.
 
 use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
@@ -83,17 +84,18 @@ impl Io {
                 self.buffered |= polling;
                 return Ok(budget);
             }
+            let taken = self.take_messages(open, budget);
+            if taken > 0 {
+                budget = budget.saturating_sub(taken);
+                continue;
+            }
             let Some(event) = open.conn.poll_event(now) else {
                 self.buffered = false;
                 return Ok(budget);
             };
             budget = budget.saturating_sub(1);
             match event {
-                protocol::Event::Message(mut m) => {
-                    own_small(&mut m, self.burst_nth);
-                    self.burst_nth += 1;
-                    self.json_or_emit(m);
-                }
+                protocol::Event::Message(m) => self.message(m),
                 protocol::Event::Ping(p) if self.shared.config.ping_events => {
                     self.emit(Event::Ping(Binary(p)));
                 }
@@ -113,6 +115,51 @@ impl Io {
         }
     }
 
+    /// The run of whole messages at the front of what the core read (see
+    /// [`Connection::poll_messages`]), straight into `pending`; what [`Io::message`] does
+    /// one by one, here once for the lot. Returns how many.
+    fn take_messages(&mut self, open: &mut Open, max: usize) -> usize {
+        let first = self.pending.len();
+        let mut bytes = 0;
+        let pending = &mut self.pending;
+        let taken = open.conn.poll_messages(max, &mut |m| {
+            bytes += m.len();
+            pending.push_back(Event::Message(m));
+        });
+        self.pending_bytes += bytes;
+        let own = COPY_FIRST.saturating_sub(self.burst_nth).min(taken);
+        for (i, event) in self.pending.range_mut(first..first + own).enumerate() {
+            if let Event::Message(m) = event {
+                own_small(m, self.burst_nth + i);
+            }
+        }
+        self.burst_nth += taken;
+        if self.shared.pending_requests.load(SeqCst) > 0 {
+            // Replies go to the `request` waiting for them instead.
+            for event in self.pending.split_off(first) {
+                match event {
+                    Event::Message(m) => {
+                        if let Some(m) = crate::json::route_reply(&self.shared, m) {
+                            self.pending.push_back(Event::Message(m));
+                        }
+                    }
+                    other => self.pending.push_back(other),
+                }
+            }
+            self.recount_pending();
+        }
+        taken
+    }
+
+    /// A message: to the consumer, or to the `request` waiting for it.
+    fn message(&mut self, mut m: Message) {
+        own_small(&mut m, self.burst_nth);
+        self.burst_nth += 1;
+        if let Some(m) = crate::json::route_reply(&self.shared, m) {
+            self.emit(Event::Message(m));
+        }
+    }
+
     /// Starts (or answers) the closing handshake. The senders are stopped already (the
     /// state is CLOSING): what they sent before goes out first, then our Close.
     pub(super) fn close(&mut self, open: &mut Open, frame: Option<(u16, String)>) {
@@ -125,6 +172,7 @@ impl Io {
 
     /// Moves what `send` queued into the core.
     pub(super) fn take_outbox(&mut self, open: &mut Open) {
+        self.outbox_waiting = false;
         let spare = open.conn.take_spare();
         let chunks = self
             .shared
@@ -143,13 +191,17 @@ impl Io {
         }
     }
 
-    /// Writes what the core has to send until the socket is full.
+    /// Writes what the core has to send until the socket is full, and the outbox's next
+    /// batch once the core's data is out.
     fn flush(&mut self, open: &mut Open) -> Result<(), End> {
-        if self.write_blocked {
-            return Ok(());
-        }
         let mut wrote = false;
-        while let Some(bytes) = open.conn.transmit() {
+        while !self.write_blocked {
+            if self.outbox_waiting && !open.conn.has_data() {
+                self.take_outbox(open);
+            }
+            let Some(bytes) = open.conn.transmit() else {
+                break;
+            };
             match open.transport.write(bytes) {
                 Ok(0) => return Err(io_error(io::ErrorKind::WriteZero.into()).into()),
                 Ok(n) => {
@@ -157,11 +209,10 @@ impl Io {
                     self.shared.sent(open.conn.advance(n, now));
                     self.wrote_at = now;
                     wrote = true;
+                    // Senders that found the outbox busy did not say so again.
+                    self.outbox_waiting |= !open.conn.has_data();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.write_blocked = true;
-                    break;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(io_error(e).into()),
             }
@@ -176,13 +227,6 @@ impl Io {
         }
         self.output_waiting = open.conn.has_output();
         Ok(())
-    }
-
-    /// A message, or the reply a `request_json` waits for.
-    fn json_or_emit(&mut self, m: Message) {
-        if let Some(m) = crate::json::route_reply(&self.shared, m) {
-            self.emit(Event::Message(m));
-        }
     }
 }
 

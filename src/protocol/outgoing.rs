@@ -30,9 +30,6 @@ const SMALL: usize = 512;
 const MAX_HEADER: usize = 14;
 /// The most pongs that wait to be written; past it the oldest is dropped.
 const PONGS: usize = 8;
-/// A run of small frames stops growing at this size and a new one starts, so that an
-/// emptied run's buffer can be kept for reuse.
-const RUN_MAX: usize = 1 << 20;
 
 /// Complete frames, in order, and the application bytes they carry.
 #[derive(Debug, Default)]
@@ -73,10 +70,7 @@ impl Outbox {
     }
 
     fn append_small(&mut self, frame: &[u8], app_bytes: usize) {
-        let reuse = self
-            .chunks
-            .back()
-            .is_some_and(|c| c.open && c.bytes.len() < RUN_MAX);
+        let reuse = self.chunks.back().is_some_and(|c| c.open);
         if !reuse {
             let bytes = std::mem::take(&mut self.spare);
             self.chunks.push_back(Chunk {
@@ -233,11 +227,11 @@ impl Output {
         chunks: VecDeque<Chunk>,
         now: Instant,
     ) -> Result<(), VecDeque<Chunk>> {
-        if self.close != CloseOut::NotQueued {
-            return Err(chunks);
-        }
         if chunks.is_empty() {
             return Ok(());
+        }
+        if self.close != CloseOut::NotQueued {
+            return Err(chunks);
         }
         self.note_waiting(now);
         if self.data.is_empty() {
@@ -321,6 +315,11 @@ impl Output {
     /// An emptied run buffer for the outbox to reuse, if there is one.
     pub fn take_spare(&mut self) -> Option<Vec<u8>> {
         self.spare.take()
+    }
+
+    /// Whether data frames wait to be written.
+    pub fn has_data(&self) -> bool {
+        !self.data.is_empty()
     }
 
     /// Whether anything waits to be written.
@@ -407,7 +406,7 @@ impl Output {
             if self.at >= front.bytes.len() {
                 if let Some(chunk) = self.data.pop_front() {
                     done.0 = chunk.app_bytes;
-                    if chunk.open && chunk.bytes.capacity() <= RUN_MAX * 2 {
+                    if chunk.open {
                         self.spare = Some(chunk.bytes);
                     }
                 }
