@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     ws.close()?;
-    let closed = ws.wait_closed();
+    let closed = ws.wait_closed()?;
     println!("closed: code {} clean {}", closed.code, closed.was_clean);
     Ok(())
 }

@@ -64,6 +64,7 @@ pub(crate) struct Config {
     pub max_frame_size: usize,
     /// `None`: the style's default ([`PULL_QUEUE`] or [`CALLBACK_QUEUE`]).
     pub incoming_queue: Option<usize>,
+    pub incoming_queue_bytes: usize,
     pub high_water_mark: usize,
     pub nodelay: bool,
     pub ping_events: bool,
@@ -92,6 +93,7 @@ impl Default for Config {
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
             incoming_queue: None,
+            incoming_queue_bytes: crate::delivery::BATCH_BYTES,
             high_water_mark: 8 << 20,
             nodelay: true,
             ping_events: false,
@@ -139,6 +141,7 @@ impl std::fmt::Debug for Config {
             .field("max_message_size", &self.max_message_size)
             .field("max_frame_size", &self.max_frame_size)
             .field("incoming_queue", &self.incoming_queue)
+            .field("incoming_queue_bytes", &self.incoming_queue_bytes)
             .field("high_water_mark", &self.high_water_mark)
             .field("nodelay", &self.nodelay)
             .field("ping_events", &self.ping_events)
@@ -287,6 +290,31 @@ impl Builder {
     /// Values below 1 are taken as 1.
     pub fn incoming_queue(mut self, events: usize) -> Self {
         self.config.incoming_queue = Some(events.max(1));
+        self
+    }
+
+    /// How many bytes of message payload may wait for the consumer, beside the count of
+    /// [`incoming_queue`](Self::incoming_queue): in pull style, in your channel (and as
+    /// much again in the I/O thread's read burst); in callback and batch style, per batch.
+    /// Defaults to 2 MiB.
+    ///
+    /// # When the consumer falls behind
+    ///
+    /// Once either bound is reached the I/O thread stops reading the socket: TCP slows
+    /// the server down and memory stays bounded. It still writes (your sends, and pongs
+    /// to pings it has read), but pings the server sends meanwhile wait unread in the
+    /// socket, so a server whose keepalive expects a pong within a few seconds may close
+    /// the connection (1011 "keepalive ping timeout" is typical) if your thread takes no
+    /// events for longer than that. Take events at least as often as the server's
+    /// keepalive allows, or raise this bound. The crate logs a warning once per
+    /// connection when its queue has been full for longer than the
+    /// [`ping_interval`](Self::ping_interval) (10 s when none is set). While closing, the
+    /// I/O thread reads on regardless (up to 16 MiB more), so that the server's answer to
+    /// the Close is seen.
+    ///
+    /// Values below 1 are taken as 1.
+    pub fn incoming_queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.incoming_queue_bytes = bytes.max(1);
         self
     }
 

@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{
@@ -43,7 +44,7 @@ pub(crate) const BURST: usize = 256;
 /// unpinned measured 0.84x of raw tungstenite against 0.99x with 2 MiB (paired runs;
 /// see `benches/compare/README.md`). More gains nothing: 4 MiB measured 0.95x (and,
 /// before large buffers were reused, 0.55x: the buffers in flight left the cache).
-pub(crate) const BATCH_BYTES: usize = 2 << 20;
+pub(crate) const BATCH_BYTES: usize = 2 << 20; // the default of `incoming_queue_bytes`
 
 pub(crate) enum Outlet {
     /// Pull style: the caller's channel.
@@ -56,6 +57,12 @@ pub(crate) enum Outlet {
         /// Events per batch: the I/O thread reads no more once this many are pending
         /// (the configured incoming queue).
         limit: usize,
+        /// Payload bytes per batch.
+        bytes_limit: usize,
+        /// The connection's last events, when a batch still waits in `tx` at the end: the
+        /// consumer finds them once `tx` has disconnected (see [`Batches::next`]), so the
+        /// end never waits for the consumer.
+        tail: Arc<Mutex<Vec<Event>>>,
     },
 }
 
@@ -79,6 +86,10 @@ pub(crate) struct Pull {
     tx: Sender<Event>,
     /// Events that may wait in the channel.
     limit: usize,
+    /// Payload bytes that may wait there ([`Builder::incoming_queue_bytes`]).
+    ///
+    /// [`Builder::incoming_queue_bytes`]: crate::Builder::incoming_queue_bytes
+    bytes_limit: usize,
     /// Events sent so far, and their payload bytes.
     sent: u64,
     sent_bytes: u64,
@@ -107,10 +118,11 @@ pub(crate) enum Level {
 }
 
 impl Pull {
-    pub fn new(tx: Sender<Event>, limit: usize) -> Self {
+    pub fn new(tx: Sender<Event>, limit: usize, bytes_limit: usize) -> Self {
         Pull {
             tx,
             limit: limit.max(1),
+            bytes_limit: bytes_limit.max(1),
             sent: 0,
             sent_bytes: 0,
             marks: VecDeque::new(),
@@ -140,16 +152,16 @@ impl Pull {
     /// Whether the channel is full, in events or in bytes.
     pub fn held(&mut self) -> bool {
         let (events, bytes) = self.waiting();
-        events >= self.limit || bytes >= BATCH_BYTES
+        events >= self.limit || bytes >= self.bytes_limit
     }
 
     pub fn level(&mut self) -> Level {
         let (events, bytes) = self.waiting();
         // (Multiplied, not divided: with a limit of 1 to 3, `limit / 4` would be 0 and
         // the channel never `Low`, so the naps could only grow.)
-        if events * 2 > self.limit || bytes * 2 > BATCH_BYTES {
+        if events * 2 > self.limit || bytes * 2 > self.bytes_limit {
             Level::High
-        } else if events * 4 < self.limit && bytes * 4 < BATCH_BYTES {
+        } else if events * 4 < self.limit && bytes * 4 < self.bytes_limit {
             Level::Low
         } else {
             Level::Middle
@@ -163,7 +175,7 @@ impl Pull {
     fn push(&mut self, pending: &mut VecDeque<Event>, bounded: bool) -> Result<(), Vec<Event>> {
         let (mut room, mut bytes, bytes_limit) = if bounded {
             let (events, bytes) = self.waiting();
-            (self.limit.saturating_sub(events), bytes, BATCH_BYTES)
+            (self.limit.saturating_sub(events), bytes, self.bytes_limit)
         } else {
             (usize::MAX, 0, usize::MAX)
         };
@@ -222,6 +234,8 @@ pub(crate) struct Batches {
     pub spare: Sender<Vec<Event>>,
     /// The number of events in the last batch taken (see [`Batches::next`]).
     last: AtomicUsize,
+    /// See [`Outlet::Batches`]: taken once `rx` has disconnected.
+    tail: Arc<Mutex<Vec<Event>>>,
 }
 
 /// A batch of at least this many events means a flood (see [`Batches::next`]).
@@ -298,16 +312,28 @@ impl EventBatches {
         match self.0.look(Some(deadline)) {
             Some(Ok(batch)) => Ok(batch),
             Some(Err(RecvError)) => Err(RecvTimeoutError::Disconnected),
-            None => self.0.rx.recv_deadline(deadline).map(|b| self.0.took(b)),
+            None => match self.0.rx.recv_deadline(deadline) {
+                Ok(batch) => Ok(self.0.took(batch)),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.0.tail().ok_or(RecvTimeoutError::Disconnected)
+                }
+                Err(e) => Err(e),
+            },
         }
     }
 
     /// A batch if one is waiting, without blocking.
     pub fn try_recv(&self) -> Result<Vec<Event>, TryRecvError> {
-        self.0.rx.try_recv().map(|b| self.0.took(b))
+        match self.0.rx.try_recv() {
+            Ok(batch) => Ok(self.0.took(batch)),
+            Err(TryRecvError::Disconnected) => self.0.tail().ok_or(TryRecvError::Disconnected),
+            Err(e) => Err(e),
+        }
     }
 
-    /// The underlying channel, to `select!` on beside your own.
+    /// The underlying channel, to `select!` on beside your own. When it disconnects, call
+    /// [`try_recv`](Self::try_recv) once more: the connection's last events may have
+    /// been set aside for you (when a batch still waited as it ended).
     pub fn receiver(&self) -> &Receiver<Vec<Event>> {
         &self.0.rx
     }
@@ -355,7 +381,7 @@ impl Batches {
         loop {
             match self.rx.try_recv() {
                 Ok(batch) => return Some(Ok(self.took(batch))),
-                Err(TryRecvError::Disconnected) => return Some(Err(RecvError)),
+                Err(TryRecvError::Disconnected) => return Some(self.tail().ok_or(RecvError)),
                 Err(TryRecvError::Empty) if yields == 0 => return None,
                 Err(TryRecvError::Empty) => {}
             }
@@ -368,6 +394,12 @@ impl Batches {
     }
 
     /// Notes the size of a batch being handed to the consumer.
+    /// The last events, set aside at the end of the connection, once.
+    fn tail(&self) -> Option<Vec<Event>> {
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        (!tail.is_empty()).then(|| std::mem::take(&mut *tail))
+    }
+
     fn took(&self, batch: Vec<Event>) -> Vec<Event> {
         self.last.store(batch.len(), Relaxed);
         batch
@@ -382,13 +414,16 @@ impl Batches {
 
 /// An outlet for callback style, in batches of up to `limit` events, and the callback
 /// thread's end of it.
-pub(crate) fn batches(limit: usize) -> (Outlet, Batches) {
+pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let (spare_tx, spare) = crossbeam_channel::bounded(1);
+    let tail = Arc::new(Mutex::new(Vec::new()));
     let outlet = Outlet::Batches {
         tx,
         spare,
         limit: limit.max(1),
+        bytes_limit: bytes_limit.max(1),
+        tail: Arc::clone(&tail),
     };
     (
         outlet,
@@ -396,6 +431,7 @@ pub(crate) fn batches(limit: usize) -> (Outlet, Batches) {
             rx,
             spare: spare_tx,
             last: AtomicUsize::new(0),
+            tail,
         },
     )
 }
@@ -418,8 +454,10 @@ impl Outlet {
     /// then the I/O thread reads no more until some of it is handed over.
     pub fn burst_full(&self, events: usize, bytes: usize) -> bool {
         match self {
-            Outlet::Events(_) => events >= BURST || bytes >= BATCH_BYTES,
-            Outlet::Batches { limit, .. } => events >= *limit || bytes >= BATCH_BYTES,
+            Outlet::Events(pull) => events >= BURST || bytes >= pull.bytes_limit,
+            Outlet::Batches {
+                limit, bytes_limit, ..
+            } => events >= *limit || bytes >= *bytes_limit,
         }
     }
 
@@ -472,6 +510,34 @@ impl Outlet {
     /// Pull style's channel never blocks a send: there this hands over all of `pending`
     /// at once, whatever the limit. Only the connection's last events go this way
     /// (`Io::deliver_all`): at most a burst and the closing events past the limit.
+    /// Hands over the last events of the last connection, without waiting: pull style's
+    /// channel takes them all whatever its bound; in batches, if a batch still waits,
+    /// they are set aside for the consumer to find after it (see [`Batches::tail`]).
+    /// `Err` carries the events dropped because the receiver is gone.
+    pub fn push_last(&mut self, pending: &mut VecDeque<Event>) -> Result<(), Vec<Event>> {
+        match self {
+            Outlet::Events(pull) => pull.push(pending, false),
+            Outlet::Batches {
+                tx, spare, tail, ..
+            } => {
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                let batch = take_batch(spare, pending);
+                match tx.try_send(batch) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(batch)) => {
+                        tail.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .extend(batch);
+                        Ok(())
+                    }
+                    Err(TrySendError::Disconnected(batch)) => Err(batch),
+                }
+            }
+        }
+    }
+
     pub fn push_wait(
         &mut self,
         pending: &mut VecDeque<Event>,
@@ -596,12 +662,12 @@ mod tests {
 
     #[test]
     fn a_callback_batch_closes_at_its_event_limit_or_at_two_mebibytes() {
-        let (outlet, _end) = batches(256);
+        let (outlet, _end) = batches(256, BATCH_BYTES);
         assert!(!outlet.burst_full(255, BATCH_BYTES - 1));
         assert!(outlet.burst_full(256, 0));
         assert!(outlet.burst_full(1, BATCH_BYTES));
         let (tx, _rx) = crossbeam_channel::unbounded();
-        let pull = Outlet::Events(Pull::new(tx, 4));
+        let pull = Outlet::Events(Pull::new(tx, 4, BATCH_BYTES));
         assert!(!pull.burst_full(BURST - 1, BATCH_BYTES - 1));
         assert!(pull.burst_full(BURST, 0));
         assert!(pull.burst_full(1, BATCH_BYTES));
@@ -609,7 +675,7 @@ mod tests {
 
     fn pull(limit: usize) -> (Outlet, Receiver<Event>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        (Outlet::Events(Pull::new(tx, limit)), rx)
+        (Outlet::Events(Pull::new(tx, limit, BATCH_BYTES)), rx)
     }
 
     fn is_held(outlet: &mut Outlet) -> bool {
@@ -754,7 +820,7 @@ mod tests {
 
     #[test]
     fn batches_go_over_in_order_and_wait_when_one_is_queued() {
-        let (mut outlet, end) = batches(3);
+        let (mut outlet, end) = batches(3, BATCH_BYTES);
         let mut pending: VecDeque<Event> = (0..3).map(|i| msg(i, 8)).collect();
         outlet.push(&mut pending).unwrap();
         assert!(pending.is_empty());
@@ -778,7 +844,7 @@ mod tests {
 
     #[test]
     fn the_consumer_notes_each_batch_size_and_reports_the_end() {
-        let (mut outlet, end) = batches(512);
+        let (mut outlet, end) = batches(512, BATCH_BYTES);
         assert!(
             end.look(None).is_none(),
             "nothing waiting: the caller blocks"
@@ -806,7 +872,7 @@ mod tests {
 
     #[test]
     fn a_batch_that_times_out_goes_back_in_front_in_order() {
-        let (mut outlet, end) = batches(2);
+        let (mut outlet, end) = batches(2, BATCH_BYTES);
         let (_commands_tx, commands) = crossbeam_channel::unbounded();
         let mut pending: VecDeque<Event> = (0..2).map(|i| msg(i, 8)).collect();
         outlet.push(&mut pending).unwrap();

@@ -116,6 +116,12 @@ pub enum Error {
     /// A callback panicked; the panic was caught and the connection carries on.
     #[error("a callback panicked: {0}")]
     CallbackPanic(String),
+    /// A blocking call was made where it could never return: `wait_closed` on the
+    /// callback thread (which must return before `onclose` can run), or while the same
+    /// thread holds the [`HandlerGuard`](crate::HandlerGuard). It returns this at once
+    /// instead of blocking for ever.
+    #[error("{0} would never return here")]
+    WouldDeadlock(&'static str),
     /// The connection's I/O thread panicked (a bug in this crate); the panic was caught and
     /// the connection closed.
     #[error("internal error (please report it): {0}")]

@@ -95,6 +95,7 @@ impl Handler for () {}
 
 /// Runs the callback for `event`, catching a panic and reporting it to `onerror`.
 pub(crate) fn dispatch<H: Handler + ?Sized>(ws: &WebSocketRef, handler: &mut H, event: Event) {
+    let last = matches!(event, Event::Close(_));
     let result = catch_unwind(AssertUnwindSafe(|| match event {
         Event::Open => handler.onopen(ws),
         Event::Message(m) => handler.onmessage(ws, m),
@@ -106,6 +107,9 @@ pub(crate) fn dispatch<H: Handler + ?Sized>(ws: &WebSocketRef, handler: &mut H, 
     if let Err(panic) = result {
         let text = panic_text(&*panic);
         log::error!("a callback panicked: {text}");
+        if last {
+            return; // nothing follows `onclose`, not even the report of its own panic
+        }
         let report = catch_unwind(AssertUnwindSafe(|| {
             handler.onerror(ws, Error::CallbackPanic(text))
         }));

@@ -212,6 +212,15 @@ impl WebSocketRef {
     /// number of threads may wait on requests at once. A reply that arrives after its
     /// timeout is delivered as an ordinary message, so nothing is lost.
     ///
+    /// # Ordering
+    ///
+    /// Messages reach the event channel (or `onmessage`) once, in the order they arrived;
+    /// the reply goes to the waiting caller as soon as the I/O thread reads it. So the
+    /// reply can *overtake* messages that arrived before it but are still queued for your
+    /// consumer: when `request` returns, messages the server sent before the reply may
+    /// not have been handled yet. If you need "everything before the reply", take the
+    /// events that wait (`dispatch_pending`) after `request` returns.
+    ///
     /// ```
     /// # let addr = nwebsocket_doc_server();
     /// use std::time::Duration;

@@ -30,7 +30,7 @@
 //! println!("{:?}", ws.handler().messages);
 //!
 //! ws.close()?;
-//! let closed = ws.wait_closed();
+//! let closed = ws.wait_closed()?;
 //! assert!(closed.was_clean);
 //! # fn nwebsocket_doc_server() -> std::net::SocketAddr {
 //! #     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

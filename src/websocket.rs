@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub callback_mode: bool,
     /// The callback thread, when there is one: `Drop` on it must not join it.
     callback_thread: OnceLock<ThreadId>,
+    /// The thread holding the [`HandlerGuard`], if one does.
+    handler_holder: Mutex<Option<ThreadId>>,
 }
 
 /// A value on a cache line (pair) of its own.
@@ -455,10 +457,32 @@ impl WebSocketRef {
 
     /// Blocks until the connection is CLOSED and returns how it ended. In callback style
     /// it returns after `onclose` has run.
-    pub fn wait_closed(&self) -> CloseEvent {
-        self.shared
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldDeadlock`], at once, when called on the callback thread (inside a
+    /// callback: `onclose` cannot run until it returns) or while this thread holds the
+    /// [`HandlerGuard`] (the callback thread needs the handler to run `onclose`).
+    pub fn wait_closed(&self) -> Result<CloseEvent> {
+        let shared = &*self.shared;
+        if shared.callback_mode {
+            let me = thread::current().id();
+            if shared.callback_thread.get() == Some(&me) {
+                return Err(Error::WouldDeadlock("wait_closed on the callback thread"));
+            }
+            let holder = *shared
+                .handler_holder
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if holder == Some(me) {
+                return Err(Error::WouldDeadlock(
+                    "wait_closed while this thread holds the handler",
+                ));
+            }
+        }
+        Ok(shared
             .wait_status(None, |s| s.closed.clone())
-            .unwrap_or_else(CloseEvent::abnormal) // without a deadline it always has one
+            .unwrap_or_else(CloseEvent::abnormal)) // without a deadline it always has one
     }
 
     /// As [`wait_closed`](Self::wait_closed), giving up after `timeout` with `None`.
@@ -504,6 +528,46 @@ impl WebSocketRef {
         while let Ok(event) = events.try_recv() {
             dispatch(self, handler, event);
             n += 1;
+        }
+        n
+    }
+
+    /// As [`dispatch_pending`](Self::dispatch_pending), for at most `max` events: a
+    /// compute loop's pause stays bounded however many events wait.
+    pub fn dispatch_pending_at_most<H: Handler + ?Sized>(
+        &self,
+        events: &Receiver<Event>,
+        handler: &mut H,
+        max: usize,
+    ) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Ok(event) = events.try_recv() else {
+                break;
+            };
+            dispatch(self, handler, event);
+            n += 1;
+        }
+        n
+    }
+
+    /// As [`dispatch_pending`](Self::dispatch_pending), for about `budget` of time: it
+    /// stops taking events once `budget` has passed (checked after each, so at least one
+    /// waiting event is handled, and a slow callback can overrun it).
+    pub fn dispatch_pending_for<H: Handler + ?Sized>(
+        &self,
+        events: &Receiver<Event>,
+        handler: &mut H,
+        budget: Duration,
+    ) -> usize {
+        let deadline = crate::protocol::saturating_deadline(Instant::now(), budget);
+        let mut n = 0;
+        while let Ok(event) = events.try_recv() {
+            dispatch(self, handler, event);
+            n += 1;
+            if Instant::now() >= deadline {
+                break;
+            }
         }
         n
     }
@@ -579,13 +643,19 @@ impl WebSocket {
     pub(crate) fn start_pull(config: Config, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
         let limit = config.incoming_queue.unwrap_or(PULL_QUEUE);
         let (tx, events) = crossbeam_channel::unbounded();
-        let (ws, io) = start(config, url, Outlet::Events(Pull::new(tx, limit)), false)?;
+        let bytes = config.incoming_queue_bytes;
+        let (ws, io) = start(
+            config,
+            url,
+            Outlet::Events(Pull::new(tx, limit, bytes)),
+            false,
+        )?;
         Ok((WebSocket::without_handler(ws, io), events))
     }
 
     pub(crate) fn start_batches(config: Config, url: &str) -> Result<(WebSocket, EventBatches)> {
         let limit = config.incoming_queue.unwrap_or(CALLBACK_QUEUE);
-        let (outlet, batches) = crate::delivery::batches(limit);
+        let (outlet, batches) = crate::delivery::batches(limit, config.incoming_queue_bytes);
         let (ws, io) = start(config, url, outlet, false)?;
         Ok((WebSocket::without_handler(ws, io), EventBatches(batches)))
     }
@@ -629,8 +699,10 @@ impl<H: Handler + Send + 'static> WebSocket<H> {
     }
 
     pub(crate) fn start_with_handler(config: Config, url: &str, handler: H) -> Result<Self> {
-        let (outlet, batches) =
-            crate::delivery::batches(config.incoming_queue.unwrap_or(CALLBACK_QUEUE));
+        let (outlet, batches) = crate::delivery::batches(
+            config.incoming_queue.unwrap_or(CALLBACK_QUEUE),
+            config.incoming_queue_bytes,
+        );
         let (ws, io) = start(config, url, outlet, true)?;
         let handler = Arc::new(HandlerCell::new(handler));
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
@@ -706,7 +778,9 @@ impl<H> WebSocket<H> {
         cell.wanted.fetch_add(1, SeqCst);
         let guard = cell.lock();
         cell.wanted.fetch_sub(1, SeqCst);
-        HandlerGuard(guard)
+        let holder = &self.owner.ws.shared.handler_holder;
+        *holder.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread::current().id());
+        HandlerGuard(guard, holder)
     }
 
     /// A non-owning handle to the same connection, to store in handlers or other threads.
@@ -716,7 +790,13 @@ impl<H> WebSocket<H> {
 }
 
 /// The locked handler, from [`WebSocket::handler`]. Callbacks wait until it is dropped.
-pub struct HandlerGuard<'a, H>(MutexGuard<'a, H>);
+pub struct HandlerGuard<'a, H>(MutexGuard<'a, H>, &'a Mutex<Option<ThreadId>>);
+
+impl<H> Drop for HandlerGuard<'_, H> {
+    fn drop(&mut self) {
+        *self.1.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
 
 /// The handler, shared by the callback thread and [`WebSocket::handler`].
 ///
@@ -900,6 +980,7 @@ fn start(
         next_request_id: AtomicU64::new(1),
         callback_mode,
         callback_thread: OnceLock::new(),
+        handler_holder: Mutex::new(None),
     });
     // Boxed: on the I/O thread's stack, under the handshake's deep frames, its 1.2 KiB
     // would keep one more stack page resident for the connection's life.

@@ -142,6 +142,13 @@ struct Io {
     output_waiting: bool,
     /// The outbox has frames the core has not taken yet.
     outbox_waiting: bool,
+    /// Since when the consumer has held reading back, and whether that was warned of.
+    full_since: Option<Instant>,
+    warned_full: bool,
+    /// Our Close is queued: the consumer no longer holds reading back (up to
+    /// [`DRAIN_BYTES`] and [`DRAIN_EVENTS`] waiting), so the server's answer is seen
+    /// whatever the consumer does.
+    draining: bool,
     connect_deadline: Option<Instant>,
     handshake_deadline: Option<Instant>,
     /// When this thread last wrote to the socket (see `SPIN`).
@@ -191,6 +198,9 @@ impl IoThread {
                 write_blocked: false,
                 output_waiting: false,
                 outbox_waiting: false,
+                draining: false,
+                full_since: None,
+                warned_full: false,
                 connect_deadline,
                 handshake_deadline: None,
                 wrote_at: Instant::now()
@@ -341,8 +351,14 @@ impl IoThread {
     /// Sleeps until there is something to do.
     fn wait(&mut self, events: &mut Events) -> Result<(), End> {
         let busy = self.io.has_work(&self.phase);
-        let deadline = self.io.next_deadline(&self.phase);
-        if !busy && !self.io.pending.is_empty() {
+        let mut deadline = self.io.next_deadline(&self.phase);
+        if !busy && !self.io.pending.is_empty() && self.io.draining {
+            // Closing: the socket is read whatever the consumer does (the server's answer
+            // must be seen), and the events wait; look for room for them now and then.
+            self.io.deliver_pending();
+            let soon = Instant::now() + RETRY;
+            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        } else if !busy && !self.io.pending.is_empty() {
             // The outlet is full: it takes no more until the consumer makes room.
             if self.io.consumer_keeps_up {
                 if self.io.await_drain() {
@@ -484,6 +500,14 @@ fn next_nap(nap: Duration, level: Level) -> Duration {
     }
 }
 
+/// How long the consumer may hold reading back before a warning, without a ping interval.
+const FULL_PATIENCE: Duration = Duration::from_secs(10);
+
+/// While closing, what may wait for the consumer beyond its bounds: payload bytes and
+/// events. Past it the socket is not read, and the close timeout decides.
+const DRAIN_BYTES: usize = 16 << 20;
+const DRAIN_EVENTS: usize = 1 << 16;
+
 /// How often output stuck behind a full socket is retried while the consumer is also full.
 const RETRY: Duration = Duration::from_millis(5);
 
@@ -587,6 +611,10 @@ impl Io {
         self.write_blocked = false;
         self.output_waiting = false;
         self.outbox_waiting = false;
+        self.draining = false;
+        self.full_since = None;
+        self.warned_full = false;
+        self.receiver_gone = false;
         self.connect_deadline = after(Instant::now(), Some(self.shared.config.connect_timeout));
         self.handshake_deadline = None;
         self.shared
@@ -633,7 +661,7 @@ impl Io {
         self.last_close = Some(close.clone());
         self.pending.extend(error.map(Event::Error));
         self.pending.push_back(Event::Close(close));
-        self.deliver_all();
+        self.deliver_all(last);
     }
 
     fn emit(&mut self, event: Event) {
@@ -644,6 +672,9 @@ impl Io {
     }
 
     fn pending_full(&self) -> bool {
+        if self.draining {
+            return self.pending.len() >= DRAIN_EVENTS || self.pending_bytes >= DRAIN_BYTES;
+        }
         self.outlet
             .burst_full(self.pending.len(), self.pending_bytes)
     }
@@ -692,13 +723,35 @@ impl Io {
             self.discard(gone);
         }
         self.recount_pending();
+        self.watch_full();
+    }
+
+    /// Warns once per connection when the consumer has held reading back for longer than
+    /// the ping interval (10 s without one): the server's keepalive may give up soon.
+    fn watch_full(&mut self) {
+        if !self.pending_full() || self.draining {
+            self.full_since = None;
+            return;
+        }
+        let now = Instant::now();
+        let since = *self.full_since.get_or_insert(now);
+        let patience = self.shared.config.ping_interval.unwrap_or(FULL_PATIENCE);
+        if !self.warned_full && now.saturating_duration_since(since) > patience {
+            self.warned_full = true;
+            log::warn!(
+                "{}: the event queue has been full for {:?}: the socket is not read, so the \
+                 server's pings go unanswered meanwhile (see Builder::incoming_queue_bytes)",
+                self.url(),
+                now - since
+            );
+        }
     }
 
     fn discard(&mut self, events: Vec<Event>) {
         if !self.receiver_gone {
             self.receiver_gone = true;
-            log::debug!(
-                "{}: the event receiver was dropped; events are discarded",
+            log::warn!(
+                "{}: the event receiver was dropped: closing with 1001 (going away)",
                 self.url()
             );
         }
@@ -708,8 +761,14 @@ impl Io {
     /// Delivers the connection's last events (all that are pending), waiting for room;
     /// gives up only when the receiver is gone, or when the last handle is gone and its
     /// deadline passed. Leaves `pending` empty.
-    fn deliver_all(&mut self) {
+    fn deliver_all(&mut self, last: bool) {
         self.pending_bytes = 0; // no reading follows; the next attempt starts from nothing
+        if last {
+            if let Err(gone) = self.outlet.push_last(&mut self.pending) {
+                self.discard(gone);
+            }
+            return;
+        }
         while !self.pending.is_empty() {
             match self
                 .outlet

@@ -31,13 +31,23 @@ impl Io {
     /// One turn of an open connection: read, timers, write.
     pub(super) fn drive(&mut self, open: &mut Open) -> Result<(), End> {
         let now = Instant::now();
+        if self.receiver_gone && !self.draining {
+            // Nobody takes the events: rather than read and drop them, go away.
+            self.stopped = true;
+            self.shared
+                .transition(&[ReadyState::Open], ReadyState::Closing);
+            self.close(open, Some((1001, String::new())));
+        }
         self.read(open, now)?;
-        open.conn.handle_timeout(now, self.judging());
+        // Write first: a server that took data while this thread waited to run (a loaded
+        // machine) is credited before the timers judge it.
+        self.flush(open)?;
+        open.conn.handle_timeout(Instant::now(), self.judging());
         if self.drop_deadline.is_some_and(|d| now >= d) {
             return Err(Error::Timeout(Timeout::Close).into());
         }
-        self.flush(open)?;
-        // The end, if a timer or a failed write found it.
+        self.flush(open)?; // a ping the timers queued
+                           // The end, if a timer or a failed write found it.
         self.events(open, now, 0).map(drop)
     }
 
@@ -163,6 +173,7 @@ impl Io {
     /// Starts (or answers) the closing handshake. The senders are stopped already (the
     /// state is CLOSING): what they sent before goes out first, then our Close.
     pub(super) fn close(&mut self, open: &mut Open, frame: Option<(u16, String)>) {
+        self.draining = true;
         self.take_outbox(open);
         let frame = frame
             .as_ref()
@@ -203,7 +214,11 @@ impl Io {
                 break;
             };
             match open.transport.write(bytes) {
-                Ok(0) => return Err(io_error(io::ErrorKind::WriteZero.into()).into()),
+                Ok(0) => {
+                    open.conn
+                        .abort(io_error(io::ErrorKind::WriteZero.into()), Instant::now());
+                    break;
+                }
                 Ok(n) => {
                     let now = Instant::now();
                     self.shared.sent(open.conn.advance(n, now));
@@ -214,14 +229,17 @@ impl Io {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_error(e).into()),
+                Err(e) => {
+                    open.conn.abort(io_error(e), Instant::now());
+                    break;
+                }
             }
         }
         if wrote && open.transport.is_tls() {
             // rustls keeps encrypted records until flushed.
             match open.transport.flush() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
-                Err(e) => return Err(io_error(e).into()),
+                Err(e) => open.conn.abort(io_error(e), Instant::now()),
                 Ok(()) => {}
             }
         }

@@ -356,20 +356,21 @@ impl Connection {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next needed, if ever. While the
     /// driver holds reading back (`judging` false: the consumer is behind), the server
-    /// is not blamed for a late pong or Close.
+    /// is not blamed for a late pong. The close timeout runs whatever the consumer does
+    /// (the driver reads on while closing: see `io::DRAIN_BYTES`).
     pub fn poll_timeout(&self, judging: bool) -> Option<Instant> {
         if self.closing == Closing::Over {
             return None;
         }
-        let judged = [
-            self.close_deadline,
-            self.pong_deadline,
-            self.stall_deadline(),
-        ];
-        judged
+        [self.pong_deadline]
             .into_iter()
             .filter(|_| judging)
-            .chain([self.next_ping, self.reader.pool_expiry()])
+            .chain([
+                self.close_deadline,
+                self.stall_deadline(),
+                self.next_ping,
+                self.reader.pool_expiry(),
+            ])
             .flatten()
             .min()
     }
@@ -391,7 +392,7 @@ impl Connection {
         }
         self.reader.expire_pool(now);
         let due = |d: Option<Instant>| d.is_some_and(|d| now >= d);
-        if judging && due(self.close_deadline) {
+        if due(self.close_deadline) {
             match &self.closing {
                 // Both Close frames went by; only the TCP end is missing.
                 Closing::Both(c) if self.out.close_written() => {
@@ -405,7 +406,7 @@ impl Connection {
         if judging && due(self.pong_deadline) {
             return self.fail(None, Error::Timeout(Timeout::Pong), now);
         }
-        if judging && due(self.stall_deadline()) {
+        if due(self.stall_deadline()) {
             return self.fail(None, Error::Timeout(Timeout::Write), now);
         }
         if due(self.next_ping) {
@@ -419,10 +420,19 @@ impl Connection {
         }
     }
 
-    /// The driver failed the connection (an I/O error, its own timeout): nothing more is
-    /// written or reported.
+    /// The stream failed (an I/O error): nothing more is written or reported. Once the
+    /// server's Close came, that is the end of the TCP connection after the closing
+    /// handshake, a clean close whatever the socket says (a reset, say).
     pub fn abort(&mut self, error: Error, now: Instant) {
-        self.fail(None, error, now);
+        match &self.closing {
+            Closing::Received(close) | Closing::Both(close) => {
+                log::debug!("the stream ended after the server's Close: {error}");
+                let close = close.clone();
+                self.out.fail(None, now);
+                self.end(End::Clean(close));
+            }
+            _ => self.fail(None, error, now),
+        }
     }
 }
 

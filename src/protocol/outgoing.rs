@@ -29,7 +29,7 @@ const SMALL: usize = 512;
 /// The longest client frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
 /// The most pongs that wait to be written; past it the oldest is dropped.
-const PONGS: usize = 8;
+const PONGS: usize = 32;
 
 /// Complete frames, in order, and the application bytes they carry.
 #[derive(Debug, Default)]

@@ -421,8 +421,8 @@ fn wait_closed_returns_the_close_event() {
     // In callback style it returns after onclose ran.
     let recs: Vec<Rec> = rx.try_iter().collect();
     assert!(matches!(recs.last(), Some(Rec::Close(..))), "{recs:?}");
-    assert_eq!(waiter.join().unwrap(), c);
-    assert_eq!(ws.wait_closed(), c);
+    assert_eq!(waiter.join().unwrap().unwrap(), c);
+    assert_eq!(ws.wait_closed().unwrap(), c);
     drop(ws);
     server.join();
 }

@@ -28,6 +28,7 @@
 
 mod batches;
 mod closing;
+mod delivery;
 mod failures;
 mod faults;
 mod flow;

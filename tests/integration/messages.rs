@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use nwebsocket::{Error, Event, Message, ReadyState, WebSocket};
+use nwebsocket::{Error, Event, Message, ReadyState, SendError, WebSocket};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::CloseFrame;
@@ -866,26 +866,25 @@ fn default_limits_are_bounded() {
     server.join();
 }
 
-/// A server that sends `flood`, then echoes one message, then waits for the close.
+/// A server that sends `flood`, then waits for the client's Close.
 fn flood_then_echo_server(flood: Vec<tungstenite::Message>) -> Server<Option<CloseFrame>> {
     server(move |mut ws| {
         for m in flood {
             ws.send(m).unwrap();
         }
-        let m = ws.read().expect("server: a message after the flood");
-        ws.send(m).unwrap();
         read_until_close(&mut ws).1
     })
 }
 
-/// With the event receiver dropped: a send and a close with 3004 still complete.
+/// With the event receiver dropped, nobody takes the events: the connection goes away
+/// (1001) at once instead of reading and discarding what the server sends, and a later
+/// send hands its message back. (Issue 17: it used to stay OPEN, discarding.)
 fn assert_works_without_receiver(ws: WebSocket, server: Server<Option<CloseFrame>>) {
-    ws.send("still works").unwrap();
-    ws.close_with(3004, "").unwrap();
     let c = ws.wait_closed_timeout(WAIT).expect("closed");
-    assert!(c.was_clean && c.code == 3004, "{c:?}");
+    assert!(c.was_clean && c.code == 1001, "{c:?}");
+    assert!(matches!(ws.send("after"), Err(SendError::Closed(_))));
     drop(ws);
-    assert_eq!(server.join().map(|f| u16::from(f.code)), Some(3004));
+    assert_eq!(server.join().map(|f| u16::from(f.code)), Some(1001));
 }
 
 /// As below, with large messages: the receiver is dropped while its channel is full by
@@ -908,10 +907,10 @@ fn dropping_the_event_receiver_while_large_messages_wait_does_not_block_the_conn
     assert_works_without_receiver(ws, server);
 }
 
-/// Pull style: a program that drops its receiver still has a working connection (events
-/// are discarded, nothing blocks). The receiver is dropped while its channel is full:
-/// nothing wakes the I/O thread then, but crossbeam discards what waited, and the I/O
-/// thread's next look finds room and then the receiver gone.
+/// Pull style: a program that drops its receiver closes the connection (1001), nothing
+/// blocks. The receiver is dropped while its channel is full: nothing wakes the I/O
+/// thread then, but crossbeam discards what waited, and the I/O thread's next look finds
+/// room and then the receiver gone.
 #[test]
 fn dropping_the_event_receiver_does_not_block_the_connection() {
     let _g = shared();

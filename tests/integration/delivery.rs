@@ -1,0 +1,305 @@
+//! Issue 17: every wait bounded whatever the consumer does (events left unread, a receiver
+//! dropped, a blocking call made from a callback), and the bounded `dispatch_pending`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nwebsocket::crossbeam_channel::{self, RecvTimeoutError};
+use nwebsocket::{CloseEvent, Error, Event, Handler, Message, WebSocket, WebSocketRef};
+
+use crate::support::*;
+
+/// A server that sends `n` small messages at once, then answers the client's Close (its
+/// code, once read) and ends the TCP stream.
+fn flood_then_answer(n: usize) -> Server<Option<u16>> {
+    server(move |mut ws| {
+        for i in 0..n {
+            ws.write(tungstenite::Message::text(format!("message {i}")))
+                .expect("server: write");
+        }
+        ws.flush().expect("server: flush");
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Close(frame)) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    let _ = ws.flush();
+                    return code;
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
+#[test]
+fn close_then_wait_closed_returns_in_pull_style_with_events_unread() {
+    let _g = shared();
+    let n = 20_000;
+    let server = flood_then_answer(n);
+    let (ws, events) = WebSocket::builder()
+        .close_timeout(Duration::from_secs(2))
+        .connect_pull(&server.url())
+        .expect("connect");
+    // Let the flood arrive (and the queue fill) without taking anything.
+    thread::sleep(Duration::from_millis(300));
+    ws.close().expect("close");
+    let started = Instant::now();
+    let closed = ws.wait_closed_timeout(WAIT);
+    let took = started.elapsed();
+    assert!(
+        closed.is_some(),
+        "wait_closed did not return within {WAIT:?} with events unread"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "wait_closed took {took:?} with a 2 s close timeout"
+    );
+    assert_eq!(server.join(), Some(1000));
+    // Nothing was dropped: every message is still there, in order, and Close is last.
+    let mut got = 0;
+    loop {
+        match events.recv_timeout(WAIT).expect("an event") {
+            Event::Open => {}
+            Event::Message(m) => {
+                assert_eq!(m.as_text(), Some(format!("message {got}").as_str()));
+                got += 1;
+            }
+            Event::Close(c) => {
+                assert!(c.was_clean, "{c:?}");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, n);
+}
+
+#[test]
+fn dropping_the_handle_in_batch_style_with_the_receiver_unread_is_quick() {
+    let _g = shared();
+    let server = flood_then_answer(5_000);
+    let (ws, batches) = WebSocket::builder()
+        .close_timeout(Duration::from_secs(10))
+        .connect_batches(&server.url())
+        .expect("connect");
+    thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    drop(ws);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "dropping the handle took {took:?} (close timeout 10 s)"
+    );
+    assert_eq!(server.join(), Some(1001));
+    // The events are still there for the receiver, Close last.
+    let mut last = None;
+    while let Ok(batch) = batches.recv_timeout(WAIT) {
+        last = batch.last().cloned().or(last);
+    }
+    assert!(matches!(last, Some(Event::Close(_))), "{last:?}");
+}
+
+#[test]
+fn dropping_the_pull_receiver_closes_the_connection_with_1001() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        // Send until the client closes; report the code of its Close.
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .expect("server: read timeout");
+        let deadline = Instant::now() + WAIT;
+        let mut i = 0u64;
+        while Instant::now() < deadline {
+            if ws
+                .send(tungstenite::Message::text(format!("tick {i}")))
+                .is_err()
+            {
+                break;
+            }
+            i += 1;
+            match ws.read() {
+                Ok(tungstenite::Message::Close(frame)) => {
+                    let _ = ws.flush(); // the echo
+                    return frame.map(|f| u16::from(f.code));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        None
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    drop(events);
+    assert_eq!(server.join(), Some(1001), "the server saw Close 1001");
+    let closed = ws.wait_closed_timeout(WAIT).expect("closed");
+    assert_eq!(closed.code, 1001);
+}
+
+/// A server that echoes until the client closes.
+fn echo() -> Server<usize> {
+    echo_server()
+}
+
+struct WaitsInCallback {
+    result: crossbeam_channel::Sender<Result<CloseEvent, Error>>,
+}
+
+impl Handler for WaitsInCallback {
+    fn onmessage(&mut self, ws: &WebSocketRef, _msg: Message) {
+        let _ = self.result.send(ws.wait_closed());
+    }
+}
+
+#[test]
+fn wait_closed_inside_a_callback_is_an_error_at_once() {
+    let _g = shared();
+    let server = echo();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let ws = WebSocket::connect(&server.url(), WaitsInCallback { result: tx }).expect("connect");
+    ws.send("hi").expect("send");
+    match rx.recv_timeout(WAIT) {
+        Ok(Err(Error::WouldDeadlock(_))) => {}
+        Ok(other) => panic!("wait_closed in a callback returned {other:?}"),
+        Err(RecvTimeoutError::Timeout) => panic!("wait_closed in a callback blocked"),
+        Err(e) => panic!("{e}"),
+    }
+    ws.close().expect("close");
+    assert!(ws.wait_closed().expect("not in a callback").was_clean);
+    drop(ws);
+    server.join();
+}
+
+#[test]
+fn wait_closed_while_holding_the_handler_is_an_error_at_once() {
+    let _g = shared();
+    let server = echo();
+    let (rec, _rx) = recorder();
+    let ws = WebSocket::connect(&server.url(), rec).expect("connect");
+    let guard = ws.handler();
+    ws.close().expect("close");
+    let started = Instant::now();
+    let result = ws.wait_closed();
+    assert!(
+        matches!(result, Err(Error::WouldDeadlock(_))),
+        "{result:?} after {:?}",
+        started.elapsed()
+    );
+    drop(guard);
+    assert!(ws.wait_closed().expect("guard released").was_clean);
+    drop(ws);
+    server.join();
+}
+
+struct PanicsInOnclose {
+    seen: crossbeam_channel::Sender<&'static str>,
+}
+
+impl Handler for PanicsInOnclose {
+    fn onerror(&mut self, _ws: &WebSocketRef, _err: Error) {
+        let _ = self.seen.send("onerror");
+    }
+    fn onclose(&mut self, _ws: &WebSocketRef, _event: CloseEvent) {
+        let _ = self.seen.send("onclose");
+        panic!("deliberate panic in onclose");
+    }
+}
+
+#[test]
+fn nothing_follows_onclose_even_when_it_panics() {
+    let _g = shared();
+    let server = echo();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let ws = WebSocket::connect(&server.url(), PanicsInOnclose { seen: tx }).expect("connect");
+    ws.close().expect("close");
+    assert!(ws.wait_closed().expect("not in a callback").was_clean);
+    drop(ws);
+    server.join();
+    let seen: Vec<&str> = rx.try_iter().collect();
+    assert_eq!(seen, ["onclose"]);
+}
+
+struct Counter(Arc<AtomicUsize>);
+
+impl Handler for Counter {
+    fn onmessage(&mut self, _ws: &WebSocketRef, _msg: Message) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn dispatch_pending_can_be_bounded_by_count_and_by_time() {
+    let _g = shared();
+    let server = flood_then_answer(3_000);
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut handler = Counter(Arc::clone(&count));
+    assert!(eventually(WAIT, || events.len() >= 1_000));
+    let n = ws.dispatch_pending_at_most(&events, &mut handler, 100);
+    assert_eq!(n, 100);
+    assert_eq!(count.load(Ordering::SeqCst), 99, "Open, then 99 messages");
+    // A time budget of zero still makes progress: one event.
+    assert_eq!(
+        ws.dispatch_pending_for(&events, &mut handler, Duration::ZERO),
+        1
+    );
+    // A generous budget takes what waits.
+    let left = events.len();
+    assert_eq!(
+        ws.dispatch_pending_for(&events, &mut handler, Duration::from_secs(60)),
+        left
+    );
+    ws.close().expect("close");
+    drop(ws);
+    server.join();
+}
+
+#[test]
+fn incoming_queue_bytes_bounds_the_payload_waiting_in_the_channel() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        for i in 0..2_000u32 {
+            let payload = vec![(i % 251) as u8; 1024];
+            if ws.send(tungstenite::Message::binary(payload)).is_err() {
+                return;
+            }
+        }
+        let _ = read_until_close(&mut ws);
+    });
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(100_000)
+        .incoming_queue_bytes(64 << 10)
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(eventually(WAIT, || events.len() >= 60));
+    // Give the I/O thread time to (wrongly) put more in.
+    thread::sleep(Duration::from_millis(200));
+    let waiting = events.len();
+    assert!(
+        (60..=70).contains(&waiting),
+        "{waiting} events of 1 KiB wait with a 64 KiB bound"
+    );
+    ws.close().expect("close");
+    let mut messages = 0;
+    while let Ok(event) = events.recv_timeout(WAIT) {
+        match event {
+            Event::Message(m) => {
+                assert_eq!(m.len(), 1024);
+                messages += 1;
+            }
+            Event::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(messages >= waiting - 1);
+    drop(ws);
+    server.join();
+}
