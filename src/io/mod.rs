@@ -153,6 +153,7 @@ struct Io {
     handshake_deadline: Option<Instant>,
     /// When this thread last wrote to the socket (see `SPIN`).
     wrote_at: Instant,
+    spin: Spin,
 }
 
 impl IoThread {
@@ -206,6 +207,7 @@ impl IoThread {
                 wrote_at: Instant::now()
                     .checked_sub(SPIN)
                     .unwrap_or_else(Instant::now),
+                spin: Spin::default(),
             },
         }
     }
@@ -378,14 +380,17 @@ impl IoThread {
             deadline.map(|d| d.saturating_duration_since(Instant::now()))
         };
         // Just after a write an answer is likely within microseconds: look a few times,
-        // yielding the CPU in between, before sleeping for real.
+        // yielding the CPU in between, before sleeping for real (see `Spin`).
         let spin_until = self.io.wrote_at + SPIN;
-        let mut polled = if timeout != Some(Duration::ZERO) && Instant::now() < spin_until {
+        let spinning =
+            timeout != Some(Duration::ZERO) && Instant::now() < spin_until && self.io.spin.should();
+        let mut polled = if spinning {
             let mut polled = self.io.poll.poll(events, Some(Duration::ZERO));
             while matches!(polled, Ok(())) && events.is_empty() && Instant::now() < spin_until {
                 std::thread::yield_now();
                 polled = self.io.poll.poll(events, Some(Duration::ZERO));
             }
+            self.io.spin.paid(!events.is_empty());
             polled
         } else {
             self.io.poll.poll(events, timeout)
@@ -474,6 +479,48 @@ impl IoThread {
 
 /// How long the I/O thread keeps looking for an answer after a write before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
+
+/// Whether the look after a write pays: it is skipped after looks that found nothing (a
+/// stream of sends, a server that takes its time), for twice as many writes each time,
+/// up to [`SPIN_SKIP_MAX`], and tried again as soon as one finds an answer. A look costs
+/// up to [`SPIN`] of CPU that a program computing on every core wants back.
+#[derive(Debug, Default)]
+struct Spin {
+    /// Looks that found nothing in a row.
+    misses: u32,
+    /// Writes to go before the next look.
+    skip: u32,
+    /// How many writes the next run of misses skips.
+    backoff: u32,
+}
+
+/// Looks that must miss in a row before they are skipped.
+const SPIN_MISSES: u32 = 4;
+/// The most writes skipped before looking again.
+const SPIN_SKIP_MAX: u32 = 1024;
+
+impl Spin {
+    fn should(&mut self) -> bool {
+        if self.skip == 0 {
+            return true;
+        }
+        self.skip -= 1;
+        false
+    }
+
+    fn paid(&mut self, found: bool) {
+        if found {
+            *self = Spin::default();
+            return;
+        }
+        self.misses += 1;
+        if self.misses >= SPIN_MISSES {
+            self.misses = 0;
+            self.backoff = (self.backoff * 2).clamp(SPIN_MISSES, SPIN_SKIP_MAX);
+            self.skip = self.backoff;
+        }
+    }
+}
 
 /// The least number of yields before [`SPIN`] counts as spent, when waiting for the
 /// consumer to drain a full outlet.
@@ -869,6 +916,30 @@ mod tests {
         assert!(matches!(ws.send("after"), Err(SendError::Closed(_))));
         drop(ws);
         server.join().unwrap();
+    }
+
+    #[test]
+    fn looks_after_writes_stop_while_they_find_nothing_and_resume_when_one_does() {
+        let mut spin = super::Spin::default();
+        let mut looks = 0;
+        for _ in 0..10_000 {
+            if spin.should() {
+                looks += 1;
+                spin.paid(false);
+            }
+        }
+        assert!(
+            looks < 100,
+            "{looks} looks in 10,000 writes that found nothing"
+        );
+        // One that finds an answer, and looking is back.
+        while !spin.should() {}
+        spin.paid(true);
+        assert!((0..100).all(|_| {
+            let look = spin.should();
+            spin.paid(true);
+            look
+        }));
     }
 
     #[test]

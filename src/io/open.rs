@@ -41,13 +41,14 @@ impl Io {
         self.read(open, now)?;
         // Write first: a server that took data while this thread waited to run (a loaded
         // machine) is credited before the timers judge it.
-        self.flush(open)?;
-        open.conn.handle_timeout(Instant::now(), self.judging());
+        self.flush(open);
+        let now = Instant::now();
+        open.conn.handle_timeout(now, self.judging());
         if self.drop_deadline.is_some_and(|d| now >= d) {
             return Err(Error::Timeout(Timeout::Close).into());
         }
-        self.flush(open)?; // a ping the timers queued
-                           // The end, if a timer or a failed write found it.
+        // A ping the timers queued; then the end, if a timer or a failed write found it.
+        self.flush(open);
         self.events(open, now, 0).map(drop)
     }
 
@@ -204,7 +205,7 @@ impl Io {
 
     /// Writes what the core has to send until the socket is full, and the outbox's next
     /// batch once the core's data is out.
-    fn flush(&mut self, open: &mut Open) -> Result<(), End> {
+    fn flush(&mut self, open: &mut Open) {
         let mut wrote = false;
         while !self.write_blocked {
             if self.outbox_waiting && !open.conn.has_data() {
@@ -244,7 +245,6 @@ impl Io {
             }
         }
         self.output_waiting = open.conn.has_output();
-        Ok(())
     }
 }
 
