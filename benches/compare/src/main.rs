@@ -5,11 +5,12 @@
 //! ```text
 //! cargo run --release -p nwebsocket-compare -- [SCENARIO...] [--reps N] [--quick]
 //!     [--placement split,one,unpinned] [--clients nws-callback,nws-pull,nws-batches,tungstenite,tokio-tungstenite]
-//!     [--client-cpu 0] [--server-cpu 1] [--out FILE]
+//!     [--client-cpu 0] [--server-cpu 1] [--out FILE] [--profile NAME]
 //! ```
 //!
 //! See `benches/compare/README.md` for what each scenario measures and how.
 
+mod corun;
 mod nws;
 mod server;
 mod sys;
@@ -103,10 +104,11 @@ enum Scenario {
     IdleCpu,
     RssPerConn,
     BusyMain,
+    Corun,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Rtt,
         Scenario::StreamSmall,
         Scenario::SendSmall,
@@ -114,6 +116,7 @@ impl Scenario {
         Scenario::IdleCpu,
         Scenario::RssPerConn,
         Scenario::BusyMain,
+        Scenario::Corun,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -124,14 +127,23 @@ impl Scenario {
             Scenario::IdleCpu => "idle_cpu",
             Scenario::RssPerConn => "rss_per_conn",
             Scenario::BusyMain => "busy_main",
+            Scenario::Corun => "corun",
         }
     }
     fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|c| c.name() == s)
     }
-    /// Placement-independent scenarios run in one placement only.
+    /// Placement-independent scenarios run in one placement only. corun too: its compute
+    /// threads are to fill every core the client may use, so it runs unpinned.
     fn once(self) -> bool {
-        matches!(self, Scenario::IdleCpu | Scenario::RssPerConn)
+        matches!(
+            self,
+            Scenario::IdleCpu | Scenario::RssPerConn | Scenario::Corun
+        )
+    }
+    /// corun compares this crate with raw tungstenite on a thread of its own only.
+    fn supports(self, c: Client) -> bool {
+        !(self == Scenario::Corun && c == Client::Tokio)
     }
     /// The figure the ratio against tungstenite is taken on (higher is better).
     fn primary(self) -> Option<&'static str> {
@@ -166,27 +178,34 @@ impl Placement {
     }
 }
 
-/// The issue's targets, for this crate's two styles.
+/// The issue's targets (issue 17's "Done when"), for this crate's styles, in every
+/// profile.
 #[derive(Clone, Copy)]
 enum Target {
     Ratio(f64),
+    /// Round trips: a ratio, and CPU per round trip at most 1.2x raw tungstenite's.
+    Rtt(f64),
     Idle,
     Rss,
     Busy,
+    /// CPU per message at most 1.1x raw tungstenite's, compute lost at most its + 1
+    /// point, pong p99 under 5 ms.
+    Corun,
 }
 
 fn target(s: Scenario, p: Placement) -> Option<Target> {
     Some(match (s, p) {
-        (Scenario::Rtt, Placement::Split) => Target::Ratio(0.95),
-        (Scenario::Rtt, Placement::One) => Target::Ratio(0.6),
+        (Scenario::Rtt, Placement::Split) => Target::Rtt(1.0),
+        (Scenario::Rtt, Placement::One) => Target::Rtt(0.6),
         (Scenario::Rtt, Placement::Unpinned) => return None,
         (Scenario::StreamSmall, Placement::Unpinned) => Target::Ratio(1.0),
         (Scenario::StreamSmall, _) => Target::Ratio(0.8),
-        (Scenario::SendSmall, _) => Target::Ratio(0.9),
+        (Scenario::SendSmall, _) => Target::Ratio(1.0),
         (Scenario::StreamLarge, _) => Target::Ratio(0.95),
         (Scenario::IdleCpu, _) => Target::Idle,
         (Scenario::RssPerConn, _) => Target::Rss,
         (Scenario::BusyMain, _) => Target::Busy,
+        (Scenario::Corun, _) => Target::Corun,
     })
 }
 
@@ -194,15 +213,25 @@ impl Target {
     fn describe(self) -> String {
         match self {
             Target::Ratio(r) => format!(">= {r:.2}x"),
+            Target::Rtt(r) => format!(">= {r:.2}x, cpu <= 1.2x"),
             Target::Idle => "0 ms, <= 3 cs".into(),
             Target::Rss => "<= 48/64 KiB".into(),
             Target::Busy => "p99 < 5 ms".into(),
+            Target::Corun => "cpu<=1.1x lost<=raw+1 pong<5ms".into(),
         }
     }
-    fn met(self, m: &BTreeMap<String, f64>, ratio: Option<f64>) -> Option<bool> {
+    /// `base`: raw tungstenite's medians in the same placement.
+    fn met(self, m: &Metrics, ratio: Option<f64>, base: Option<&Metrics>) -> Option<bool> {
         let g = |k: &str| m.get(k).copied();
+        let b = |k: &str| base.and_then(|b| b.get(k).copied());
         Some(match self {
             Target::Ratio(r) => ratio? >= r,
+            Target::Rtt(r) => ratio? >= r && g("cpu_s_per_m")? <= 1.2 * b("cpu_s_per_m")?,
+            Target::Corun => {
+                g("cpu_s_per_m")? <= 1.1 * b("cpu_s_per_m")?
+                    && g("compute_lost_pct")? <= b("compute_lost_pct")? + 1.0
+                    && g("pong_p99_us")? < 5000.0
+            }
             // "0 ms": below half a millisecond per 10 s, i.e. 0 at millisecond resolution.
             // Over the measured window (10 s, or 1 s with --quick, which is only a smoke test).
             Target::Idle => g("cpu_ms")? < 0.5 && g("ctx")? <= 3.0,
@@ -223,6 +252,10 @@ struct Plan {
     rss_conns: usize,
     busy: Duration,
     ping_ms: u64,
+    /// corun: how long the compute threads run, the message rate and size.
+    corun: Duration,
+    corun_rate: u64,
+    corun_size: usize,
 }
 
 const FULL: Plan = Plan {
@@ -234,6 +267,9 @@ const FULL: Plan = Plan {
     rss_conns: 200,
     busy: Duration::from_secs(5),
     ping_ms: 100,
+    corun: Duration::from_secs(5),
+    corun_rate: 10_000,
+    corun_size: 256,
 };
 
 const QUICK: Plan = Plan {
@@ -245,6 +281,9 @@ const QUICK: Plan = Plan {
     rss_conns: 50,
     busy: Duration::from_secs(1),
     ping_ms: 100,
+    corun: Duration::from_secs(1),
+    corun_rate: 10_000,
+    corun_size: 256,
 };
 
 struct Opts {
@@ -261,20 +300,25 @@ struct Opts {
     client_cpu: usize,
     server_cpu: usize,
     plan: Plan,
+    /// The cargo profile this binary was built with (`--profile`, or the name of the
+    /// directory it sits in: `target/release`, `target/release-lto`).
+    profile: String,
 }
 
 const USAGE: &str = "\
 usage: nwebsocket-compare [SCENARIO...] [--reps N] [--quick] [--check]
          [--placement split,one,unpinned] [--clients LIST] [--client-cpu N] [--server-cpu N]
-         [--out FILE]
-scenarios: rtt stream_small send_small stream_large idle_cpu rss_per_conn busy_main (default: all)
+         [--out FILE] [--profile NAME]
+scenarios: rtt stream_small send_small stream_large idle_cpu rss_per_conn busy_main corun
+           (default: all)
 clients:   nws-callback nws-pull nws-batches tungstenite tokio-tungstenite (default: all)
 placements: split (client on --client-cpu, server on --server-cpu), one (both on
             --client-cpu), unpinned (the CPUs this process was started with).
             Default: all three; with --quick: unpinned.
 --reps:    repetitions of each scenario. Default: 7 of rtt, stream_small, send_small
-           and stream_large (under a second a run), 3 of rss_per_conn and busy_main;
-           with --quick, 1. idle_cpu runs once.
+           and stream_large (under a second a run), 3 of rss_per_conn, busy_main and
+           corun; with --quick, 1. idle_cpu runs once.
+--profile: the cargo profile to report (default: the directory the binary is in).
 --check:   exit with an error if a target is missed (CI runs idle_cpu and rss_per_conn).";
 
 impl Opts {
@@ -288,7 +332,7 @@ impl Opts {
             (Scenario::IdleCpu, _) => 1,
             (_, Some(n)) => n,
             _ if self.quick => 1,
-            (Scenario::RssPerConn | Scenario::BusyMain, None) => 3,
+            (Scenario::RssPerConn | Scenario::BusyMain | Scenario::Corun, None) => 3,
             _ => 7,
         }
     }
@@ -304,6 +348,7 @@ fn parse_args(args: &[String]) -> Res<Opts> {
     let mut out = None;
     let mut client_cpu = 0;
     let mut server_cpu = 1;
+    let mut profile = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -318,6 +363,7 @@ fn parse_args(args: &[String]) -> Res<Opts> {
             "--out" => out = Some(PathBuf::from(value()?)),
             "--client-cpu" => client_cpu = value()?.parse()?,
             "--server-cpu" => server_cpu = value()?.parse()?,
+            "--profile" => profile = Some(value()?),
             "--placement" | "--placements" => {
                 for p in value()?.split(',') {
                     placements
@@ -367,7 +413,17 @@ fn parse_args(args: &[String]) -> Res<Opts> {
         client_cpu,
         server_cpu,
         plan: if quick { QUICK } else { FULL },
+        profile: profile.unwrap_or_else(build_profile),
     })
+}
+
+/// The cargo profile of this binary, from where cargo put it: `target/<dir>/<bin>`, where
+/// `<dir>` is the profile's name (`debug` for `dev`).
+fn build_profile() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn main() {
@@ -442,13 +498,51 @@ fn median(v: &mut [f64]) -> f64 {
 
 type Metrics = BTreeMap<String, f64>;
 
-/// One run: its figures, and the raw samples that the summary pools (pong latencies, µs).
+/// The raw samples of a run that the summary pools over the repetitions (a run has too
+/// few pongs for its own p99).
+#[derive(Default)]
+struct Samples {
+    /// Pong latencies measured by the server, µs.
+    pong_us: Vec<u64>,
+    /// corun: event latencies (server's send stamp to the consumer's handling), ns.
+    event_ns: Vec<u64>,
+}
+
+/// Percentiles of pooled samples into `m`.
+fn put_latencies(m: &mut Metrics, pong_us: &mut [u64], event_ns: &mut [u64], corun: bool) {
+    pong_us.sort_unstable();
+    m.insert("pong_p50_us".into(), pct(pong_us, 0.50));
+    m.insert("pong_p99_us".into(), pct(pong_us, 0.99));
+    m.insert(
+        "pong_max_us".into(),
+        pong_us.last().map_or(f64::NAN, |&x| x as f64),
+    );
+    m.insert("pongs".into(), pong_us.len() as f64);
+    if corun {
+        event_ns.sort_unstable();
+        m.insert("event_p50_us".into(), pct(event_ns, 0.50) / 1e3);
+        m.insert("event_p99_us".into(), pct(event_ns, 0.99) / 1e3);
+        m.insert(
+            "event_max_us".into(),
+            event_ns.last().map_or(f64::NAN, |&x| x as f64 / 1e3),
+        );
+    }
+}
+
+/// corun's baseline: the compute threads alone, no connection.
+fn corun_baseline(opts: &Opts) -> corun::Computed {
+    let threads = sys::affinity().len().max(1);
+    corun::compute(threads, opts.plan.corun, || {})
+}
+
+/// One run: its figures, and the raw samples that the summary pools. (corun's compute
+/// lost is filled in by the caller, against the baselines around the repetition.)
 fn run_one(
     opts: &Opts,
     server: &mut ServerProc,
     s: Scenario,
     c: Client,
-) -> Res<(Metrics, Vec<u64>)> {
+) -> Res<(Metrics, Samples)> {
     let plan = &opts.plan;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let base = format!("ws://{}", server.addr);
@@ -460,7 +554,7 @@ fn run_one(
     let ctx0 = sys::process_ctx_switches();
     let t0 = Instant::now();
     let mut with_server = true;
-    let mut samples = Vec::new();
+    let mut samples = Samples::default();
     // Messages or round trips, for context switches per operation.
     let mut ops = 0usize;
     match s {
@@ -536,16 +630,46 @@ fn run_one(
             let wall = by_client!(c, busy(&url, plan.busy))?;
             put("wall_ms", wall.as_secs_f64() * 1e3);
         }
+        Scenario::Corun => {
+            let url = format!(
+                "{base}/corun?id={id}&rate={}&size={}&interval={}",
+                plan.corun_rate, plan.corun_size, plan.ping_ms
+            );
+            let threads = sys::affinity().len().max(1);
+            let out = by_client!(c, corun(&url, threads, plan.corun))?;
+            let k = out.computed;
+            let handled = out.lat.handled.max(1) as f64;
+            put("chunks_per_s", k.chunks_per_s());
+            put("threads", k.threads as f64);
+            put("handled", out.lat.handled as f64);
+            put("msg_per_s", out.lat.handled as f64 / k.wall.as_secs_f64());
+            // The connection's share: CPU s per million messages (= µs per message).
+            put("cpu_s_per_m", k.conn_cpu_ns as f64 / 1e3 / handled);
+            put(
+                "conn_cpu_pct",
+                k.conn_cpu_ns as f64 / 1e9 / k.wall.as_secs_f64() * 100.0,
+            );
+            // The compute threads' CPU spent computing, as a share of their wall time.
+            put("compute_cpu_pct", k.compute_cpu_pct());
+            put("wall_ms", k.wall.as_secs_f64() * 1e3);
+            samples.event_ns = out.lat.ns;
+        }
     }
     let wall_total = t0.elapsed().as_secs_f64();
+    let cpu_ns = sys::process_cpu_ns().saturating_sub(cpu0);
     if s != Scenario::RssPerConn {
-        let cpu = sys::process_cpu_ns().saturating_sub(cpu0) as f64 / 1e9;
-        m.insert("client_cpu_pct".into(), cpu / wall_total * 100.0);
+        m.insert(
+            "client_cpu_pct".into(),
+            cpu_ns as f64 / 1e9 / wall_total * 100.0,
+        );
     }
     if ops > 0 {
-        // Over the whole run, connect and close included (a few switches).
+        // Over the whole run, connect and close included (a few switches, a few µs of
+        // CPU): every thread of the client process (the server is another process).
         let ctx = sys::process_ctx_switches().saturating_sub(ctx0) as f64;
         m.insert("ctx_per_op".into(), ctx / ops as f64);
+        // CPU seconds per million messages or round trips, i.e. µs per one.
+        m.insert("cpu_s_per_m".into(), cpu_ns as f64 / 1e3 / ops as f64);
     }
     if with_server {
         let st = server.stats(id)?;
@@ -555,21 +679,24 @@ fn run_one(
         let cpu = st["cpu_ns"].as_f64().unwrap_or(f64::NAN);
         let wall = st["wall_ns"].as_f64().unwrap_or(f64::NAN);
         m.insert("server_cpu_pct".into(), cpu / wall * 100.0);
-        if s == Scenario::BusyMain {
-            let mut lat: Vec<u64> = st["lat_us"]
+        if matches!(s, Scenario::BusyMain | Scenario::Corun) {
+            samples.pong_us = st["lat_us"]
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_u64).collect())
                 .unwrap_or_default();
-            lat.sort_unstable();
-            m.insert("pong_p50_us".into(), pct(&lat, 0.50));
-            m.insert("pong_p99_us".into(), pct(&lat, 0.99));
-            m.insert(
-                "pong_max_us".into(),
-                lat.last().map_or(f64::NAN, |&x| x as f64),
+            put_latencies(
+                &mut m,
+                &mut samples.pong_us,
+                &mut samples.event_ns,
+                s == Scenario::Corun,
             );
-            m.insert("pongs".into(), lat.len() as f64);
             m.insert("pings".into(), st["pings"].as_f64().unwrap_or(f64::NAN));
-            samples = lat;
+            if s == Scenario::Corun {
+                m.insert(
+                    "server_msgs".into(),
+                    st["msgs"].as_f64().unwrap_or(f64::NAN),
+                );
+            }
         }
     }
     Ok((m, samples))
@@ -590,13 +717,33 @@ fn warm_up(opts: &Opts, server: &ServerProc) {
     }
 }
 
+/// Reports finished runs: progress on stderr, a `run` line, kept for the summary.
+fn emit(
+    opts: &Opts,
+    out: &mut impl Write,
+    records: &mut Vec<Record>,
+    done: impl Iterator<Item = Record>,
+) -> Res<()> {
+    for r in done {
+        eprintln!("{}", progress(&r));
+        let line = json!({
+            "kind": "run", "profile": opts.profile,
+            "placement": r.placement.name(), "scenario": r.scenario.name(),
+            "client": r.client.name(), "rep": r.rep, "metrics": r.metrics,
+        });
+        writeln!(out, "{line}")?;
+        records.push(r);
+    }
+    Ok(())
+}
+
 struct Record {
     placement: Placement,
     scenario: Scenario,
     client: Client,
     rep: usize,
     metrics: Metrics,
-    samples: Vec<u64>,
+    samples: Samples,
 }
 
 fn progress(r: &Record) -> String {
@@ -610,6 +757,9 @@ fn progress(r: &Record) -> String {
     );
     let (main, detail) = headline(r.scenario, &r.metrics);
     let _ = write!(s, " {main}; {detail}");
+    if let Some(v) = r.metrics.get("cpu_s_per_m") {
+        let _ = write!(s, "; cpu {v:.3} s/M");
+    }
     if let Some(v) = r.metrics.get("server_cpu_pct") {
         let _ = write!(
             s,
@@ -649,6 +799,18 @@ fn headline(s: Scenario, m: &Metrics) -> (String, String) {
         Scenario::RssPerConn => (
             format!("{:.1} KiB/conn idle", g("kib_idle")),
             format!("{:.1} KiB/conn after echo", g("kib_after")),
+        ),
+        Scenario::Corun => (
+            format!("lost {:.1} %", g("compute_lost_pct")),
+            format!(
+                "ev p50/p99 {:.0}/{:.0} us, pong p99 {:.2} ms, {:.0}/s, cmp {:.0}%/{:.0}%",
+                g("event_p50_us"),
+                g("event_p99_us"),
+                g("pong_p99_us") / 1e3,
+                g("msg_per_s"),
+                g("compute_cpu_pct"),
+                g("base_compute_cpu_pct"),
+            ),
         ),
         Scenario::BusyMain => (
             format!("pong p99 {:.2} ms", g("pong_p99_us") / 1e3),
@@ -698,6 +860,7 @@ fn bench(opts: &Opts) -> Res<()> {
     let cmdline: Vec<String> = std::env::args().collect();
     let meta = json!({
         "kind": "meta",
+        "profile": opts.profile,
         "machine": machine,
         "cpus_allowed": orig_cpus,
         "loadavg_start": sys::loadavg(),
@@ -710,12 +873,15 @@ fn bench(opts: &Opts) -> Res<()> {
             "send_small": opts.plan.send_small, "stream_large": opts.plan.stream_large,
             "idle_s": opts.plan.idle.as_secs_f64(), "rss_conns": opts.plan.rss_conns,
             "busy_s": opts.plan.busy.as_secs_f64(), "ping_ms": opts.plan.ping_ms,
+            "corun_s": opts.plan.corun.as_secs_f64(), "corun_rate": opts.plan.corun_rate,
+            "corun_size": opts.plan.corun_size, "corun_chunk_units": corun::CHUNK_UNITS,
         },
         "git": git_head(),
     });
     writeln!(out, "{meta}")?;
     eprintln!(
-        "machine: {machine}; CPUs allowed {orig_cpus:?}; load average {}",
+        "profile {}; machine: {machine}; CPUs allowed {orig_cpus:?}; load average {}",
+        opts.profile,
         sys::loadavg()
     );
     // The placement-independent scenarios run in "unpinned" if it is asked for.
@@ -727,6 +893,15 @@ fn bench(opts: &Opts) -> Res<()> {
     let mut records: Vec<Record> = Vec::new();
     let mut failures = 0;
     for &placement in &opts.placements {
+        let scenarios: Vec<Scenario> = opts
+            .scenarios
+            .iter()
+            .copied()
+            .filter(|s| !s.once() || placement == once_in)
+            .collect();
+        if scenarios.is_empty() {
+            continue;
+        }
         let (client_cpus, server_pin) = match placement {
             Placement::Split => (vec![opts.client_cpu], Some(opts.server_cpu)),
             Placement::One => (vec![opts.client_cpu], Some(opts.client_cpu)),
@@ -756,12 +931,12 @@ fn bench(opts: &Opts) -> Res<()> {
             sys::loadavg()
         );
         warm_up(opts, &server);
-        let scenarios: Vec<Scenario> = opts
-            .scenarios
-            .iter()
-            .copied()
-            .filter(|s| !s.once() || placement == once_in)
-            .collect();
+        if scenarios.contains(&Scenario::Corun) && placement != Placement::Unpinned {
+            eprintln!(
+                "[{}] note: corun runs here, its compute threads on the client's CPUs {client_cpus:?} only",
+                placement.name()
+            );
+        }
         let reps = scenarios.iter().map(|&s| opts.reps_for(s)).max();
         for rep in 0..reps.unwrap_or(0) {
             for &s in &scenarios {
@@ -769,28 +944,51 @@ fn bench(opts: &Opts) -> Res<()> {
                     continue;
                 }
                 // Interleaved, and a different client first in each repetition.
-                let mut order = opts.clients.clone();
+                let mut order: Vec<Client> = opts
+                    .clients
+                    .iter()
+                    .copied()
+                    .filter(|&c| s.supports(c))
+                    .collect();
+                if order.is_empty() {
+                    continue;
+                }
                 let k = rep % order.len();
                 order.rotate_left(k);
+                // corun: the compute threads alone, without a connection, before and after
+                // the clients of this repetition; "lost" is against the mean of the two.
+                let is_corun = s == Scenario::Corun;
+                let corun_base = |when: &str, out: &mut dyn Write| {
+                    let b = corun_baseline(opts);
+                    eprintln!(
+                        "[{}] rep {} corun baseline ({when}): {:.0} chunks/s on {} threads, computing {:.0} % of their time",
+                        placement.name(),
+                        rep + 1,
+                        b.chunks_per_s(),
+                        b.threads,
+                        b.compute_cpu_pct()
+                    );
+                    let line = json!({
+                        "kind": "baseline", "profile": opts.profile, "placement": placement.name(),
+                        "scenario": s.name(), "rep": rep, "when": when,
+                        "chunks_per_s": b.chunks_per_s(), "threads": b.threads,
+                        "compute_cpu_pct": b.compute_cpu_pct(), "other_cpu_ns": b.conn_cpu_ns,
+                    });
+                    let _ = writeln!(out, "{line}");
+                    (b.chunks_per_s(), b.compute_cpu_pct())
+                };
+                let before = is_corun.then(|| corun_base("before", &mut out));
+                let mut done = Vec::new();
                 for c in order {
                     match run_one(opts, &mut server, s, c) {
-                        Ok((metrics, samples)) => {
-                            let r = Record {
-                                placement,
-                                scenario: s,
-                                client: c,
-                                rep,
-                                metrics,
-                                samples,
-                            };
-                            eprintln!("{}", progress(&r));
-                            let line = json!({
-                                "kind": "run", "placement": placement.name(), "scenario": s.name(),
-                                "client": c.name(), "rep": rep, "metrics": r.metrics,
-                            });
-                            writeln!(out, "{line}")?;
-                            records.push(r);
-                        }
+                        Ok((metrics, samples)) => done.push(Record {
+                            placement,
+                            scenario: s,
+                            client: c,
+                            rep,
+                            metrics,
+                            samples,
+                        }),
                         Err(e) => {
                             failures += 1;
                             eprintln!(
@@ -800,12 +998,29 @@ fn bench(opts: &Opts) -> Res<()> {
                                 c.name()
                             );
                             let line = json!({
-                                "kind": "error", "placement": placement.name(), "scenario": s.name(),
+                                "kind": "error", "profile": opts.profile,
+                                "placement": placement.name(), "scenario": s.name(),
                                 "client": c.name(), "rep": rep, "error": e.to_string(),
                             });
                             writeln!(out, "{line}")?;
                         }
                     }
+                    if !is_corun {
+                        emit(opts, &mut out, &mut records, done.drain(..))?;
+                    }
+                }
+                if let Some(before) = before {
+                    let after = corun_base("after", &mut out);
+                    let base = (before.0 + after.0) / 2.0;
+                    for r in &mut done {
+                        let rate = r.metrics.get("chunks_per_s").copied().unwrap_or(f64::NAN);
+                        r.metrics.insert("base_chunks_per_s".into(), base);
+                        r.metrics
+                            .insert("base_compute_cpu_pct".into(), (before.1 + after.1) / 2.0);
+                        r.metrics
+                            .insert("compute_lost_pct".into(), (1.0 - rate / base) * 100.0);
+                    }
+                    emit(opts, &mut out, &mut records, done.drain(..))?;
                 }
             }
         }
@@ -833,18 +1048,19 @@ fn bench(opts: &Opts) -> Res<()> {
             .into_iter()
             .map(|(k, mut v)| (k, median(&mut v)))
             .collect();
-        if key.1 == Scenario::BusyMain {
+        if matches!(key.1, Scenario::BusyMain | Scenario::Corun) {
             // A run has only ~50 pongs (its p99 is its maximum): take the percentiles over
-            // the pongs of every repetition together instead of medians of per-run ones.
-            let mut all: Vec<u64> = rs.iter().flat_map(|r| r.samples.iter().copied()).collect();
-            all.sort_unstable();
-            m.insert("pong_p50_us".into(), pct(&all, 0.50));
-            m.insert("pong_p99_us".into(), pct(&all, 0.99));
-            m.insert(
-                "pong_max_us".into(),
-                all.last().map_or(f64::NAN, |&x| x as f64),
-            );
-            m.insert("pongs".into(), all.len() as f64);
+            // the pongs (and corun's events) of every repetition together instead of
+            // medians of per-run ones.
+            let mut pongs: Vec<u64> = rs
+                .iter()
+                .flat_map(|r| r.samples.pong_us.iter().copied())
+                .collect();
+            let mut events: Vec<u64> = rs
+                .iter()
+                .flat_map(|r| r.samples.event_ns.iter().copied())
+                .collect();
+            put_latencies(&mut m, &mut pongs, &mut events, key.1 == Scenario::Corun);
             let pings: f64 = rs.iter().filter_map(|r| r.metrics.get("pings")).sum();
             m.insert("pings".into(), pings);
         }
@@ -854,31 +1070,38 @@ fn bench(opts: &Opts) -> Res<()> {
     let mut last_placement = None;
     let mut missed = Vec::new();
     for ((p, s, c), (m, n)) in &medians {
-        let ratio = s.primary().and_then(|k| {
-            let base = medians.get(&(*p, *s, Client::Tung))?.0.get(k)?;
-            Some(m.get(k)? / base)
-        });
+        let base = medians.get(&(*p, *s, Client::Tung)).map(|b| &b.0);
+        let ratio = s.primary().and_then(|k| Some(m.get(k)? / base?.get(k)?));
+        // CPU per message or round trip against raw tungstenite's (lower is better).
+        let cpu_ratio = m
+            .get("cpu_s_per_m")
+            .and_then(|v| Some(v / base?.get("cpu_s_per_m")?));
         let tgt = if c.is_ours() { target(*s, *p) } else { None };
-        let met = tgt.and_then(|t| t.met(m, ratio));
+        let met = tgt.and_then(|t| t.met(m, ratio, base));
         if met == Some(false) {
             missed.push(format!("{} {} {}", p.name(), s.name(), c.name()));
         }
         let line = json!({
-            "kind": "summary", "placement": p.name(), "scenario": s.name(), "client": c.name(),
+            "kind": "summary", "profile": opts.profile, "placement": p.name(),
+            "scenario": s.name(), "client": c.name(),
             "reps": n, "median": m, "primary": s.primary(), "ratio_vs_tungstenite": ratio,
+            "cpu_ratio_vs_tungstenite": cpu_ratio,
             "target": tgt.map(Target::describe), "met": met,
         });
         writeln!(out, "{line}")?;
         if last_placement != Some(*p) {
             let _ = writeln!(
                 table,
-                "\n== placement: {} ==\n{:<13} {:<18} {:>20} {:>7}  {:<40} {:>6} {:>6}  {:<14} met",
+                "\n== profile: {}, placement: {} ==\n{:<13} {:<18} {:>20} {:>7}  {:<52} {:>9} {:>6} {:>6} {:>6}  {:<14} met",
+                opts.profile,
                 p.name(),
                 "scenario",
                 "client",
                 "median",
                 "ratio",
                 "detail (medians)",
+                "cpu s/M",
+                "cpu x",
                 "cli%",
                 "srv%",
                 "target",
@@ -889,12 +1112,15 @@ fn bench(opts: &Opts) -> Res<()> {
         let pctf = |k: &str| m.get(k).map_or("-".to_owned(), |v| format!("{v:.0}"));
         let _ = writeln!(
             table,
-            "{:<13} {:<18} {:>20} {:>7}  {:<40} {:>6} {:>6}  {:<14} {}",
+            "{:<13} {:<18} {:>20} {:>7}  {:<52} {:>9} {:>6} {:>6} {:>6}  {:<14} {}",
             s.name(),
             c.name(),
             main,
             ratio.map_or("-".to_owned(), |r| format!("{r:.2}x")),
             detail,
+            m.get("cpu_s_per_m")
+                .map_or("-".to_owned(), |v| format!("{v:.3}")),
+            cpu_ratio.map_or("-".to_owned(), |r| format!("{r:.2}x")),
             pctf("client_cpu_pct"),
             pctf("server_cpu_pct"),
             tgt.map_or(String::new(), Target::describe),
@@ -913,7 +1139,8 @@ fn bench(opts: &Opts) -> Res<()> {
     out.flush()?;
     println!("{table}");
     println!(
-        "{} runs, {failures} failed, {:.0} s; load average at the end {}; results: {}",
+        "profile {}: {} runs, {failures} failed, {:.0} s; load average at the end {}; results: {}",
+        opts.profile,
         records.len(),
         started.elapsed().as_secs_f64(),
         sys::loadavg(),

@@ -9,7 +9,40 @@ use std::time::{Duration, Instant};
 use nwebsocket::crossbeam_channel::{self as cb, Receiver, Sender};
 use nwebsocket::{Builder, Event, Handler, Message, WebSocket, WebSocketRef};
 
+use crate::corun::{self, CorunOut, Latencies};
 use crate::{burn, sys, Idle, Res, RssOut, RTT_PAYLOAD, WAIT};
+
+/// The co-run consumer: the latency of each message, taken when it is handled.
+struct Corun(Latencies);
+
+impl Handler for Corun {
+    fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+        if let Message::Binary(b) = &msg {
+            self.0.handle(b);
+        }
+    }
+}
+
+fn corun_capacity(d: Duration) -> usize {
+    (d.as_secs_f64() * 12_000.0) as usize
+}
+
+/// Closes while taking events (`drain`), as a pull-style consumer does: the server keeps
+/// sending until it has our Close.
+fn close_draining<H>(ws: &WebSocket<H>, mut drain: impl FnMut()) -> Res<()> {
+    ws.close()?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        drain();
+        if ws.wait_closed_timeout(Duration::from_millis(1)).is_some() {
+            drain();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the close did not complete".into());
+        }
+    }
+}
 
 fn next_message(events: &Receiver<Event>) -> Res<Message> {
     loop {
@@ -185,6 +218,25 @@ pub mod pull {
         busy_for(&ws, d)
     }
 
+    /// Compute on every thread; the caller's thread takes events with `dispatch_pending`
+    /// between its chunks.
+    pub fn corun(url: &str, threads: usize, d: Duration) -> Res<CorunOut> {
+        let (ws, events) = builder().connect_pull(url)?;
+        let mut h = Corun(Latencies::with_capacity(corun_capacity(d)));
+        ws.send("go")?;
+        let computed = corun::compute(threads, d, || {
+            ws.dispatch_pending(&events, &mut h);
+        });
+        let (handled, seen) = (h.0.handled, h.0.ns.len());
+        close_draining(&ws, || {
+            ws.dispatch_pending(&events, &mut h);
+        })?;
+        // Only what was handled within the window counts.
+        h.0.handled = handled;
+        h.0.ns.truncate(seen);
+        Ok(CorunOut { computed, lat: h.0 })
+    }
+
     pub fn rss(url: &str, n: usize) -> Res<RssOut> {
         rss_of(
             n,
@@ -279,6 +331,23 @@ pub mod batches {
     pub fn busy(url: &str, d: Duration) -> Res<Duration> {
         let (ws, _batches) = builder().connect_batches(url)?;
         busy_for(&ws, d)
+    }
+
+    /// As in pull style, with `dispatch_batches` between chunks.
+    pub fn corun(url: &str, threads: usize, d: Duration) -> Res<CorunOut> {
+        let (ws, batches) = builder().connect_batches(url)?;
+        let mut h = Corun(Latencies::with_capacity(corun_capacity(d)));
+        ws.send("go")?;
+        let computed = corun::compute(threads, d, || {
+            ws.dispatch_batches(&batches, &mut h);
+        });
+        let (handled, seen) = (h.0.handled, h.0.ns.len());
+        close_draining(&ws, || {
+            ws.dispatch_batches(&batches, &mut h);
+        })?;
+        h.0.handled = handled;
+        h.0.ns.truncate(seen);
+        Ok(CorunOut { computed, lat: h.0 })
     }
 
     pub fn rss(url: &str, n: usize) -> Res<RssOut> {
@@ -407,6 +476,17 @@ pub mod callback {
         let (tx, _rx) = cb::unbounded();
         let ws = builder().connect(url, Count::new(u64::MAX, tx))?;
         busy_for(&ws, d)
+    }
+
+    /// Compute on every thread; events in `onmessage` on the callback thread.
+    pub fn corun(url: &str, threads: usize, d: Duration) -> Res<CorunOut> {
+        let ws = builder().connect(url, Corun(Latencies::with_capacity(corun_capacity(d))))?;
+        ws.send("go")?;
+        let computed = corun::compute(threads, d, || {});
+        // The guard is dropped before the close.
+        let lat = mem::take(&mut ws.handler().0);
+        close(&ws)?;
+        Ok(CorunOut { computed, lat })
     }
 
     pub fn rss(url: &str, n: usize) -> Res<RssOut> {

@@ -14,6 +14,10 @@
 //! - `/sink?n=N`: counts data frames; after the Nth, sends the text message `ok`.
 //! - `/idle`: reads until the close.
 //! - `/ping?interval=MS`: pings every MS ms and records each pong's latency.
+//! - `/corun?rate=R&size=S&interval=MS`: after the client's first message, sends R binary
+//!   messages a second of S bytes, each on its own schedule (every 1/R s, those that are
+//!   due when the thread is late), each stamped with its send time (`CLOCK_MONOTONIC` ns,
+//!   little-endian, first 8 bytes); pings every MS ms and records each pong's latency.
 //!
 //! Control, on stdin/stdout, one line each: the server prints `listening ADDR` once;
 //! `stats ID` answers one JSON line (after that connection has ended, waiting up to 10 s).
@@ -143,6 +147,16 @@ fn handle(stream: TcpStream, registry: &Registry) -> Res<()> {
         "/stream" => stream_out(ws, param("n", 1000), param("size", 64) as usize)?,
         "/sink" => sink(ws, param("n", 1000))?,
         "/idle" => drain(ws)?,
+        "/corun" => {
+            let (msgs, pings, lat) = corun(
+                ws,
+                param("rate", 10_000),
+                param("size", 256) as usize,
+                Duration::from_millis(param("interval", 100)),
+            )?;
+            extra = json!({"pings": pings, "lat_us": lat, "msgs": msgs});
+            msgs
+        }
         "/ping" => {
             let (pings, lat) = ping(ws, Duration::from_millis(param("interval", 100)))?;
             extra = json!({"pings": pings, "lat_us": lat});
@@ -361,6 +375,84 @@ fn ping(mut ws: Ws, interval: Duration) -> Res<(u64, Vec<u64>)> {
             Err(e) if finished(&e) => return Ok((seq, lat)),
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+fn would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Paced stream plus pings (corun); returns (messages sent, pings sent, pong latencies µs).
+/// Non-blocking, waiting in `ppoll` until the next message or ping is due or a pong comes.
+fn corun(mut ws: Ws, rate: u64, size: usize, interval: Duration) -> Res<(u64, u64, Vec<u64>)> {
+    use std::os::fd::AsRawFd;
+    loop {
+        match ws.read()? {
+            Message::Text(_) | Message::Binary(_) => break,
+            _ => {}
+        }
+    }
+    ws.get_mut().set_nonblocking(true)?;
+    let fd = ws.get_ref().as_raw_fd();
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let mut payload = vec![0x5a; size.max(8)];
+    let mut sent: HashMap<u64, Instant> = HashMap::new();
+    let mut lat = Vec::new();
+    let (mut msgs, mut seq) = (0u64, 0u64);
+    let t0 = Instant::now();
+    let (mut next_msg, mut next_ping) = (t0, t0 + interval);
+    let mut closing: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if closing.is_none() {
+            let mut wrote = false;
+            if now >= next_ping {
+                seq += 1;
+                ws.write(Message::Ping(Bytes::copy_from_slice(&seq.to_be_bytes())))?;
+                sent.insert(seq, Instant::now());
+                next_ping += interval;
+                if next_ping < now {
+                    next_ping = now + interval;
+                }
+                wrote = true;
+            }
+            while next_msg <= now {
+                payload[..8].copy_from_slice(&sys::mono_ns().to_le_bytes());
+                ws.write(Message::Binary(Bytes::copy_from_slice(&payload)))?;
+                msgs += 1;
+                next_msg += period;
+                wrote = true;
+            }
+            if wrote {
+                match ws.flush() {
+                    Err(e) if !would_block(&e) => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        } else if closing.is_some_and(|t| now - t > Duration::from_secs(10)) {
+            return Ok((msgs, seq, lat));
+        }
+        loop {
+            match ws.read() {
+                Ok(Message::Pong(p)) if p.len() == 8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&p);
+                    if let Some(t) = sent.remove(&u64::from_be_bytes(b)) {
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                }
+                Ok(Message::Close(_)) => closing = closing.or(Some(now)),
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) if finished(&e) => return Ok((msgs, seq, lat)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let until = match closing {
+            Some(_) => Instant::now() + Duration::from_millis(10),
+            None => next_msg.min(next_ping),
+        };
+        sys::wait_readable(fd, until.saturating_duration_since(Instant::now()));
     }
 }
 

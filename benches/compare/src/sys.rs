@@ -187,3 +187,39 @@ pub fn dump_smaps(tag: &str) {
         }
     }
 }
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    // SAFETY: clock_gettime only writes into the struct we pass.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `CLOCK_MONOTONIC`, ns: one clock for every process on the machine, so the server can
+/// stamp a payload and the client read the stamp (corun's event latency).
+pub fn mono_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CPU time of the calling thread so far, ns (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cputime_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// Waits until `fd` is readable or `timeout` has passed (`ppoll`: nanosecond timeouts,
+/// where `SO_RCVTIMEO` and `poll` round to jiffies or milliseconds).
+pub fn wait_readable(fd: i32, timeout: std::time::Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd and a timespec, both live across the call.
+    unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+}

@@ -144,6 +144,11 @@ pub fn busy(url: &str, d: Duration) -> Res<Duration> {
     })
 }
 
+/// Not measured: corun compares this crate with raw tungstenite on a thread of its own.
+pub fn corun(_url: &str, _threads: usize, _d: Duration) -> Res<crate::corun::CorunOut> {
+    Err("corun is not measured for tokio-tungstenite".into())
+}
+
 pub fn rss(url: &str, n: usize) -> Res<RssOut> {
     block_on(async {
         {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::{Bytes, Message};
 
+use crate::corun::{self, CorunOut, Latencies};
 use crate::{burn, sys, Idle, Res, RssOut, RTT_PAYLOAD, WAIT};
 
 type Ws = tungstenite::WebSocket<TcpStream>;
@@ -136,6 +137,46 @@ pub fn busy(url: &str, d: Duration) -> Res<Duration> {
     ws.get_mut().set_nonblocking(false)?;
     close(&mut ws)?;
     Ok(wall)
+}
+
+/// The connection on a thread of its own (blocking reads; tungstenite answers pings on
+/// the next read), each message handed to the main thread over a channel
+/// (`std::sync::mpsc`); the main thread, one of the compute threads, drains the channel
+/// between its chunks.
+pub fn corun(url: &str, threads: usize, d: Duration) -> Res<CorunOut> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    let mut ws = connect(url)?;
+    ws.send(Message::text("go"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Bytes>();
+    let reader = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("tung-reader".into())
+            .spawn(move || -> Result<(), String> {
+                // Messages come every 100 µs, so the flag is seen within one.
+                while !stop.load(Ordering::Relaxed) {
+                    if let Message::Binary(b) = ws.read().map_err(|e| e.to_string())? {
+                        if tx.send(b).is_err() {
+                            break;
+                        }
+                    }
+                }
+                close(&mut ws).map_err(|e| e.to_string())
+            })?
+    };
+    let mut lat = Latencies::with_capacity((d.as_secs_f64() * 12_000.0) as usize);
+    let computed = corun::compute(threads, d, || {
+        while let Ok(b) = rx.try_recv() {
+            lat.handle(&b);
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    drop(rx);
+    reader.join().map_err(|_| "the reader thread panicked")??;
+    Ok(CorunOut { computed, lat })
 }
 
 pub fn rss(url: &str, n: usize) -> Res<RssOut> {

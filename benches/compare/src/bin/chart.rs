@@ -6,7 +6,8 @@
 //!
 //! Defaults: `target/compare/results.jsonl` in, `target/compare/chart.svg` out. Panels:
 //! throughput and round trips as ratios against raw tungstenite (log scale, the issue's
-//! targets marked), pong latency with a busy main thread, and memory per connection.
+//! targets marked), pong latency with a busy main thread and in corun, and memory per
+//! connection. The title names the cargo profile the results are for.
 //! Only what the file holds is drawn: no figure is typed in here.
 
 use std::collections::BTreeMap;
@@ -319,7 +320,7 @@ fn draw(meta: &Value, end: &Value, s: &Summary) -> String {
             let target = CLIENTS.iter().take(3).find_map(|(c, _)| {
                 let v = s.get(&(p.to_string(), scen.to_owned(), c.to_string()))?;
                 let t = v["target"].as_str()?;
-                t.strip_prefix(">= ")?.trim_end_matches('x').parse().ok()
+                t.strip_prefix(">= ")?.split('x').next()?.parse().ok()
             });
             ratio_groups.push(Group {
                 label: scen.to_owned(),
@@ -330,23 +331,26 @@ fn draw(meta: &Value, end: &Value, s: &Summary) -> String {
         }
     }
 
-    // Panel 2: pong latency p99 with the main thread busy.
+    // Panel 2: pong latency p99 with the main thread busy, and with compute threads on
+    // every core (corun).
     let mut busy_groups = Vec::new();
-    for p in &placements {
-        let bars: Vec<_> = CLIENTS
-            .iter()
-            .filter_map(|(c, color)| {
-                let v = s.get(&(p.to_string(), "busy_main".to_owned(), c.to_string()))?;
-                Some((*c, *color, metric(v, "pong_p99_us") / 1e3))
-            })
-            .collect();
-        if !bars.is_empty() {
-            busy_groups.push(Group {
-                label: "busy_main".into(),
-                sub: placement_label(p).to_owned(),
-                bars,
-                target: None,
-            });
+    for scen in ["busy_main", "corun"] {
+        for p in &placements {
+            let bars: Vec<_> = CLIENTS
+                .iter()
+                .filter_map(|(c, color)| {
+                    let v = s.get(&(p.to_string(), scen.to_owned(), c.to_string()))?;
+                    Some((*c, *color, metric(v, "pong_p99_us") / 1e3))
+                })
+                .collect();
+            if !bars.is_empty() {
+                busy_groups.push(Group {
+                    label: scen.into(),
+                    sub: placement_label(p).to_owned(),
+                    bars,
+                    target: None,
+                });
+            }
         }
     }
 
@@ -386,7 +390,8 @@ fn draw(meta: &Value, end: &Value, s: &Summary) -> String {
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="16" y="24" font-size="17" font-weight="bold">nwebsocket vs raw tungstenite vs tokio-tungstenite</text>"#
+        r#"<text x="16" y="24" font-size="17" font-weight="bold">nwebsocket vs raw tungstenite vs tokio-tungstenite, cargo profile {}</text>"#,
+        esc(meta["profile"].as_str().unwrap_or("release (not recorded)"))
     );
     // A number in older results; per scenario ("rtt": 7, ...) since the short scenarios
     // run more often than busy_main.
@@ -445,7 +450,7 @@ fn draw(meta: &Value, end: &Value, s: &Summary) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<line x1="{lx}" y1="58" x2="{}" y2="58" stroke="#d62728" stroke-width="2" stroke-dasharray="4 2"/><text x="{}" y="62" font-size="11">target (issue 5)</text>"##,
+        r##"<line x1="{lx}" y1="58" x2="{}" y2="58" stroke="#d62728" stroke-width="2" stroke-dasharray="4 2"/><text x="{}" y="62" font-size="11">target (issue 17)</text>"##,
         lx + 22.0,
         lx + 26.0
     );
@@ -488,7 +493,7 @@ fn draw(meta: &Value, end: &Value, s: &Summary) -> String {
     panel(
         &mut svg,
         (16.0, 480.0, half, 370.0),
-        "busy_main: pong latency p99 (lower is better)",
+        "busy_main, corun: pong latency p99 (lower is better)",
         "ms (log)",
         &busy_groups,
         &Scale::Log {
