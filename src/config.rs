@@ -315,6 +315,7 @@ impl Builder {
 
     /// The JSON field that carries the correlation id of
     /// [`request`](crate::WebSocketRef::request)s and their replies. Defaults to `"id"`.
+    #[cfg(feature = "json")]
     pub fn request_id_field(mut self, field: impl Into<String>) -> Self {
         self.config.request_id_field = field.into();
         self

@@ -194,20 +194,39 @@ mod delivery;
 mod error;
 mod handler;
 mod io;
+#[cfg(feature = "json")]
 mod json;
+/// Without `json` no request can be pending: every message is an ordinary one.
+#[cfg(not(feature = "json"))]
+mod json {
+    use crate::message::Message;
+    use crate::websocket::Shared;
+
+    pub(crate) fn route_reply(_: &Shared, msg: Message) -> Option<Message> {
+        Some(msg)
+    }
+
+    pub(crate) fn fail_requests(_: &Shared) {}
+}
 mod message;
 mod protocol;
 mod recycle;
+mod response;
 mod state;
 mod url;
 mod websocket;
 
 pub use crate::config::{Builder, Reconnect};
 pub use crate::delivery::EventBatches;
-pub use crate::error::{Error, Result, SendError, Timeout, UrlError};
+pub use crate::error::{
+    Error, HandshakeErrorKind, ProtocolErrorKind, ProxyErrorKind, Result, SendError, Source,
+    Timeout, TlsErrorKind, UrlError,
+};
 pub use crate::handler::Handler;
+#[cfg(feature = "json")]
 pub use crate::json::Router;
 pub use crate::message::{Binary, CloseEvent, Event, Message, Text};
+pub use crate::response::HandshakeResponse;
 pub use crate::state::ReadyState;
 pub use crate::websocket::{HandlerGuard, WebSocket, WebSocketRef};
 

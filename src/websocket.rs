@@ -263,7 +263,7 @@ impl WebSocketRef {
     ///
     /// # Errors
     ///
-    /// As [`send`](Self::send), plus [`SendError::Timeout`] when no room was made in time.
+    /// As [`send`](Self::send), plus [`SendError::TimedOut`] when no room was made in time.
     pub fn send_timeout(
         &self,
         msg: impl Into<Message>,
@@ -285,7 +285,7 @@ impl WebSocketRef {
                 (Ok(()), _) => {}
                 (Err(Waited::Closed), _) => return Err(SendError::Closed(msg)),
                 (Err(Waited::TimedOut), Wait::Never) => return Err(SendError::Full(msg)),
-                (Err(Waited::TimedOut), _) => return Err(SendError::Timeout(msg)),
+                (Err(Waited::TimedOut), _) => return Err(SendError::TimedOut(msg)),
             }
         }
         let _gate = shared.gate.read().unwrap_or_else(PoisonError::into_inner);
@@ -346,8 +346,10 @@ impl WebSocketRef {
     ///
     /// [`Error::Send`] as for [`send`](Self::send); [`Error::Json`] if `value` cannot be
     /// serialized (for example a map with non-string keys).
+    #[cfg(feature = "json")]
     pub fn send_json<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        let text = serde_json::to_string(value).map_err(|e| Error::Json(e.to_string()))?;
+        let text = serde_json::to_string(value)
+            .map_err(|e| Error::json("could not serialize the value", Some(Arc::new(e))))?;
         Ok(self.send(text)?)
     }
 

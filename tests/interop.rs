@@ -678,7 +678,7 @@ fn subprotocol_none_chosen_fails_as_in_browsers(cx: &Ctx) {
             "connected with protocol {:?} although the server chose none",
             ws.protocol()
         ),
-        Err(Error::Handshake(_)) => {}
+        Err(Error::Handshake { .. }) => {}
         Err(e) => panic!("expected Error::Handshake, got {e:?}"),
     }
 }
@@ -700,7 +700,7 @@ fn subprotocol_not_offered_is_refused(cx: &Ctx) {
         .connect_pull(&url)
     {
         Ok((ws, _)) => panic!("connected although the server chose {:?}", ws.protocol()),
-        Err(Error::Handshake(_)) => {}
+        Err(Error::Handshake { .. }) => {}
         Err(e) => panic!("expected Error::Handshake, got {e:?}"),
     }
 }
@@ -820,7 +820,7 @@ fn invalid_utf8_fails_with_1007(cx: &Ctx) {
     let (_ws, rx) = cx.open(Builder::new(), &format!("/badutf8?id={id}"));
     let err = expect_failure(&rx);
     assert!(
-        matches!(err, Error::Protocol(_)),
+        matches!(err, Error::Protocol { .. }),
         "expected a protocol error, got {err:?}"
     );
     let log = cx.closelog(&id);

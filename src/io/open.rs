@@ -295,7 +295,7 @@ impl IoThread {
 /// An I/O error of the stream, as the crate reports it.
 fn io_error(e: io::Error) -> Error {
     match tls_error(&e) {
-        Some(tls) => Error::Tls(tls.to_string()),
+        Some(tls) => super::transport::tls_failure(tls.clone()),
         None => Error::io(e),
     }
 }

@@ -1,7 +1,7 @@
 //! The byte stream under the WebSocket: plain TCP or rustls over TCP, always non-blocking.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use mio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -14,7 +14,7 @@ use rustls::{
 };
 
 use super::low_water;
-use crate::error::Error;
+use crate::error::{Error, TlsErrorKind};
 
 /// The byte stream under the WebSocket: plain TCP or rustls over TCP, always
 /// non-blocking (reads and writes return `WouldBlock`; the I/O thread waits for
@@ -52,13 +52,16 @@ impl Transport {
     ) -> Result<Self, Error> {
         let stream = if tls {
             let name = ServerName::try_from(host.to_owned())
-                .map_err(|e| Error::Tls(format!("invalid server name {host:?}: {e}")))?;
+                .map_err(|e| Error::Tls {
+                    kind: TlsErrorKind::Config,
+                    message: format!("{host:?} cannot be a TLS server name"),
+                    source: Some(Arc::new(e)),
+                })?;
             let config = match config {
                 Some(c) => Arc::clone(c),
                 None => default_tls_config()?,
             };
-            let conn =
-                ClientConnection::new(config, name).map_err(|e| Error::Tls(e.to_string()))?;
+            let conn = ClientConnection::new(config, name).map_err(tls_failure)?;
             Stream::Tls(Box::new(StreamOwned::new(conn, tcp)))
         } else {
             Stream::Plain(tcp)
@@ -96,6 +99,19 @@ impl Transport {
         match Response::try_parse(&recorded) {
             Ok(Some((head, _))) => recorded[head..].to_vec(),
             _ => Vec::new(),
+        }
+    }
+
+    /// What the handshake read so far (empty once it is done).
+    pub fn recorded(&self) -> &[u8] {
+        self.recorded.as_deref().unwrap_or_default()
+    }
+
+    /// Whether TLS was asked for and no TLS answer (a ServerHello) came yet.
+    pub fn tls_before_server_hello(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(_) => false,
+            Stream::Tls(s) => s.conn.protocol_version().is_none(),
         }
     }
 
@@ -156,6 +172,46 @@ impl Write for Transport {
     }
 }
 
+/// The transport during the opening handshake. tungstenite's handshake owns its stream
+/// and drops it with a failure; this handle keeps a second reference, so that the I/O
+/// thread can still read a rejection's body, or look at what was read to explain a
+/// failure. The lock is taken only during the handshake, by one thread.
+#[derive(Debug, Clone)]
+pub(crate) struct Shaking(Arc<Mutex<Transport>>);
+
+impl Shaking {
+    pub fn new(transport: Transport) -> Self {
+        Shaking(Arc::new(Mutex::new(transport)))
+    }
+
+    /// The transport, once tungstenite has let go of its reference.
+    pub fn into_inner(self) -> Option<Transport> {
+        Arc::try_unwrap(self.0)
+            .ok()
+            .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Transport> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Read for Shaking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.lock().read(buf)
+    }
+}
+
+impl Write for Shaking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.lock().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.lock().flush()
+    }
+}
+
 /// TLS settings from the builder, as given (PEM), checked when connecting.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TlsOptions {
@@ -178,22 +234,22 @@ impl TlsOptions {
         for pem in &self.extra_roots_pem {
             let mut added = 0;
             for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert =
-                    cert.map_err(|e| Error::Tls(format!("bad root certificate PEM: {e}")))?;
+                let cert = cert.map_err(|e| config_error("bad root certificate PEM", e))?;
                 roots
                     .add(cert)
-                    .map_err(|e| Error::Tls(format!("unusable root certificate: {e}")))?;
+                    .map_err(|e| config_error("unusable root certificate", e))?;
                 added += 1;
             }
             if added == 0 {
-                return Err(Error::Tls(
-                    "no certificate in the root certificate PEM".into(),
+                return Err(Error::tls(
+                    TlsErrorKind::Config,
+                    "no certificate in the root certificate PEM",
                 ));
             }
         }
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?;
+            .map_err(|e| config_error("no usable protocol version", e))?;
         let builder = if self.accept_invalid_certs {
             log::warn!("TLS certificate verification is OFF: any server can impersonate any host");
             builder
@@ -207,12 +263,12 @@ impl TlsOptions {
             Some((chain_pem, key_pem)) => {
                 let chain = CertificateDer::pem_slice_iter(chain_pem)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Error::Tls(format!("bad client certificate PEM: {e}")))?;
+                    .map_err(|e| config_error("bad client certificate PEM", e))?;
                 let key = PrivateKeyDer::from_pem_slice(key_pem)
-                    .map_err(|e| Error::Tls(format!("bad client key PEM: {e}")))?;
+                    .map_err(|e| config_error("bad client key PEM", e))?;
                 builder
                     .with_client_auth_cert(chain, key)
-                    .map_err(|e| Error::Tls(format!("unusable client certificate: {e}")))?
+                    .map_err(|e| config_error("unusable client certificate", e))?
             }
         };
         Ok(Some(Arc::new(config)))
@@ -228,7 +284,7 @@ fn webpki_root_store() -> RootCertStore {
 /// rustls with the `ring` provider and the Mozilla roots from `webpki-roots`, built once
 /// per process. The roots are compiled in, so `wss://` works the same on every machine.
 fn default_tls_config() -> Result<Arc<ClientConfig>, Error> {
-    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, rustls::Error>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -240,10 +296,9 @@ fn default_tls_config() -> Result<Arc<ClientConfig>, Error> {
                             .with_no_client_auth(),
                     )
                 })
-                .map_err(|e| e.to_string())
         })
         .clone()
-        .map_err(Error::Tls)
+        .map_err(|e| config_error("no usable protocol version", e))
 }
 
 /// The explicit opt-out of certificate verification: any certificate is taken, but the
@@ -299,6 +354,66 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 /// The rustls error inside an I/O error, if that is what it is.
 pub(crate) fn tls_error(err: &io::Error) -> Option<&rustls::Error> {
     err.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+fn config_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Tls {
+        kind: TlsErrorKind::Config,
+        message: what.to_owned(),
+        source: Some(Arc::new(e)),
+    }
+}
+
+/// What to do about a self-signed certificate that webpki refuses.
+pub(crate) const SELF_SIGNED_HINT: &str = "the server presents a CA certificate (or a self-signed one) as its own, \
+     which webpki refuses even when it is added as a root (CaUsedAsEndEntity): make a CA \
+     and a server certificate signed by it, and add the CA with `add_root_certificate` \
+     (README, section TLS)";
+
+/// A rustls failure as the crate reports it: a kind to match on, a message with a hint
+/// where one helps, and rustls's error as the source.
+pub(crate) fn tls_failure(e: rustls::Error) -> Error {
+    use rustls::{CertificateError, Error as R};
+    let (kind, message) = match &e {
+        R::InvalidCertificate(CertificateError::Other(other))
+            if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+        {
+            (TlsErrorKind::Certificate, SELF_SIGNED_HINT.to_owned())
+        }
+        R::InvalidCertificate(CertificateError::UnknownIssuer) => (
+            TlsErrorKind::Certificate,
+            "the server's certificate was not accepted: no trusted root issued it (for a \
+             private CA, add it with `add_root_certificate`)"
+                .to_owned(),
+        ),
+        R::InvalidCertificate(_) => (
+            TlsErrorKind::Certificate,
+            "the server's certificate was not accepted".to_owned(),
+        ),
+        R::AlertReceived(_) => (
+            TlsErrorKind::Refused,
+            "the server refused the TLS handshake".to_owned(),
+        ),
+        R::InvalidMessage(_) | R::InappropriateMessage { .. } => (
+            TlsErrorKind::Other,
+            "the server sent an invalid TLS message".to_owned(),
+        ),
+        _ => (TlsErrorKind::Other, "the TLS session failed".to_owned()),
+    };
+    Error::Tls {
+        kind,
+        message,
+        source: Some(Arc::new(e)),
+    }
+}
+
+/// The server did not answer in TLS.
+pub(crate) fn not_tls(source: Option<crate::error::Source>) -> Error {
+    Error::Tls {
+        kind: TlsErrorKind::NotTls,
+        message: "the server did not answer in TLS: is this a plain ws:// port?".to_owned(),
+        source,
+    }
 }
 
 #[cfg(test)]

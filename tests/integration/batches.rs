@@ -169,7 +169,7 @@ fn a_refused_connection_gives_error_then_close_in_a_batch() {
     assert!(
         matches!(
             events.as_slice(),
-            [Event::Error(Error::Connect(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean
+            [Event::Error(Error::Connect { .. }), Event::Close(c)] if c.code == 1006 && !c.was_clean
         ),
         "{events:?}"
     );

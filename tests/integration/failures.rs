@@ -21,10 +21,10 @@ fn connection_refused_callback_style() {
     let _g = shared();
     let (rec, rx) = recorder();
     let r = WebSocket::connect(&refused_url(), rec);
-    assert!(matches!(&r, Err(Error::Connect(_))), "{r:?}");
+    assert!(matches!(&r, Err(Error::Connect { .. })), "{r:?}");
     drop(r);
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Connect(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Connect { .. }));
     assert_eq!(recs.len(), 2, "{recs:?}");
 }
 
@@ -32,12 +32,12 @@ fn connection_refused_callback_style() {
 fn connection_refused_pull_style() {
     let _g = shared();
     let r = WebSocket::connect_pull(&refused_url());
-    assert!(matches!(&r, Err(Error::Connect(_))), "{r:?}");
+    assert!(matches!(&r, Err(Error::Connect { .. })), "{r:?}");
 
     let (ws, events) = WebSocket::open_pull(&refused_url()).expect("open");
     let evs = events_until_close(&events);
     assert!(
-        matches!(evs.as_slice(), [Event::Error(Error::Connect(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean && c.reason.is_empty()),
+        matches!(evs.as_slice(), [Event::Error(Error::Connect { .. }), Event::Close(c)] if c.code == 1006 && !c.was_clean && c.reason.is_empty()),
         "{evs:?}"
     );
     assert_eq!(ws.ready_state(), ReadyState::Closed);
@@ -69,12 +69,17 @@ fn non_101_response_is_handshake_rejected_with_status() {
         matches!(&r, Err(Error::HandshakeRejected { status: 403, .. })),
         "{r:?}"
     );
-    if let Err(Error::HandshakeRejected {
-        body: Some(body), ..
-    }) = &r
-    {
-        assert_eq!(body.as_slice(), b"forbidden");
+    // Status, headers and the whole body, every time (the body was read to its length).
+    match &r {
+        Err(Error::HandshakeRejected { response, .. }) => {
+            assert_eq!(response.status(), 403);
+            assert_eq!(response.header("content-type"), Some("text/plain"));
+            assert_eq!(response.body(), b"forbidden");
+        }
+        other => panic!("{other:?}"),
     }
+    let shown = r.as_ref().unwrap_err().to_string();
+    assert!(shown.contains("403") && shown.contains("forbidden"), "{shown}");
     drop(r);
     let recs = leftover_recs(&rx);
     assert_failure_tail(&recs, |e| {
@@ -121,7 +126,7 @@ fn invalid_upgrade_responses_are_handshake_errors() {
         let (ws, events) = WebSocket::open_pull(&server.url()).expect("open");
         let evs = events_until_close(&events);
         assert!(
-            matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+            matches!(evs.as_slice(), [Event::Error(Error::Handshake { .. }), Event::Close(c)] if c.code == 1006 && !c.was_clean),
             "{}: {evs:?}",
             String::from_utf8_lossy(response)
         );
@@ -140,12 +145,12 @@ fn server_hanging_up_during_the_handshake_fails() {
     let (rec, rx) = recorder();
     let r = WebSocket::connect(&server.url(), rec);
     assert!(
-        matches!(&r, Err(Error::Handshake(_) | Error::Io(_))),
+        matches!(&r, Err(Error::Handshake { .. } | Error::Io(_))),
         "{r:?}"
     );
     drop(r);
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake(_) | Error::Io(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake { .. } | Error::Io(_)));
     assert_eq!(recs.len(), 2, "{recs:?}");
     server.join();
 }

@@ -73,7 +73,7 @@ fn try_send_returns_full_above_the_high_water_mark() {
                 accepted += 1;
                 continue;
             }
-            Err(SendError::Timeout(m)) => assert_eq!(m.len(), CHUNK),
+            Err(SendError::TimedOut(m)) => assert_eq!(m.len(), CHUNK),
             Err(e) => panic!("{e:?}"),
         }
         match ws.try_send(chunk(accepted)) {
@@ -93,7 +93,7 @@ fn try_send_returns_full_above_the_high_water_mark() {
     let start = Instant::now();
     let r = ws.send_timeout("waits", Duration::from_millis(200));
     assert!(
-        matches!(&r, Err(SendError::Timeout(m)) if m.as_text() == Some("waits")),
+        matches!(&r, Err(SendError::TimedOut(m)) if m.as_text() == Some("waits")),
         "{r:?}"
     );
     assert!(
@@ -308,7 +308,7 @@ fn send_json_sends_text() {
     let mut map = std::collections::HashMap::new();
     map.insert((1, 2), "non-string key");
     let r = ws.send_json(&map);
-    assert!(matches!(r, Err(nwebsocket::Error::Json(_))), "{r:?}");
+    assert!(matches!(r, Err(nwebsocket::Error::Json { .. })), "{r:?}");
     ws.close().unwrap();
     drop(ws);
     let got = server.join();

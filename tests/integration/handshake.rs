@@ -372,14 +372,14 @@ fn server_choosing_a_subprotocol_not_offered_fails() {
         .subprotocol("chat.v1")
         .subprotocol("chat.v2")
         .connect(&server.url(), rec);
-    assert!(matches!(&r, Err(Error::Handshake(_))), "{r:?}");
+    assert!(matches!(&r, Err(Error::Handshake { .. })), "{r:?}");
     drop(r);
     let recs = leftover_recs(&rx);
     assert!(
         !recs.iter().any(|r| matches!(r, Rec::Open { .. })),
         "{recs:?}"
     );
-    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake { .. }));
     assert_eq!(recs.len(), 2, "{recs:?}");
     server.join();
 }
@@ -390,7 +390,7 @@ fn assert_handshake_fails<T>(builder: nwebsocket::Builder, server: Server<T>) {
     let (ws, events) = builder.open_pull(&server.url()).expect("open");
     let evs = events_until_close(&events);
     assert!(
-        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        matches!(evs.as_slice(), [Event::Error(Error::Handshake { .. }), Event::Close(c)] if c.code == 1006 && !c.was_clean),
         "{evs:?}"
     );
     drop(ws);

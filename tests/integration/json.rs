@@ -83,11 +83,11 @@ fn send_json_and_typed_view_round_trip() {
     }
     assert!(got[0].is_text());
     assert_eq!(got[0].json::<Point>().unwrap(), Point { x: 1, y: -2 });
-    assert!(matches!(got[1].json::<Point>(), Err(Error::Json(_))));
-    assert!(matches!(got[2].json::<Value>(), Err(Error::Json(_))));
+    assert!(matches!(got[1].json::<Point>(), Err(Error::Json { .. })));
+    assert!(matches!(got[2].json::<Value>(), Err(Error::Json { .. })));
     // A map with non-string keys cannot be JSON: a typed error, nothing sent.
     let bad: std::collections::HashMap<(i32, i32), i32> = [((1, 2), 3)].into();
-    assert!(matches!(ws.send_json(&bad), Err(Error::Json(_))));
+    assert!(matches!(ws.send_json(&bad), Err(Error::Json { .. })));
 }
 
 #[test]
@@ -297,7 +297,7 @@ fn request_refuses_non_objects_and_closed_connections() {
     let (ws, _events) = WebSocket::connect_pull(&server.url()).expect("connect");
     assert!(matches!(
         ws.request::<_, Value>(&json!([1, 2]), WAIT),
-        Err(Error::Json(_))
+        Err(Error::Json { .. })
     ));
     ws.close().unwrap();
     let result = ws.request::<_, Value>(&json!({"q": 1}), WAIT);

@@ -841,7 +841,7 @@ fn invalid_utf8_text_fails_the_connection_with_1007() {
     let (rec, rx) = recorder();
     let ws = WebSocket::connect(&server.url(), rec).expect("connect");
     let recs = recs_until_close(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Protocol(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Protocol { .. }));
     assert_eq!(recs.len(), 3, "{recs:?}");
     drop(ws);
     assert_eq!(server.join(), Some(CloseCode::Invalid));

@@ -189,7 +189,7 @@ fn failing_attempts_back_off_exponentially_and_stop_at_the_limit() {
     );
     for pair in recs.chunks(2) {
         assert!(
-            matches!(pair[0], Rec::Error(Error::Handshake(_) | Error::Io(_))),
+            matches!(pair[0], Rec::Error(Error::Handshake { .. } | Error::Io(_))),
             "{recs:?}"
         );
         assert!(

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use nwebsocket::{Error, Event, ReadyState, WebSocket};
+use nwebsocket::{Error, Event, HandshakeErrorKind, ReadyState, WebSocket};
 
 use crate::reconnect::multi_server;
 use crate::support::*;
@@ -290,12 +290,16 @@ fn redirect_from_wss_to_ws_is_refused() {
         .handshake_timeout(Duration::from_secs(3))
         .connect(&wss_url(server.port()), rec);
     match &r {
-        Err(Error::Handshake(m)) => assert!(m.contains("refused redirect"), "{m}"),
+        Err(Error::Handshake {
+            kind: HandshakeErrorKind::Redirect,
+            message: m,
+            ..
+        }) => assert!(m.contains("refused redirect"), "{m}"),
         other => panic!("{other:?}"),
     }
     drop(r);
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake { .. }));
     let head = server.join();
     assert_eq!(request_target(&head), "/tls?q=1");
     target.assert_untouched();

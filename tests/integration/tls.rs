@@ -213,9 +213,10 @@ fn echo_round_trip(ws: WebSocket, events: &nwebsocket::crossbeam_channel::Receiv
     assert!(leftover_events(events).is_empty());
 }
 
+/// The whole chain of a TLS error, lower case (the TLS library's words are its source).
 fn tls_message(e: &Error) -> String {
     match e {
-        Error::Tls(m) => m.to_lowercase(),
+        Error::Tls { .. } => e.chain().to_lowercase(),
         other => panic!("expected Error::Tls, got {other:?}"),
     }
 }
@@ -249,7 +250,7 @@ fn unknown_ca_is_a_tls_error() {
     assert!(msg.contains("issuer"), "{err}");
     assert!(t.elapsed() < WAIT, "took {:?}", t.elapsed());
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls { .. }));
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert!(
         server.join().is_err(),
@@ -277,7 +278,7 @@ fn certificate_for_another_name_is_a_tls_error() {
     let err = r.expect_err("a certificate for wrong.example must not do for localhost");
     assert!(tls_message(&err).contains("name"), "{err}");
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls { .. }));
     assert!(server.join().is_err());
 }
 
@@ -326,7 +327,7 @@ fn missing_client_certificate_fails_with_a_typed_error() {
     let err = r.expect_err("the server requires a client certificate");
     eprintln!("missing client certificate: {err:?}");
     assert!(
-        matches!(&err, Error::Tls(m) if m.to_lowercase().contains("certificate")),
+        matches!(&err, Error::Tls { .. } if tls_message(&err).contains("certificate")),
         "{err:?}"
     );
     assert!(
@@ -335,7 +336,7 @@ fn missing_client_certificate_fails_with_a_typed_error() {
         t.elapsed()
     );
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls { .. }));
     let server_side = server.join();
     assert!(server_side.is_err(), "{server_side:?}");
 }
@@ -356,17 +357,17 @@ fn bad_pem_is_a_synchronous_tls_error() {
         let r = WebSocket::builder()
             .add_root_certificate(pem)
             .open(&url, ());
-        assert!(matches!(&r, Err(Error::Tls(_))), "{pem:?}: {r:?}");
+        assert!(matches!(&r, Err(Error::Tls { .. })), "{pem:?}: {r:?}");
     }
     let r = WebSocket::builder()
         .client_certificate("not a chain", &pki().client.key_pem)
         .open_pull(&url);
     // An empty chain is not caught by PEM parsing; it must be refused all the same.
-    assert!(matches!(&r, Err(Error::Tls(_))), "bad client chain: {r:?}");
+    assert!(matches!(&r, Err(Error::Tls { .. })), "bad client chain: {r:?}");
     let r = WebSocket::builder()
         .client_certificate(&pki().client.cert_pem, "not a key")
         .open_pull(&url);
-    assert!(matches!(&r, Err(Error::Tls(_))), "bad client key: {r:?}");
+    assert!(matches!(&r, Err(Error::Tls { .. })), "bad client key: {r:?}");
     // And none of them connected.
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
@@ -391,7 +392,7 @@ fn wss_against_a_plain_server_fails_fast() {
     let err = r.expect_err("a plain server cannot speak TLS");
     eprintln!("wss:// against ws://: {err:?} after {elapsed:?}");
     assert!(
-        matches!(err, Error::Tls(_) | Error::Handshake(_) | Error::Io(_)),
+        matches!(err, Error::Tls { .. } | Error::Handshake { .. } | Error::Io(_)),
         "{err:?}"
     );
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
@@ -419,7 +420,7 @@ fn ws_against_a_tls_server_fails_fast() {
     assert!(
         matches!(
             err,
-            Error::Handshake(_) | Error::Io(_) | Error::HandshakeRejected { .. }
+            Error::Handshake { .. } | Error::Io(_) | Error::HandshakeRejected { .. }
         ),
         "{err:?}"
     );
