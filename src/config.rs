@@ -71,11 +71,15 @@ pub(crate) struct Config {
     pub request_id_field: String,
     pub tls_options: TlsOptions,
     /// Built from `tls_options` when connecting; `None` for the shared default.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: Option<crate::io::TlsConfig>,
     pub max_redirects: usize,
     pub reconnect: Option<Reconnect>,
     pub proxy: ProxyChoice,
+    pub header_provider: Option<HeaderProvider>,
 }
+
+/// Computes headers afresh for each attempt (see [`Builder::header_provider`]).
+pub(crate) type HeaderProvider = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
 
 impl Default for Config {
     fn default() -> Self {
@@ -103,6 +107,7 @@ impl Default for Config {
             max_redirects: 3,
             reconnect: None,
             proxy: ProxyChoice::Environment,
+            header_provider: None,
         }
     }
 }
@@ -158,6 +163,7 @@ impl std::fmt::Debug for Config {
             .field("max_redirects", &self.max_redirects)
             .field("reconnect", &self.reconnect)
             .field("proxy", &proxy)
+            .field("header_provider", &self.header_provider.is_some())
             .finish()
     }
 }
@@ -190,6 +196,32 @@ impl Builder {
     /// cookie). Defaults to none.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Calls `provider` before each connection attempt (the first, each reconnect, each
+    /// redirect) and adds the headers it returns to that attempt's handshake request,
+    /// replacing headers of the same name from [`header`](Self::header): for credentials
+    /// that expire, such as a bearer token refreshed between reconnects. It runs on the
+    /// connection's I/O thread before the attempt starts (so keep it quick: it delays the
+    /// attempt, nothing else); a panic in it is caught and fails the attempt with
+    /// [`Error::CallbackPanic`], an unusable header with [`Error::InvalidHeader`]. Its
+    /// values are marked sensitive and never logged. Defaults to none.
+    ///
+    /// ```
+    /// use nwebsocket::WebSocket;
+    ///
+    /// let builder = WebSocket::builder().header_provider(|| {
+    ///     let token = "fresh-token"; // fetched from your token cache
+    ///     vec![("Authorization".to_owned(), format!("Bearer {token}"))]
+    /// });
+    /// # drop(builder);
+    /// ```
+    pub fn header_provider<F>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Vec<(String, String)> + Send + Sync + 'static,
+    {
+        self.config.header_provider = Some(Arc::new(provider));
         self
     }
 

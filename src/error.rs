@@ -288,6 +288,7 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "json")]
     pub(crate) fn json(message: impl Into<String>, source: Option<Source>) -> Self {
         Error::Json {
             message: message.into(),

@@ -1,6 +1,9 @@
 //! The server's answer to the opening handshake.
 
 use std::fmt;
+use std::sync::{Arc, PoisonError};
+
+use crate::websocket::WebSocketRef;
 
 /// The server's HTTP response to the opening handshake: its status, headers and (for a
 /// rejection) body.
@@ -79,6 +82,19 @@ impl HandshakeResponse {
         let cut: String = line.chars().take(200).collect();
         let more = if cut.len() < text.len() { " …" } else { "" };
         format!(": {cut}{more}")
+    }
+}
+
+impl WebSocketRef {
+    /// The server's `101` response to the opening handshake of the current connection
+    /// (its status and headers; the body is empty): set before `onopen` runs, `None`
+    /// before the first connection opens. With reconnect, each new connection replaces it.
+    pub fn handshake_response(&self) -> Option<Arc<HandshakeResponse>> {
+        self.shared
+            .handshake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

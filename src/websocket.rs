@@ -88,12 +88,16 @@ pub(crate) struct Shared {
     drained: (Mutex<()>, Condvar),
     pub protocol: OnceLock<String>,
     pub extensions: OnceLock<String>,
+    /// The current connection's `101` response (see `response.rs`).
+    pub handshake: Mutex<Option<Arc<crate::response::HandshakeResponse>>>,
     status: Mutex<Status>,
     status_changed: Condvar,
     /// Callers of `request` waiting for a reply, by correlation id.
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     pub requests: Mutex<HashMap<u64, Sender<Message>>>,
     /// `requests.len()`, readable without the lock on every incoming message.
     pub pending_requests: AtomicUsize,
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     pub next_request_id: AtomicU64,
     /// Callback style: the callback thread publishes CLOSED after `onclose` ran.
     pub callback_mode: bool,
@@ -893,6 +897,7 @@ fn start(
         drained: (Mutex::new(()), Condvar::new()),
         protocol: OnceLock::new(),
         extensions: OnceLock::new(),
+        handshake: Mutex::new(None),
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
         outbox: Mutex::new(Outbox::default()),

@@ -19,13 +19,13 @@ use tungstenite::http::{header, HeaderName, HeaderValue};
 use tungstenite::protocol::WebSocketConfig;
 
 use super::proxy::{Progress, ProxyKind};
-use super::transport::{not_tls, tls_error, tls_failure, Shaking, Transport};
+use super::transport::{not_tls, not_tls_bytes, tls_io_error, Shaking, Transport};
 use super::{Io, IoThread, Open, Phase, SOCKET};
 use crate::config::Config;
 use crate::error::{Error, HandshakeErrorKind, ProtocolErrorKind, ProxyErrorKind, UrlError};
 use crate::message::Event;
-use crate::response::{HandshakeResponse, MAX_BODY};
 use crate::protocol::{after, Connection, End, Limits, Timers};
+use crate::response::{HandshakeResponse, MAX_BODY};
 use crate::state::ReadyState;
 use crate::url::Target;
 
@@ -33,7 +33,9 @@ impl IoThread {
     /// DNS, on this thread (the resolver blocks; the connect timeout bounds the rest).
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     pub(super) fn resolve(&mut self) -> Result<(), End> {
-        self.io.request = Some(build_request(&self.io.target, &self.io.shared.config)?);
+        let mut request = build_request(&self.io.target, &self.io.shared.config)?;
+        provided_headers(&mut request, &self.io.shared.config)?;
+        self.io.request = Some(request);
         self.io.proxy = super::proxy::for_target(&self.io.shared.config.proxy, &self.io.target)?;
         if let Some(proxy) = &mut self.io.proxy {
             let target = &self.io.target;
@@ -228,11 +230,8 @@ impl IoThread {
             return Err(Error::Internal("handshake request already used".into()).into());
         };
         let shaking = Shaking::new(transport);
-        let result = tungstenite::client::client_with_config(
-            request,
-            shaking.clone(),
-            Some(io.ws_config()),
-        );
+        let result =
+            tungstenite::client::client_with_config(request, shaking.clone(), Some(io.ws_config()));
         self.handshake_result(result, shaking)
     }
 
@@ -304,8 +303,7 @@ impl IoThread {
         if transport.tls_before_server_hello() {
             let refused = matches!(&e, T::Io(io) if matches!(io.kind(),
                 io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
-                || tls_error(io).is_some_and(|t| matches!(t,
-                    rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. })))
+                || not_tls_bytes(io))
                 || matches!(&e, T::Protocol(ProtocolError::HandshakeIncomplete));
             if refused {
                 return not_tls(Some(Arc::new(e)));
@@ -342,9 +340,8 @@ impl IoThread {
             .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let mut body = response.body().clone().unwrap_or_default();
         let wanted = length.unwrap_or(usize::MAX).min(MAX_BODY);
-        let complete = |body: &[u8]| {
-            body.len() >= wanted || (chunked && decode_chunked(body).is_some())
-        };
+        let complete =
+            |body: &[u8]| body.len() >= wanted || (chunked && decode_chunked(body).is_some());
         // Without a length the body ends with the stream; do not wait long for that.
         let deadline = match (length, chunked, self.io.handshake_deadline) {
             (None, false, d) => Some(d.map_or(Instant::now() + NO_LENGTH_WAIT, |d| {
@@ -454,6 +451,12 @@ impl Io {
             .into());
         }
         let _ = self.shared.protocol.set(header("Sec-WebSocket-Protocol"));
+        *self
+            .shared
+            .handshake
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::new(HandshakeResponse::new(response, Vec::new())));
         let _ = self.shared.extensions.set(extensions);
         if !self
             .shared
@@ -553,13 +556,48 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
     Ok(request)
 }
 
+/// The builder's header provider, called for this attempt: its headers replace those of
+/// the same name.
+fn provided_headers(request: &mut Request, config: &Config) -> Result<(), Error> {
+    let Some(provider) = &config.header_provider else {
+        return Ok(());
+    };
+    let provided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider()))
+        .map_err(|_| Error::CallbackPanic("the header provider panicked".into()))?;
+    for (name, v) in provided {
+        let bad = |reason: &str| Error::InvalidHeader {
+            name: name.clone(),
+            reason: reason.to_owned(),
+        };
+        let header_name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("not a valid header name"))?;
+        if OWN_HEADERS.contains(&header_name.as_str()) {
+            return Err(bad("set by the handshake itself"));
+        }
+        let mut value = HeaderValue::from_str(&v).map_err(|_| bad("not a valid header value"))?;
+        value.set_sensitive(true);
+        request.headers_mut().insert(header_name, value);
+    }
+    Ok(())
+}
+
+/// Headers the handshake sets itself; the builder's headers may not.
+const OWN_HEADERS: [&str; 6] = [
+    "host",
+    "connection",
+    "upgrade",
+    "sec-websocket-version",
+    "sec-websocket-key",
+    "sec-websocket-protocol",
+];
+
 /// Maps tungstenite's error to ours. `handshake` tells protocol errors during the upgrade
 /// (a bad response) from those after it (a bad frame).
 pub(super) fn map_error(e: tungstenite::Error, handshake: bool, config: &Config) -> Error {
     use tungstenite::Error as T;
     match e {
-        T::Io(e) => match tls_error(&e) {
-            Some(tls) => tls_failure(tls.clone()),
+        T::Io(e) => match tls_io_error(&e) {
+            Some(tls) => tls,
             None if handshake && e.kind() == io::ErrorKind::UnexpectedEof => Error::Handshake {
                 kind: HandshakeErrorKind::Closed,
                 message: "the server closed the connection during the handshake".into(),
@@ -627,7 +665,10 @@ pub(super) fn map_error(e: tungstenite::Error, handshake: bool, config: &Config)
         T::AttackAttempt => Error::protocol(ProtocolErrorKind::Other, "attack attempt detected"),
         T::Http(response) => Error::HandshakeRejected {
             status: response.status().as_u16(),
-            response: HandshakeResponse::new(&response, response.body().clone().unwrap_or_default()),
+            response: HandshakeResponse::new(
+                &response,
+                response.body().clone().unwrap_or_default(),
+            ),
         },
         T::HttpFormat(e) => Error::Handshake {
             kind: HandshakeErrorKind::InvalidResponse,

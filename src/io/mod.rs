@@ -25,7 +25,7 @@ mod transport;
 pub(crate) mod low_water;
 
 pub(crate) use connect::build_request;
-pub(crate) use transport::TlsOptions;
+pub(crate) use transport::{TlsConfig, TlsOptions};
 
 use std::collections::VecDeque;
 use std::io;

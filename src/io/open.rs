@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::Events;
 
-use super::transport::{tls_error, Transport};
+use super::transport::{tls_io_error, Transport};
 use super::{Io, IoThread, Phase};
 use crate::error::{Error, Timeout};
 use crate::message::{Binary, Event, Message, Text};
@@ -294,10 +294,7 @@ impl IoThread {
 
 /// An I/O error of the stream, as the crate reports it.
 fn io_error(e: io::Error) -> Error {
-    match tls_error(&e) {
-        Some(tls) => super::transport::tls_failure(tls.clone()),
-        None => Error::io(e),
-    }
+    tls_io_error(&e).unwrap_or_else(|| Error::io(e))
 }
 
 /// Payloads up to this size are copied out of the read buffer, for the first

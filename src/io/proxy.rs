@@ -245,7 +245,9 @@ impl Tunnel {
                         "the SOCKS5 proxy accepts none of the offered authentication methods \
                          (give a user name and password in the proxy URL?)",
                     )),
-                    (m, _) => Err(socks_invalid(&format!("the proxy chose method {m}, not offered"))),
+                    (m, _) => Err(socks_invalid(&format!(
+                        "the proxy chose method {m}, not offered"
+                    ))),
                 }
             }
             Step::SocksAuth => {
@@ -288,7 +290,9 @@ impl Tunnel {
                     return Ok(Progress::More);
                 }
                 if self.answer.len() > len {
-                    return Err(socks_invalid("the proxy sent data before the tunnel was used"));
+                    return Err(socks_invalid(
+                        "the proxy sent data before the tunnel was used",
+                    ));
                 }
                 Ok(Progress::Open)
             }
@@ -470,6 +474,7 @@ pub(crate) fn parse_connect_response(buf: &[u8]) -> Result<Option<()>, Error> {
 }
 
 #[cfg(test)]
+#[cfg(feature = "proxy")]
 mod tests {
     use super::*;
 
@@ -492,7 +497,10 @@ mod tests {
         let p = resolve(&ProxyChoice::Environment, &target("wss://e.com/"), env)
             .unwrap()
             .unwrap();
-        assert_eq!((p.kind, p.port), (ProxyKind::Socks5 { remote_dns: true }, 1081));
+        assert_eq!(
+            (p.kind, p.port),
+            (ProxyKind::Socks5 { remote_dns: true }, 1081)
+        );
         let env = env_of(&[("HTTPS_PROXY", "socks5://p5")]);
         let p = resolve(&ProxyChoice::Environment, &target("wss://e.com/"), env)
             .unwrap()
@@ -617,8 +625,14 @@ mod tests {
         assert_eq!(tunnel.received(&[1, 0], &p, &t).unwrap(), Progress::More);
         assert_eq!(tunnel.out, b"\x05\x01\x00\x03\x05e.com\x20\xfb");
         let reply = [5, 0, 0, 1, 10, 0, 0, 1, 0x1f, 0x90];
-        assert_eq!(tunnel.received(&reply[..6], &p, &t).unwrap(), Progress::More);
-        assert_eq!(tunnel.received(&reply[6..], &p, &t).unwrap(), Progress::Open);
+        assert_eq!(
+            tunnel.received(&reply[..6], &p, &t).unwrap(),
+            Progress::More
+        );
+        assert_eq!(
+            tunnel.received(&reply[6..], &p, &t).unwrap(),
+            Progress::Open
+        );
     }
 
     #[test]

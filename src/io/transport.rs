@@ -1,13 +1,20 @@
 //! The byte stream under the WebSocket: plain TCP or rustls over TCP, always non-blocking.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+#[cfg(feature = "rustls")]
+use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mio::net::TcpStream;
+#[cfg(feature = "rustls")]
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+#[cfg(feature = "rustls")]
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+#[cfg(feature = "rustls")]
 use rustls::pki_types::pem::PemObject;
+#[cfg(feature = "rustls")]
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+#[cfg(feature = "rustls")]
 use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
     StreamOwned,
@@ -39,8 +46,17 @@ const LOW_WATER_MAX: usize = 256 << 10;
 #[derive(Debug)]
 enum Stream {
     Plain(TcpStream),
+    #[cfg(feature = "rustls")]
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
+
+/// A TLS client configuration, built from the builder's settings.
+#[cfg(feature = "rustls")]
+pub(crate) type TlsConfig = Arc<ClientConfig>;
+/// Without a TLS feature there is nothing to configure.
+#[cfg(not(feature = "rustls"))]
+#[derive(Debug, Clone)]
+pub(crate) enum TlsConfig {}
 
 impl Transport {
     /// Wraps a connected socket, starting TLS when the URL's scheme asked for it.
@@ -48,15 +64,26 @@ impl Transport {
         tcp: TcpStream,
         tls: bool,
         host: &str,
-        config: Option<&Arc<ClientConfig>>,
+        config: Option<&TlsConfig>,
     ) -> Result<Self, Error> {
+        #[cfg(not(feature = "rustls"))]
+        let stream = match (tls, config, host) {
+            (false, _, _) => Stream::Plain(tcp),
+            (true, _, _) => {
+                return Err(Error::tls(
+                    TlsErrorKind::Unsupported,
+                    "wss:// needs TLS, and this build has none: enable the `rustls` feature \
+                     of nwebsocket (on by default)",
+                ))
+            }
+        };
+        #[cfg(feature = "rustls")]
         let stream = if tls {
-            let name = ServerName::try_from(host.to_owned())
-                .map_err(|e| Error::Tls {
-                    kind: TlsErrorKind::Config,
-                    message: format!("{host:?} cannot be a TLS server name"),
-                    source: Some(Arc::new(e)),
-                })?;
+            let name = ServerName::try_from(host.to_owned()).map_err(|e| Error::Tls {
+                kind: TlsErrorKind::Config,
+                message: format!("{host:?} cannot be a TLS server name"),
+                source: Some(Arc::new(e)),
+            })?;
             let config = match config {
                 Some(c) => Arc::clone(c),
                 None => default_tls_config()?,
@@ -78,6 +105,7 @@ impl Transport {
     pub fn tcp(&mut self) -> &mut TcpStream {
         match &mut self.stream {
             Stream::Plain(s) => s,
+            #[cfg(feature = "rustls")]
             Stream::Tls(s) => &mut s.sock,
         }
     }
@@ -85,7 +113,7 @@ impl Transport {
     /// Whether this is a TLS stream (which may hold decrypted bytes no readiness event
     /// announces).
     pub fn is_tls(&self) -> bool {
-        matches!(self.stream, Stream::Tls(_))
+        !matches!(self.stream, Stream::Plain(_))
     }
 
     /// After the opening handshake: the bytes read after the response head, and the end
@@ -111,6 +139,7 @@ impl Transport {
     pub fn tls_before_server_hello(&self) -> bool {
         match &self.stream {
             Stream::Plain(_) => false,
+            #[cfg(feature = "rustls")]
             Stream::Tls(s) => s.conn.protocol_version().is_none(),
         }
     }
@@ -140,6 +169,7 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = match &mut self.stream {
             Stream::Plain(s) => s.read(buf)?,
+            #[cfg(feature = "rustls")]
             Stream::Tls(s) => s.read(buf)?,
         };
         if let Some(recorded) = &mut self.recorded {
@@ -153,6 +183,7 @@ impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.stream {
             Stream::Plain(s) => s.write(buf),
+            #[cfg(feature = "rustls")]
             Stream::Tls(s) => {
                 let n = s.write(buf)?;
                 // rustls keeps encrypted records until flushed.
@@ -167,6 +198,7 @@ impl Write for Transport {
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.stream {
             Stream::Plain(s) => s.flush(),
+            #[cfg(feature = "rustls")]
             Stream::Tls(s) => s.flush(),
         }
     }
@@ -221,8 +253,16 @@ pub(crate) struct TlsOptions {
 }
 
 impl TlsOptions {
+    /// Without a TLS feature: nothing to build (`wss://` fails with
+    /// [`TlsErrorKind::Unsupported`] when connecting).
+    #[cfg(not(feature = "rustls"))]
+    pub fn build(&self) -> Result<Option<TlsConfig>, Error> {
+        Ok(None)
+    }
+
     /// `None` when the defaults apply (the shared default config is used then).
-    pub fn build(&self) -> Result<Option<Arc<ClientConfig>>, Error> {
+    #[cfg(feature = "rustls")]
+    pub fn build(&self) -> Result<Option<TlsConfig>, Error> {
         if self.extra_roots_pem.is_empty()
             && self.client_cert_pem.is_none()
             && !self.accept_invalid_certs
@@ -275,6 +315,7 @@ impl TlsOptions {
     }
 }
 
+#[cfg(feature = "rustls")]
 fn webpki_root_store() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -283,6 +324,7 @@ fn webpki_root_store() -> RootCertStore {
 
 /// rustls with the `ring` provider and the Mozilla roots from `webpki-roots`, built once
 /// per process. The roots are compiled in, so `wss://` works the same on every machine.
+#[cfg(feature = "rustls")]
 fn default_tls_config() -> Result<Arc<ClientConfig>, Error> {
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, rustls::Error>> = OnceLock::new();
     CONFIG
@@ -303,9 +345,11 @@ fn default_tls_config() -> Result<Arc<ClientConfig>, Error> {
 
 /// The explicit opt-out of certificate verification: any certificate is taken, but the
 /// handshake signatures are still checked, so the session is encrypted to *someone*.
+#[cfg(feature = "rustls")]
 #[derive(Debug)]
 struct AcceptAnyCertificate(Arc<CryptoProvider>);
 
+#[cfg(feature = "rustls")]
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
         &self,
@@ -351,11 +395,33 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// The rustls error inside an I/O error, if that is what it is.
-pub(crate) fn tls_error(err: &io::Error) -> Option<&rustls::Error> {
-    err.get_ref()?.downcast_ref::<rustls::Error>()
+/// The TLS failure inside an I/O error, as the crate reports it, if that is what it is.
+pub(crate) fn tls_io_error(err: &io::Error) -> Option<Error> {
+    #[cfg(feature = "rustls")]
+    if let Some(e) = err.get_ref()?.downcast_ref::<rustls::Error>() {
+        return Some(tls_failure(e.clone()));
+    }
+    let _ = err;
+    None
 }
 
+/// Whether this I/O error says the peer's bytes are not TLS at all.
+pub(crate) fn not_tls_bytes(err: &io::Error) -> bool {
+    #[cfg(feature = "rustls")]
+    if let Some(e) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        return matches!(
+            e,
+            rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. }
+        );
+    }
+    let _ = err;
+    false
+}
+
+#[cfg(feature = "rustls")]
 fn config_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Tls {
         kind: TlsErrorKind::Config,
@@ -365,13 +431,16 @@ fn config_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -
 }
 
 /// What to do about a self-signed certificate that webpki refuses.
-pub(crate) const SELF_SIGNED_HINT: &str = "the server presents a CA certificate (or a self-signed one) as its own, \
+#[cfg(feature = "rustls")]
+pub(crate) const SELF_SIGNED_HINT: &str =
+    "the server presents a CA certificate (or a self-signed one) as its own, \
      which webpki refuses even when it is added as a root (CaUsedAsEndEntity): make a CA \
      and a server certificate signed by it, and add the CA with `add_root_certificate` \
      (README, section TLS)";
 
 /// A rustls failure as the crate reports it: a kind to match on, a message with a hint
 /// where one helps, and rustls's error as the source.
+#[cfg(feature = "rustls")]
 pub(crate) fn tls_failure(e: rustls::Error) -> Error {
     use rustls::{CertificateError, Error as R};
     let (kind, message) = match &e {

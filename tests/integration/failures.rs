@@ -79,7 +79,10 @@ fn non_101_response_is_handshake_rejected_with_status() {
         other => panic!("{other:?}"),
     }
     let shown = r.as_ref().unwrap_err().to_string();
-    assert!(shown.contains("403") && shown.contains("forbidden"), "{shown}");
+    assert!(
+        shown.contains("403") && shown.contains("forbidden"),
+        "{shown}"
+    );
     drop(r);
     let recs = leftover_recs(&rx);
     assert_failure_tail(&recs, |e| {
@@ -150,7 +153,9 @@ fn server_hanging_up_during_the_handshake_fails() {
     );
     drop(r);
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake { .. } | Error::Io(_)));
+    assert_failure_tail(&recs, |e| {
+        matches!(e, Error::Handshake { .. } | Error::Io(_))
+    });
     assert_eq!(recs.len(), 2, "{recs:?}");
     server.join();
 }

@@ -536,3 +536,64 @@ fn clean_close_reconnects_when_stop_on_clean_close_is_false() {
     // The first connection's Close was the echo of the server's; the second the client's.
     assert_eq!(server.join(), vec![Some(1001), Some(1000)]);
 }
+
+/// The header provider is called for each attempt (a fresh token each time), and
+/// `handshake_response()` is each connection's own `101` response, readable from `onopen`.
+#[test]
+fn header_provider_runs_on_every_attempt_and_each_response_is_readable() {
+    let _g = shared();
+    let server = multi_server(2, |i, stream| {
+        let mut auth = String::new();
+        let mut ws = tungstenite::accept_hdr(
+            stream,
+            |req: &tungstenite::handshake::server::Request,
+             mut resp: tungstenite::handshake::server::Response| {
+                auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                resp.headers_mut()
+                    .insert("x-connection", i.to_string().parse().unwrap());
+                Ok(resp)
+            },
+        )
+        .expect("server: handshake");
+        if i == 0 {
+            // Lost without a closing handshake: the client reconnects.
+            drop(ws);
+        } else {
+            while ws.read().is_ok() {}
+        }
+        auth
+    });
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let (ws, events) = WebSocket::builder()
+        .header("Authorization", "Bearer static")
+        .header_provider(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            vec![("Authorization".into(), format!("Bearer token-{n}"))]
+        })
+        .reconnect(Reconnect::new().initial_delay(Duration::from_millis(10)))
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match next_event(&events) {
+            nwebsocket::Event::Open => {
+                let response = ws.handshake_response().expect("known once OPEN");
+                assert_eq!(response.status(), 101);
+                seen.push(response.header("X-Connection").map(str::to_owned));
+            }
+            nwebsocket::Event::Error(_) | nwebsocket::Event::Close(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, [Some("0".to_owned()), Some("1".to_owned())]);
+    ws.close().unwrap();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    assert_eq!(server.join(), ["Bearer token-1", "Bearer token-2"]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

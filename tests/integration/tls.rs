@@ -363,11 +363,17 @@ fn bad_pem_is_a_synchronous_tls_error() {
         .client_certificate("not a chain", &pki().client.key_pem)
         .open_pull(&url);
     // An empty chain is not caught by PEM parsing; it must be refused all the same.
-    assert!(matches!(&r, Err(Error::Tls { .. })), "bad client chain: {r:?}");
+    assert!(
+        matches!(&r, Err(Error::Tls { .. })),
+        "bad client chain: {r:?}"
+    );
     let r = WebSocket::builder()
         .client_certificate(&pki().client.cert_pem, "not a key")
         .open_pull(&url);
-    assert!(matches!(&r, Err(Error::Tls { .. })), "bad client key: {r:?}");
+    assert!(
+        matches!(&r, Err(Error::Tls { .. })),
+        "bad client key: {r:?}"
+    );
     // And none of them connected.
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
@@ -392,7 +398,10 @@ fn wss_against_a_plain_server_fails_fast() {
     let err = r.expect_err("a plain server cannot speak TLS");
     eprintln!("wss:// against ws://: {err:?} after {elapsed:?}");
     assert!(
-        matches!(err, Error::Tls { .. } | Error::Handshake { .. } | Error::Io(_)),
+        matches!(
+            err,
+            Error::Tls { .. } | Error::Handshake { .. } | Error::Io(_)
+        ),
         "{err:?}"
     );
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
