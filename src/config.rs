@@ -29,6 +29,7 @@ use crate::websocket::WebSocket;
 /// # drop(builder);
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a Builder does nothing until `connect`, `open` or their pull variants are called"]
 pub struct Builder {
     pub(crate) config: Config,
 }
@@ -540,6 +541,7 @@ impl Builder {
 /// # drop(builder);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a Reconnect policy does nothing until given to `Builder::reconnect`"]
 pub struct Reconnect {
     initial_delay: Duration,
     max_delay: Duration,

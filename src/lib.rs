@@ -29,7 +29,7 @@
 //! # while ws.handler().messages.is_empty() && t.elapsed().as_secs() < 10 { std::thread::yield_now() }
 //! println!("{:?}", ws.handler().messages);
 //!
-//! ws.close()?;
+//! ws.close();
 //! let closed = ws.wait_closed();
 //! assert!(closed.was_clean);
 //! # fn nwebsocket_doc_server() -> std::net::SocketAddr {

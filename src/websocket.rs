@@ -31,6 +31,13 @@ use crate::url::Target;
 /// connection lives while a `WebSocket` handle does, and [`handler`](Self::handler) gives
 /// your thread the callback handler's state.
 ///
+/// Why `Deref` (the API guidelines keep it for smart pointers): a `WebSocket` *is* a
+/// smart pointer, an owning, counted reference to the connection, as `Arc` is to its
+/// value, and `WebSocketRef` is its weak-like twin. `Deref` gives both handles one set of
+/// methods, documented once, with no name clash to resolve (`WebSocket`'s own methods,
+/// `handler` and `downgrade`, exist only on the owner). `&WebSocket` also coerces to
+/// `&WebSocketRef`, so a function that only sends can take `&WebSocketRef` and serve both.
+///
 /// # Disconnection
 ///
 /// Dropping the last `WebSocket` handle closes the connection with 1001 (going away),
@@ -386,11 +393,12 @@ impl WebSocketRef {
     /// Closes the connection normally (code 1000, no reason). See
     /// [`close_with`](Self::close_with).
     ///
-    /// # Errors
-    ///
-    /// None in practice; the signature matches `close_with`.
-    pub fn close(&self) -> Result<()> {
-        self.request_close(Some((1000, String::new())))
+    /// It cannot fail, so it returns nothing (a `Result` that is never an error would only
+    /// teach callers to ignore it): closing a connection that is closing or closed does
+    /// nothing, and how the connection ended comes from `onclose` or
+    /// [`wait_closed`](Self::wait_closed).
+    pub fn close(&self) {
+        self.request_close(Some((1000, String::new())));
     }
 
     /// Starts the closing handshake with `code` (1000 or 3000–4999) and `reason` (at most
@@ -413,10 +421,11 @@ impl WebSocketRef {
         if reason.len() > 123 {
             return Err(Error::InvalidCloseReason(reason.len()));
         }
-        self.request_close(Some((code, reason.to_owned())))
+        self.request_close(Some((code, reason.to_owned())));
+        Ok(())
     }
 
-    pub(crate) fn request_close(&self, frame: Option<(u16, String)>) -> Result<()> {
+    pub(crate) fn request_close(&self, frame: Option<(u16, String)>) {
         let shared = &*self.shared;
         if shared.transition(
             &[ReadyState::Connecting, ReadyState::Open],
@@ -427,7 +436,6 @@ impl WebSocketRef {
             // Between two connections: this ends reconnecting.
             shared.enqueue(Command::Close(None));
         }
-        Ok(())
     }
 
     /// The connection's state, as the browser's `readyState`.
@@ -486,7 +494,7 @@ impl WebSocketRef {
         match self.shared.wait_status(deadline, |s| s.open.clone()) {
             Some(result) => result,
             None => {
-                let _ = self.request_close(None);
+                self.request_close(None);
                 Err(Error::Timeout(Timeout::Connect))
             }
         }

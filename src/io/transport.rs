@@ -269,7 +269,7 @@ impl TlsOptions {
         {
             return Ok(None);
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = ring_provider();
         let mut roots = webpki_root_store();
         for pem in &self.extra_roots_pem {
             let mut added = 0;
@@ -315,6 +315,17 @@ impl TlsOptions {
     }
 }
 
+/// rustls's *ring* provider. rustls 0.23.48 deprecates it ("no support for post-quantum
+/// algorithms") in favour of aws-lc-rs; we keep *ring*: aws-lc-rs needs a C compiler and
+/// CMake (and about doubles the clean build), and the key exchange that *ring* lacks
+/// (X25519MLKEM768) only protects against a future quantum attacker. With a fresh resolve
+/// the deprecation would otherwise warn in every build of this crate.
+#[cfg(feature = "rustls")]
+#[allow(deprecated)]
+fn ring_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 #[cfg(feature = "rustls")]
 fn webpki_root_store() -> RootCertStore {
     let mut roots = RootCertStore::empty();
@@ -329,7 +340,7 @@ fn default_tls_config() -> Result<Arc<ClientConfig>, Error> {
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, rustls::Error>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let provider = ring_provider();
             ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map(|b| {

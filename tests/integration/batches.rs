@@ -144,7 +144,7 @@ fn dispatch_batches_runs_the_handler_on_the_callers_thread() {
     }));
     let want: Vec<String> = (0..10).map(|i| format!("echo {i}")).collect();
     assert_eq!(seen.texts, want);
-    ws.close().unwrap();
+    ws.close();
     assert!(eventually(WAIT, || {
         ws.dispatch_batches(&batches, &mut seen);
         seen.closed

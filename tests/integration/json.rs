@@ -147,7 +147,7 @@ fn router_dispatches_by_type_with_a_fallback() {
             "fallback-binary:[9]",
         ]
     );
-    ws.close().unwrap();
+    ws.close();
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "close:1000");
     server.join();
 }
@@ -203,7 +203,7 @@ fn request_from_eight_threads_among_unrelated_traffic() {
             &h.other[..1]
         );
     }
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
     assert_eq!(server.join(), THREADS * EACH);
 }
@@ -232,7 +232,7 @@ fn request_works_in_pull_style_with_a_custom_id_field() {
         }
     }
     assert!(leaked.is_empty(), "{leaked:?}");
-    ws.close().unwrap();
+    ws.close();
     server.join();
 }
 
@@ -267,7 +267,7 @@ fn request_times_out_and_a_late_reply_goes_to_onmessage() {
         }
     };
     assert_eq!(late.json::<Value>().unwrap()["late"], true);
-    ws.close().unwrap();
+    ws.close();
     server.join();
 }
 
@@ -299,7 +299,7 @@ fn request_refuses_non_objects_and_closed_connections() {
         ws.request::<_, Value>(&json!([1, 2]), WAIT),
         Err(Error::Json { .. })
     ));
-    ws.close().unwrap();
+    ws.close();
     let result = ws.request::<_, Value>(&json!({"q": 1}), WAIT);
     match result {
         Err(Error::Send(e)) => assert!(e.into_message().as_text().unwrap().contains("\"q\":1")),
@@ -334,6 +334,6 @@ fn many_concurrent_timeouts_leave_nothing_pending() {
         w.join().unwrap();
     }
     assert_eq!(timeouts.load(Ordering::SeqCst), 40);
-    ws.close().unwrap();
+    ws.close();
     server.join();
 }

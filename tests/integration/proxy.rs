@@ -97,7 +97,7 @@ fn ws_through_a_connect_proxy_with_basic_auth() {
             other => panic!("{other:?}"),
         }
     }
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
 }
 
@@ -194,7 +194,7 @@ fn tinyproxy_tunnels_ws() {
     }
     assert_eq!(got[0].as_text(), Some("via tinyproxy"));
     assert_eq!(got[1].as_bytes(), &[7u8; 100_000][..]);
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
     assert_eq!(server.join(), 2);
 }
@@ -222,7 +222,7 @@ fn tinyproxy_tunnels_wss_end_to_end() {
             other => panic!("{other:?}"),
         }
     }
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
     assert_eq!(server.join().expect("TLS server").echoed, 1);
 }
@@ -381,7 +381,7 @@ fn ws_through_socks5h_with_username_and_password() {
         }
     );
     echo_once(&ws, &events, "through SOCKS5");
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
 }
 
@@ -401,7 +401,7 @@ fn socks5_resolves_locally_and_sends_the_address() {
     );
     assert_eq!((seen.port, seen.credentials), (upstream.port(), None));
     echo_once(&ws, &events, "resolved here");
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
 }
 
@@ -484,7 +484,7 @@ fn microsocks_tunnels_ws_and_wss() {
         .connect_pull(&server.url_with("/through/microsocks"))
         .expect("connect through microsocks");
     echo_once(&ws, &events, "via microsocks");
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
     assert_eq!(server.join(), 1);
 
@@ -496,7 +496,7 @@ fn microsocks_tunnels_ws_and_wss() {
         .connect_pull(&format!("wss://localhost:{}/tls", server.port()))
         .expect("wss through microsocks");
     echo_once(&ws, &events, "TLS inside SOCKS5");
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
     assert_eq!(server.join().expect("TLS server").echoed, 1);
 }

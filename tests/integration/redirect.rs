@@ -98,7 +98,7 @@ fn found_302_leads_to_the_second_server_with_path_and_query() {
     assert!(is_open(&next_rec(&rx)), "onopen once, at the final server");
     assert_eq!(ws.ready_state(), ReadyState::Open);
     assert_eq!(ws.url(), url, "url() stays the URL given");
-    ws.close().unwrap();
+    ws.close();
     let r = next_rec(&rx);
     assert!(
         matches!(&r, Rec::Close(c, _) if c.code == 1000 && c.was_clean),
@@ -127,7 +127,7 @@ fn every_redirect_status_is_followed() {
         let (ws, events) = WebSocket::connect_pull(&first.url_with("/"))
             .unwrap_or_else(|e| panic!("{status}: {e:?}"));
         assert!(matches!(next_event(&events), Event::Open), "{status}");
-        ws.close().unwrap();
+        ws.close();
         let evs = events_until_close(&events);
         assert!(
             matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000),
@@ -167,7 +167,7 @@ fn relative_location_is_resolved_against_the_current_url() {
     let (ws, events) = WebSocket::connect_pull(&url).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
     assert_eq!(ws.url(), url);
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     assert_eq!(server.join(), vec!["/dir/first", "/other?y=2"]);
@@ -242,7 +242,7 @@ fn max_redirects_zero_refuses_the_first_redirect() {
         .connect_pull(&first.url_with("/"))
         .expect("one redirect allowed");
     assert!(matches!(next_event(&events), Event::Open));
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     first.join();
@@ -328,7 +328,7 @@ fn redirect_from_wss_to_wss_is_followed() {
         matches!(&e, Event::Message(m) if m.as_text() == Some("hop")),
         "{e:?}"
     );
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     first.join();
@@ -374,7 +374,7 @@ fn url_credentials_follow_same_host_redirects_only() {
         "url() without credentials: {}",
         ws.url()
     );
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     assert_eq!(
@@ -389,7 +389,7 @@ fn url_credentials_follow_same_host_redirects_only() {
     let url = format!("ws://u:p@127.0.0.1:{}/", first.port());
     let (ws, events) = WebSocket::connect_pull(&url).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     assert_eq!(
@@ -431,7 +431,7 @@ fn url_credentials_follow_same_host_redirects_only() {
     let url = format!("ws://u:p@127.0.0.1:{}/", server.port());
     let (ws, events) = WebSocket::connect_pull(&url).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     assert_eq!(
