@@ -165,8 +165,14 @@
 //!
 //! One enum, [`Error`], `Clone + Send + Sync`: syntax errors (bad URL, subprotocol, close
 //! code) are returned synchronously; connection failures (DNS, refused, TLS, a rejected
-//! handshake with its HTTP status, protocol violations, limits, timeouts) come back from
-//! `connect` and through `onerror`, always followed by `onclose` with code 1006.
+//! handshake with its status, headers and body, protocol violations, limits, timeouts) come
+//! back from `connect` and through `onerror`, always followed by `onclose` with code 1006.
+//! TLS, handshake, proxy and protocol failures carry a kind to match on
+//! ([`TlsErrorKind`], [`HandshakeErrorKind`], [`ProxyErrorKind`], [`ProtocolErrorKind`]).
+//! Each error's `Display` shows its own level only and [`source()`] the next, as the Rust
+//! API guidelines ask; [`Error::chain`] joins the levels in one line.
+//!
+//! [`source()`]: std::error::Error::source
 //!
 //! # Defaults
 //!
@@ -177,6 +183,20 @@
 //! `TCP_NODELAY` is on. No keepalive pings unless you set
 //! [`ping_interval`](Builder::ping_interval). `wss://` uses rustls with the Mozilla root
 //! certificates from `webpki-roots`, compiled in.
+//!
+//! # Features
+//!
+//! - `rustls` (default): `wss://` with rustls (*ring*) and the Mozilla roots of
+//!   `webpki-roots`. Without it, `wss://` fails with
+//!   [`TlsErrorKind::Unsupported`], whose message names this feature.
+//! - `json` (default): `send_json`, `Message::json`, `Router` and `request`, on serde and
+//!   serde_json.
+//! - `proxy` (default): HTTP CONNECT and SOCKS5 proxies, from
+//!   [`Builder::proxy`] and the environment. It adds no crate; without it the environment's
+//!   proxy variables are ignored and `proxy(url)` is refused.
+//!
+//! With `default-features = false` the crate is a `ws://` client on tungstenite,
+//! crossbeam-channel, url, log and mio alone.
 //!
 //! # Log levels
 //!

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use nwebsocket::{Error, Event, ReadyState, WebSocket};
+use nwebsocket::{Error, Event, HandshakeErrorKind, ReadyState, TlsErrorKind, WebSocket};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -401,10 +401,15 @@ fn wss_against_a_plain_server_fails_fast() {
     assert!(
         matches!(
             err,
-            Error::Tls { .. } | Error::Handshake { .. } | Error::Io(_)
+            Error::Tls {
+                kind: TlsErrorKind::NotTls,
+                ..
+            }
         ),
         "{err:?}"
     );
+    // Named for what it is, not "the server closed the connection during the handshake".
+    assert!(err.to_string().contains("ws://"), "{err}");
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     assert!(
         server.join().is_err(),
@@ -434,6 +439,53 @@ fn ws_against_a_tls_server_fails_fast() {
         ),
         "{err:?}"
     );
+    // When the server's TLS alert arrived (rather than a reset), the message says so.
+    if let Error::Handshake {
+        kind: HandshakeErrorKind::InvalidResponse,
+        ..
+    } = &err
+    {
+        assert!(err.to_string().contains("wss://"), "{err}");
+    }
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     assert!(server.join().is_err(), "the TLS server saw plain HTTP");
+}
+
+/// A self-signed certificate that is its own CA (what `openssl req -x509` makes), added as
+/// a root: webpki refuses it (CaUsedAsEndEntity), and the error says what to do instead.
+#[test]
+fn a_self_signed_ca_used_as_the_server_certificate_is_refused_with_a_hint() {
+    let _g = shared();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("certificate");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let leaf = Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
+    };
+    let server = tls_echo_server(server_config(&leaf, false));
+    let err = WebSocket::builder()
+        .add_root_certificate(&leaf.cert_pem)
+        .connect_pull(&wss_url(server.port()))
+        .expect_err("webpki refuses a CA certificate as the server's");
+    assert!(
+        matches!(
+            err,
+            Error::Tls {
+                kind: TlsErrorKind::Certificate,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let shown = err.to_string();
+    assert!(shown.contains("CaUsedAsEndEntity"), "{shown}");
+    assert!(shown.contains("add_root_certificate"), "{shown}");
+    assert!(server.join().is_err());
 }
