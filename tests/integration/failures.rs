@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use nwebsocket::{Error, Event, ReadyState, Timeout, WebSocket};
+use nwebsocket::{Error, Event, HandshakeErrorKind, ReadyState, Timeout, WebSocket};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::support::*;
@@ -263,5 +263,65 @@ fn handshake_timeout_pull_style_open() {
         "{evs:?}"
     );
     drop(ws);
+    server.join();
+}
+
+/// Response headers that never end fail the handshake as a handshake error (the head is
+/// too large), not as a protocol violation or a timeout.
+#[test]
+fn endless_handshake_headers_are_a_handshake_error() {
+    let _g = shared();
+    let server = raw_server(|mut stream| {
+        read_http_head(&mut stream);
+        let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\n");
+        let line = format!("X-Padding: {}\r\n", "a".repeat(1000));
+        // Until the client gives up (it must, long before this loop ends).
+        for _ in 0..1000 {
+            if stream.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let r = WebSocket::connect_pull(&server.url());
+    assert!(
+        matches!(
+            &r,
+            Err(Error::Handshake {
+                kind: HandshakeErrorKind::TooLarge,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    server.join();
+}
+
+/// A rejection whose body comes in pieces, chunked: the body is read whole and decoded.
+#[test]
+fn a_chunked_rejection_body_is_read_whole() {
+    let _g = shared();
+    let server = raw_server(|mut stream| {
+        read_http_head(&mut stream);
+        stream
+            .write_all(b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\nWWW-Authenticate: Bearer\r\n\r\n")
+            .unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stream.write_all(b"6\r\ntoken \r\n").unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stream.write_all(b"7\r\nexpired\r\n0\r\n\r\n").unwrap();
+        read_to_end_quietly(&mut stream);
+    });
+    match WebSocket::connect_pull(&server.url()) {
+        Err(Error::HandshakeRejected {
+            status, response, ..
+        }) => {
+            assert_eq!(status, 401);
+            assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+            assert_eq!(response.body_text(), Some("token expired"));
+        }
+        other => panic!("{other:?}"),
+    }
     server.join();
 }
