@@ -378,6 +378,17 @@ impl Builder {
         self
     }
 
+    /// Which TLS library makes `wss://` connections. Defaults to
+    /// [`TlsBackend::Rustls`](crate::TlsBackend::Rustls) when the `rustls` feature is on
+    /// (so with both features on, rustls is used unless this says otherwise), else
+    /// [`TlsBackend::NativeTls`](crate::TlsBackend::NativeTls). Asking for one whose
+    /// feature is off is an [`Error::Tls`] with
+    /// [`TlsErrorKind::Unsupported`](crate::TlsErrorKind::Unsupported) when connecting.
+    pub fn tls_backend(mut self, backend: crate::TlsBackend) -> Self {
+        self.config.tls_options.backend = Some(backend);
+        self
+    }
+
     /// Turns TLS certificate verification **off**: any server can then impersonate any
     /// host. Only for tests against throwaway certificates; a warning is logged each
     /// time it is used. Defaults to `false`.

@@ -191,6 +191,9 @@
 //!   [`TlsErrorKind::Unsupported`], whose message names this feature.
 //! - `json` (default): `send_json`, `Message::json`, `Router` and `request`, on serde and
 //!   serde_json.
+//! - `native-tls`: `wss://` with the platform's TLS (OpenSSL, Secure Transport, SChannel)
+//!   and the system's roots, through the `native-tls` crate. With `rustls` on too, rustls
+//!   is used unless [`Builder::tls_backend`] asks for [`TlsBackend::NativeTls`].
 //! - `proxy` (default): HTTP CONNECT and SOCKS5 proxies, from
 //!   [`Builder::proxy`] and the environment. It adds no crate; without it the environment's
 //!   proxy variables are ignored and `proxy(url)` is refused.
@@ -243,6 +246,7 @@ pub use crate::error::{
     Timeout, TlsErrorKind, UrlError,
 };
 pub use crate::handler::Handler;
+pub use crate::io::TlsBackend;
 #[cfg(feature = "json")]
 pub use crate::json::Router;
 pub use crate::message::{Binary, CloseEvent, Event, Message, Text};

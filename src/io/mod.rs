@@ -25,6 +25,7 @@ mod transport;
 pub(crate) mod low_water;
 
 pub(crate) use connect::build_request;
+pub use transport::TlsBackend;
 pub(crate) use transport::{TlsConfig, TlsOptions};
 
 use std::collections::VecDeque;

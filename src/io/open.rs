@@ -264,8 +264,11 @@ impl IoThread {
             }
             let _ = open.transport.flush();
             if !open.conn.has_output() {
-                let _ = open.transport.tcp().shutdown(std::net::Shutdown::Write);
-                match open.transport.tcp().read(&mut buf) {
+                let Some(tcp) = open.transport.tcp() else {
+                    return;
+                };
+                let _ = tcp.shutdown(std::net::Shutdown::Write);
+                match tcp.read(&mut buf) {
                     Ok(0) => return,
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -48,15 +48,30 @@ enum Stream {
     Plain(TcpStream),
     #[cfg(feature = "rustls")]
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    #[cfg(feature = "native-tls")]
+    Native(Box<native::State>),
+}
+
+/// Which TLS library makes `wss://` connections, chosen with
+/// [`Builder::tls_backend`](crate::Builder::tls_backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsBackend {
+    /// rustls (feature `rustls`, on by default), with the Mozilla roots of `webpki-roots`.
+    Rustls,
+    /// The platform's TLS through the `native-tls` crate (feature `native-tls`): OpenSSL
+    /// on Linux, Secure Transport on macOS, SChannel on Windows, with the system's roots.
+    NativeTls,
 }
 
 /// A TLS client configuration, built from the builder's settings.
-#[cfg(feature = "rustls")]
-pub(crate) type TlsConfig = Arc<ClientConfig>;
-/// Without a TLS feature there is nothing to configure.
-#[cfg(not(feature = "rustls"))]
 #[derive(Debug, Clone)]
-pub(crate) enum TlsConfig {}
+pub(crate) enum TlsConfig {
+    #[cfg(feature = "rustls")]
+    Rustls(Arc<ClientConfig>),
+    #[cfg(feature = "native-tls")]
+    Native(native_tls::TlsConnector),
+}
 
 impl Transport {
     /// Wraps a connected socket, starting TLS when the URL's scheme asked for it.
@@ -66,32 +81,29 @@ impl Transport {
         host: &str,
         config: Option<&TlsConfig>,
     ) -> Result<Self, Error> {
-        #[cfg(not(feature = "rustls"))]
-        let stream = match (tls, config, host) {
-            (false, _, _) => Stream::Plain(tcp),
-            (true, _, _) => {
+        let stream = match (tls, config) {
+            (false, _) => Stream::Plain(tcp),
+            #[cfg(feature = "rustls")]
+            (true, Some(TlsConfig::Rustls(config))) => {
+                rustls_stream(tcp, host, Arc::clone(config))?
+            }
+            #[cfg(feature = "native-tls")]
+            (true, Some(TlsConfig::Native(connector))) => native::connect(connector, host, tcp)?,
+            #[cfg(feature = "rustls")]
+            (true, None) => rustls_stream(tcp, host, default_tls_config()?)?,
+            #[cfg(all(feature = "native-tls", not(feature = "rustls")))]
+            (true, None) => match native::default_connector()? {
+                TlsConfig::Native(connector) => native::connect(&connector, host, tcp)?,
+            },
+            #[cfg(not(any(feature = "rustls", feature = "native-tls")))]
+            (true, _) => {
+                let _ = host;
                 return Err(Error::tls(
                     TlsErrorKind::Unsupported,
                     "wss:// needs TLS, and this build has none: enable the `rustls` feature \
-                     of nwebsocket (on by default)",
-                ))
+                     of nwebsocket (on by default) or `native-tls`",
+                ));
             }
-        };
-        #[cfg(feature = "rustls")]
-        let stream = if tls {
-            let name = ServerName::try_from(host.to_owned()).map_err(|e| Error::Tls {
-                kind: TlsErrorKind::Config,
-                message: format!("{host:?} cannot be a TLS server name"),
-                source: Some(Arc::new(e)),
-            })?;
-            let config = match config {
-                Some(c) => Arc::clone(c),
-                None => default_tls_config()?,
-            };
-            let conn = ClientConnection::new(config, name).map_err(tls_failure)?;
-            Stream::Tls(Box::new(StreamOwned::new(conn, tcp)))
-        } else {
-            Stream::Plain(tcp)
         };
         Ok(Transport {
             stream,
@@ -101,12 +113,14 @@ impl Transport {
         })
     }
 
-    /// The socket under TLS, if any.
-    pub fn tcp(&mut self) -> &mut TcpStream {
+    /// The socket under TLS, if any (`None` once a native TLS handshake failed).
+    pub fn tcp(&mut self) -> Option<&mut TcpStream> {
         match &mut self.stream {
-            Stream::Plain(s) => s,
+            Stream::Plain(s) => Some(s),
             #[cfg(feature = "rustls")]
-            Stream::Tls(s) => &mut s.sock,
+            Stream::Tls(s) => Some(&mut s.sock),
+            #[cfg(feature = "native-tls")]
+            Stream::Native(s) => s.tcp(),
         }
     }
 
@@ -141,6 +155,8 @@ impl Transport {
             Stream::Plain(_) => false,
             #[cfg(feature = "rustls")]
             Stream::Tls(s) => s.conn.protocol_version().is_none(),
+            #[cfg(feature = "native-tls")]
+            Stream::Native(s) => s.handshaking(),
         }
     }
 
@@ -153,13 +169,19 @@ impl Transport {
             None => 1,
             Some(left) => {
                 if self.low_water_max == 0 {
-                    let buffer = low_water::receive_buffer(self.tcp()).unwrap_or(0);
+                    let buffer = self
+                        .tcp()
+                        .map_or(0, |tcp| low_water::receive_buffer(tcp).unwrap_or(0));
                     self.low_water_max = (buffer / 4).max(1);
                 }
                 left.min(LOW_WATER_MAX).min(self.low_water_max).max(1)
             }
         };
-        if mark != self.low_water.max(1) && low_water::set(self.tcp(), mark).is_ok() {
+        if mark != self.low_water.max(1)
+            && self
+                .tcp()
+                .is_some_and(|tcp| low_water::set(tcp, mark).is_ok())
+        {
             self.low_water = mark;
         }
     }
@@ -171,6 +193,8 @@ impl Read for Transport {
             Stream::Plain(s) => s.read(buf)?,
             #[cfg(feature = "rustls")]
             Stream::Tls(s) => s.read(buf)?,
+            #[cfg(feature = "native-tls")]
+            Stream::Native(s) => s.stream()?.read(buf)?,
         };
         if let Some(recorded) = &mut self.recorded {
             recorded.extend_from_slice(&buf[..n]);
@@ -192,6 +216,8 @@ impl Write for Transport {
                     _ => Ok(n),
                 }
             }
+            #[cfg(feature = "native-tls")]
+            Stream::Native(s) => s.stream()?.write(buf),
         }
     }
 
@@ -200,6 +226,8 @@ impl Write for Transport {
             Stream::Plain(s) => s.flush(),
             #[cfg(feature = "rustls")]
             Stream::Tls(s) => s.flush(),
+            #[cfg(feature = "native-tls")]
+            Stream::Native(s) => s.stream()?.flush(),
         }
     }
 }
@@ -247,22 +275,42 @@ impl Write for Shaking {
 /// TLS settings from the builder, as given (PEM), checked when connecting.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TlsOptions {
+    pub backend: Option<TlsBackend>,
     pub extra_roots_pem: Vec<Vec<u8>>,
     pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
     pub accept_invalid_certs: bool,
 }
 
 impl TlsOptions {
-    /// Without a TLS feature: nothing to build (`wss://` fails with
+    /// `None` when the defaults apply (the shared default config is used then). Without
+    /// a TLS feature there is nothing to build (`wss://` fails with
     /// [`TlsErrorKind::Unsupported`] when connecting).
-    #[cfg(not(feature = "rustls"))]
     pub fn build(&self) -> Result<Option<TlsConfig>, Error> {
-        Ok(None)
+        #[cfg(not(all(feature = "rustls", feature = "native-tls")))]
+        let missing = |feature: &str| {
+            Error::tls(
+                TlsErrorKind::Unsupported,
+                format!("this build has no `{feature}` feature"),
+            )
+        };
+        match self.backend {
+            #[cfg(feature = "rustls")]
+            None | Some(TlsBackend::Rustls) => self.build_rustls(),
+            #[cfg(not(feature = "rustls"))]
+            Some(TlsBackend::Rustls) => Err(missing("rustls")),
+            #[cfg(feature = "native-tls")]
+            Some(TlsBackend::NativeTls) => native::build(self).map(Some),
+            #[cfg(all(feature = "native-tls", not(feature = "rustls")))]
+            None => native::build(self).map(Some),
+            #[cfg(not(feature = "native-tls"))]
+            Some(TlsBackend::NativeTls) => Err(missing("native-tls")),
+            #[cfg(not(any(feature = "rustls", feature = "native-tls")))]
+            None => Ok(None),
+        }
     }
 
-    /// `None` when the defaults apply (the shared default config is used then).
     #[cfg(feature = "rustls")]
-    pub fn build(&self) -> Result<Option<TlsConfig>, Error> {
+    fn build_rustls(&self) -> Result<Option<TlsConfig>, Error> {
         if self.extra_roots_pem.is_empty()
             && self.client_cert_pem.is_none()
             && !self.accept_invalid_certs
@@ -311,7 +359,176 @@ impl TlsOptions {
                     .map_err(|e| config_error("unusable client certificate", e))?
             }
         };
-        Ok(Some(Arc::new(config)))
+        Ok(Some(TlsConfig::Rustls(Arc::new(config))))
+    }
+}
+
+#[cfg(feature = "rustls")]
+fn rustls_stream(tcp: TcpStream, host: &str, config: Arc<ClientConfig>) -> Result<Stream, Error> {
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| Error::Tls {
+        kind: TlsErrorKind::Config,
+        message: format!("{host:?} cannot be a TLS server name"),
+        source: Some(Arc::new(e)),
+    })?;
+    let conn = ClientConnection::new(config, name).map_err(tls_failure)?;
+    Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp))))
+}
+
+/// The platform's TLS through `native-tls`, driven without blocking: the handshake is
+/// resumed by each read or write until it is done.
+#[cfg(feature = "native-tls")]
+mod native {
+    use std::io;
+    use std::sync::Arc;
+
+    use mio::net::TcpStream;
+    use native_tls::{HandshakeError, MidHandshakeTlsStream, TlsConnector, TlsStream};
+
+    use super::{Stream, TlsConfig, TlsOptions};
+    use crate::error::{Error, TlsErrorKind};
+
+    #[derive(Debug)]
+    pub(super) enum State {
+        Handshaking(MidHandshakeTlsStream<TcpStream>),
+        Ready(TlsStream<TcpStream>),
+        /// The handshake failed (its error was returned once); the socket is gone.
+        Failed,
+    }
+
+    impl State {
+        pub fn tcp(&mut self) -> Option<&mut TcpStream> {
+            match self {
+                State::Handshaking(s) => Some(s.get_mut()),
+                State::Ready(s) => Some(s.get_mut()),
+                State::Failed => None,
+            }
+        }
+
+        pub fn handshaking(&self) -> bool {
+            matches!(self, State::Handshaking(_))
+        }
+
+        /// The TLS stream, once the handshake is done; `WouldBlock` while it goes on.
+        pub fn stream(&mut self) -> io::Result<&mut TlsStream<TcpStream>> {
+            if let State::Handshaking(_) = self {
+                if let State::Handshaking(mid) = std::mem::replace(self, State::Failed) {
+                    match mid.handshake() {
+                        Ok(stream) => *self = State::Ready(stream),
+                        Err(HandshakeError::WouldBlock(mid)) => {
+                            *self = State::Handshaking(mid);
+                            return Err(io::ErrorKind::WouldBlock.into());
+                        }
+                        Err(HandshakeError::Failure(e)) => return Err(io::Error::other(e)),
+                    }
+                }
+            }
+            match self {
+                State::Ready(stream) => Ok(stream),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the TLS handshake failed",
+                )),
+            }
+        }
+    }
+
+    pub(super) fn connect(
+        connector: &TlsConnector,
+        host: &str,
+        tcp: TcpStream,
+    ) -> Result<Stream, Error> {
+        let state = match connector.connect(host, tcp) {
+            Ok(stream) => State::Ready(stream),
+            Err(HandshakeError::WouldBlock(mid)) => State::Handshaking(mid),
+            Err(HandshakeError::Failure(e)) => {
+                let mut error = classify(&e.to_string());
+                if let Error::Tls { source, .. } = &mut error {
+                    *source = Some(Arc::new(e));
+                }
+                return Err(error);
+            }
+        };
+        Ok(Stream::Native(Box::new(state)))
+    }
+
+    #[cfg(not(feature = "rustls"))]
+    pub(super) fn default_connector() -> Result<TlsConfig, Error> {
+        build(&TlsOptions::default())
+    }
+
+    pub(super) fn build(options: &TlsOptions) -> Result<TlsConfig, Error> {
+        let config_error = |what: &str, e: native_tls::Error| Error::Tls {
+            kind: TlsErrorKind::Config,
+            message: what.to_owned(),
+            source: Some(Arc::new(e)),
+        };
+        let mut builder = TlsConnector::builder();
+        for pem in &options.extra_roots_pem {
+            let text = String::from_utf8_lossy(pem);
+            let mut added = 0;
+            for block in text.split_inclusive("-----END CERTIFICATE-----") {
+                if !block.contains("-----BEGIN CERTIFICATE-----") {
+                    continue;
+                }
+                let cert = native_tls::Certificate::from_pem(block.trim().as_bytes())
+                    .map_err(|e| config_error("bad root certificate PEM", e))?;
+                builder.add_root_certificate(cert);
+                added += 1;
+            }
+            if added == 0 {
+                return Err(Error::tls(
+                    TlsErrorKind::Config,
+                    "no certificate in the root certificate PEM",
+                ));
+            }
+        }
+        if let Some((chain, key)) = &options.client_cert_pem {
+            let identity = native_tls::Identity::from_pkcs8(chain, key).map_err(|e| {
+                config_error("unusable client certificate (the key must be PKCS#8)", e)
+            })?;
+            builder.identity(identity);
+        }
+        if options.accept_invalid_certs {
+            log::warn!("TLS certificate verification is OFF: any server can impersonate any host");
+            builder
+                .danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true);
+        }
+        builder
+            .build()
+            .map(TlsConfig::Native)
+            .map_err(|e| config_error("the platform's TLS cannot be set up", e))
+    }
+
+    /// The native TLS failure inside an I/O error, if that is what it is. The platforms'
+    /// errors have no common kinds: certificate failures are told by their words.
+    pub(super) fn io_error(err: &io::Error) -> Option<Error> {
+        let e = err.get_ref()?.downcast_ref::<native_tls::Error>()?;
+        let shown = e.to_string();
+        let mut error = classify(&shown);
+        if let Error::Tls { source, .. } = &mut error {
+            // native_tls::Error is not Clone: its words are kept.
+            *source = Some(Arc::new(io::Error::other(shown)));
+        }
+        Some(error)
+    }
+
+    fn classify(text: &str) -> Error {
+        let lower = text.to_lowercase();
+        let (kind, message) = if lower.contains("certificate") || lower.contains("verify") {
+            (
+                TlsErrorKind::Certificate,
+                "the server's certificate was not accepted",
+            )
+        } else if lower.contains("wrong version number") || lower.contains("packet length") {
+            (
+                TlsErrorKind::NotTls,
+                "the server did not answer in TLS: is this a plain ws:// port?",
+            )
+        } else {
+            (TlsErrorKind::Other, "the TLS session failed")
+        };
+        Error::tls(kind, message)
     }
 }
 
@@ -411,6 +628,10 @@ pub(crate) fn tls_io_error(err: &io::Error) -> Option<Error> {
     #[cfg(feature = "rustls")]
     if let Some(e) = err.get_ref()?.downcast_ref::<rustls::Error>() {
         return Some(tls_failure(e.clone()));
+    }
+    #[cfg(feature = "native-tls")]
+    if let Some(e) = native::io_error(err) {
+        return Some(e);
     }
     let _ = err;
     None

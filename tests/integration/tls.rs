@@ -489,3 +489,39 @@ fn a_self_signed_ca_used_as_the_server_certificate_is_refused_with_a_hint() {
     assert!(shown.contains("add_root_certificate"), "{shown}");
     assert!(server.join().is_err());
 }
+
+/// `native-tls` (the platform's TLS; OpenSSL here) against the same local server: trusted
+/// through the added root, echoing both ways; and an untrusted server refused as a
+/// certificate error.
+#[cfg(feature = "native-tls")]
+#[test]
+fn native_tls_connects_with_an_added_root_and_refuses_an_unknown_ca() {
+    let _g = shared();
+    let server = tls_echo_server(server_config(&pki().localhost, false));
+    let (ws, events) = WebSocket::builder()
+        .tls_backend(nwebsocket::TlsBackend::NativeTls)
+        .add_root_certificate(&pki().ca_pem)
+        .connect_pull(&wss_url(server.port()))
+        .expect("wss with native-tls");
+    echo_round_trip(ws, &events);
+    assert_eq!(server.join().expect("server").echoed, 2);
+
+    let server = tls_echo_server(server_config(&pki().stranger, false));
+    let err = WebSocket::builder()
+        .tls_backend(nwebsocket::TlsBackend::NativeTls)
+        .add_root_certificate(&pki().ca_pem)
+        .connect_pull(&wss_url(server.port()))
+        .expect_err("a certificate from an untrusted CA");
+    assert!(
+        matches!(
+            err,
+            Error::Tls {
+                kind: TlsErrorKind::Certificate,
+                ..
+            }
+        ),
+        "{err:?}: {}",
+        err.chain()
+    );
+    assert!(server.join().is_err());
+}
