@@ -378,6 +378,20 @@ impl Builder {
         self
     }
 
+    /// With rustls, trusts the operating system's certificate store (read with
+    /// `rustls-native-certs`: `/etc/ssl/certs` and the like, the macOS keychain, the
+    /// Windows store; `SSL_CERT_FILE` / `SSL_CERT_DIR` when set) instead of the Mozilla
+    /// roots of `webpki-roots`; roots added with
+    /// [`add_root_certificate`](Self::add_root_certificate) are trusted as well. For
+    /// corporate CAs installed on the machine. A store with no usable certificate is an
+    /// [`Error::Tls`] when connecting. Defaults to `false` (the compiled-in roots, the same
+    /// on every machine).
+    #[cfg(feature = "rustls-native-certs")]
+    pub fn os_root_certificates(mut self, enabled: bool) -> Self {
+        self.config.tls_options.os_roots = enabled;
+        self
+    }
+
     /// Which TLS library makes `wss://` connections. Defaults to
     /// [`TlsBackend::Rustls`](crate::TlsBackend::Rustls) when the `rustls` feature is on
     /// (so with both features on, rustls is used unless this says otherwise), else

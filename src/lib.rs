@@ -191,6 +191,8 @@
 //!   [`TlsErrorKind::Unsupported`], whose message names this feature.
 //! - `json` (default): `send_json`, `Message::json`, `Router` and `request`, on serde and
 //!   serde_json.
+//! - `rustls-native-certs`: `Builder::os_root_certificates`, rustls with the operating
+//!   system's certificate store instead of the compiled-in roots.
 //! - `native-tls`: `wss://` with the platform's TLS (OpenSSL, Secure Transport, SChannel)
 //!   and the system's roots, through the `native-tls` crate. With `rustls` on too, rustls
 //!   is used unless [`Builder::tls_backend`] asks for [`TlsBackend::NativeTls`].

@@ -276,6 +276,8 @@ impl Write for Shaking {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TlsOptions {
     pub backend: Option<TlsBackend>,
+    /// rustls: the operating system's store instead of webpki-roots.
+    pub os_roots: bool,
     pub extra_roots_pem: Vec<Vec<u8>>,
     pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
     pub accept_invalid_certs: bool,
@@ -314,11 +316,16 @@ impl TlsOptions {
         if self.extra_roots_pem.is_empty()
             && self.client_cert_pem.is_none()
             && !self.accept_invalid_certs
+            && !self.os_roots
         {
             return Ok(None);
         }
         let provider = ring_provider();
-        let mut roots = webpki_root_store();
+        let mut roots = if self.os_roots {
+            os_root_store()?
+        } else {
+            webpki_root_store()
+        };
         for pem in &self.extra_roots_pem {
             let mut added = 0;
             for cert in CertificateDer::pem_slice_iter(pem) {
@@ -541,6 +548,33 @@ mod native {
 #[allow(deprecated)]
 fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The operating system's certificate store, read with `rustls-native-certs`.
+#[cfg(feature = "rustls-native-certs")]
+fn os_root_store() -> Result<RootCertStore, Error> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        log::warn!("reading the system's certificate store: {e}");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    log::debug!("{added} roots from the system's store ({ignored} unusable)");
+    if added == 0 {
+        return Err(Error::tls(
+            TlsErrorKind::Config,
+            "no usable certificate in the operating system's store",
+        ));
+    }
+    Ok(roots)
+}
+
+#[cfg(all(feature = "rustls", not(feature = "rustls-native-certs")))]
+fn os_root_store() -> Result<RootCertStore, Error> {
+    Err(Error::tls(
+        TlsErrorKind::Unsupported,
+        "the system's certificate store needs the `rustls-native-certs` feature",
+    ))
 }
 
 #[cfg(feature = "rustls")]

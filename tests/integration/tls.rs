@@ -525,3 +525,24 @@ fn native_tls_connects_with_an_added_root_and_refuses_an_unknown_ca() {
     );
     assert!(server.join().is_err());
 }
+
+/// `os_root_certificates(true)`: the system's store (here `SSL_CERT_FILE`, which
+/// rustls-native-certs reads first) is trusted instead of the compiled-in roots.
+#[cfg(feature = "rustls-native-certs")]
+#[test]
+fn the_system_store_is_used_when_asked() {
+    // The environment is the process's: no other test runs meanwhile.
+    let _g = exclusive();
+    let file = std::env::temp_dir().join(format!("nws-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&file, &pki().ca_pem).unwrap();
+    std::env::set_var("SSL_CERT_FILE", &file);
+    let server = tls_echo_server(server_config(&pki().localhost, false));
+    let result = WebSocket::builder()
+        .os_root_certificates(true)
+        .connect_pull(&wss_url(server.port()));
+    std::env::remove_var("SSL_CERT_FILE");
+    let _ = std::fs::remove_file(&file);
+    let (ws, events) = result.expect("the test CA is in the system's store");
+    echo_round_trip(ws, &events);
+    assert_eq!(server.join().expect("server").echoed, 2);
+}
