@@ -258,7 +258,7 @@ fn send(c: &mut Criterion) {
                 t.elapsed()
             })
         });
-        ws.close().expect("close");
+        ws.close();
         ws.wait_closed_timeout(WAIT).expect("closed");
     }
     g.finish();
@@ -280,7 +280,7 @@ fn receive(c: &mut Criterion) {
                 t.elapsed()
             })
         });
-        ws.close().expect("close");
+        ws.close();
         ws.wait_closed_timeout(WAIT).expect("closed");
 
         let (tx, rx) = cb::unbounded();
@@ -303,7 +303,7 @@ fn receive(c: &mut Criterion) {
                 t.elapsed()
             })
         });
-        ws.close().expect("close");
+        ws.close();
         ws.wait_closed_timeout(WAIT).expect("closed");
     }
     g.finish();
@@ -319,7 +319,7 @@ fn round_trip(c: &mut Criterion) {
             black_box(next_message(&events).len())
         })
     });
-    ws.close().expect("close");
+    ws.close();
     ws.wait_closed_timeout(WAIT).expect("closed");
 
     let (tx, rx) = cb::unbounded();
@@ -334,7 +334,7 @@ fn round_trip(c: &mut Criterion) {
             t.elapsed()
         })
     });
-    ws.close().expect("close");
+    ws.close();
     ws.wait_closed_timeout(WAIT).expect("closed");
     g.finish();
 }

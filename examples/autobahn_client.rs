@@ -74,7 +74,7 @@ fn case_count(base: &str) -> Result<usize, Box<dyn Error>> {
             Ok(Event::Close(_)) => break,
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
-                ws.close()?;
+                ws.close();
                 break;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -111,7 +111,7 @@ fn run_case(url: &str) -> Result<(), Box<dyn Error>> {
             }
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
-                ws.close()?;
+                ws.close();
                 let closed = ws.wait_closed_timeout(Duration::from_secs(15));
                 return Err(format!(
                     "no close within {CASE_TIMEOUT:?} (after our close: {closed:?})"
@@ -135,7 +135,7 @@ fn update_reports(base: &str) -> Result<(), Box<dyn Error>> {
             Ok(Event::Error(e)) => return Err(format!("updateReports: {e}").into()),
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
-                ws.close()?;
+                ws.close();
                 return Err("updateReports: the server did not close in time".into());
             }
         }

@@ -275,7 +275,7 @@ fn run_interactive(url: &str, name: &str) -> Result<(), Box<dyn std::error::Erro
             text => chat.post(text)?,
         }
     }
-    chat.ws.close()?;
+    chat.ws.close();
     let closed = chat.ws.wait_closed_timeout(Duration::from_secs(10));
     println!("closed: {closed:?}");
     Ok(())

@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => println!("event: {other:?}"),
         }
     }
-    ws.close()?;
+    ws.close();
     let closed = ws.wait_closed()?;
     println!("closed: code {} clean {}", closed.code, closed.was_clean);
     Ok(())

@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ws.dispatch_pending(&events, &mut params);
     }
     ws.send(format!("done: x = {x:.6} after {chunks} chunks"))?;
-    ws.close()?;
+    ws.close();
     let closed = ws
         .wait_closed_timeout(Duration::from_secs(10))
         .ok_or("close timed out")?;

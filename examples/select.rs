@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("echo: {}", m.as_text().unwrap_or("<binary>"));
                     echoed += 1;
                     if echoed == 5 {
-                        ws.close()?;
+                        ws.close();
                     }
                 }
                 Event::Close(c) => {

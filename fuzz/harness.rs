@@ -639,17 +639,17 @@ fn same_kind(want: &tungstenite::Error, got: &Error) -> bool {
         tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
             size,
             ..
-        }) if *size > i64::MAX as usize => matches!(got, Error::Protocol(_)),
+        }) if *size > i64::MAX as usize => matches!(got, Error::Protocol { .. }),
         tungstenite::Error::Capacity(_) => matches!(got, Error::Capacity { .. }),
         // The stream ended inside a frame. tungstenite checks a frame only once its payload
         // is all there; the crate checks the header as soon as it is, so a bad header
         // before the end is a protocol error there.
         tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            matches!(got, Error::Io(_) | Error::Protocol(_))
+            matches!(got, Error::Io(_) | Error::Protocol { .. })
         }
         tungstenite::Error::Protocol(_)
         | tungstenite::Error::Utf8(_)
-        | tungstenite::Error::AttackAttempt => matches!(got, Error::Protocol(_)),
+        | tungstenite::Error::AttackAttempt => matches!(got, Error::Protocol { .. }),
         _ => true,
     }
 }
@@ -763,7 +763,7 @@ fn check_opened(ws: &WebSocket) -> Result<(), String> {
 /// The errors a bad handshake response may give.
 fn check_handshake_error(e: &Error) -> Result<(), String> {
     match e {
-        Error::Handshake(_)
+        Error::Handshake { .. }
         | Error::HandshakeRejected { .. }
         | Error::TooManyRedirects { .. }
         | Error::Timeout(Timeout::Handshake)
@@ -778,7 +778,7 @@ fn describe(e: &Error) -> String {
 
 fn kind_of(e: &Error) -> &'static str {
     match e {
-        Error::Handshake(_) => "Handshake",
+        Error::Handshake { .. } => "Handshake",
         Error::HandshakeRejected { .. } => "HandshakeRejected",
         Error::TooManyRedirects { .. } => "TooManyRedirects",
         Error::Timeout(_) => "Timeout",

@@ -29,6 +29,7 @@ use crate::websocket::WebSocket;
 /// # drop(builder);
 /// ```
 #[derive(Debug, Clone)]
+#[must_use = "a Builder does nothing until `connect`, `open` or their pull variants are called"]
 pub struct Builder {
     pub(crate) config: Config,
 }
@@ -72,11 +73,15 @@ pub(crate) struct Config {
     pub request_id_field: String,
     pub tls_options: TlsOptions,
     /// Built from `tls_options` when connecting; `None` for the shared default.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: Option<crate::io::TlsConfig>,
     pub max_redirects: usize,
     pub reconnect: Option<Reconnect>,
     pub proxy: ProxyChoice,
+    pub header_provider: Option<HeaderProvider>,
 }
+
+/// Computes headers afresh for each attempt (see [`Builder::header_provider`]).
+pub(crate) type HeaderProvider = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
 
 impl Default for Config {
     fn default() -> Self {
@@ -105,6 +110,7 @@ impl Default for Config {
             max_redirects: 3,
             reconnect: None,
             proxy: ProxyChoice::Environment,
+            header_provider: None,
         }
     }
 }
@@ -161,6 +167,7 @@ impl std::fmt::Debug for Config {
             .field("max_redirects", &self.max_redirects)
             .field("reconnect", &self.reconnect)
             .field("proxy", &proxy)
+            .field("header_provider", &self.header_provider.is_some())
             .finish()
     }
 }
@@ -193,6 +200,32 @@ impl Builder {
     /// cookie). Defaults to none.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Calls `provider` before each connection attempt (the first, each reconnect, each
+    /// redirect) and adds the headers it returns to that attempt's handshake request,
+    /// replacing headers of the same name from [`header`](Self::header): for credentials
+    /// that expire, such as a bearer token refreshed between reconnects. It runs on the
+    /// connection's I/O thread before the attempt starts (so keep it quick: it delays the
+    /// attempt, nothing else); a panic in it is caught and fails the attempt with
+    /// [`Error::CallbackPanic`], an unusable header with [`Error::InvalidHeader`]. Its
+    /// values are marked sensitive and never logged. Defaults to none.
+    ///
+    /// ```
+    /// use nwebsocket::WebSocket;
+    ///
+    /// let builder = WebSocket::builder().header_provider(|| {
+    ///     let token = "fresh-token"; // fetched from your token cache
+    ///     vec![("Authorization".to_owned(), format!("Bearer {token}"))]
+    /// });
+    /// # drop(builder);
+    /// ```
+    pub fn header_provider<F>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Vec<(String, String)> + Send + Sync + 'static,
+    {
+        self.config.header_provider = Some(Arc::new(provider));
         self
     }
 
@@ -343,6 +376,7 @@ impl Builder {
 
     /// The JSON field that carries the correlation id of
     /// [`request`](crate::WebSocketRef::request)s and their replies. Defaults to `"id"`.
+    #[cfg(feature = "json")]
     pub fn request_id_field(mut self, field: impl Into<String>) -> Self {
         self.config.request_id_field = field.into();
         self
@@ -369,6 +403,31 @@ impl Builder {
     ) -> Self {
         self.config.tls_options.client_cert_pem =
             Some((chain_pem.as_ref().to_vec(), key_pem.as_ref().to_vec()));
+        self
+    }
+
+    /// With rustls, trusts the operating system's certificate store (read with
+    /// `rustls-native-certs`: `/etc/ssl/certs` and the like, the macOS keychain, the
+    /// Windows store; `SSL_CERT_FILE` / `SSL_CERT_DIR` when set) instead of the Mozilla
+    /// roots of `webpki-roots`; roots added with
+    /// [`add_root_certificate`](Self::add_root_certificate) are trusted as well. For
+    /// corporate CAs installed on the machine. A store with no usable certificate is an
+    /// [`Error::Tls`] when connecting. Defaults to `false` (the compiled-in roots, the same
+    /// on every machine).
+    #[cfg(feature = "rustls-native-certs")]
+    pub fn os_root_certificates(mut self, enabled: bool) -> Self {
+        self.config.tls_options.os_roots = enabled;
+        self
+    }
+
+    /// Which TLS library makes `wss://` connections. Defaults to
+    /// [`TlsBackend::Rustls`](crate::TlsBackend::Rustls) when the `rustls` feature is on
+    /// (so with both features on, rustls is used unless this says otherwise), else
+    /// [`TlsBackend::NativeTls`](crate::TlsBackend::NativeTls). Asking for one whose
+    /// feature is off is an [`Error::Tls`] with
+    /// [`TlsErrorKind::Unsupported`](crate::TlsErrorKind::Unsupported) when connecting.
+    pub fn tls_backend(mut self, backend: crate::TlsBackend) -> Self {
+        self.config.tls_options.backend = Some(backend);
         self
     }
 
@@ -535,6 +594,7 @@ impl Builder {
 /// # drop(builder);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a Reconnect policy does nothing until given to `Builder::reconnect`"]
 pub struct Reconnect {
     initial_delay: Duration,
     max_delay: Duration,

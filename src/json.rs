@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -37,8 +37,9 @@ impl Message {
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
         let text = self
             .as_text()
-            .ok_or_else(|| Error::Json("a binary message is not JSON text".into()))?;
-        serde_json::from_str(text).map_err(|e| Error::Json(e.to_string()))
+            .ok_or_else(|| Error::json("a binary message is not JSON text", None))?;
+        serde_json::from_str(text)
+            .map_err(|e| Error::json("the message is not the JSON expected", Some(Arc::new(e))))
     }
 }
 
@@ -248,7 +249,9 @@ impl WebSocketRef {
     ///
     /// # Errors
     ///
-    /// [`Error::Json`] if `value` is not a JSON object or the reply does not fit `R`;
+    /// [`Error::Json`] if `value` is not a JSON object, already has the id field (it is
+    /// never overwritten: a caller's own `"id"` would otherwise vanish silently), or the
+    /// reply does not fit `R`;
     /// [`Error::Send`] if it cannot be sent; [`Error::Timeout`] ([`Timeout::Request`]) when
     /// no reply came in time; [`Error::InvalidState`] if the connection closed first.
     pub fn request<T, R>(&self, value: &T, timeout: Duration) -> Result<R>
@@ -257,14 +260,28 @@ impl WebSocketRef {
         R: DeserializeOwned,
     {
         let deadline = crate::protocol::saturating_deadline(Instant::now(), timeout);
-        let mut value = serde_json::to_value(value).map_err(|e| Error::Json(e.to_string()))?;
+        let mut value = serde_json::to_value(value)
+            .map_err(|e| Error::json("could not serialize the request", Some(Arc::new(e))))?;
         let Value::Object(object) = &mut value else {
-            return Err(Error::Json("a request must be a JSON object".into()));
+            return Err(Error::json("a request must be a JSON object", None));
         };
         let shared = &*self.shared;
+        let field = &shared.config.request_id_field;
+        if object.contains_key(field) {
+            // Overwriting it would change what the caller sends; keeping it would let two
+            // requests share an id. Neither is right without being asked.
+            return Err(Error::json(
+                format!(
+                    "the request already has a {field:?} field, which `request` sets to its \
+                     correlation id (choose another field with `Builder::request_id_field`)"
+                ),
+                None,
+            ));
+        }
         let id = shared.next_request_id.fetch_add(1, SeqCst);
-        object.insert(shared.config.request_id_field.clone(), Value::from(id));
-        let text = serde_json::to_string(&value).map_err(|e| Error::Json(e.to_string()))?;
+        object.insert(field.clone(), Value::from(id));
+        let text = serde_json::to_string(&value)
+            .map_err(|e| Error::json("could not serialize the request", Some(Arc::new(e))))?;
 
         let (tx, rx) = crossbeam_channel::bounded(1);
         shared.requests().insert(id, tx);
@@ -425,11 +442,11 @@ mod tests {
     fn json_view_errors_are_typed() {
         assert!(matches!(
             Message::from(vec![1u8]).json::<Value>(),
-            Err(Error::Json(_))
+            Err(Error::Json { .. })
         ));
         assert!(matches!(
             Message::from("{").json::<Value>(),
-            Err(Error::Json(_))
+            Err(Error::Json { .. })
         ));
         let v: Value = Message::from(r#"{"a":1}"#).json().unwrap();
         assert_eq!(v["a"], 1);

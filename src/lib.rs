@@ -29,7 +29,7 @@
 //! # while ws.handler().messages.is_empty() && t.elapsed().as_secs() < 10 { std::thread::yield_now() }
 //! println!("{:?}", ws.handler().messages);
 //!
-//! ws.close()?;
+//! ws.close();
 //! let closed = ws.wait_closed()?;
 //! assert!(closed.was_clean);
 //! # fn nwebsocket_doc_server() -> std::net::SocketAddr {
@@ -165,8 +165,14 @@
 //!
 //! One enum, [`Error`], `Clone + Send + Sync`: syntax errors (bad URL, subprotocol, close
 //! code) are returned synchronously; connection failures (DNS, refused, TLS, a rejected
-//! handshake with its HTTP status, protocol violations, limits, timeouts) come back from
-//! `connect` and through `onerror`, always followed by `onclose` with code 1006.
+//! handshake with its status, headers and body, protocol violations, limits, timeouts) come
+//! back from `connect` and through `onerror`, always followed by `onclose` with code 1006.
+//! TLS, handshake, proxy and protocol failures carry a kind to match on
+//! ([`TlsErrorKind`], [`HandshakeErrorKind`], [`ProxyErrorKind`], [`ProtocolErrorKind`]).
+//! Each error's `Display` shows its own level only and [`source()`] the next, as the Rust
+//! API guidelines ask; [`Error::chain`] joins the levels in one line.
+//!
+//! [`source()`]: std::error::Error::source
 //!
 //! # Defaults
 //!
@@ -177,6 +183,25 @@
 //! `TCP_NODELAY` is on. No keepalive pings unless you set
 //! [`ping_interval`](Builder::ping_interval). `wss://` uses rustls with the Mozilla root
 //! certificates from `webpki-roots`, compiled in.
+//!
+//! # Features
+//!
+//! - `rustls` (default): `wss://` with rustls (*ring*) and the Mozilla roots of
+//!   `webpki-roots`. Without it, `wss://` fails with
+//!   [`TlsErrorKind::Unsupported`], whose message names this feature.
+//! - `json` (default): `send_json`, `Message::json`, `Router` and `request`, on serde and
+//!   serde_json.
+//! - `rustls-native-certs`: `Builder::os_root_certificates`, rustls with the operating
+//!   system's certificate store instead of the compiled-in roots.
+//! - `native-tls`: `wss://` with the platform's TLS (OpenSSL, Secure Transport, SChannel)
+//!   and the system's roots, through the `native-tls` crate. With `rustls` on too, rustls
+//!   is used unless [`Builder::tls_backend`] asks for [`TlsBackend::NativeTls`].
+//! - `proxy` (default): HTTP CONNECT and SOCKS5 proxies, from
+//!   [`Builder::proxy`] and the environment. It adds no crate; without it the environment's
+//!   proxy variables are ignored and `proxy(url)` is refused.
+//!
+//! With `default-features = false` the crate is a `ws://` client on tungstenite,
+//! crossbeam-channel, url, log and mio alone.
 //!
 //! # Log levels
 //!
@@ -194,20 +219,40 @@ mod delivery;
 mod error;
 mod handler;
 mod io;
+#[cfg(feature = "json")]
 mod json;
+/// Without `json` no request can be pending: every message is an ordinary one.
+#[cfg(not(feature = "json"))]
+mod json {
+    use crate::message::Message;
+    use crate::websocket::Shared;
+
+    pub(crate) fn route_reply(_: &Shared, msg: Message) -> Option<Message> {
+        Some(msg)
+    }
+
+    pub(crate) fn fail_requests(_: &Shared) {}
+}
 mod message;
 mod protocol;
 mod recycle;
+mod response;
 mod state;
 mod url;
 mod websocket;
 
 pub use crate::config::{Builder, Reconnect};
 pub use crate::delivery::EventBatches;
-pub use crate::error::{Error, Result, SendError, Timeout, UrlError};
+pub use crate::error::{
+    Error, HandshakeErrorKind, ProtocolErrorKind, ProxyErrorKind, Result, SendError, Source,
+    Timeout, TlsErrorKind, UrlError,
+};
 pub use crate::handler::Handler;
+pub use crate::io::TlsBackend;
+#[cfg(feature = "json")]
 pub use crate::json::Router;
 pub use crate::message::{Binary, CloseEvent, Event, Message, Text};
+pub use crate::response::HandshakeResponse;
 pub use crate::state::ReadyState;
 pub use crate::websocket::{HandlerGuard, WebSocket, WebSocketRef};
 

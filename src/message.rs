@@ -266,7 +266,11 @@ impl PartialEq<[u8]> for Binary {
 /// As in the browser, `code` is the code from the server's Close frame (1005 if it had
 /// none) after a closing handshake, and 1006 with `was_clean == false` when the
 /// connection failed or was lost without one.
+///
+/// `#[non_exhaustive]`: only this crate makes one, and the browser's `CloseEvent` may
+/// gain fields here too without a breaking release. Compare its fields, not whole values.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CloseEvent {
     /// The close code.
     pub code: u16,

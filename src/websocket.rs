@@ -31,6 +31,13 @@ use crate::url::Target;
 /// connection lives while a `WebSocket` handle does, and [`handler`](Self::handler) gives
 /// your thread the callback handler's state.
 ///
+/// Why `Deref` (the API guidelines keep it for smart pointers): a `WebSocket` *is* a
+/// smart pointer, an owning, counted reference to the connection, as `Arc` is to its
+/// value, and `WebSocketRef` is its weak-like twin. `Deref` gives both handles one set of
+/// methods, documented once, with no name clash to resolve (`WebSocket`'s own methods,
+/// `handler` and `downgrade`, exist only on the owner). `&WebSocket` also coerces to
+/// `&WebSocketRef`, so a function that only sends can take `&WebSocketRef` and serve both.
+///
 /// # Disconnection
 ///
 /// Dropping the last `WebSocket` handle closes the connection with 1001 (going away),
@@ -88,12 +95,16 @@ pub(crate) struct Shared {
     drained: (Mutex<()>, Condvar),
     pub protocol: OnceLock<String>,
     pub extensions: OnceLock<String>,
+    /// The current connection's `101` response (see `response.rs`).
+    pub handshake: Mutex<Option<Arc<crate::response::HandshakeResponse>>>,
     status: Mutex<Status>,
     status_changed: Condvar,
     /// Callers of `request` waiting for a reply, by correlation id.
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     pub requests: Mutex<HashMap<u64, Sender<Message>>>,
     /// `requests.len()`, readable without the lock on every incoming message.
     pub pending_requests: AtomicUsize,
+    #[cfg_attr(not(feature = "json"), allow(dead_code))]
     pub next_request_id: AtomicU64,
     /// Callback style: the callback thread publishes CLOSED after `onclose` ran.
     pub callback_mode: bool,
@@ -265,7 +276,7 @@ impl WebSocketRef {
     ///
     /// # Errors
     ///
-    /// As [`send`](Self::send), plus [`SendError::Timeout`] when no room was made in time.
+    /// As [`send`](Self::send), plus [`SendError::TimedOut`] when no room was made in time.
     pub fn send_timeout(
         &self,
         msg: impl Into<Message>,
@@ -287,7 +298,7 @@ impl WebSocketRef {
                 (Ok(()), _) => {}
                 (Err(Waited::Closed), _) => return Err(SendError::Closed(msg)),
                 (Err(Waited::TimedOut), Wait::Never) => return Err(SendError::Full(msg)),
-                (Err(Waited::TimedOut), _) => return Err(SendError::Timeout(msg)),
+                (Err(Waited::TimedOut), _) => return Err(SendError::TimedOut(msg)),
             }
         }
         let _gate = shared.gate.read().unwrap_or_else(PoisonError::into_inner);
@@ -348,8 +359,10 @@ impl WebSocketRef {
     ///
     /// [`Error::Send`] as for [`send`](Self::send); [`Error::Json`] if `value` cannot be
     /// serialized (for example a map with non-string keys).
+    #[cfg(feature = "json")]
     pub fn send_json<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        let text = serde_json::to_string(value).map_err(|e| Error::Json(e.to_string()))?;
+        let text = serde_json::to_string(value)
+            .map_err(|e| Error::json("could not serialize the value", Some(Arc::new(e))))?;
         Ok(self.send(text)?)
     }
 
@@ -382,11 +395,12 @@ impl WebSocketRef {
     /// Closes the connection normally (code 1000, no reason). See
     /// [`close_with`](Self::close_with).
     ///
-    /// # Errors
-    ///
-    /// None in practice; the signature matches `close_with`.
-    pub fn close(&self) -> Result<()> {
-        self.request_close(Some((1000, String::new())))
+    /// It cannot fail, so it returns nothing (a `Result` that is never an error would only
+    /// teach callers to ignore it): closing a connection that is closing or closed does
+    /// nothing, and how the connection ended comes from `onclose` or
+    /// [`wait_closed`](Self::wait_closed).
+    pub fn close(&self) {
+        self.request_close(Some((1000, String::new())));
     }
 
     /// Starts the closing handshake with `code` (1000 or 3000–4999) and `reason` (at most
@@ -409,10 +423,11 @@ impl WebSocketRef {
         if reason.len() > 123 {
             return Err(Error::InvalidCloseReason(reason.len()));
         }
-        self.request_close(Some((code, reason.to_owned())))
+        self.request_close(Some((code, reason.to_owned())));
+        Ok(())
     }
 
-    pub(crate) fn request_close(&self, frame: Option<(u16, String)>) -> Result<()> {
+    pub(crate) fn request_close(&self, frame: Option<(u16, String)>) {
         let shared = &*self.shared;
         if shared.transition(
             &[ReadyState::Connecting, ReadyState::Open],
@@ -423,7 +438,6 @@ impl WebSocketRef {
             // Between two connections: this ends reconnecting.
             shared.enqueue(Command::Close(None));
         }
-        Ok(())
     }
 
     /// The connection's state, as the browser's `readyState`.
@@ -504,7 +518,7 @@ impl WebSocketRef {
         match self.shared.wait_status(deadline, |s| s.open.clone()) {
             Some(result) => result,
             None => {
-                let _ = self.request_close(None);
+                self.request_close(None);
                 Err(Error::Timeout(Timeout::Connect))
             }
         }
@@ -971,6 +985,7 @@ fn start(
         drained: (Mutex::new(()), Condvar::new()),
         protocol: OnceLock::new(),
         extensions: OnceLock::new(),
+        handshake: Mutex::new(None),
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
         outbox: Mutex::new(Outbox::default()),

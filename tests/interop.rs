@@ -168,12 +168,8 @@ fn expect_failure(rx: &Receiver<Event>) -> Error {
     };
     let close = expect_close(rx);
     assert_eq!(
-        close,
-        CloseEvent {
-            code: 1006,
-            reason: String::new(),
-            was_clean: false
-        },
+        (close.code, close.reason.clone(), close.was_clean),
+        (1006, String::new(), false),
         "a failure must close with 1006 (error was: {err})"
     );
     err
@@ -181,7 +177,7 @@ fn expect_failure(rx: &Receiver<Event>) -> Error {
 
 /// Closes normally from the client and checks the clean close.
 fn close_clean(ws: &WebSocket, rx: &Receiver<Event>) {
-    ws.close().expect("close");
+    ws.close();
     let close = expect_close(rx);
     assert_eq!((close.code, close.was_clean), (1000, true), "{close:?}");
 }
@@ -382,12 +378,8 @@ fn server_close_code_and_reason(cx: &Ctx) {
     let (ws, rx) = cx.open(Builder::new(), "/close?code=4001&reason=bye");
     let close = expect_close(&rx);
     assert_eq!(
-        close,
-        CloseEvent {
-            code: 4001,
-            reason: "bye".into(),
-            was_clean: true
-        }
+        (close.code, close.reason.clone(), close.was_clean),
+        (4001, "bye".into(), true)
     );
     assert_eq!(ws.ready_state(), ReadyState::Closed);
     assert_eq!(ws.wait_closed_timeout(WAIT), Some(close));
@@ -401,12 +393,8 @@ fn server_close_utf8_reason(cx: &Ctx) {
     );
     let close = expect_close(&rx);
     assert_eq!(
-        close,
-        CloseEvent {
-            code: 4999,
-            reason: reason.into(),
-            was_clean: true
-        }
+        (close.code, close.reason.clone(), close.was_clean),
+        (4999, reason.into(), true)
     );
     assert_eq!(ws.ready_state(), ReadyState::Closed);
 }
@@ -420,12 +408,8 @@ fn server_close_longest_reason(cx: &Ctx) {
     );
     let close = expect_close(&rx);
     assert_eq!(
-        close,
-        CloseEvent {
-            code: 4123,
-            reason,
-            was_clean: true
-        }
+        (close.code, close.reason.clone(), close.was_clean),
+        (4123, reason, true)
     );
 }
 
@@ -451,12 +435,8 @@ fn server_close_after_large_messages_small_queue(cx: &Ctx) {
     }
     let close = expect_close(&rx);
     assert_eq!(
-        close,
-        CloseEvent {
-            code: 4001,
-            reason: "drained".into(),
-            was_clean: true
-        }
+        (close.code, close.reason.clone(), close.was_clean),
+        (4001, "drained".into(), true)
     );
 }
 
@@ -465,12 +445,8 @@ fn server_close_normal_and_going_away(cx: &Ctx) {
         let (_ws, rx) = cx.open(Builder::new(), &format!("/close?code={code}"));
         let close = expect_close(&rx);
         assert_eq!(
-            close,
-            CloseEvent {
-                code,
-                reason: String::new(),
-                was_clean: true
-            }
+            (close.code, close.reason.clone(), close.was_clean),
+            (code, String::new(), true)
         );
     }
 }
@@ -480,12 +456,8 @@ fn server_close_without_status(cx: &Ctx) {
     let (_ws, rx) = cx.open(Builder::new(), "/close");
     let close = expect_close(&rx);
     assert_eq!(
-        close,
-        CloseEvent {
-            code: 1005,
-            reason: String::new(),
-            was_clean: true
-        }
+        (close.code, close.reason.clone(), close.was_clean),
+        (1005, String::new(), true)
     );
 }
 
@@ -497,12 +469,8 @@ fn server_close_after_messages(cx: &Ctx) {
     }
     let close = expect_close(&rx);
     assert_eq!(
-        close,
-        CloseEvent {
-            code: 4001,
-            reason: "done".into(),
-            was_clean: true
-        }
+        (close.code, close.reason.clone(), close.was_clean),
+        (4001, "done".into(), true)
     );
     // After the close, sends are refused and hand the message back.
     let err = ws.send("too late").expect_err("send after close");
@@ -522,12 +490,8 @@ fn server_close_while_client_sends(cx: &Ctx) {
     }
     let close = expect_close(&rx);
     assert_eq!(
-        close,
-        CloseEvent {
-            code: 4001,
-            reason: "busy".into(),
-            was_clean: true
-        }
+        (close.code, close.reason.clone(), close.was_clean),
+        (4001, "busy".into(), true)
     );
 }
 
@@ -678,7 +642,7 @@ fn subprotocol_none_chosen_fails_as_in_browsers(cx: &Ctx) {
             "connected with protocol {:?} although the server chose none",
             ws.protocol()
         ),
-        Err(Error::Handshake(_)) => {}
+        Err(Error::Handshake { .. }) => {}
         Err(e) => panic!("expected Error::Handshake, got {e:?}"),
     }
 }
@@ -700,7 +664,7 @@ fn subprotocol_not_offered_is_refused(cx: &Ctx) {
         .connect_pull(&url)
     {
         Ok((ws, _)) => panic!("connected although the server chose {:?}", ws.protocol()),
-        Err(Error::Handshake(_)) => {}
+        Err(Error::Handshake { .. }) => {}
         Err(e) => panic!("expected Error::Handshake, got {e:?}"),
     }
 }
@@ -820,7 +784,7 @@ fn invalid_utf8_fails_with_1007(cx: &Ctx) {
     let (_ws, rx) = cx.open(Builder::new(), &format!("/badutf8?id={id}"));
     let err = expect_failure(&rx);
     assert!(
-        matches!(err, Error::Protocol(_)),
+        matches!(err, Error::Protocol { .. }),
         "expected a protocol error, got {err:?}"
     );
     let log = cx.closelog(&id);

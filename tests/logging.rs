@@ -56,7 +56,7 @@ fn a_session_logs_state_changes_at_debug_and_frames_at_trace() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    ws.close().expect("close");
+    ws.close();
     assert!(ws.wait_closed_timeout(wait).is_some_and(|c| c.was_clean));
     drop(ws);
     server.join().expect("server");

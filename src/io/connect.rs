@@ -18,12 +18,14 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::http::{header, HeaderName, HeaderValue};
 use tungstenite::protocol::WebSocketConfig;
 
-use super::transport::{tls_error, Transport};
+use super::proxy::{Progress, ProxyKind};
+use super::transport::{not_tls, not_tls_bytes, tls_io_error, Shaking, Transport};
 use super::{Io, IoThread, Open, Phase, SOCKET};
 use crate::config::Config;
-use crate::error::{Error, UrlError};
+use crate::error::{Error, HandshakeErrorKind, ProtocolErrorKind, ProxyErrorKind, UrlError};
 use crate::message::Event;
 use crate::protocol::{after, Connection, End, Limits, Timers};
+use crate::response::{HandshakeResponse, MAX_BODY};
 use crate::state::ReadyState;
 use crate::url::Target;
 
@@ -31,8 +33,27 @@ impl IoThread {
     /// DNS, on this thread (the resolver blocks; the connect timeout bounds the rest).
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     pub(super) fn resolve(&mut self) -> Result<(), End> {
-        self.io.request = Some(build_request(&self.io.target, &self.io.shared.config)?);
+        let mut request = build_request(&self.io.target, &self.io.shared.config)?;
+        provided_headers(&mut request, &self.io.shared.config)?;
+        self.io.request = Some(request);
         self.io.proxy = super::proxy::for_target(&self.io.shared.config.proxy, &self.io.target)?;
+        if let Some(proxy) = &mut self.io.proxy {
+            let target = &self.io.target;
+            let local_dns = proxy.kind == ProxyKind::Socks5 { remote_dns: false };
+            if local_dns && target.host.parse::<std::net::IpAddr>().is_err() {
+                // `socks5://`: the name is resolved here, the proxy gets an address.
+                let dns = |source| Error::Dns {
+                    host: target.host.clone(),
+                    source: Arc::new(source),
+                };
+                let addr = (target.host.as_str(), target.port)
+                    .to_socket_addrs()
+                    .map_err(dns)?
+                    .next()
+                    .ok_or_else(|| dns(io::Error::new(io::ErrorKind::NotFound, "no addresses")))?;
+                proxy.resolved = Some(addr.ip());
+            }
+        }
         let (host, port) = match &self.io.proxy {
             Some(proxy) => {
                 log::debug!(
@@ -79,7 +100,7 @@ impl IoThread {
         else {
             return Ok(());
         };
-        if let Some(mut old) = tcp.take() {
+        if let Some((_, mut old)) = tcp.take() {
             let _ = self.io.poll.registry().deregister(&mut old);
         }
         while let Some(addr) = addrs.pop_front() {
@@ -91,22 +112,27 @@ impl IoThread {
                         .registry()
                         .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
                         .map_err(Error::io)?;
-                    *tcp = Some(stream);
+                    *tcp = Some((addr, stream));
                     return Ok(());
                 }
-                Err(e) => *last_error = Some(e),
+                Err(e) => *last_error = Some((addr, e)),
             }
         }
-        let e = last_error
-            .take()
-            .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to connect to"));
-        Err(Error::Connect(Arc::new(e)).into())
+        match last_error.take() {
+            Some((addr, e)) => Err(Error::Connect {
+                addr,
+                source: Arc::new(e),
+            }
+            .into()),
+            // `resolve` never starts with no address.
+            None => Err(Error::Internal("no address to connect to".into()).into()),
+        }
     }
 
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     pub(super) fn progress_connect(&mut self) -> Result<(), End> {
         let Phase::Connecting {
-            tcp: Some(stream),
+            tcp: Some((addr, stream)),
             last_error,
             ..
         } = &mut self.phase
@@ -123,12 +149,14 @@ impl IoThread {
             },
         };
         if let Some(e) = failure {
-            log::debug!("connect failed: {e}");
-            *last_error = Some(e);
+            log::debug!("connect to {addr} failed: {e}");
+            *last_error = Some((*addr, e));
             return self.connect_next();
         }
-        let Phase::Connecting { tcp: Some(tcp), .. } =
-            std::mem::replace(&mut self.phase, Phase::Done)
+        let Phase::Connecting {
+            tcp: Some((_, tcp)),
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Done)
         else {
             return Ok(());
         };
@@ -140,10 +168,8 @@ impl IoThread {
         match &io.proxy {
             Some(proxy) => {
                 self.phase = Phase::Tunneling {
-                    out: proxy.connect_request(&io.target),
+                    tunnel: proxy.tunnel(&io.target),
                     tcp,
-                    written: 0,
-                    answer: Vec::new(),
                 };
                 self.progress_tunnel()
             }
@@ -151,34 +177,34 @@ impl IoThread {
         }
     }
 
-    /// Writes the CONNECT request and reads the proxy's answer, without blocking.
+    /// Sets up the tunnel (HTTP CONNECT, or SOCKS5's exchanges), without blocking.
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     pub(super) fn progress_tunnel(&mut self) -> Result<(), End> {
-        let Phase::Tunneling {
-            tcp,
-            out,
-            written,
-            answer,
-        } = &mut self.phase
-        else {
+        let Phase::Tunneling { tcp, tunnel } = &mut self.phase else {
             return Ok(());
         };
-        let broken = |e: io::Error| Error::Proxy(format!("the tunnel broke: {e}"));
-        while *written < out.len() {
-            match tcp.write(&out[*written..]) {
-                Ok(0) => return Err(broken(io::ErrorKind::WriteZero.into()).into()),
-                Ok(n) => *written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(broken(e).into()),
-            }
-        }
+        let (Some(proxy), target) = (&self.io.proxy, &self.io.target) else {
+            return Err(Error::Internal("tunneling without a proxy".into()).into());
+        };
+        let broken = |e: io::Error| Error::Proxy {
+            kind: ProxyErrorKind::Broken,
+            message: "the connection to the proxy broke".into(),
+            source: Some(Arc::new(e)),
+        };
         loop {
+            while tunnel.written < tunnel.out.len() {
+                match tcp.write(&tunnel.out[tunnel.written..]) {
+                    Ok(0) => return Err(broken(io::ErrorKind::WriteZero.into()).into()),
+                    Ok(n) => tunnel.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(broken(e).into()),
+                }
+            }
             let mut chunk = [0u8; 512];
             match tcp.read(&mut chunk) {
                 Ok(0) => return Err(broken(io::ErrorKind::UnexpectedEof.into()).into()),
                 Ok(n) => {
-                    answer.extend_from_slice(&chunk[..n]);
-                    if super::proxy::parse_connect_response(answer)?.is_some() {
+                    if tunnel.received(&chunk[..n], proxy, target)? == Progress::Open {
                         break;
                     }
                 }
@@ -201,11 +227,12 @@ impl IoThread {
         let tls = io.shared.config.tls.as_ref();
         let transport = Transport::new(tcp, target.tls, &target.host, tls)?;
         let Some(request) = io.request.take() else {
-            return Err(Error::Handshake("request already used".into()).into());
+            return Err(Error::Internal("handshake request already used".into()).into());
         };
+        let shaking = Shaking::new(transport);
         let result =
-            tungstenite::client::client_with_config(request, transport, Some(io.ws_config()));
-        self.handshake_result(result)
+            tungstenite::client::client_with_config(request, shaking.clone(), Some(io.ws_config()));
+        self.handshake_result(result, shaking)
     }
 
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
@@ -213,20 +240,25 @@ impl IoThread {
         let Phase::Handshaking(mid) = std::mem::replace(&mut self.phase, Phase::Done) else {
             return Ok(());
         };
-        self.handshake_result(mid.handshake())
+        let shaking = mid.get_ref().get_ref().clone();
+        self.handshake_result(mid.handshake(), shaking)
     }
 
     fn handshake_result(
         &mut self,
         result: Result<
-            (tungstenite::WebSocket<Transport>, Response),
-            HandshakeError<ClientHandshake<Transport>>,
+            (tungstenite::WebSocket<Shaking>, Response),
+            HandshakeError<ClientHandshake<Shaking>>,
         >,
+        shaking: Shaking,
     ) -> Result<(), End> {
         match result {
             Ok((ws, response)) => {
+                drop(shaking);
+                let Some(mut transport) = ws.into_inner().into_inner() else {
+                    return Err(Error::Internal("the handshake kept its stream".into()).into());
+                };
                 self.io.opened(&response)?;
-                let mut transport = ws.into_inner();
                 let tail = transport.handshake_tail();
                 let now = Instant::now();
                 let conn = Connection::new(self.io.limits(), self.io.timers(), &tail, now);
@@ -246,9 +278,103 @@ impl IoThread {
                 self.redirect(&location)
             }
             Err(HandshakeError::Failure(e)) => {
-                Err(map_error(e, true, &self.io.shared.config).into())
+                let transport = shaking.into_inner();
+                Err(self.handshake_failure(e, transport).into())
             }
         }
+    }
+
+    /// A failed opening handshake, explained with what the transport saw: a rejection
+    /// gets its body, a server that speaks TLS to `ws://` or plain text to `wss://` is
+    /// named as such.
+    #[inline(never)] // cold: keeps the steady-state loop's stack frame small
+    fn handshake_failure(&mut self, e: tungstenite::Error, transport: Option<Transport>) -> Error {
+        use tungstenite::Error as T;
+        let Some(mut transport) = transport else {
+            return map_error(e, true, &self.io.shared.config);
+        };
+        if let T::Http(response) = e {
+            let body = self.rejection_body(&mut transport, &response);
+            return Error::HandshakeRejected {
+                status: response.status().as_u16(),
+                response: HandshakeResponse::new(&response, body),
+            };
+        }
+        if transport.tls_before_server_hello() {
+            let refused = matches!(&e, T::Io(io) if matches!(io.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
+                || not_tls_bytes(io))
+                || matches!(&e, T::Protocol(ProtocolError::HandshakeIncomplete));
+            if refused {
+                return not_tls(Some(Arc::new(e)));
+            }
+        }
+        let seen = transport.recorded();
+        if !self.io.target.tls && seen.len() >= 2 && matches!(seen[0], 0x15 | 0x16) && seen[1] == 3
+        {
+            return Error::Handshake {
+                kind: HandshakeErrorKind::InvalidResponse,
+                message: "the server answered in TLS: use wss:// for this port".into(),
+                source: Some(Arc::new(e)),
+            };
+        }
+        map_error(e, true, &self.io.shared.config)
+    }
+
+    /// Reads the rest of a rejection's body: up to its `Content-Length` (or the end of a
+    /// chunked body, or of the stream), at most [`MAX_BODY`] bytes, within the handshake
+    /// timeout. A command (a `close`, say) cuts it short: the rejection is reported with
+    /// what arrived.
+    fn rejection_body(
+        &mut self,
+        transport: &mut Transport,
+        response: &tungstenite::http::Response<Option<Vec<u8>>>,
+    ) -> Vec<u8> {
+        let headers = response.headers();
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
+        let chunked = headers
+            .get(header::TRANSFER_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let mut body = response.body().clone().unwrap_or_default();
+        let wanted = length.unwrap_or(usize::MAX).min(MAX_BODY);
+        let complete =
+            |body: &[u8]| body.len() >= wanted || (chunked && decode_chunked(body).is_some());
+        // Without a length the body ends with the stream; do not wait long for that.
+        let deadline = match (length, chunked, self.io.handshake_deadline) {
+            (None, false, d) => Some(d.map_or(Instant::now() + NO_LENGTH_WAIT, |d| {
+                d.min(Instant::now() + NO_LENGTH_WAIT)
+            })),
+            (_, _, d) => d,
+        };
+        let mut events = mio::Events::with_capacity(4);
+        while !complete(&body) && self.io.commands.is_empty() {
+            let mut chunk = [0u8; 4096];
+            match transport.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let now = Instant::now();
+                    let timeout = match deadline {
+                        Some(d) if d <= now => break,
+                        Some(d) => Some(d - now),
+                        None => None,
+                    };
+                    if self.io.poll.poll(&mut events, timeout).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if chunked {
+            body = decode_chunked(&body).unwrap_or(body);
+        }
+        body.truncate(wanted.min(MAX_BODY));
+        body
     }
 
     /// Follows a redirect of the opening handshake: a new attempt at the new target.
@@ -264,13 +390,16 @@ impl IoThread {
             .into());
         }
         let bad = |e: &dyn std::fmt::Display| {
-            Error::Handshake(format!("bad redirect location {location:?}: {e}"))
+            Error::handshake(
+                HandshakeErrorKind::Redirect,
+                format!("bad redirect location {location:?}: {e}"),
+            )
         };
         let joined = io.target.url.join(location).map_err(|e| bad(&e))?;
         let mut next = crate::url::parse(joined.as_str()).map_err(|e| bad(&e))?;
         if io.target.tls && !next.tls {
             let refused = format!("refused redirect from wss:// to {}", next.url);
-            return Err(Error::Handshake(refused).into());
+            return Err(Error::handshake(HandshakeErrorKind::Redirect, refused).into());
         }
         if (&next.host, next.port) == (&io.target.host, io.target.port) {
             next.credentials = next.credentials.or_else(|| io.target.credentials.clone());
@@ -315,12 +444,19 @@ impl Io {
         let extensions = header("Sec-WebSocket-Extensions");
         if !extensions.trim().is_empty() {
             // RFC 6455 §4.1: an extension that was not offered fails the connection.
-            return Err(Error::Handshake(format!(
-                "the server chose extensions {extensions:?}, none were offered"
-            ))
+            return Err(Error::handshake(
+                HandshakeErrorKind::Negotiation,
+                format!("the server chose extensions {extensions:?}, none were offered"),
+            )
             .into());
         }
         let _ = self.shared.protocol.set(header("Sec-WebSocket-Protocol"));
+        *self
+            .shared
+            .handshake
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::new(HandshakeResponse::new(response, Vec::new())));
         let _ = self.shared.extensions.set(extensions);
         if !self
             .shared
@@ -420,19 +556,60 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
     Ok(request)
 }
 
+/// The builder's header provider, called for this attempt: its headers replace those of
+/// the same name.
+fn provided_headers(request: &mut Request, config: &Config) -> Result<(), Error> {
+    let Some(provider) = &config.header_provider else {
+        return Ok(());
+    };
+    let provided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider()))
+        .map_err(|_| Error::CallbackPanic("the header provider panicked".into()))?;
+    for (name, v) in provided {
+        let bad = |reason: &str| Error::InvalidHeader {
+            name: name.clone(),
+            reason: reason.to_owned(),
+        };
+        let header_name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("not a valid header name"))?;
+        if OWN_HEADERS.contains(&header_name.as_str()) {
+            return Err(bad("set by the handshake itself"));
+        }
+        let mut value = HeaderValue::from_str(&v).map_err(|_| bad("not a valid header value"))?;
+        value.set_sensitive(true);
+        request.headers_mut().insert(header_name, value);
+    }
+    Ok(())
+}
+
+/// Headers the handshake sets itself; the builder's headers may not.
+const OWN_HEADERS: [&str; 6] = [
+    "host",
+    "connection",
+    "upgrade",
+    "sec-websocket-version",
+    "sec-websocket-key",
+    "sec-websocket-protocol",
+];
+
 /// Maps tungstenite's error to ours. `handshake` tells protocol errors during the upgrade
 /// (a bad response) from those after it (a bad frame).
 pub(super) fn map_error(e: tungstenite::Error, handshake: bool, config: &Config) -> Error {
     use tungstenite::Error as T;
     match e {
-        T::Io(e) => match tls_error(&e) {
-            Some(tls) => Error::Tls(tls.to_string()),
-            None if handshake && e.kind() == io::ErrorKind::UnexpectedEof => {
-                Error::Handshake("the server closed the connection during the handshake".into())
-            }
+        T::Io(e) => match tls_io_error(&e) {
+            Some(tls) => tls,
+            None if handshake && e.kind() == io::ErrorKind::UnexpectedEof => Error::Handshake {
+                kind: HandshakeErrorKind::Closed,
+                message: "the server closed the connection during the handshake".into(),
+                source: Some(Arc::new(e)),
+            },
             None => Error::io(e),
         },
-        T::Tls(e) => Error::Tls(e.to_string()),
+        T::Tls(e) => Error::Tls {
+            kind: crate::error::TlsErrorKind::Other,
+            message: "the TLS session failed".into(),
+            source: Some(Arc::new(e)),
+        },
         T::Capacity(CapacityError::MessageTooLong { size, max_size }) => Error::Capacity {
             what: if max_size == config.max_frame_size && max_size != config.max_message_size {
                 "frame"
@@ -442,24 +619,91 @@ pub(super) fn map_error(e: tungstenite::Error, handshake: bool, config: &Config)
             size,
             limit: max_size,
         },
-        T::Capacity(c) => Error::Handshake(c.to_string()),
+        T::Capacity(c) => Error::Handshake {
+            kind: HandshakeErrorKind::TooLarge,
+            message: "the response head is too large".into(),
+            source: Some(Arc::new(c)),
+        },
         T::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Error::io(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the server closed the TCP connection without a closing handshake",
         )),
-        T::Protocol(p) if handshake => Error::Handshake(p.to_string()),
-        T::Protocol(p) => Error::Protocol(p.to_string()),
+        T::Protocol(ProtocolError::HandshakeIncomplete) if handshake => Error::handshake(
+            HandshakeErrorKind::Closed,
+            "the server closed the connection during the handshake",
+        ),
+        T::Protocol(p) if handshake => {
+            let kind = match p {
+                ProtocolError::SecWebSocketSubProtocolError(_)
+                | ProtocolError::InvalidHeader(_) => HandshakeErrorKind::Negotiation,
+                ProtocolError::WrongHttpVersion
+                | ProtocolError::HttparseError(_)
+                | ProtocolError::JunkAfterRequest => HandshakeErrorKind::InvalidResponse,
+                _ => HandshakeErrorKind::InvalidUpgrade,
+            };
+            Error::Handshake {
+                kind,
+                message: p.to_string(),
+                source: None,
+            }
+        }
+        T::Protocol(p) => Error::protocol(ProtocolErrorKind::Frame, p.to_string()),
         // During the handshake there are no messages yet: a response header is not text.
-        T::Utf8(s) if handshake => Error::Handshake(format!("a response header is not text: {s}")),
-        T::Utf8(s) => Error::Protocol(format!("invalid UTF-8 in a text message: {s}")),
-        T::AttackAttempt => Error::Protocol("attack attempt detected".into()),
+        T::Utf8(s) if handshake => Error::handshake(
+            HandshakeErrorKind::InvalidResponse,
+            format!("a response header is not text: {s}"),
+        ),
+        T::Utf8(s) => Error::protocol(
+            ProtocolErrorKind::Utf8,
+            format!("invalid UTF-8 in a text message: {s}"),
+        ),
+        // tungstenite's bound on the handshake's reads: endless or trickled headers.
+        T::AttackAttempt if handshake => Error::handshake(
+            HandshakeErrorKind::TooLarge,
+            "the response head is too large or comes in too many pieces",
+        ),
+        T::AttackAttempt => Error::protocol(ProtocolErrorKind::Other, "attack attempt detected"),
         T::Http(response) => Error::HandshakeRejected {
             status: response.status().as_u16(),
-            body: response.into_body(),
+            response: HandshakeResponse::new(
+                &response,
+                response.body().clone().unwrap_or_default(),
+            ),
         },
-        T::HttpFormat(e) => Error::Handshake(e.to_string()),
+        T::HttpFormat(e) => Error::Handshake {
+            kind: HandshakeErrorKind::InvalidResponse,
+            message: "the response is not valid HTTP".into(),
+            source: Some(Arc::new(e)),
+        },
         T::Url(e) => Error::Url(UrlError::Parse(e.to_string())),
         other => Error::io(io::Error::other(other.to_string())),
+    }
+}
+
+/// How long a rejection's body without a length may take to end.
+const NO_LENGTH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A whole chunked body, decoded; `None` while its last chunk has not arrived.
+fn decode_chunked(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if raw.len() < size + 2 || out.len() + size > MAX_BODY {
+            // Not all here yet; or more than is kept: what arrived is enough.
+            return (out.len() + size > MAX_BODY).then(|| {
+                out.extend_from_slice(&raw[..size.min(raw.len())]);
+                out
+            });
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
     }
 }
 

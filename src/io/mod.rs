@@ -25,7 +25,8 @@ mod transport;
 pub(crate) mod low_water;
 
 pub(crate) use connect::build_request;
-pub(crate) use transport::TlsOptions;
+pub use transport::TlsBackend;
+pub(crate) use transport::{TlsConfig, TlsOptions};
 
 use std::collections::VecDeque;
 use std::io;
@@ -50,7 +51,6 @@ use crate::url::Target;
 use crate::websocket::Shared;
 use open::Open;
 use proxy::Proxy;
-use transport::Transport;
 
 pub(crate) const SOCKET: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
@@ -69,20 +69,18 @@ pub(crate) enum Command {
     Drop,
 }
 
-type Mid = MidHandshake<ClientHandshake<Transport>>;
+type Mid = MidHandshake<ClientHandshake<transport::Shaking>>;
 
 enum Phase {
     Connecting {
         addrs: VecDeque<SocketAddr>,
-        tcp: Option<TcpStream>,
-        last_error: Option<io::Error>,
+        tcp: Option<(SocketAddr, TcpStream)>,
+        last_error: Option<(SocketAddr, io::Error)>,
     },
-    /// Through an HTTP proxy: CONNECT written from `out`, the answer read into `answer`.
+    /// Through a proxy: the tunnel's set-up (HTTP CONNECT or SOCKS5) in `tunnel`.
     Tunneling {
         tcp: TcpStream,
-        out: Vec<u8>,
-        written: usize,
-        answer: Vec<u8>,
+        tunnel: proxy::Tunnel,
     },
     Handshaking(Mid),
     Open(Box<Open>),
@@ -104,7 +102,7 @@ struct Io {
     /// Where this attempt connects: the URL, or where a redirect pointed.
     target: Target,
     redirects: usize,
-    /// The HTTP proxy this attempt tunnels through.
+    /// The proxy this attempt tunnels through.
     proxy: Option<Proxy>,
     request: Option<Request>,
     /// `close` was called or the last handle dropped: no more reconnecting.
@@ -114,7 +112,6 @@ struct Io {
     /// Consecutive failed attempts, for the reconnect backoff.
     failures: u32,
     last_close: Option<CloseEvent>,
-    rng: u64,
     /// Events read in this burst, not yet handed over. They go together at the end of the
     /// burst, so a consumer that drains faster than the socket fills is woken once per
     /// burst, not once per message. While the outlet is full they wait here, and once
@@ -165,12 +162,6 @@ impl IoThread {
     ) -> Self {
         let connect_deadline = after(Instant::now(), Some(shared.config.connect_timeout));
         let target = shared.target.clone();
-        // Seed for the backoff jitter; it only needs to differ between processes and
-        // connections, not to be unpredictable.
-        let rng = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            ^ (Arc::as_ptr(&shared) as usize as u64);
         IoThread {
             phase: Phase::Done,
             io: Io {
@@ -186,7 +177,6 @@ impl IoThread {
                 opened: false,
                 failures: 0,
                 last_close: None,
-                rng: rng | 1,
                 pending: VecDeque::new(),
                 pending_bytes: 0,
                 burst_nth: 0,
@@ -608,11 +598,8 @@ impl Io {
             );
             return None;
         }
-        // xorshift64, for the jitter only.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        // The jitter: `rand`, which also makes the frames' masks.
+        let unit: f64 = rand::random();
         Some(policy.delay(self.failures - 1, unit))
     }
 

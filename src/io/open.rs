@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::Events;
 
-use super::transport::{tls_error, Transport};
+use super::transport::{tls_io_error, Transport};
 use super::{Io, IoThread, Phase};
 use crate::error::{Error, Timeout};
 use crate::message::{Binary, Event, Message, Text};
@@ -282,8 +282,11 @@ impl IoThread {
             }
             let _ = open.transport.flush();
             if !open.conn.has_output() {
-                let _ = open.transport.tcp().shutdown(std::net::Shutdown::Write);
-                match open.transport.tcp().read(&mut buf) {
+                let Some(tcp) = open.transport.tcp() else {
+                    return;
+                };
+                let _ = tcp.shutdown(std::net::Shutdown::Write);
+                match tcp.read(&mut buf) {
                     Ok(0) => return,
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -312,10 +315,7 @@ impl IoThread {
 
 /// An I/O error of the stream, as the crate reports it.
 fn io_error(e: io::Error) -> Error {
-    match tls_error(&e) {
-        Some(tls) => Error::Tls(tls.to_string()),
-        None => Error::io(e),
-    }
+    tls_io_error(&e).unwrap_or_else(|| Error::io(e))
 }
 
 /// Payloads up to this size are copied out of the read buffer, for the first

@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-use crate::error::Error;
+use crate::error::{Error, ProtocolErrorKind};
 use crate::message::{Binary, Message, Text};
 use crate::recycle::Pool;
 
@@ -45,7 +45,7 @@ pub(crate) struct Violation {
 fn protocol(what: impl Into<String>) -> Violation {
     Violation {
         code: 1002,
-        error: Error::Protocol(what.into()),
+        error: Error::protocol(ProtocolErrorKind::Frame, what),
     }
 }
 
@@ -102,7 +102,10 @@ impl Partial {
 fn invalid_utf8(e: std::str::Utf8Error) -> Violation {
     Violation {
         code: 1007,
-        error: Error::Protocol(format!("invalid UTF-8 in a text message: {e}")),
+        error: Error::protocol(
+            ProtocolErrorKind::Utf8,
+            format!("invalid UTF-8 in a text message: {e}"),
+        ),
     }
 }
 
@@ -457,7 +460,10 @@ fn close(payload: &[u8]) -> Result<Incoming, Violation> {
                 Ok(reason) => Ok(Incoming::Close(Some((code, reason.to_owned())))),
                 Err(_) => Err(Violation {
                     code: 1007,
-                    error: Error::Protocol("the Close frame's reason is not UTF-8".into()),
+                    error: Error::protocol(
+                        ProtocolErrorKind::Utf8,
+                        "the Close frame's reason is not UTF-8",
+                    ),
                 }),
             }
         }

@@ -241,7 +241,7 @@ fn invalid_close_codes_fail_the_connection_with_1002() {
         feed(&mut c, &frame(0x88, &code.to_be_bytes()));
         let got = events(&mut c);
         assert!(
-            matches!(ended(&got), Some(End::Failed(Error::Protocol(_)))),
+            matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
             "code {code}: {got:?}"
         );
         assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xea])], "code {code}");
@@ -250,13 +250,13 @@ fn invalid_close_codes_fail_the_connection_with_1002() {
     feed(&mut c, &frame(0x88, &[0x03]));
     assert!(matches!(
         ended(&events(&mut c)),
-        Some(End::Failed(Error::Protocol(_)))
+        Some(End::Failed(Error::Protocol { .. }))
     ));
     let mut c = conn();
     feed(&mut c, &frame(0x88, &[0x03, 0xe8, 0xff]));
     assert!(matches!(
         ended(&events(&mut c)),
-        Some(End::Failed(Error::Protocol(_)))
+        Some(End::Failed(Error::Protocol { .. }))
     ));
     assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xef])], "1007");
 }
@@ -307,7 +307,7 @@ fn malformed_frames_fail_with_the_right_code() {
             );
         } else {
             assert!(
-                matches!(ended(&got), Some(End::Failed(Error::Protocol(_)))),
+                matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
                 "{what}"
             );
         }

@@ -153,7 +153,7 @@ fn close_twice_is_a_no_op() {
     let (rec, rx) = recorder();
     let ws = WebSocket::connect(&server.url(), rec).expect("connect");
     ws.close_with(4000, "first").unwrap();
-    ws.close().unwrap();
+    ws.close();
     ws.close_with(4001, "second").unwrap();
     let recs = recs_until_close(&rx);
     assert!(
@@ -161,7 +161,7 @@ fn close_twice_is_a_no_op() {
         "{recs:?}"
     );
     // And after CLOSED, too.
-    ws.close().unwrap();
+    ws.close();
     ws.close_with(3000, "").unwrap();
     drop(ws);
     assert!(leftover_recs(&rx).is_empty(), "nothing after onclose");
@@ -191,13 +191,13 @@ fn close_while_connecting_aborts_callback_style() {
     let (rec, rx) = recorder();
     let ws = WebSocket::open(&server.url(), rec).expect("open");
     assert_eq!(ws.ready_state(), ReadyState::Connecting);
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.ready_state() >= ReadyState::Closing);
     let recs = recs_until_close(&rx);
     assert_failure_tail(&recs, |e| matches!(e, Error::Aborted));
     assert_eq!(recs.len(), 2, "no onopen: {recs:?}");
     assert_eq!(ws.ready_state(), ReadyState::Closed);
-    ws.close().unwrap();
+    ws.close();
     drop(ws);
     assert!(leftover_recs(&rx).is_empty());
     let _ = gate.send(());
@@ -442,7 +442,7 @@ fn close_timeout_when_the_server_never_answers() {
         .connect(&server.url(), rec)
         .expect("connect");
     let start = Instant::now();
-    ws.close().unwrap();
+    ws.close();
     let recs = recs_until_close(&rx);
     let took = start.elapsed();
     done_tx.send(()).unwrap();
@@ -635,7 +635,7 @@ fn a_send_blocked_on_the_high_water_mark_returns_closed_after_close() {
     // Give the sender time to block (if it did not, the assertions below still hold).
     std::thread::sleep(Duration::from_millis(100));
     let closed_at = Instant::now();
-    ws.close().unwrap();
+    ws.close();
     let (r, returned_at) = blocked.join().unwrap();
     assert!(
         matches!(&r, Err(SendError::Closed(m)) if m.as_text() == Some("blocked")),

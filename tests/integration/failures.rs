@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use nwebsocket::{Error, Event, ReadyState, Timeout, WebSocket};
+use nwebsocket::{Error, Event, HandshakeErrorKind, ReadyState, Timeout, WebSocket};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::support::*;
@@ -21,10 +21,10 @@ fn connection_refused_callback_style() {
     let _g = shared();
     let (rec, rx) = recorder();
     let r = WebSocket::connect(&refused_url(), rec);
-    assert!(matches!(&r, Err(Error::Connect(_))), "{r:?}");
+    assert!(matches!(&r, Err(Error::Connect { .. })), "{r:?}");
     drop(r);
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Connect(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Connect { .. }));
     assert_eq!(recs.len(), 2, "{recs:?}");
 }
 
@@ -32,12 +32,12 @@ fn connection_refused_callback_style() {
 fn connection_refused_pull_style() {
     let _g = shared();
     let r = WebSocket::connect_pull(&refused_url());
-    assert!(matches!(&r, Err(Error::Connect(_))), "{r:?}");
+    assert!(matches!(&r, Err(Error::Connect { .. })), "{r:?}");
 
     let (ws, events) = WebSocket::open_pull(&refused_url()).expect("open");
     let evs = events_until_close(&events);
     assert!(
-        matches!(evs.as_slice(), [Event::Error(Error::Connect(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean && c.reason.is_empty()),
+        matches!(evs.as_slice(), [Event::Error(Error::Connect { .. }), Event::Close(c)] if c.code == 1006 && !c.was_clean && c.reason.is_empty()),
         "{evs:?}"
     );
     assert_eq!(ws.ready_state(), ReadyState::Closed);
@@ -69,12 +69,20 @@ fn non_101_response_is_handshake_rejected_with_status() {
         matches!(&r, Err(Error::HandshakeRejected { status: 403, .. })),
         "{r:?}"
     );
-    if let Err(Error::HandshakeRejected {
-        body: Some(body), ..
-    }) = &r
-    {
-        assert_eq!(body.as_slice(), b"forbidden");
+    // Status, headers and the whole body, every time (the body was read to its length).
+    match &r {
+        Err(Error::HandshakeRejected { response, .. }) => {
+            assert_eq!(response.status(), 403);
+            assert_eq!(response.header("content-type"), Some("text/plain"));
+            assert_eq!(response.body(), b"forbidden");
+        }
+        other => panic!("{other:?}"),
     }
+    let shown = r.as_ref().unwrap_err().to_string();
+    assert!(
+        shown.contains("403") && shown.contains("forbidden"),
+        "{shown}"
+    );
     drop(r);
     let recs = leftover_recs(&rx);
     assert_failure_tail(&recs, |e| {
@@ -121,7 +129,7 @@ fn invalid_upgrade_responses_are_handshake_errors() {
         let (ws, events) = WebSocket::open_pull(&server.url()).expect("open");
         let evs = events_until_close(&events);
         assert!(
-            matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+            matches!(evs.as_slice(), [Event::Error(Error::Handshake { .. }), Event::Close(c)] if c.code == 1006 && !c.was_clean),
             "{}: {evs:?}",
             String::from_utf8_lossy(response)
         );
@@ -140,12 +148,14 @@ fn server_hanging_up_during_the_handshake_fails() {
     let (rec, rx) = recorder();
     let r = WebSocket::connect(&server.url(), rec);
     assert!(
-        matches!(&r, Err(Error::Handshake(_) | Error::Io(_))),
+        matches!(&r, Err(Error::Handshake { .. } | Error::Io(_))),
         "{r:?}"
     );
     drop(r);
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake(_) | Error::Io(_)));
+    assert_failure_tail(&recs, |e| {
+        matches!(e, Error::Handshake { .. } | Error::Io(_))
+    });
     assert_eq!(recs.len(), 2, "{recs:?}");
     server.join();
 }
@@ -253,5 +263,65 @@ fn handshake_timeout_pull_style_open() {
         "{evs:?}"
     );
     drop(ws);
+    server.join();
+}
+
+/// Response headers that never end fail the handshake as a handshake error (the head is
+/// too large), not as a protocol violation or a timeout.
+#[test]
+fn endless_handshake_headers_are_a_handshake_error() {
+    let _g = shared();
+    let server = raw_server(|mut stream| {
+        read_http_head(&mut stream);
+        let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\n");
+        let line = format!("X-Padding: {}\r\n", "a".repeat(1000));
+        // Until the client gives up (it must, long before this loop ends).
+        for _ in 0..1000 {
+            if stream.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let r = WebSocket::connect_pull(&server.url());
+    assert!(
+        matches!(
+            &r,
+            Err(Error::Handshake {
+                kind: HandshakeErrorKind::TooLarge,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    server.join();
+}
+
+/// A rejection whose body comes in pieces, chunked: the body is read whole and decoded.
+#[test]
+fn a_chunked_rejection_body_is_read_whole() {
+    let _g = shared();
+    let server = raw_server(|mut stream| {
+        read_http_head(&mut stream);
+        stream
+            .write_all(b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\nWWW-Authenticate: Bearer\r\n\r\n")
+            .unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stream.write_all(b"6\r\ntoken \r\n").unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stream.write_all(b"7\r\nexpired\r\n0\r\n\r\n").unwrap();
+        read_to_end_quietly(&mut stream);
+    });
+    match WebSocket::connect_pull(&server.url()) {
+        Err(Error::HandshakeRejected {
+            status, response, ..
+        }) => {
+            assert_eq!(status, 401);
+            assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+            assert_eq!(response.body_text(), Some("token expired"));
+        }
+        other => panic!("{other:?}"),
+    }
     server.join();
 }

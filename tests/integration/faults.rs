@@ -28,7 +28,7 @@ fn expect_protocol_failure(bytes: &'static [u8], wire_code: CloseCode) {
         matches!(&recs[1], Rec::Message(m) if m.as_text() == Some("before")),
         "{recs:?}"
     );
-    assert_failure_tail(&recs, |e| matches!(e, Error::Protocol(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Protocol { .. }));
     drop(ws);
     assert!(leftover_recs(&rx).is_empty());
     assert_eq!(server.join(), Some(wire_code));
@@ -99,7 +99,7 @@ fn a_close_frame_with_a_bad_payload_fails() {
     let (rec, rx) = recorder();
     let _ws = WebSocket::connect(&server.url(), rec).expect("connect");
     let recs = recs_until_close(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Protocol(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Protocol { .. }));
     server.join();
 }
 
@@ -142,5 +142,5 @@ fn a_handshake_answer_that_is_not_http_fails_cleanly() {
     let result = WebSocket::builder()
         .handshake_timeout(Duration::from_secs(5))
         .connect_pull(&server.url());
-    assert!(matches!(result, Err(Error::Handshake(_))), "{result:?}");
+    assert!(matches!(result, Err(Error::Handshake { .. })), "{result:?}");
 }

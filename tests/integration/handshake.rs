@@ -18,7 +18,7 @@ fn ws_and_http_urls_connect_and_http_maps_to_ws() {
         let (ws, events) = WebSocket::connect_pull(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
         assert!(matches!(next_event(&events), Event::Open));
         assert_eq!(ws.url(), format!("ws://{}/path", server.addr), "{url}");
-        ws.close().unwrap();
+        ws.close();
         let seen = server.join();
         assert_eq!(seen.uri, "/path", "{url}");
     }
@@ -191,7 +191,7 @@ fn path_and_query_arrive_intact() {
         let server = request_capturing_server();
         let url = server.url_with(suffix);
         let ws = WebSocket::connect(&url, ()).unwrap_or_else(|e| panic!("{url}: {e}"));
-        ws.close().unwrap();
+        ws.close();
         assert_eq!(server.join().uri, expected, "{url}");
     }
 }
@@ -208,7 +208,7 @@ fn extra_headers_and_origin_arrive() {
         .origin("https://example.org")
         .connect(&server.url(), ())
         .expect("connect");
-    ws.close().unwrap();
+    ws.close();
     let seen = server.join();
     assert_eq!(seen.header("x-custom").as_deref(), Some("one"));
     assert_eq!(seen.all("x-multi"), ["a", "b"]);
@@ -245,7 +245,7 @@ fn url_userinfo_becomes_basic_authorization() {
         format!("ws://{}/private", server.addr),
         "credentials leave the URL"
     );
-    ws.close().unwrap();
+    ws.close();
     let seen = server.join();
     // base64("al ice:s:cret")
     assert_eq!(
@@ -261,7 +261,7 @@ fn url_userinfo_becomes_basic_authorization() {
         .header("Authorization", "Bearer token")
         .connect(&url, ())
         .expect("connect");
-    ws.close().unwrap();
+    ws.close();
     assert_eq!(server.join().all("authorization"), ["Bearer token"]);
 }
 
@@ -323,7 +323,7 @@ fn onopen_fires_once_before_messages_with_state_open_and_protocol_known() {
             "{r:?}"
         );
     }
-    ws.close().unwrap();
+    ws.close();
     let rest = recs_until_close(&rx);
     assert!(
         matches!(rest.last(), Some(Rec::Close(c, _)) if c.code == 1000 && c.was_clean),
@@ -357,7 +357,7 @@ fn browser_style_open_returns_connecting_then_onopen() {
     let first = next_rec(&rx);
     assert!(is_open(&first), "{first:?}");
     assert_eq!(ws.ready_state(), ReadyState::Open);
-    ws.close().unwrap();
+    ws.close();
     let c = ws.wait_closed_timeout(WAIT).expect("closed");
     assert!(c.was_clean && c.code == 1000, "{c:?}");
     server.join();
@@ -372,14 +372,14 @@ fn server_choosing_a_subprotocol_not_offered_fails() {
         .subprotocol("chat.v1")
         .subprotocol("chat.v2")
         .connect(&server.url(), rec);
-    assert!(matches!(&r, Err(Error::Handshake(_))), "{r:?}");
+    assert!(matches!(&r, Err(Error::Handshake { .. })), "{r:?}");
     drop(r);
     let recs = leftover_recs(&rx);
     assert!(
         !recs.iter().any(|r| matches!(r, Rec::Open { .. })),
         "{recs:?}"
     );
-    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake { .. }));
     assert_eq!(recs.len(), 2, "{recs:?}");
     server.join();
 }
@@ -390,7 +390,7 @@ fn assert_handshake_fails<T>(builder: nwebsocket::Builder, server: Server<T>) {
     let (ws, events) = builder.open_pull(&server.url()).expect("open");
     let evs = events_until_close(&events);
     assert!(
-        matches!(evs.as_slice(), [Event::Error(Error::Handshake(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        matches!(evs.as_slice(), [Event::Error(Error::Handshake { .. }), Event::Close(c)] if c.code == 1006 && !c.was_clean),
         "{evs:?}"
     );
     drop(ws);

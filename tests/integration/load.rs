@@ -52,7 +52,7 @@ fn sixteen_threads_send_a_hundred_thousand_messages_each() {
     for s in senders {
         s.join().unwrap();
     }
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT * 6).expect("closed").was_clean);
     assert_eq!(server.join(), u64::from(THREADS * EACH));
     eprintln!(
@@ -81,7 +81,7 @@ fn a_thousand_connect_close_cycles_leak_nothing() {
     let cycle = |n: usize| {
         let (ws, _events) = WebSocket::connect_pull(&url).expect("connect");
         if n % 2 == 0 {
-            ws.close().unwrap();
+            ws.close();
             assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
         } // odd cycles: dropping the handle closes with 1001
     };

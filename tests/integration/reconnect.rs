@@ -189,7 +189,7 @@ fn failing_attempts_back_off_exponentially_and_stop_at_the_limit() {
     );
     for pair in recs.chunks(2) {
         assert!(
-            matches!(pair[0], Rec::Error(Error::Handshake(_) | Error::Io(_))),
+            matches!(pair[0], Rec::Error(Error::Handshake { .. } | Error::Io(_))),
             "{recs:?}"
         );
         assert!(
@@ -268,7 +268,7 @@ fn fifty_lost_connections_reconnect_without_piling_up_threads() {
     assert_eq!(ws.ready_state(), ReadyState::Open);
     assert_eq!(mine(&before), threads);
     ws.send("last").unwrap();
-    ws.close().unwrap();
+    ws.close();
     let r = next_rec(&rx);
     assert!(
         matches!(&r, Rec::Close(c, ReadyState::Closed) if c.code == 1000 && c.was_clean),
@@ -398,7 +398,7 @@ fn sends_between_connections_hand_the_message_back() {
     assert!(is_open(&r), "{r:?}");
     assert_eq!(ws.ready_state(), ReadyState::Open);
     ws.send("after").unwrap();
-    ws.close().unwrap();
+    ws.close();
     let r = next_rec(&rx);
     assert!(
         matches!(&r, Rec::Close(c, _) if c.code == 1000 && c.was_clean),
@@ -437,7 +437,7 @@ fn close_while_waiting_to_reconnect_ends_reconnecting() {
     assert!(matches!(next_rec(&rx), Rec::Close(c, _) if c.code == 1006));
     assert_eq!(ws.ready_state(), ReadyState::Closed);
     let t = Instant::now();
-    ws.close().unwrap();
+    ws.close();
     let closed = ws.wait_closed_timeout(WAIT).expect("closed");
     // At once, not after the delay: 4 s leaves a loaded machine its margin and is still
     // a second short of the 5 s delay (this was 2 s).
@@ -448,7 +448,7 @@ fn close_while_waiting_to_reconnect_ends_reconnecting() {
     );
     assert_eq!((closed.code, closed.was_clean), (1006, false));
     assert_eq!(ws.ready_state(), ReadyState::Closed);
-    ws.close().unwrap(); // twice: a no-op
+    ws.close(); // twice: a no-op
     drop(ws);
     assert!(leftover_recs(&rx).is_empty(), "nothing after close()");
     assert!(server.next_accept(Duration::from_millis(500)).is_some());
@@ -525,7 +525,7 @@ fn clean_close_reconnects_when_stop_on_clean_close_is_false() {
     );
     let r = next_rec(&rx);
     assert!(is_open(&r), "{r:?}");
-    ws.close().unwrap();
+    ws.close();
     let r = next_rec(&rx);
     assert!(
         matches!(&r, Rec::Close(c, _) if c.code == 1000 && c.was_clean),
@@ -535,4 +535,65 @@ fn clean_close_reconnects_when_stop_on_clean_close_is_false() {
     assert!(leftover_recs(&rx).is_empty());
     // The first connection's Close was the echo of the server's; the second the client's.
     assert_eq!(server.join(), vec![Some(1001), Some(1000)]);
+}
+
+/// The header provider is called for each attempt (a fresh token each time), and
+/// `handshake_response()` is each connection's own `101` response, readable from `onopen`.
+#[test]
+fn header_provider_runs_on_every_attempt_and_each_response_is_readable() {
+    let _g = shared();
+    let server = multi_server(2, |i, stream| {
+        let mut auth = String::new();
+        let mut ws = tungstenite::accept_hdr(
+            stream,
+            |req: &tungstenite::handshake::server::Request,
+             mut resp: tungstenite::handshake::server::Response| {
+                auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                resp.headers_mut()
+                    .insert("x-connection", i.to_string().parse().unwrap());
+                Ok(resp)
+            },
+        )
+        .expect("server: handshake");
+        if i == 0 {
+            // Lost without a closing handshake: the client reconnects.
+            drop(ws);
+        } else {
+            while ws.read().is_ok() {}
+        }
+        auth
+    });
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let (ws, events) = WebSocket::builder()
+        .header("Authorization", "Bearer static")
+        .header_provider(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            vec![("Authorization".into(), format!("Bearer token-{n}"))]
+        })
+        .reconnect(Reconnect::new().initial_delay(Duration::from_millis(10)))
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match next_event(&events) {
+            nwebsocket::Event::Open => {
+                let response = ws.handshake_response().expect("known once OPEN");
+                assert_eq!(response.status(), 101);
+                seen.push(response.header("X-Connection").map(str::to_owned));
+            }
+            nwebsocket::Event::Error(_) | nwebsocket::Event::Close(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, [Some("0".to_owned()), Some("1".to_owned())]);
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    assert_eq!(server.join(), ["Bearer token-1", "Bearer token-2"]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use nwebsocket::{Error, Event, ReadyState, WebSocket};
+use nwebsocket::{Error, Event, HandshakeErrorKind, ReadyState, WebSocket};
 
 use crate::reconnect::multi_server;
 use crate::support::*;
@@ -98,7 +98,7 @@ fn found_302_leads_to_the_second_server_with_path_and_query() {
     assert!(is_open(&next_rec(&rx)), "onopen once, at the final server");
     assert_eq!(ws.ready_state(), ReadyState::Open);
     assert_eq!(ws.url(), url, "url() stays the URL given");
-    ws.close().unwrap();
+    ws.close();
     let r = next_rec(&rx);
     assert!(
         matches!(&r, Rec::Close(c, _) if c.code == 1000 && c.was_clean),
@@ -127,7 +127,7 @@ fn every_redirect_status_is_followed() {
         let (ws, events) = WebSocket::connect_pull(&first.url_with("/"))
             .unwrap_or_else(|e| panic!("{status}: {e:?}"));
         assert!(matches!(next_event(&events), Event::Open), "{status}");
-        ws.close().unwrap();
+        ws.close();
         let evs = events_until_close(&events);
         assert!(
             matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000),
@@ -167,7 +167,7 @@ fn relative_location_is_resolved_against_the_current_url() {
     let (ws, events) = WebSocket::connect_pull(&url).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
     assert_eq!(ws.url(), url);
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     assert_eq!(server.join(), vec!["/dir/first", "/other?y=2"]);
@@ -242,7 +242,7 @@ fn max_redirects_zero_refuses_the_first_redirect() {
         .connect_pull(&first.url_with("/"))
         .expect("one redirect allowed");
     assert!(matches!(next_event(&events), Event::Open));
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     first.join();
@@ -290,12 +290,16 @@ fn redirect_from_wss_to_ws_is_refused() {
         .handshake_timeout(Duration::from_secs(3))
         .connect(&wss_url(server.port()), rec);
     match &r {
-        Err(Error::Handshake(m)) => assert!(m.contains("refused redirect"), "{m}"),
+        Err(Error::Handshake {
+            kind: HandshakeErrorKind::Redirect,
+            message: m,
+            ..
+        }) => assert!(m.contains("refused redirect"), "{m}"),
         other => panic!("{other:?}"),
     }
     drop(r);
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Handshake { .. }));
     let head = server.join();
     assert_eq!(request_target(&head), "/tls?q=1");
     target.assert_untouched();
@@ -324,7 +328,7 @@ fn redirect_from_wss_to_wss_is_followed() {
         matches!(&e, Event::Message(m) if m.as_text() == Some("hop")),
         "{e:?}"
     );
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     first.join();
@@ -370,7 +374,7 @@ fn url_credentials_follow_same_host_redirects_only() {
         "url() without credentials: {}",
         ws.url()
     );
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     assert_eq!(
@@ -385,7 +389,7 @@ fn url_credentials_follow_same_host_redirects_only() {
     let url = format!("ws://u:p@127.0.0.1:{}/", first.port());
     let (ws, events) = WebSocket::connect_pull(&url).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     assert_eq!(
@@ -427,7 +431,7 @@ fn url_credentials_follow_same_host_redirects_only() {
     let url = format!("ws://u:p@127.0.0.1:{}/", server.port());
     let (ws, events) = WebSocket::connect_pull(&url).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
-    ws.close().unwrap();
+    ws.close();
     events_until_close(&events);
     drop(ws);
     assert_eq!(

@@ -72,7 +72,7 @@ fn eight_threads_sending_at_once_keep_per_thread_order() {
     for s in senders {
         s.join().unwrap();
     }
-    ws.close().unwrap();
+    ws.close();
     let c = ws.wait_closed_timeout(WAIT).expect("closed");
     assert!(c.was_clean, "{c:?}");
     drop(ws);
@@ -198,7 +198,7 @@ fn handler_state_is_reachable_through_handler() {
     // onmessage sends the reply before it records "reply please".
     assert!(eventually(WAIT, || ws.handler().messages.len() == 51));
     assert_eq!(ws.handler().messages[50], "reply please");
-    ws.close().unwrap();
+    ws.close();
     let c = ws.wait_closed_timeout(WAIT).expect("closed");
     assert!(c.was_clean, "{c:?}");
     drop(ws);
@@ -283,7 +283,7 @@ fn handler_is_handed_over_between_callbacks_during_a_flood() {
         "median wait {median} callbacks over {} looks: {waits:?}",
         waits.len()
     );
-    ws.close().unwrap();
+    ws.close();
     assert!(ws.wait_closed_timeout(WAIT).is_some_and(|c| c.was_clean));
     drop(ws);
     server.join();
@@ -338,7 +338,7 @@ fn a_blocked_callback_does_not_stall_pongs() {
         matches!(&pong, tungstenite::Message::Pong(p) if &p[..] == b"still there?"),
         "{pong:?}"
     );
-    ws.close().unwrap();
+    ws.close();
     drop(ws);
     server.join();
 }
@@ -468,7 +468,7 @@ fn an_idle_connection_costs_no_cpu() {
         assert!(switches <= 1, "{name} woke up {switches} times while idle");
     }
     assert_eq!(ws.ready_state(), ReadyState::Open);
-    ws.close().unwrap();
+    ws.close();
     drop(ws);
     server.join();
 }
@@ -744,7 +744,7 @@ fn the_io_thread_sleeps_while_a_slow_consumer_catches_up() {
         "the I/O thread used {ticks} ticks of CPU in {wall:?} ({:.0} %)",
         share * 100.0
     );
-    ws.close().unwrap();
+    ws.close();
     drop(ws);
     server.join();
 }

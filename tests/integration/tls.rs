@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use nwebsocket::{Error, Event, ReadyState, WebSocket};
+use nwebsocket::{Error, Event, HandshakeErrorKind, ReadyState, TlsErrorKind, WebSocket};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -103,6 +103,7 @@ pub fn pki() -> &'static Pki {
     })
 }
 
+#[allow(deprecated)] // rustls 0.23.48: see `ring_provider` in src/io/transport.rs
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -203,7 +204,7 @@ fn echo_round_trip(ws: WebSocket, events: &nwebsocket::crossbeam_channel::Receiv
         matches!(&e, Event::Message(m) if m.as_bytes() == [0u8, 1, 2, 255]),
         "{e:?}"
     );
-    ws.close().expect("close");
+    ws.close();
     let evs = events_until_close(events);
     assert!(
         matches!(evs.as_slice(), [Event::Close(c)] if c.code == 1000 && c.was_clean),
@@ -213,9 +214,10 @@ fn echo_round_trip(ws: WebSocket, events: &nwebsocket::crossbeam_channel::Receiv
     assert!(leftover_events(events).is_empty());
 }
 
+/// The whole chain of a TLS error, lower case (the TLS library's words are its source).
 fn tls_message(e: &Error) -> String {
     match e {
-        Error::Tls(m) => m.to_lowercase(),
+        Error::Tls { .. } => e.chain().to_lowercase(),
         other => panic!("expected Error::Tls, got {other:?}"),
     }
 }
@@ -249,7 +251,7 @@ fn unknown_ca_is_a_tls_error() {
     assert!(msg.contains("issuer"), "{err}");
     assert!(t.elapsed() < WAIT, "took {:?}", t.elapsed());
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls { .. }));
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert!(
         server.join().is_err(),
@@ -277,7 +279,7 @@ fn certificate_for_another_name_is_a_tls_error() {
     let err = r.expect_err("a certificate for wrong.example must not do for localhost");
     assert!(tls_message(&err).contains("name"), "{err}");
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls { .. }));
     assert!(server.join().is_err());
 }
 
@@ -326,7 +328,7 @@ fn missing_client_certificate_fails_with_a_typed_error() {
     let err = r.expect_err("the server requires a client certificate");
     eprintln!("missing client certificate: {err:?}");
     assert!(
-        matches!(&err, Error::Tls(m) if m.to_lowercase().contains("certificate")),
+        matches!(&err, Error::Tls { .. } if tls_message(&err).contains("certificate")),
         "{err:?}"
     );
     assert!(
@@ -335,7 +337,7 @@ fn missing_client_certificate_fails_with_a_typed_error() {
         t.elapsed()
     );
     let recs = leftover_recs(&rx);
-    assert_failure_tail(&recs, |e| matches!(e, Error::Tls(_)));
+    assert_failure_tail(&recs, |e| matches!(e, Error::Tls { .. }));
     let server_side = server.join();
     assert!(server_side.is_err(), "{server_side:?}");
 }
@@ -356,17 +358,23 @@ fn bad_pem_is_a_synchronous_tls_error() {
         let r = WebSocket::builder()
             .add_root_certificate(pem)
             .open(&url, ());
-        assert!(matches!(&r, Err(Error::Tls(_))), "{pem:?}: {r:?}");
+        assert!(matches!(&r, Err(Error::Tls { .. })), "{pem:?}: {r:?}");
     }
     let r = WebSocket::builder()
         .client_certificate("not a chain", &pki().client.key_pem)
         .open_pull(&url);
     // An empty chain is not caught by PEM parsing; it must be refused all the same.
-    assert!(matches!(&r, Err(Error::Tls(_))), "bad client chain: {r:?}");
+    assert!(
+        matches!(&r, Err(Error::Tls { .. })),
+        "bad client chain: {r:?}"
+    );
     let r = WebSocket::builder()
         .client_certificate(&pki().client.cert_pem, "not a key")
         .open_pull(&url);
-    assert!(matches!(&r, Err(Error::Tls(_))), "bad client key: {r:?}");
+    assert!(
+        matches!(&r, Err(Error::Tls { .. })),
+        "bad client key: {r:?}"
+    );
     // And none of them connected.
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
@@ -391,9 +399,17 @@ fn wss_against_a_plain_server_fails_fast() {
     let err = r.expect_err("a plain server cannot speak TLS");
     eprintln!("wss:// against ws://: {err:?} after {elapsed:?}");
     assert!(
-        matches!(err, Error::Tls(_) | Error::Handshake(_) | Error::Io(_)),
+        matches!(
+            err,
+            Error::Tls {
+                kind: TlsErrorKind::NotTls,
+                ..
+            }
+        ),
         "{err:?}"
     );
+    // Named for what it is, not "the server closed the connection during the handshake".
+    assert!(err.to_string().contains("ws://"), "{err}");
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     assert!(
         server.join().is_err(),
@@ -419,10 +435,114 @@ fn ws_against_a_tls_server_fails_fast() {
     assert!(
         matches!(
             err,
-            Error::Handshake(_) | Error::Io(_) | Error::HandshakeRejected { .. }
+            Error::Handshake { .. } | Error::Io(_) | Error::HandshakeRejected { .. }
         ),
         "{err:?}"
     );
+    // When the server's TLS alert arrived (rather than a reset), the message says so.
+    if let Error::Handshake {
+        kind: HandshakeErrorKind::InvalidResponse,
+        ..
+    } = &err
+    {
+        assert!(err.to_string().contains("wss://"), "{err}");
+    }
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     assert!(server.join().is_err(), "the TLS server saw plain HTTP");
+}
+
+/// A self-signed certificate that is its own CA (what `openssl req -x509` makes), added as
+/// a root: webpki refuses it (CaUsedAsEndEntity), and the error says what to do instead.
+#[test]
+fn a_self_signed_ca_used_as_the_server_certificate_is_refused_with_a_hint() {
+    let _g = shared();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("certificate");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    let leaf = Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
+    };
+    let server = tls_echo_server(server_config(&leaf, false));
+    let err = WebSocket::builder()
+        .add_root_certificate(&leaf.cert_pem)
+        .connect_pull(&wss_url(server.port()))
+        .expect_err("webpki refuses a CA certificate as the server's");
+    assert!(
+        matches!(
+            err,
+            Error::Tls {
+                kind: TlsErrorKind::Certificate,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let shown = err.to_string();
+    assert!(shown.contains("CaUsedAsEndEntity"), "{shown}");
+    assert!(shown.contains("add_root_certificate"), "{shown}");
+    assert!(server.join().is_err());
+}
+
+/// `native-tls` (the platform's TLS; OpenSSL here) against the same local server: trusted
+/// through the added root, echoing both ways; and an untrusted server refused as a
+/// certificate error.
+#[cfg(feature = "native-tls")]
+#[test]
+fn native_tls_connects_with_an_added_root_and_refuses_an_unknown_ca() {
+    let _g = shared();
+    let server = tls_echo_server(server_config(&pki().localhost, false));
+    let (ws, events) = WebSocket::builder()
+        .tls_backend(nwebsocket::TlsBackend::NativeTls)
+        .add_root_certificate(&pki().ca_pem)
+        .connect_pull(&wss_url(server.port()))
+        .expect("wss with native-tls");
+    echo_round_trip(ws, &events);
+    assert_eq!(server.join().expect("server").echoed, 2);
+
+    let server = tls_echo_server(server_config(&pki().stranger, false));
+    let err = WebSocket::builder()
+        .tls_backend(nwebsocket::TlsBackend::NativeTls)
+        .add_root_certificate(&pki().ca_pem)
+        .connect_pull(&wss_url(server.port()))
+        .expect_err("a certificate from an untrusted CA");
+    assert!(
+        matches!(
+            err,
+            Error::Tls {
+                kind: TlsErrorKind::Certificate,
+                ..
+            }
+        ),
+        "{err:?}: {}",
+        err.chain()
+    );
+    assert!(server.join().is_err());
+}
+
+/// `os_root_certificates(true)`: the system's store (here `SSL_CERT_FILE`, which
+/// rustls-native-certs reads first) is trusted instead of the compiled-in roots.
+#[cfg(feature = "rustls-native-certs")]
+#[test]
+fn the_system_store_is_used_when_asked() {
+    // The environment is the process's: no other test runs meanwhile.
+    let _g = exclusive();
+    let file = std::env::temp_dir().join(format!("nws-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&file, &pki().ca_pem).unwrap();
+    std::env::set_var("SSL_CERT_FILE", &file);
+    let server = tls_echo_server(server_config(&pki().localhost, false));
+    let result = WebSocket::builder()
+        .os_root_certificates(true)
+        .connect_pull(&wss_url(server.port()));
+    std::env::remove_var("SSL_CERT_FILE");
+    let _ = std::fs::remove_file(&file);
+    let (ws, events) = result.expect("the test CA is in the system's store");
+    echo_round_trip(ws, &events);
+    assert_eq!(server.join().expect("server").echoed, 2);
 }

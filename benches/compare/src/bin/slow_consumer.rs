@@ -73,7 +73,7 @@ fn run(queue: usize, work: Duration, n: usize) -> f64 {
         working += t.elapsed();
     }
     let share = working.as_secs_f64() / start.elapsed().as_secs_f64();
-    ws.close().expect("close");
+    ws.close();
     ws.wait_closed_timeout(Duration::from_secs(10));
     drop(ws);
     server.join().expect("server thread");
