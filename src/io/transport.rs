@@ -36,8 +36,10 @@ pub(crate) struct Transport {
     /// The socket's receive low-water mark, as last set (0: never set, so 1).
     low_water: usize,
     /// The most the low-water mark may be raised to: a quarter of the socket's receive
-    /// buffer, looked up when first needed (0 until then).
+    /// buffer, looked up at each large frame's first wait (0 until then).
     low_water_max: usize,
+    /// What was left of the large frame at the last wait (a larger value: a new frame).
+    low_water_left: usize,
 }
 
 /// The largest receive low-water mark asked for while a large frame is read.
@@ -110,6 +112,7 @@ impl Transport {
             recorded: Some(Vec::new()),
             low_water: 0,
             low_water_max: 0,
+            low_water_left: 0,
         })
     }
 
@@ -168,6 +171,12 @@ impl Transport {
         let mark = match left {
             None => 1,
             Some(left) => {
+                // A new frame: the receive buffer grows as the kernel tunes it, so look
+                // again (once per frame, as it was measured).
+                if left > self.low_water_left {
+                    self.low_water_max = 0;
+                }
+                self.low_water_left = left;
                 if self.low_water_max == 0 {
                     let buffer = self
                         .tcp()
