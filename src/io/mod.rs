@@ -333,7 +333,7 @@ impl IoThread {
             Command::Ping => {
                 let payload = io.shared.take_ping();
                 if let (Phase::Open(open), Some(payload)) = (&mut self.phase, payload) {
-                    open.conn.ping(payload, Instant::now());
+                    open.conn.ping(payload);
                 }
                 Ok(())
             }

@@ -76,7 +76,7 @@ impl Io {
                     open.transport.set_low_water(open.conn.large_frame_left());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => open.conn.abort(io_error(e), now),
+                Err(e) => open.conn.abort(io_error(e)),
             }
         }
         self.deliver_pending();
@@ -192,7 +192,7 @@ impl Io {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take(spare);
-        if let Err(refused) = open.conn.queue_data(chunks, Instant::now()) {
+        if let Err(refused) = open.conn.queue_data(chunks) {
             // Cannot happen: sends stop (CLOSING) before our Close is queued.
             let bytes: usize = refused.iter().map(protocol::Chunk::app_bytes).sum();
             log::warn!(
@@ -216,8 +216,7 @@ impl Io {
             };
             match open.transport.write(bytes) {
                 Ok(0) => {
-                    open.conn
-                        .abort(io_error(io::ErrorKind::WriteZero.into()), Instant::now());
+                    open.conn.abort(io_error(io::ErrorKind::WriteZero.into()));
                     break;
                 }
                 Ok(n) => {
@@ -231,7 +230,7 @@ impl Io {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    open.conn.abort(io_error(e), Instant::now());
+                    open.conn.abort(io_error(e));
                     break;
                 }
             }
@@ -240,7 +239,7 @@ impl Io {
             // rustls keeps encrypted records until flushed.
             match open.transport.flush() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
-                Err(e) => open.conn.abort(io_error(e), Instant::now()),
+                Err(e) => open.conn.abort(io_error(e)),
                 Ok(()) => {}
             }
         }

@@ -194,7 +194,7 @@ impl Connection {
                     self.end(End::Failed(Error::io(e)));
                 }
                 Ok(None) => return None,
-                Err(Violation { code, error }) => self.fail(Some(code), error, now),
+                Err(Violation { code, error }) => self.fail(Some(code), error),
             }
         }
     }
@@ -209,7 +209,7 @@ impl Connection {
         match self.reader.take_run(max, each) {
             Ok(taken) => taken,
             Err(Violation { code, error }) => {
-                self.fail(Some(code), error, Instant::now());
+                self.fail(Some(code), error);
                 0
             }
         }
@@ -257,14 +257,10 @@ impl Connection {
 
     /// Queues frames encoded by the sending threads. Refused (handed back) once our
     /// Close is queued: no data frame ever follows it.
-    pub fn queue_data(
-        &mut self,
-        chunks: VecDeque<Chunk>,
-        now: Instant,
-    ) -> Result<(), VecDeque<Chunk>> {
+    pub fn queue_data(&mut self, chunks: VecDeque<Chunk>) -> Result<(), VecDeque<Chunk>> {
         match self.closing {
             _ if chunks.is_empty() => Ok(()),
-            Closing::Open | Closing::Received(_) => self.out.queue_data(chunks, now),
+            Closing::Open | Closing::Received(_) => self.out.queue_data(chunks),
             _ => Err(chunks),
         }
     }
@@ -275,9 +271,9 @@ impl Connection {
     }
 
     /// Queues a ping (replacing one not yet written). Only while open.
-    pub fn ping(&mut self, payload: Bytes, now: Instant) {
+    pub fn ping(&mut self, payload: Bytes) {
         if self.closing == Closing::Open {
-            self.out.queue_ping(payload, now);
+            self.out.queue_ping(payload);
         }
     }
 
@@ -297,7 +293,7 @@ impl Connection {
             Closing::Received(c) => Closing::Both(c),
             _ => Closing::Sent,
         };
-        self.out.queue_close(payload, now);
+        self.out.queue_close(payload);
         // Until our Close is out this bounds a stall only (re-armed whenever the server
         // takes data, in `advance`); from then on, the server's answer.
         self.close_deadline = after(now, self.timers.close_timeout);
@@ -338,9 +334,9 @@ impl Connection {
 
     /// "Fail the WebSocket connection" (RFC 6455 §7.1.7): tell the server why if there is
     /// a code and our Close is not out yet, report the error, read and report nothing more.
-    fn fail(&mut self, code: Option<u16>, error: Error, now: Instant) {
+    fn fail(&mut self, code: Option<u16>, error: Error) {
         log::debug!("failing the connection: {error}");
-        let dropped = self.out.fail(code.map(|c| close_payload(c, "")), now);
+        let dropped = self.out.fail(code.map(|c| close_payload(c, "")));
         if dropped > 0 {
             log::debug!("{dropped} bytes of application data not sent");
         }
@@ -378,11 +374,7 @@ impl Connection {
     /// A peer owed a control frame (a pong) that takes nothing we write for the close
     /// timeout is failed: it will never read its pongs.
     fn stall_deadline(&self) -> Option<Instant> {
-        let since = self
-            .out
-            .waiting_since()
-            .filter(|_| self.out.owes_control())?;
-        after(since, self.timers.close_timeout)
+        after(self.out.pong_owed_since()?, self.timers.close_timeout)
     }
 
     /// Runs the timers that are due.
@@ -399,20 +391,20 @@ impl Connection {
                     let close = c.clone();
                     self.end(End::Clean(close));
                 }
-                _ => self.fail(None, Error::Timeout(Timeout::Close), now),
+                _ => self.fail(None, Error::Timeout(Timeout::Close)),
             }
             return;
         }
         if judging && due(self.pong_deadline) {
-            return self.fail(None, Error::Timeout(Timeout::Pong), now);
+            return self.fail(None, Error::Timeout(Timeout::Pong));
         }
         if due(self.stall_deadline()) {
-            return self.fail(None, Error::Timeout(Timeout::Write), now);
+            return self.fail(None, Error::Timeout(Timeout::Write));
         }
         if due(self.next_ping) {
             self.ping_seq += 1;
             let payload = Bytes::copy_from_slice(&self.ping_seq.to_be_bytes());
-            self.out.queue_ping(payload, now);
+            self.out.queue_ping(payload);
             self.next_ping = after(now, self.timers.ping_interval);
             if self.pong_deadline.is_none() {
                 self.pong_deadline = after(now, self.timers.pong_timeout);
@@ -423,15 +415,15 @@ impl Connection {
     /// The stream failed (an I/O error): nothing more is written or reported. Once the
     /// server's Close came, that is the end of the TCP connection after the closing
     /// handshake, a clean close whatever the socket says (a reset, say).
-    pub fn abort(&mut self, error: Error, now: Instant) {
+    pub fn abort(&mut self, error: Error) {
         match &self.closing {
             Closing::Received(close) | Closing::Both(close) => {
                 log::debug!("the stream ended after the server's Close: {error}");
                 let close = close.clone();
-                self.out.fail(None, now);
+                self.out.fail(None);
                 self.end(End::Clean(close));
             }
-            _ => self.fail(None, error, now),
+            _ => self.fail(None, error),
         }
     }
 }

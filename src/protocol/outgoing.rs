@@ -200,8 +200,9 @@ pub(crate) struct Output {
     staged_kind: Option<Staged>,
     /// An emptied run buffer, for the outbox to reuse.
     spare: Option<Vec<u8>>,
-    /// Since when something has been waiting to be written without any of it going out.
-    waiting_since: Option<Instant>,
+    /// Since when a pong has been owed with nothing we write going out (the start of its
+    /// wait, or the last write since).
+    owed_since: Option<Instant>,
 }
 
 impl Output {
@@ -217,23 +218,18 @@ impl Output {
             staged_at: 0,
             staged_kind: None,
             spare: None,
-            waiting_since: None,
+            owed_since: None,
         }
     }
 
     /// Queues data frames. Refused (handed back) once our Close is queued.
-    pub fn queue_data(
-        &mut self,
-        chunks: VecDeque<Chunk>,
-        now: Instant,
-    ) -> Result<(), VecDeque<Chunk>> {
+    pub fn queue_data(&mut self, chunks: VecDeque<Chunk>) -> Result<(), VecDeque<Chunk>> {
         if chunks.is_empty() {
             return Ok(());
         }
         if self.close != CloseOut::NotQueued {
             return Err(chunks);
         }
-        self.note_waiting(now);
         if self.data.is_empty() {
             self.data = chunks;
         } else {
@@ -246,7 +242,7 @@ impl Output {
     /// once our Close is written.
     pub fn queue_pong(&mut self, payload: Bytes, now: Instant) {
         if self.accepts_control() {
-            self.note_waiting(now);
+            self.owed_since.get_or_insert(now);
             if self.pongs.len() == PONGS {
                 self.pongs.pop_front();
             }
@@ -255,17 +251,15 @@ impl Output {
     }
 
     /// Queues a ping (replacing an unsent one).
-    pub fn queue_ping(&mut self, payload: Bytes, now: Instant) {
+    pub fn queue_ping(&mut self, payload: Bytes) {
         if self.accepts_control() {
-            self.note_waiting(now);
             self.ping = Some(payload);
         }
     }
 
     /// Queues our Close frame (its payload) behind everything queued so far. Once only.
-    pub fn queue_close(&mut self, payload: Vec<u8>, now: Instant) {
+    pub fn queue_close(&mut self, payload: Vec<u8>) {
         if self.close == CloseOut::NotQueued {
-            self.note_waiting(now);
             self.close = CloseOut::Queued(payload);
         }
     }
@@ -274,7 +268,7 @@ impl Output {
     /// of a frame would be garbage), every other data frame is dropped, and `close` (the
     /// payload of a Close frame) goes next, unless our Close is queued already. With
     /// `None`, nothing more is written. Returns the application bytes dropped.
-    pub fn fail(&mut self, close: Option<Vec<u8>>, now: Instant) -> usize {
+    pub fn fail(&mut self, close: Option<Vec<u8>>) -> usize {
         let keep = usize::from(self.at > 0);
         if let (1, Some(front)) = (keep, self.data.front_mut()) {
             let end = next_boundary(&front.bytes, &mut self.boundary, self.at);
@@ -282,9 +276,10 @@ impl Output {
         }
         let dropped = self.data.drain(keep..).map(|c| c.app_bytes).sum();
         self.pongs.clear();
+        self.owed_since = None;
         self.ping = None;
         match close {
-            Some(payload) => self.queue_close(payload, now),
+            Some(payload) => self.queue_close(payload),
             None => self.close = CloseOut::Written,
         }
         dropped
@@ -300,16 +295,14 @@ impl Output {
         self.close == CloseOut::Written
     }
 
-    /// Whether a control frame the peer is owed waits (a pong, or our Close).
-    pub fn owes_control(&self) -> bool {
-        !self.pongs.is_empty()
-            || matches!(self.close, CloseOut::Queued(_) | CloseOut::Writing)
-            || self.staged_kind == Some(Staged::Pong)
+    /// Whether a pong the peer is owed waits.
+    fn owes_pong(&self) -> bool {
+        !self.pongs.is_empty() || self.staged_kind == Some(Staged::Pong)
     }
 
-    /// Since when output has waited with none of it going out, if any waits.
-    pub fn waiting_since(&self) -> Option<Instant> {
-        self.waiting_since
+    /// Since when a pong has been owed with nothing we write going out, if one is.
+    pub fn pong_owed_since(&self) -> Option<Instant> {
+        self.owed_since
     }
 
     /// An emptied run buffer for the outbox to reuse, if there is one.
@@ -415,7 +408,7 @@ impl Output {
             }
         }
         if n > 0 {
-            self.waiting_since = self.has_output().then_some(now);
+            self.owed_since = self.owes_pong().then_some(now);
         }
         done
     }
@@ -426,12 +419,6 @@ impl Output {
 
     fn accepts_control(&self) -> bool {
         matches!(self.close, CloseOut::NotQueued | CloseOut::Queued(_))
-    }
-
-    fn note_waiting(&mut self, now: Instant) {
-        if !self.has_output() {
-            self.waiting_since = Some(now);
-        }
     }
 }
 
@@ -514,7 +501,7 @@ mod tests {
         ];
         let mut outbox = outbox_of(&messages);
         let mut out = Output::new();
-        out.queue_data(outbox.take(None), Instant::now()).unwrap();
+        out.queue_data(outbox.take(None)).unwrap();
         let wire = drain(&mut out, usize::MAX);
         let mut server = tungstenite::WebSocket::from_raw_socket(
             Wire(std::io::Cursor::new(wire)),
@@ -546,8 +533,7 @@ mod tests {
             for pong_after in [0, 1, 7, 150, 901] {
                 let mut out = Output::new();
                 let now = Instant::now();
-                out.queue_data(outbox_of(&messages).take(None), now)
-                    .unwrap();
+                out.queue_data(outbox_of(&messages).take(None)).unwrap();
                 let mut wire = Vec::new();
                 let mut queued_at = None;
                 loop {
@@ -593,15 +579,15 @@ mod tests {
     fn nothing_follows_our_close_and_nothing_is_accepted_after_it() {
         let now = Instant::now();
         let mut out = Output::new();
-        out.queue_data(outbox_of(&["a".into(), "b".into()]).take(None), now)
+        out.queue_data(outbox_of(&["a".into(), "b".into()]).take(None))
             .unwrap();
-        out.queue_close(vec![0x03, 0xe8], now);
+        out.queue_close(vec![0x03, 0xe8]);
         assert!(out
-            .queue_data(outbox_of(&["late".into()]).take(None), now)
+            .queue_data(outbox_of(&["late".into()]).take(None))
             .is_err());
         let wire = drain(&mut out, 5);
         out.queue_pong(Bytes::from_static(b"x"), now);
-        out.queue_ping(Bytes::from_static(b"y"), now);
+        out.queue_ping(Bytes::from_static(b"y"));
         assert!(out.transmit().is_none(), "nothing after the Close");
         let got = frames(&wire);
         let ops: Vec<OpCode> = got.iter().map(|(op, _)| *op).collect();
@@ -635,11 +621,11 @@ mod tests {
         let now = Instant::now();
         let mut out = Output::new();
         let big: Message = vec![9u8; 1000].into();
-        out.queue_data(outbox_of(&[big.clone(), big]).take(None), now)
+        out.queue_data(outbox_of(&[big.clone(), big]).take(None))
             .unwrap();
         let mut wire = out.transmit().unwrap()[..10].to_vec();
         out.advance(10, now);
-        out.fail(Some(vec![0x03, 0xea]), now);
+        out.fail(Some(vec![0x03, 0xea]));
         wire.extend(drain(&mut out, 7));
         let got = frames(&wire);
         assert_eq!(got.len(), 2);

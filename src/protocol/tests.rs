@@ -222,10 +222,10 @@ fn no_data_frame_follows_our_close() {
     let now = Instant::now();
     let mut outbox = Outbox::default();
     push(&Message::from("before"), |append| append(&mut outbox));
-    c.queue_data(outbox.take(None), now).unwrap();
+    c.queue_data(outbox.take(None)).unwrap();
     c.close(Some((1000, "")), now);
     push(&Message::from("after"), |append| append(&mut outbox));
-    assert!(c.queue_data(outbox.take(None), now).is_err());
+    assert!(c.queue_data(outbox.take(None)).is_err());
     // A ping from the server after our Close is not answered after it.
     let ops: Vec<u8> = written(&mut c).into_iter().map(|(op, _)| op).collect();
     assert_eq!(ops, [0x81, 0x88]);
@@ -641,16 +641,50 @@ fn a_reset_after_the_servers_close_is_still_a_clean_close() {
     c.close(None, now);
     let _ = written(&mut c);
     let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-    c.abort(Error::io(reset), now);
+    c.abort(Error::io(reset));
     assert!(matches!(ended(&events(&mut c)), Some(End::Clean(e)) if e.code == 1005));
     // Before the server's Close, a reset is a failure.
     let mut c = conn();
     c.close(Some((1000, "")), now);
     let _ = written(&mut c);
     let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-    c.abort(Error::io(reset), now);
+    c.abort(Error::io(reset));
     assert!(matches!(
         ended(&events(&mut c)),
         Some(End::Failed(Error::Io(_)))
     ));
+}
+
+#[test]
+fn the_write_stall_counts_from_the_pong_not_from_data_waiting_before_it() {
+    let t0 = Instant::now();
+    let mut c = conn();
+    let mut outbox = Outbox::default();
+    push(&Message::from(vec![0u8; 100_000]), |append| {
+        append(&mut outbox)
+    });
+    c.queue_data(outbox.take(None)).unwrap();
+    // The server reads nothing for a long while; then we close: no write stall for a
+    // Close (the close timeout judges it).
+    let later = t0 + Duration::from_secs(30);
+    c.close(Some((1000, "")), later);
+    c.handle_timeout(later + Duration::from_secs(1), true);
+    assert!(
+        !c.has_end(),
+        "a Close behind stalled data is not a write stall"
+    );
+    // A pong owed from now on: the stall counts from here.
+    let mut c = conn();
+    let mut outbox = Outbox::default();
+    push(&Message::from(vec![0u8; 100_000]), |append| {
+        append(&mut outbox)
+    });
+    c.queue_data(outbox.take(None)).unwrap();
+    feed(&mut c, &frame(0x89, b"p"));
+    let _ = events(&mut c);
+    let owed = c.poll_timeout(true).expect("a stall deadline");
+    assert!(
+        owed >= t0 + Duration::from_secs(10) && owed < later,
+        "{owed:?}"
+    );
 }
