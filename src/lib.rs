@@ -202,6 +202,8 @@ mod state;
 mod url;
 mod websocket;
 
+#[cfg(feature = "deflate")]
+pub use crate::config::Deflate;
 pub use crate::config::{Builder, Reconnect};
 pub use crate::delivery::EventBatches;
 pub use crate::error::{Error, Result, SendError, Timeout, UrlError};

@@ -17,6 +17,8 @@
 //! is a transition of it. Frames are parsed by tungstenite's frame codec alone
 //! ([`FrameHeader`](tungstenite::protocol::frame::FrameHeader)).
 
+#[cfg(feature = "deflate")]
+mod deflate;
 mod incoming;
 mod outgoing;
 
@@ -29,10 +31,19 @@ use bytes::Bytes;
 use crate::error::{Error, Timeout};
 use crate::message::{CloseEvent, Message};
 
+#[cfg(feature = "deflate")]
+pub(crate) use deflate::{
+    accept as accept_deflate, offer as offer_deflate, Params as DeflateParams, SendDeflate,
+};
 pub(crate) use incoming::Limits;
 use incoming::{Incoming, Reader, Violation};
 use outgoing::Output;
 pub(crate) use outgoing::{push, Chunk, Outbox};
+
+/// Without the `deflate` feature: nothing to compress with.
+#[cfg(not(feature = "deflate"))]
+#[derive(Debug, Default)]
+pub(crate) struct SendDeflate {}
 
 /// How the connection ended.
 #[derive(Debug)]
@@ -128,6 +139,12 @@ impl Connection {
             pong_deadline: None,
             ping_seq: 0,
         }
+    }
+
+    /// Inflates incoming messages marked compressed, as the handshake negotiated.
+    #[cfg(feature = "deflate")]
+    pub fn inflate_with(&mut self, params: &DeflateParams) {
+        self.reader.inflate_with(params);
     }
 
     /// Reads: `read` fills the buffer it is given (a socket read). `Ok(0)` is the end of
