@@ -153,7 +153,21 @@ impl Connection {
         &mut self,
         read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        let n = self.reader.read_with(read)?;
+        let n = match self.reader.read_with(read) {
+            // Both Close frames went by: a server that closed its socket at once resets
+            // the connection when our echo reaches it. That ends its stream all the same.
+            Err(e)
+                if matches!(self.closing, Closing::Both(_))
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                    ) =>
+            {
+                log::debug!("reset after the closing handshake: {e}");
+                0
+            }
+            r => r?,
+        };
         if n == 0 {
             self.eof = true;
         }

@@ -175,7 +175,8 @@ fn encode_frame(opcode: OpCode, rsv1: bool, payload: &[u8], buf: &mut Vec<u8>) {
         mask: Some(mask),
         ..FrameHeader::default()
     };
-    log::trace!("frame out: {opcode:?} rsv1={rsv1} len={}", payload.len());
+    let compressed = if rsv1 { " compressed" } else { "" };
+    log::trace!("frame out: {opcode:?}{compressed} len={}", payload.len());
     buf.reserve(MAX_HEADER + payload.len());
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, buf);

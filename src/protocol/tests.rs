@@ -157,6 +157,28 @@ fn fragments_with_control_frames_between_split_at_every_byte() {
 }
 
 #[test]
+fn a_reset_after_both_close_frames_is_a_clean_end() {
+    let mut c = conn();
+    let now = Instant::now();
+    feed(&mut c, &frame(0x88, &[0x03, 0xe8]));
+    assert!(matches!(&events(&mut c)[..], [Event::PeerClose(_)]));
+    c.close(None, now);
+    written(&mut c);
+    let reset = c.read_with(|_| Err(std::io::ErrorKind::ConnectionReset.into()));
+    assert!(matches!(reset, Ok(0)), "{reset:?}");
+    let got = events(&mut c);
+    assert!(
+        matches!(ended(&got), Some(End::Clean(e)) if e.code == 1000 && e.was_clean),
+        "{got:?}"
+    );
+    // Before the closing handshake, a reset is an error.
+    let mut c = conn();
+    assert!(c
+        .read_with(|_| Err(std::io::ErrorKind::ConnectionReset.into()))
+        .is_err());
+}
+
+#[test]
 fn the_server_closes_first_the_echo_carries_its_code_and_the_end_is_clean() {
     let mut c = conn();
     let now = Instant::now();
