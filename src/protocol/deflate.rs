@@ -3,7 +3,9 @@
 //! the compressor the sending threads share.
 //!
 //! Both contexts are made at the first compressed message in their direction, so an idle
-//! connection that negotiated deflate costs what one that did not costs.
+//! connection that negotiated deflate costs what one that did not costs. Without context
+//! takeover in a direction, its context is dropped after each message: memory goes back
+//! to that level, for the price of making a context per compressed message.
 //!
 //! Window bits: flate2 (and zlib, for raw deflate) takes 9 to 15. When 8 is negotiated,
 //! 9 is used both ways. Inflating with a window larger than the sender's is always valid.
@@ -201,7 +203,9 @@ impl Inflater {
         if fin {
             run_inflate(d, &TRAILER, out, limit)?;
             if self.no_context_takeover {
-                d.reset(false);
+                // Nothing to keep: the next message makes a fresh context, and an idle
+                // connection holds none.
+                self.inner = None;
             }
         }
         Ok(())
@@ -343,11 +347,13 @@ impl SendDeflate {
             state.compress = None;
             return None;
         }
-        if params.no_context_takeover {
-            c.reset();
-        }
         let body = state.buf.strip_suffix(&TRAILER).unwrap_or(&state.buf);
         let done = then(body);
+        if params.no_context_takeover {
+            // Nothing to keep: the next message makes a fresh context, and an idle
+            // connection holds none.
+            state.compress = None;
+        }
         if state.buf.capacity() > 64 << 10 {
             state.buf = Vec::new(); // a large message's buffer is not kept
         }

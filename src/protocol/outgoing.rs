@@ -29,8 +29,9 @@ use crate::message::Message;
 const SMALL: usize = 512;
 /// The longest client frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
-/// The most pongs that wait to be written; past it the oldest is dropped.
-const PONGS: usize = 8;
+/// The most pongs that wait to be written; past it the oldest is dropped. 16: a burst of
+/// pings read in one go (Autobahn 2.10 sends 10 in one write) all get their pongs.
+const PONGS: usize = 16;
 
 /// Complete frames, in order, and the application bytes they carry.
 #[derive(Debug, Default)]
