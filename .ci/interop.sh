@@ -5,6 +5,8 @@
 #   .ci/interop.sh python::         # extra arguments go to the test binary (a name filter…)
 #   .ci/interop.sh --skip over_limit  # …or --skip NAME
 #
+# Each server runs twice: declining permessage-deflate, and (--deflate) negotiating it
+# (NWS_INTEROP_PY_DEFLATE_URL / NWS_INTEROP_NODE_DEFLATE_URL).
 # Installs pinned versions into a cache directory (NWS_INTEROP_CACHE, default
 # ~/.cache/nwebsocket-interop): `websockets` with pip into a venv, `ws` with npm. Builds the
 # test target first, then starts both servers (each prints its port on its first stdout
@@ -140,9 +142,18 @@ py_port="$port"
 start node env NODE_PATH="$nodedir/node_modules" \
     node "$here/interop/node_server.js" --lifetime "$SERVER_LIFETIME"
 node_port="$port"
+# The same two, negotiating permessage-deflate.
+start python-deflate env "${pyenv[@]}" "$python" "$here/interop/py_server.py" --deflate \
+    --lifetime "$SERVER_LIFETIME"
+py_deflate_port="$port"
+start node-deflate env NODE_PATH="$nodedir/node_modules" \
+    node "$here/interop/node_server.js" --deflate --lifetime "$SERVER_LIFETIME"
+node_deflate_port="$port"
 
 export NWS_INTEROP_PY_URL="ws://127.0.0.1:$py_port"
 export NWS_INTEROP_NODE_URL="ws://127.0.0.1:$node_port"
+export NWS_INTEROP_PY_DEFLATE_URL="ws://127.0.0.1:$py_deflate_port"
+export NWS_INTEROP_NODE_DEFLATE_URL="ws://127.0.0.1:$node_deflate_port"
 
 say "running cargo test --test interop against $NWS_INTEROP_PY_URL (python) and $NWS_INTEROP_NODE_URL (node)"
 status=0
@@ -152,15 +163,15 @@ if [ "$status" -eq 0 ] && ! grep -Eq '^test result: ok\. [1-9][0-9]* passed' "$t
     status=1
 fi
 
-names=(python node)
-for i in 0 1; do
+names=(python node python-deflate node-deflate)
+for i in 0 1 2 3; do
     if ! kill -0 "${pids[$i]}" 2>/dev/null; then
         say "the ${names[$i]} server stopped during the tests"
         status=1
     fi
 done
 if [ "$status" -ne 0 ]; then
-    for name in python node; do
+    for name in "${names[@]}"; do
         say "--- $name server stderr (last 40 lines) ---"
         tail -n 40 "$tmp/$name.err" >&2 || true
     done

@@ -749,12 +749,14 @@ fn connect_browser_style(url: &str, id: &str) -> Result<Outcome, String> {
 }
 
 /// After a successful handshake: one of the offered subprotocols (tungstenite insists on
-/// one when some were offered), no extension.
+/// one when some were offered), and no extension but the permessage-deflate offered by
+/// default.
 fn check_opened(ws: &WebSocket) -> Result<(), String> {
     if !OFFERED.contains(&ws.protocol()) {
         return Err(format!("opened with protocol {:?}", ws.protocol()));
     }
-    if !ws.extensions().is_empty() {
+    let ext = ws.extensions();
+    if !ext.is_empty() && !ext.starts_with("permessage-deflate") {
         return Err(format!("opened with extensions {:?}", ws.extensions()));
     }
     Ok(())

@@ -78,6 +78,9 @@ pub(crate) struct Config {
     pub reconnect: Option<Reconnect>,
     pub proxy: ProxyChoice,
     pub header_provider: Option<HeaderProvider>,
+    /// `None`: permessage-deflate is not offered.
+    #[cfg(feature = "deflate")]
+    pub deflate: Option<Deflate>,
 }
 
 /// Computes headers afresh for each attempt (see [`Builder::header_provider`]).
@@ -111,6 +114,8 @@ impl Default for Config {
             reconnect: None,
             proxy: ProxyChoice::Environment,
             header_provider: None,
+            #[cfg(feature = "deflate")]
+            deflate: Some(Deflate::new()),
         }
     }
 }
@@ -134,8 +139,8 @@ impl std::fmt::Debug for Config {
             },
             other => format!("{other:?}"),
         };
-        f.debug_struct("Config")
-            .field("subprotocols", &self.subprotocols)
+        let mut f = f.debug_struct("Config");
+        f.field("subprotocols", &self.subprotocols)
             .field("headers", &names(&self.headers))
             .field("origin", &self.origin)
             .field("cookies", &names(&self.cookies))
@@ -167,8 +172,10 @@ impl std::fmt::Debug for Config {
             .field("max_redirects", &self.max_redirects)
             .field("reconnect", &self.reconnect)
             .field("proxy", &proxy)
-            .field("header_provider", &self.header_provider.is_some())
-            .finish()
+            .field("header_provider", &self.header_provider.is_some());
+        #[cfg(feature = "deflate")]
+        f.field("deflate", &self.deflate);
+        f.finish()
     }
 }
 
@@ -464,6 +471,31 @@ impl Builder {
         self
     }
 
+    /// Offers permessage-deflate (RFC 7692) with these settings instead of the defaults
+    /// (see [`Deflate`]). Needs the `deflate` feature (on by default).
+    ///
+    /// Defaults to `Deflate::new()`: offered as browsers offer it,
+    /// `permessage-deflate; client_max_window_bits`. A server that declines gets
+    /// uncompressed messages; one that answers with anything RFC 7692 does not allow for
+    /// that offer fails the handshake with [`Error::Handshake`].
+    #[cfg(feature = "deflate")]
+    pub fn deflate(mut self, settings: Deflate) -> Self {
+        self.config.deflate = Some(settings);
+        self
+    }
+
+    /// Does not offer permessage-deflate: no compression either way, no
+    /// `Sec-WebSocket-Extensions` header. Without the `deflate` feature nothing is offered
+    /// anyway.
+    #[allow(unused_mut)] // without the feature
+    pub fn no_deflate(mut self) -> Self {
+        #[cfg(feature = "deflate")]
+        {
+            self.config.deflate = None;
+        }
+        self
+    }
+
     /// Reconnects after a lost connection, with the given backoff policy. Each lost
     /// connection gives its own `onclose`, each new one its own `onopen` (where an
     /// application re-subscribes); `ready_state()` goes CLOSED → CONNECTING → OPEN, and
@@ -572,6 +604,127 @@ impl Builder {
                 .map_err(|_| bad("not a valid header value"))?;
         }
         Ok(self.config)
+    }
+}
+
+/// permessage-deflate settings (RFC 7692), for [`Builder::deflate`].
+///
+/// Offered by default. Each direction has its own context (the sliding window of past
+/// data the compressor refers back to): made at the first compressed message in that
+/// direction, so an idle connection costs nothing more, then kept for the connection's
+/// life. With context takeover (the default) a message may refer back to earlier ones:
+/// a stream of similar JSON messages compresses far better.
+///
+/// Memory against ratio, per connection after compressed traffic (measured figures in
+/// `benches/compare/README.md`): the inflater keeps a window of 2^`server_max_window_bits`
+/// bytes (32 KiB at 15) and its state; the compressor, made only once a message of at
+/// least [`threshold`](Self::threshold) bytes was sent, about 330 KiB at the default
+/// window, about 210 KiB at 9 bits. Smaller windows cost less and compress repetitive
+/// streams less well. Without context takeover in a direction, that direction's context
+/// is dropped after each message, so memory returns to the idle level, but each message
+/// is compressed on its own (much worse for streams of small similar messages) and pays
+/// for a fresh context.
+///
+/// ```
+/// use nwebsocket::{Deflate, WebSocket};
+///
+/// let builder = WebSocket::builder().deflate(
+///     Deflate::new()
+///         .server_max_window_bits(10)
+///         .client_no_context_takeover(true)
+///         .level(1),
+/// );
+/// # drop(builder);
+/// ```
+#[cfg(feature = "deflate")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deflate {
+    pub(crate) server_no_context_takeover: bool,
+    pub(crate) client_no_context_takeover: bool,
+    pub(crate) server_max_window_bits: Option<u8>,
+    pub(crate) client_max_window_bits: Option<u8>,
+    pub(crate) offer_client_max_window_bits: bool,
+    pub(crate) level: u32,
+    pub(crate) threshold: usize,
+}
+
+#[cfg(feature = "deflate")]
+impl Default for Deflate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "deflate")]
+impl Deflate {
+    /// The defaults, as browsers offer: `permessage-deflate; client_max_window_bits`,
+    /// context takeover both ways, windows of 2^15 bytes unless the server asks for
+    /// less, compression level 6, and messages of 1 KiB and up compressed.
+    pub fn new() -> Self {
+        Deflate {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: None,
+            client_max_window_bits: None,
+            offer_client_max_window_bits: true,
+            level: 6,
+            threshold: 1024,
+        }
+    }
+
+    /// Asks the server to compress each message on its own (`server_no_context_takeover`).
+    /// The server may ignore it. Defaults to `false`.
+    pub fn server_no_context_takeover(mut self, on: bool) -> Self {
+        self.server_no_context_takeover = on;
+        self
+    }
+
+    /// Compresses each message we send on its own (`client_no_context_takeover`; the
+    /// server may also ask for it). Defaults to `false`.
+    pub fn client_no_context_takeover(mut self, on: bool) -> Self {
+        self.client_no_context_takeover = on;
+        self
+    }
+
+    /// Asks the server to use a window of at most 2^`bits` bytes (8 to 15, clamped),
+    /// which bounds the memory we spend inflating; the server must agree or the handshake
+    /// fails. Defaults to not asking (15).
+    pub fn server_max_window_bits(mut self, bits: u8) -> Self {
+        self.server_max_window_bits = Some(bits.clamp(8, 15));
+        self
+    }
+
+    /// Compresses with a window of at most 2^`bits` bytes (8 to 15, clamped; 8 is
+    /// compressed with 9, which zlib keeps within 256 bytes), and tells the server so.
+    /// Defaults to 15, or less if the server asks.
+    pub fn client_max_window_bits(mut self, bits: u8) -> Self {
+        self.client_max_window_bits = Some(bits.clamp(8, 15));
+        self
+    }
+
+    /// Whether to offer `client_max_window_bits` without a value (when
+    /// [`client_max_window_bits`](Self::client_max_window_bits) is not set), which lets
+    /// the server choose our window. Defaults to `true`, as browsers do; with `false`, a
+    /// server that answers with `client_max_window_bits` fails the handshake (RFC 7692
+    /// §7.1.2.2).
+    pub fn offer_client_max_window_bits(mut self, offer: bool) -> Self {
+        self.offer_client_max_window_bits = offer;
+        self
+    }
+
+    /// The compression level, 0 (none) to 9 (smallest, slowest); clamped. Defaults to 6,
+    /// zlib's default.
+    pub fn level(mut self, level: u32) -> Self {
+        self.level = level.min(9);
+        self
+    }
+
+    /// Messages we send of at least this many bytes are compressed; smaller ones go as
+    /// they are (compressing a few bytes rarely pays, as Node's `ws` decides with the same
+    /// default). Incoming messages are inflated whatever their size. Defaults to 1024.
+    pub fn threshold(mut self, bytes: usize) -> Self {
+        self.threshold = bytes;
+        self
     }
 }
 

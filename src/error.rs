@@ -254,6 +254,8 @@ pub enum ProtocolErrorKind {
     Frame,
     /// A text message or a close reason is not UTF-8; closed with 1007.
     Utf8,
+    /// A compressed message (permessage-deflate) does not inflate; closed with 1007.
+    Compression,
     /// Anything else.
     Other,
 }

@@ -182,7 +182,10 @@
 //! callback style (and 2 MiB of payload in both); the outgoing high-water mark is 8 MiB.
 //! `TCP_NODELAY` is on. No keepalive pings unless you set
 //! [`ping_interval`](Builder::ping_interval). `wss://` uses rustls with the Mozilla root
-//! certificates from `webpki-roots`, compiled in.
+//! certificates from `webpki-roots`, compiled in. permessage-deflate is offered as browsers
+//! offer it (with the default `deflate` feature; see `Builder::deflate`): incoming
+//! messages are inflated within the message size limit, outgoing ones of 1 KiB and up are
+//! compressed, and the compression contexts are made only once a compressed message passes.
 //!
 //! # Features
 //!
@@ -241,6 +244,8 @@ mod state;
 mod url;
 mod websocket;
 
+#[cfg(feature = "deflate")]
+pub use crate::config::Deflate;
 pub use crate::config::{Builder, Reconnect};
 pub use crate::delivery::EventBatches;
 pub use crate::error::{

@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     commands: Sender<Command>,
     /// Frames encoded by `send`, waiting for the I/O thread (see `protocol::push`).
     pub outbox: Mutex<Outbox>,
+    /// permessage-deflate's compressor, taken by sending threads before the outbox.
+    pub deflate: protocol::SendDeflate,
     /// The ping `ping` asked for, until the I/O thread takes it: one slot, so that pings
     /// asked for faster than they go out replace each other instead of piling up.
     ping: Mutex<Option<Bytes>>,
@@ -308,7 +310,7 @@ impl WebSocketRef {
             ReadyState::Closing | ReadyState::Closed => return Err(SendError::Closed(msg)),
         }
         shared.buffered.fetch_add(msg.len(), SeqCst);
-        let was_empty = protocol::push(&msg, |append| {
+        let was_empty = protocol::push(&msg, &shared.deflate, |append| {
             let mut outbox = shared.outbox.lock().unwrap_or_else(PoisonError::into_inner);
             let was_empty = outbox.is_empty();
             append(&mut outbox);
@@ -464,7 +466,9 @@ impl WebSocketRef {
         self.shared.protocol.get().map_or("", String::as_str)
     }
 
-    /// The extensions the server chose; this crate offers none, so this is empty.
+    /// The extensions the server chose (its `Sec-WebSocket-Extensions`), such as
+    /// `permessage-deflate; client_max_window_bits=15`; empty before OPEN, when the server
+    /// declined, or when none were offered (see [`Builder::deflate`](crate::Builder::deflate)).
     pub fn extensions(&self) -> &str {
         self.shared.extensions.get().map_or("", String::as_str)
     }
@@ -989,6 +993,7 @@ fn start(
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
         outbox: Mutex::new(Outbox::default()),
+        deflate: protocol::SendDeflate::default(),
         ping: Mutex::new(None),
         requests: Mutex::new(HashMap::new()),
         pending_requests: AtomicUsize::new(0),

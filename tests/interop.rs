@@ -2,6 +2,10 @@
 //!
 //! Every test runs once per peer (`python::*` and `node::*`). The peers' base URLs come
 //! from `NWS_INTEROP_PY_URL` and `NWS_INTEROP_NODE_URL` (for example `ws://127.0.0.1:40123`).
+//! Those two decline permessage-deflate; the same servers started with `--deflate`
+//! (`NWS_INTEROP_PY_DEFLATE_URL`, `NWS_INTEROP_NODE_DEFLATE_URL`) negotiate it, and run
+//! `python_deflate::*` and `node_deflate::*`: a subset of the tests above, compressed both
+//! ways, and the compression tests.
 //! Every test is `#[ignore]`d, so a plain `cargo test` needs nothing installed and lists
 //! them as ignored (never as passed); `.ci/interop.sh` installs both servers, starts them
 //! on loopback, sets the variables and runs `cargo test --test interop -- --ignored`.
@@ -23,9 +27,13 @@ const WAIT: Duration = Duration::from_secs(10);
 const TEXT_UNIT: &str = "Grüße, 世界! 😀 ";
 
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "deflate"), allow(dead_code))]
 enum Peer {
     Python,
     Node,
+    /// The same servers, negotiating permessage-deflate.
+    PythonDeflate,
+    NodeDeflate,
 }
 
 impl Peer {
@@ -33,6 +41,8 @@ impl Peer {
         match self {
             Peer::Python => "NWS_INTEROP_PY_URL",
             Peer::Node => "NWS_INTEROP_NODE_URL",
+            Peer::PythonDeflate => "NWS_INTEROP_PY_DEFLATE_URL",
+            Peer::NodeDeflate => "NWS_INTEROP_NODE_DEFLATE_URL",
         }
     }
 
@@ -876,6 +886,103 @@ fn message_at_the_limit_is_accepted(cx: &Ctx) {
 }
 
 // ---------------------------------------------------------------------------------------
+// permessage-deflate (the `--deflate` servers).
+
+/// JSON shaped like market data, over 1 KiB (so that we compress it too).
+#[cfg(feature = "deflate")]
+fn ticker(i: usize) -> String {
+    let one = format!(
+        r#"{{"type":"ticker","sequence":{},"product_id":"BTC-USD","price":"{}.{:02}","best_bid":"{}.00","best_ask":"{}.50","side":"buy","trade_id":{}}}"#,
+        1000 + i,
+        43000 + i % 97,
+        i % 100,
+        43000 + i % 89,
+        43000 + i % 83,
+        500_000 + i
+    );
+    format!("[{}]", vec![one; 8].join(","))
+}
+
+/// Compressed JSON both ways: the server compresses its echoes, we compress ours.
+#[cfg(feature = "deflate")]
+fn deflate_echo_json(cx: &Ctx, builder: Builder, want: &[&str]) {
+    let (ws, rx) = cx.open(builder, "/echo");
+    let ext = ws.extensions().to_owned();
+    assert!(ext.starts_with("permessage-deflate"), "extensions: {ext:?}");
+    for param in want {
+        assert!(ext.contains(param), "{param} missing from {ext:?}");
+    }
+    const N: usize = 300;
+    for i in 0..N {
+        if i % 5 == 4 {
+            ws.send(ticker(i).into_bytes()).expect("send");
+        } else {
+            ws.send(ticker(i)).expect("send");
+        }
+    }
+    for i in 0..N {
+        let m = next_message(&rx);
+        assert_eq!(m.is_binary(), i % 5 == 4, "message {i}");
+        assert_eq!(m.as_bytes(), ticker(i).as_bytes(), "message {i}");
+    }
+    close_clean(&ws, &rx);
+}
+
+#[cfg(feature = "deflate")]
+fn deflate_json_with_context_takeover(cx: &Ctx) {
+    deflate_echo_json(cx, Builder::new(), &[]);
+}
+
+#[cfg(feature = "deflate")]
+fn deflate_json_without_context_takeover(cx: &Ctx) {
+    let builder = Builder::new().deflate(
+        nwebsocket::Deflate::new()
+            .server_no_context_takeover(true)
+            .client_no_context_takeover(true),
+    );
+    deflate_echo_json(
+        cx,
+        builder,
+        &["server_no_context_takeover", "client_no_context_takeover"],
+    );
+}
+
+#[cfg(feature = "deflate")]
+fn deflate_small_windows(cx: &Ctx) {
+    let builder = Builder::new().deflate(
+        nwebsocket::Deflate::new()
+            .server_max_window_bits(9)
+            .client_max_window_bits(9),
+    );
+    deflate_echo_json(cx, builder, &["server_max_window_bits=9"]);
+}
+
+#[cfg(feature = "deflate")]
+fn deflate_declined_when_not_offered(cx: &Ctx) {
+    let (ws, rx) = cx.open(Builder::new().no_deflate(), "/echo");
+    assert_eq!(ws.extensions(), "");
+    ws.send(ticker(1)).expect("send");
+    assert_eq!(next_message(&rx).as_bytes(), ticker(1).as_bytes());
+    close_clean(&ws, &rx);
+}
+
+/// The limit applies to the inflated size: a 4 KiB message that the server compresses
+/// to a few bytes still fails a 1 KiB limit with 1009.
+#[cfg(feature = "deflate")]
+fn deflate_inflated_size_over_limit_fails_with_1009(cx: &Ctx) {
+    let id = cx.id();
+    let builder = Builder::new().max_message_size(1024);
+    let (_ws, rx) = cx.open(builder, &format!("/send?kind=text&size=4096&id={id}"));
+    let err = expect_failure(&rx);
+    assert!(
+        matches!(err, Error::Capacity { limit: 1024, .. }),
+        "expected a capacity error, got {err:?}"
+    );
+    let log = cx.closelog(&id);
+    assert_eq!(log["code"], 1009, "{log}");
+}
+
+// ---------------------------------------------------------------------------------------
 
 macro_rules! interop_tests {
     ($($name:ident),* $(,)?) => {
@@ -897,6 +1004,52 @@ macro_rules! interop_tests {
         }
     };
 }
+
+#[cfg(feature = "deflate")]
+macro_rules! deflate_tests {
+    ($($name:ident),* $(,)?) => {
+        /// Against Python `websockets` negotiating permessage-deflate.
+        mod python_deflate {
+            $(
+                #[test]
+                #[ignore = "needs the Python websockets server: run .ci/interop.sh"]
+                fn $name() {
+                    super::run(super::Peer::PythonDeflate, stringify!($name), super::$name);
+                }
+            )*
+        }
+        /// Against Node `ws` with `perMessageDeflate`.
+        mod node_deflate {
+            $(
+                #[test]
+                #[ignore = "needs the Node ws server: run .ci/interop.sh"]
+                fn $name() {
+                    super::run(super::Peer::NodeDeflate, stringify!($name), super::$name);
+                }
+            )*
+        }
+    };
+}
+
+#[cfg(feature = "deflate")]
+deflate_tests!(
+    deflate_json_with_context_takeover,
+    deflate_json_without_context_takeover,
+    deflate_small_windows,
+    deflate_declined_when_not_offered,
+    deflate_inflated_size_over_limit_fails_with_1009,
+    echo_text_sizes,
+    echo_binary_sizes,
+    echo_mixed_many_in_order,
+    server_flood_small_queue_in_order,
+    fragmented_text_split_inside_utf8,
+    fragmented_binary,
+    fragmented_with_ping_between_frames,
+    server_close_after_messages,
+    client_close_flushes_sent_messages_first,
+    message_at_the_limit_is_accepted,
+    invalid_utf8_fails_with_1007,
+);
 
 interop_tests!(
     echo_text_sizes,

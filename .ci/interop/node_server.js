@@ -2,7 +2,7 @@
 // Interop peer for nwebsocket's tests/interop.rs: a Node `ws` server.
 //
 // Binds 127.0.0.1 on a free port (or --port N) and prints the port alone on its first
-// stdout line. It stops by itself after --lifetime seconds. The path table is the same as
+// stdout line. With --deflate it negotiates permessage-deflate (otherwise it declines). It stops by itself after --lifetime seconds. The path table is the same as
 // py_server.py's (see its docstring): /echo, /info, /close, /fragmented, /ping, /send,
 // /flood, /badutf8, /abort, /closelog; ?id=X logs the connection for /closelog;
 // subprotocol: the first offered one in KNOWN, or "not-offered" with ?bogus_protocol=1.
@@ -62,7 +62,9 @@ function echo(ws, stats) {
 const wss = new WebSocketServer({
   host: '127.0.0.1',
   port: arg('--port', 0),
-  perMessageDeflate: false,
+  // --deflate: accept permessage-deflate offers (ws's defaults, which honour the
+  // client's no_context_takeover and window requests), compressing every message.
+  perMessageDeflate: process.argv.includes('--deflate') ? { threshold: 0 } : false,
   maxPayload: MAX_SIZE,
   handleProtocols(protocols, req) {
     if (parse(req).q.bogus_protocol) return 'not-offered';

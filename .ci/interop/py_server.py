@@ -2,7 +2,7 @@
 """Interop peer for nwebsocket's tests/interop.rs: a Python `websockets` server.
 
 Binds 127.0.0.1 on a free port (or --port) and prints the port alone on its first stdout
-line. It stops by itself after --lifetime seconds. The path (and query) of each connection
+line. With --deflate it negotiates permessage-deflate (otherwise it declines the offer). It stops by itself after --lifetime seconds. The path (and query) of each connection
 chooses what the server does; node_server.js implements the same table for Node's `ws`:
 
   /echo                 echo every message, text as text and binary as binary
@@ -203,6 +203,8 @@ async def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=1800, help="seconds before exiting")
     parser.add_argument("--debug", action="store_true", help="log every frame to stderr")
+    parser.add_argument("--deflate", action="store_true",
+                        help="negotiate permessage-deflate (websockets' default settings)")
     args = parser.parse_args()
     if args.debug:
         logging.basicConfig(format="%(asctime)s %(message)s", level=logging.DEBUG)
@@ -211,7 +213,7 @@ async def main():
         "127.0.0.1",
         args.port,
         select_subprotocol=select_subprotocol,
-        compression=None,
+        compression="deflate" if args.deflate else None,
         max_size=MAX_SIZE,
         ping_interval=None,
         # With the default (16 frames) websockets stops reading the socket while the

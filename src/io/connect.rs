@@ -258,10 +258,18 @@ impl IoThread {
                 let Some(mut transport) = ws.into_inner().into_inner() else {
                     return Err(Error::Internal("the handshake kept its stream".into()).into());
                 };
+                #[cfg(feature = "deflate")]
+                let negotiated = self.io.opened(&response)?;
+                #[cfg(not(feature = "deflate"))]
                 self.io.opened(&response)?;
                 let tail = transport.handshake_tail();
                 let now = Instant::now();
-                let conn = Connection::new(self.io.limits(), self.io.timers(), &tail, now);
+                #[allow(unused_mut)] // without deflate
+                let mut conn = Connection::new(self.io.limits(), self.io.timers(), &tail, now);
+                #[cfg(feature = "deflate")]
+                if let Some(params) = negotiated {
+                    conn.inflate_with(&params);
+                }
                 self.phase = Phase::Open(Box::new(Open { conn, transport }));
                 // The handshake's reads consumed the readiness edges: look once.
                 self.io.readable = true;
@@ -432,7 +440,8 @@ impl Io {
     }
 
     /// The handshake succeeded: check what the server chose, go OPEN, report `Open`.
-    fn opened(&mut self, response: &Response) -> Result<(), End> {
+    /// Returns the permessage-deflate parameters, if negotiated.
+    fn opened(&mut self, response: &Response) -> Result<Negotiated, End> {
         let header = |name: &str| {
             response
                 .headers()
@@ -441,8 +450,32 @@ impl Io {
                 .unwrap_or("")
                 .to_owned()
         };
-        let extensions = header("Sec-WebSocket-Extensions");
-        if !extensions.trim().is_empty() {
+        // All its lines, as one list (RFC 7230 §3.2.2).
+        let extensions = response
+            .headers()
+            .get_all("Sec-WebSocket-Extensions")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{fffd}").trim())
+            .filter(|v| !v.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        #[cfg(feature = "deflate")]
+        let negotiated = match &self.shared.config.deflate {
+            Some(offered) => {
+                crate::protocol::accept_deflate(offered, &extensions).map_err(|e| {
+                    Error::handshake(
+                        HandshakeErrorKind::Negotiation,
+                        format!("permessage-deflate: {e}"),
+                    )
+                })?
+            }
+            None => None,
+        };
+        #[cfg(feature = "deflate")]
+        let declined = negotiated.is_none();
+        #[cfg(not(feature = "deflate"))]
+        let declined = true;
+        if declined && !extensions.is_empty() {
             // RFC 6455 §4.1: an extension that was not offered fails the connection.
             return Err(Error::handshake(
                 HandshakeErrorKind::Negotiation,
@@ -450,6 +483,11 @@ impl Io {
             )
             .into());
         }
+        // Before OPEN: no `send` compresses before the context is this connection's.
+        #[cfg(feature = "deflate")]
+        self.shared
+            .deflate
+            .start(negotiated.as_ref().zip(self.shared.config.deflate.as_ref()));
         let _ = self.shared.protocol.set(header("Sec-WebSocket-Protocol"));
         *self
             .shared
@@ -469,6 +507,9 @@ impl Io {
         self.opened = true;
         self.emit(Event::Open);
         self.deliver_pending();
+        #[cfg(feature = "deflate")]
+        return Ok(negotiated);
+        #[cfg(not(feature = "deflate"))]
         Ok(())
     }
 
@@ -489,6 +530,12 @@ impl Io {
         }
     }
 }
+
+/// What the handshake negotiated: the permessage-deflate parameters, if any.
+#[cfg(feature = "deflate")]
+type Negotiated = Option<crate::protocol::DeflateParams>;
+#[cfg(not(feature = "deflate"))]
+type Negotiated = ();
 
 /// The opening handshake request: the URL's path and query intact, subprotocols,
 /// Origin, extra headers, and `Authorization: Basic` from URL credentials.
@@ -526,21 +573,30 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
     if let Some(origin) = &config.origin {
         headers.insert(header::ORIGIN, value("Origin", origin)?);
     }
+    #[cfg(feature = "deflate")]
+    if let Some(deflate) = &config.deflate {
+        let offer = crate::protocol::offer_deflate(deflate);
+        headers.insert(
+            "Sec-WebSocket-Extensions",
+            value("Sec-WebSocket-Extensions", &offer)?,
+        );
+    }
     for (name, v) in &config.headers {
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| bad(name, "not a valid header name"))?;
-        const OWN: [&str; 6] = [
+        const OWN: [&str; 7] = [
             "host",
             "connection",
             "upgrade",
             "sec-websocket-version",
             "sec-websocket-key",
             "sec-websocket-protocol",
+            "sec-websocket-extensions",
         ];
         if OWN.contains(&header_name.as_str()) {
             return Err(bad(
                 name,
-                "set by the handshake itself (use `subprotocol` for protocols)",
+                "set by the handshake itself (use `subprotocol` for protocols, `deflate` for extensions)",
             ));
         }
         headers.append(header_name, value(name, v)?);

@@ -286,6 +286,7 @@ impl Write for Shaking {
 pub(crate) struct TlsOptions {
     pub backend: Option<TlsBackend>,
     /// rustls: the operating system's store instead of webpki-roots.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
     pub os_roots: bool,
     pub extra_roots_pem: Vec<Vec<u8>>,
     pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,

@@ -68,6 +68,8 @@ const PREALLOC_MAX: usize = 16 << 20;
 struct Large {
     is_final: bool,
     data: Data,
+    /// RSV1: the first frame of a compressed message.
+    rsv1: bool,
     /// Initialized up to its length, which runs ahead of `filled` by at most a read.
     payload: Vec<u8>,
     len: usize,
@@ -82,11 +84,18 @@ struct Partial {
     /// How much of a text message's `data` is checked UTF-8 (all but an incomplete
     /// character at its end): invalid text fails at the fragment that makes it so.
     checked: usize,
+    /// Compressed (RSV1 on its first frame): `data` holds what was inflated so far.
+    compressed: bool,
 }
 
 impl Partial {
     fn append(&mut self, bytes: &[u8]) -> Result<(), Violation> {
         self.data.extend_from_slice(bytes);
+        self.check_text()
+    }
+
+    /// Checks the text added since the last check.
+    fn check_text(&mut self) -> Result<(), Violation> {
         if !self.text {
             return Ok(());
         }
@@ -122,6 +131,9 @@ pub(crate) struct Reader {
     /// The buffers of large frames, back from the caller; made at the first large frame,
     /// dropped [`crate::recycle::IDLE`] after the last.
     pool: Option<Pool>,
+    /// permessage-deflate, when negotiated.
+    #[cfg(feature = "deflate")]
+    inflater: Option<super::deflate::Inflater>,
 }
 
 impl Reader {
@@ -134,7 +146,24 @@ impl Reader {
             large: None,
             partial: None,
             pool: None,
+            #[cfg(feature = "deflate")]
+            inflater: None,
         }
+    }
+
+    /// Inflates messages with RSV1 set, as negotiated.
+    #[cfg(feature = "deflate")]
+    pub fn inflate_with(&mut self, params: &super::deflate::Params) {
+        self.inflater = Some(super::deflate::Inflater::new(params));
+    }
+
+    /// Whether permessage-deflate was negotiated (RSV1 is then allowed on the first
+    /// frame of a data message).
+    fn deflates(&self) -> bool {
+        #[cfg(feature = "deflate")]
+        return self.inflater.is_some();
+        #[cfg(not(feature = "deflate"))]
+        false
     }
 
     /// Lets `read` fill a buffer: the rest of a large frame's payload, or the input
@@ -208,7 +237,7 @@ impl Reader {
                 if let Some(large) = self.large.take() {
                     let pool = self.pool.get_or_insert_with(|| Pool::new(now));
                     let payload = pool.wrap(large.payload, large.len);
-                    if let Some(m) = self.data(large.is_final, large.data, payload)? {
+                    if let Some(m) = self.data(large.is_final, large.data, large.rsv1, payload)? {
                         return Ok(Some(Incoming::Message(m)));
                     }
                 }
@@ -230,7 +259,7 @@ impl Reader {
             if self.input.len() - head < len {
                 if let OpCode::Data(data) = header.opcode {
                     if len >= LARGE_MIN {
-                        self.start_large(header.is_final, data, head, len, now);
+                        self.start_large(&header, data, head, len, now);
                         continue;
                     }
                 }
@@ -247,7 +276,7 @@ impl Reader {
                     return Err(protocol(format!("reserved opcode {op}")));
                 }
                 OpCode::Data(data) => {
-                    if let Some(m) = self.data(header.is_final, data, payload)? {
+                    if let Some(m) = self.data(header.is_final, data, header.rsv1, payload)? {
                         return Ok(Some(Incoming::Message(m)));
                     }
                 }
@@ -283,6 +312,9 @@ impl Reader {
                 break;
             };
             let head = cursor.position() as usize;
+            if header.rsv1 {
+                break; // compressed: `next` inflates it
+            }
             let text = match header.opcode {
                 OpCode::Data(Data::Text) => true,
                 OpCode::Data(Data::Binary) => false,
@@ -338,8 +370,18 @@ impl Reader {
         if header.mask.is_some() {
             return Err(protocol("the server sent a masked frame"));
         }
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !self.deflates()) {
             return Err(protocol("reserved bits set with no extension negotiated"));
+        }
+        if header.rsv1 {
+            // RFC 7692 §6.1: RSV1 marks a compressed message on its first frame only.
+            match header.opcode {
+                OpCode::Control(_) => return Err(protocol("RSV1 set on a control frame")),
+                OpCode::Data(Data::Continue) => {
+                    return Err(protocol("RSV1 set on a continuation frame"))
+                }
+                OpCode::Data(_) => {}
+            }
         }
         match header.opcode {
             OpCode::Control(_) if !header.is_final => Err(protocol("fragmented control frame")),
@@ -353,6 +395,12 @@ impl Reader {
             OpCode::Data(Data::Text | Data::Binary) if self.partial.is_some() => {
                 Err(protocol("new data message inside a fragmented one"))
             }
+            // A compressed message's limit applies to what it inflates to, as it inflates.
+            OpCode::Data(_)
+                if header.rsv1 || self.partial.as_ref().is_some_and(|p| p.compressed) =>
+            {
+                Ok(size)
+            }
             OpCode::Data(_) => {
                 let so_far = self.partial.as_ref().map_or(0, |p| p.data.len());
                 let total = size.saturating_add(so_far);
@@ -364,7 +412,14 @@ impl Reader {
         }
     }
 
-    fn start_large(&mut self, is_final: bool, data: Data, head: usize, len: usize, now: Instant) {
+    fn start_large(
+        &mut self,
+        header: &FrameHeader,
+        data: Data,
+        head: usize,
+        len: usize,
+        now: Instant,
+    ) {
         self.input.advance(head);
         let here = self.input.len();
         let pool = self.pool.get_or_insert_with(|| Pool::new(now));
@@ -375,8 +430,9 @@ impl Reader {
         payload.extend_from_slice(&self.input[init..here]);
         self.input.clear();
         self.large = Some(Large {
-            is_final,
+            is_final: header.is_final,
             data,
+            rsv1: header.rsv1,
             payload,
             len,
             filled: here,
@@ -388,8 +444,14 @@ impl Reader {
         &mut self,
         is_final: bool,
         data: Data,
+        rsv1: bool,
         payload: Bytes,
     ) -> Result<Option<Message>, Violation> {
+        #[cfg(feature = "deflate")]
+        if rsv1 || self.partial.as_ref().is_some_and(|p| p.compressed) {
+            return self.inflated(is_final, data, &payload);
+        }
+        let _ = rsv1; // `check` refused it without the feature
         let (text, payload) = match (data, self.partial.take()) {
             (Data::Continue, Some(mut partial)) => {
                 partial.append(&payload)?;
@@ -404,6 +466,7 @@ impl Reader {
                     text: data == Data::Text,
                     data: Vec::new(),
                     checked: 0,
+                    compressed: false,
                 };
                 partial.append(&payload)?;
                 self.partial = Some(partial);
@@ -411,13 +474,48 @@ impl Reader {
             }
             (data, _) => (data == Data::Text, payload),
         };
-        if !text {
-            return Ok(Some(Message::Binary(Binary(payload))));
+        message(text, payload).map(Some)
+    }
+
+    /// A frame of a compressed message: inflated onto what came before, within the
+    /// message size limit.
+    #[cfg(feature = "deflate")]
+    fn inflated(
+        &mut self,
+        is_final: bool,
+        data: Data,
+        payload: &[u8],
+    ) -> Result<Option<Message>, Violation> {
+        let Some(inflater) = self.inflater.as_mut() else {
+            return Err(protocol("RSV1 set with no extension negotiated"));
+        };
+        let mut partial = self.partial.take().unwrap_or(Partial {
+            text: data == Data::Text,
+            data: Vec::new(),
+            checked: 0,
+            compressed: true,
+        });
+        let whole = is_final && partial.data.is_empty();
+        inflater.inflate(
+            payload,
+            is_final,
+            &mut partial.data,
+            self.limits.max_message,
+        )?;
+        if !whole {
+            // Fragmented text fails at the fragment that makes it invalid.
+            partial.check_text()?;
         }
-        match tungstenite::Utf8Bytes::try_from(payload) {
-            Ok(t) => Ok(Some(Message::Text(Text(t)))),
-            Err(e) => Err(invalid_utf8(e)),
+        if !is_final {
+            self.partial = Some(partial);
+            return Ok(None);
         }
+        let mut out = partial.data;
+        let spare = out.capacity() - out.len();
+        if spare > 4096 && spare > out.len() / 4 {
+            out.shrink_to_fit();
+        }
+        message(partial.text, Bytes::from(out)).map(Some)
     }
 
     /// When the buffers kept for reuse should be dropped, if any are kept.
@@ -433,6 +531,17 @@ impl Reader {
         if self.pool_expiry().is_some_and(|at| now >= at) {
             self.pool = None;
         }
+    }
+}
+
+/// A whole message's payload as a message; text must be UTF-8.
+fn message(text: bool, payload: Bytes) -> Result<Message, Violation> {
+    if !text {
+        return Ok(Message::Binary(Binary(payload)));
+    }
+    match tungstenite::Utf8Bytes::try_from(payload) {
+        Ok(t) => Ok(Message::Text(Text(t))),
+        Err(e) => Err(invalid_utf8(e)),
     }
 }
 

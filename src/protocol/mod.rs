@@ -17,6 +17,8 @@
 //! is a transition of it. Frames are parsed by tungstenite's frame codec alone
 //! ([`FrameHeader`](tungstenite::protocol::frame::FrameHeader)).
 
+#[cfg(feature = "deflate")]
+mod deflate;
 mod incoming;
 mod outgoing;
 
@@ -29,10 +31,19 @@ use bytes::Bytes;
 use crate::error::{Error, Timeout};
 use crate::message::{CloseEvent, Message};
 
+#[cfg(feature = "deflate")]
+pub(crate) use deflate::{
+    accept as accept_deflate, offer as offer_deflate, Params as DeflateParams, SendDeflate,
+};
 pub(crate) use incoming::Limits;
 use incoming::{Incoming, Reader, Violation};
 use outgoing::Output;
 pub(crate) use outgoing::{push, Chunk, Outbox};
+
+/// Without the `deflate` feature: nothing to compress with.
+#[cfg(not(feature = "deflate"))]
+#[derive(Debug, Default)]
+pub(crate) struct SendDeflate {}
 
 /// How the connection ended.
 #[derive(Debug)]
@@ -130,13 +141,33 @@ impl Connection {
         }
     }
 
+    /// Inflates incoming messages marked compressed, as the handshake negotiated.
+    #[cfg(feature = "deflate")]
+    pub fn inflate_with(&mut self, params: &DeflateParams) {
+        self.reader.inflate_with(params);
+    }
+
     /// Reads: `read` fills the buffer it is given (a socket read). `Ok(0)` is the end of
     /// the server's stream.
     pub fn read_with(
         &mut self,
         read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        let n = self.reader.read_with(read)?;
+        let n = match self.reader.read_with(read) {
+            // Both Close frames went by: a server that closed its socket at once resets
+            // the connection when our echo reaches it. That ends its stream all the same.
+            Err(e)
+                if matches!(self.closing, Closing::Both(_))
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                    ) =>
+            {
+                log::debug!("reset after the closing handshake: {e}");
+                0
+            }
+            r => r?,
+        };
         if n == 0 {
             self.eof = true;
         }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
+use super::SendDeflate;
 use crate::message::Message;
 
 /// Payloads up to this size are framed in the sending thread's scratch buffer and copied
@@ -28,7 +29,8 @@ use crate::message::Message;
 const SMALL: usize = 512;
 /// The longest client frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
-/// The most pongs that wait to be written; past it the oldest is dropped.
+/// The most pongs that wait to be written; past it the oldest is dropped. 32: a burst of
+/// pings read in one go (Autobahn 2.10 sends 10 in one write) all get their pongs.
 const PONGS: usize = 32;
 
 /// Complete frames, in order, and the application bytes they carry.
@@ -95,12 +97,45 @@ thread_local! {
 /// §5.3) and appends it to an outbox: `lock` locks the outbox and calls the appender it is
 /// given on it, and what `lock` returns is returned. The lock is held only for a small
 /// frame's copy, or to move a large frame's buffer in.
-pub(crate) fn push<R>(msg: &Message, lock: impl FnOnce(&mut dyn FnMut(&mut Outbox)) -> R) -> R {
+///
+/// With permessage-deflate, a message that `deflate` compresses is compressed and
+/// appended while `deflate`'s own lock is held (see [`SendDeflate`]): messages go out
+/// in the order they were compressed.
+pub(crate) fn push<R>(
+    msg: &Message,
+    deflate: &SendDeflate,
+    lock: impl FnOnce(&mut dyn FnMut(&mut Outbox)) -> R,
+) -> R {
     let (opcode, payload) = match msg {
         Message::Text(t) => (Data::Text, t.as_bytes()),
         Message::Binary(b) => (Data::Binary, &b[..]),
     };
     let mut lock = Some(lock);
+    #[cfg(feature = "deflate")]
+    {
+        let compressed = deflate.compress(payload, |body| {
+            let mut bytes = Vec::new();
+            encode_frame(OpCode::Data(opcode), true, body, &mut bytes);
+            let app_bytes = payload.len();
+            let small = bytes.len() <= SMALL + MAX_HEADER;
+            let mut chunk = Some(Chunk {
+                bytes,
+                app_bytes,
+                open: false,
+            });
+            lock.take().map(|lock| {
+                lock(&mut |outbox: &mut Outbox| match chunk.take() {
+                    Some(c) if small => outbox.append_small(&c.bytes, c.app_bytes),
+                    c => outbox.chunks.extend(c),
+                })
+            })
+        });
+        if let Some(Some(done)) = compressed {
+            return done;
+        }
+    }
+    #[cfg(not(feature = "deflate"))]
+    let _ = deflate;
     if payload.len() <= SMALL {
         let built = SCRATCH.try_with(|scratch| {
             let mut buf = scratch.borrow_mut();
@@ -128,14 +163,21 @@ pub(crate) fn push<R>(msg: &Message, lock: impl FnOnce(&mut dyn FnMut(&mut Outbo
 
 /// Appends one final, masked client frame to `buf`.
 pub(crate) fn encode(opcode: OpCode, payload: &[u8], buf: &mut Vec<u8>) {
+    encode_frame(opcode, false, payload, buf);
+}
+
+/// Appends one final, masked client frame to `buf`; `rsv1`: a compressed message.
+fn encode_frame(opcode: OpCode, rsv1: bool, payload: &[u8], buf: &mut Vec<u8>) {
     let mask: [u8; 4] = rand::random();
     let header = FrameHeader {
         is_final: true,
+        rsv1,
         opcode,
         mask: Some(mask),
         ..FrameHeader::default()
     };
-    log::trace!("frame out: {opcode:?} len={}", payload.len());
+    let compressed = if rsv1 { " compressed" } else { "" };
+    log::trace!("frame out: {opcode:?}{compressed} len={}", payload.len());
     buf.reserve(MAX_HEADER + payload.len());
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, buf);
@@ -447,7 +489,7 @@ mod tests {
     fn outbox_of(messages: &[Message]) -> Outbox {
         let mut outbox = Outbox::default();
         for m in messages {
-            push(m, |append| append(&mut outbox));
+            push(m, &SendDeflate::default(), |append| append(&mut outbox));
         }
         outbox
     }

@@ -157,6 +157,28 @@ fn fragments_with_control_frames_between_split_at_every_byte() {
 }
 
 #[test]
+fn a_reset_after_both_close_frames_is_a_clean_end() {
+    let mut c = conn();
+    let now = Instant::now();
+    feed(&mut c, &frame(0x88, &[0x03, 0xe8]));
+    assert!(matches!(&events(&mut c)[..], [Event::PeerClose(_)]));
+    c.close(None, now);
+    written(&mut c);
+    let reset = c.read_with(|_| Err(std::io::ErrorKind::ConnectionReset.into()));
+    assert!(matches!(reset, Ok(0)), "{reset:?}");
+    let got = events(&mut c);
+    assert!(
+        matches!(ended(&got), Some(End::Clean(e)) if e.code == 1000 && e.was_clean),
+        "{got:?}"
+    );
+    // Before the closing handshake, a reset is an error.
+    let mut c = conn();
+    assert!(c
+        .read_with(|_| Err(std::io::ErrorKind::ConnectionReset.into()))
+        .is_err());
+}
+
+#[test]
 fn the_server_closes_first_the_echo_carries_its_code_and_the_end_is_clean() {
     let mut c = conn();
     let now = Instant::now();
@@ -221,10 +243,16 @@ fn no_data_frame_follows_our_close() {
     let mut c = conn();
     let now = Instant::now();
     let mut outbox = Outbox::default();
-    push(&Message::from("before"), |append| append(&mut outbox));
+    push(
+        &Message::from("before"),
+        &SendDeflate::default(),
+        |append| append(&mut outbox),
+    );
     c.queue_data(outbox.take(None)).unwrap();
     c.close(Some((1000, "")), now);
-    push(&Message::from("after"), |append| append(&mut outbox));
+    push(&Message::from("after"), &SendDeflate::default(), |append| {
+        append(&mut outbox)
+    });
     assert!(c.queue_data(outbox.take(None)).is_err());
     // A ping from the server after our Close is not answered after it.
     let ops: Vec<u8> = written(&mut c).into_iter().map(|(op, _)| op).collect();
@@ -660,9 +688,11 @@ fn the_write_stall_counts_from_the_pong_not_from_data_waiting_before_it() {
     let t0 = Instant::now();
     let mut c = conn();
     let mut outbox = Outbox::default();
-    push(&Message::from(vec![0u8; 100_000]), |append| {
-        append(&mut outbox)
-    });
+    push(
+        &Message::from(vec![0u8; 100_000]),
+        &SendDeflate::default(),
+        |append| append(&mut outbox),
+    );
     c.queue_data(outbox.take(None)).unwrap();
     // The server reads nothing for a long while; then we close: no write stall for a
     // Close (the close timeout judges it).
@@ -676,9 +706,11 @@ fn the_write_stall_counts_from_the_pong_not_from_data_waiting_before_it() {
     // A pong owed from now on: the stall counts from here.
     let mut c = conn();
     let mut outbox = Outbox::default();
-    push(&Message::from(vec![0u8; 100_000]), |append| {
-        append(&mut outbox)
-    });
+    push(
+        &Message::from(vec![0u8; 100_000]),
+        &SendDeflate::default(),
+        |append| append(&mut outbox),
+    );
     c.queue_data(outbox.take(None)).unwrap();
     feed(&mut c, &frame(0x89, b"p"));
     let _ = events(&mut c);
@@ -687,4 +719,313 @@ fn the_write_stall_counts_from_the_pong_not_from_data_waiting_before_it() {
         owed >= t0 + Duration::from_secs(10) && owed < later,
         "{owed:?}"
     );
+}
+
+/// permessage-deflate in the core: the server's side is flate2, as a server would use it.
+#[cfg(feature = "deflate")]
+mod deflate {
+    use super::*;
+    use crate::config::Deflate;
+    use crate::protocol::deflate::{accept, Params};
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+
+    fn params(answer: &str) -> Params {
+        accept(&Deflate::new(), answer).unwrap().unwrap()
+    }
+
+    fn deflating(answer: &str, limits: Limits) -> Connection {
+        let mut c = Connection::new(limits, timers(), &[], Instant::now());
+        c.inflate_with(&params(answer));
+        c
+    }
+
+    /// A server's compressor: raw deflate, sync flush, trailer taken off.
+    struct Server(Compress);
+
+    impl Server {
+        fn new() -> Self {
+            Server(Compress::new(Compression::default(), false))
+        }
+
+        fn compress(&mut self, data: &[u8]) -> Vec<u8> {
+            let mut out = Vec::with_capacity(data.len() + 64);
+            let mut input = data;
+            loop {
+                let before = self.0.total_in();
+                self.0
+                    .compress_vec(input, &mut out, FlushCompress::Sync)
+                    .unwrap();
+                input = &input[(self.0.total_in() - before) as usize..];
+                if input.is_empty() && out.len() < out.capacity() {
+                    break;
+                }
+                out.reserve(out.capacity());
+            }
+            assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+            out.truncate(out.len() - 4);
+            out
+        }
+    }
+
+    fn texts(got: &[Event]) -> Vec<String> {
+        got.iter()
+            .map(|e| match e {
+                Event::Message(Message::Text(t)) => t.as_str().to_owned(),
+                Event::Message(Message::Binary(b)) => format!("binary {}", b.len()),
+                Event::Ping(p) => format!("ping {p:?}"),
+                Event::Pong(p) => format!("pong {p:?}"),
+                Event::PeerClose(c) => format!("close {}", c.code),
+                Event::End(e) => format!("end {e:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fragmented_compressed_messages_split_at_every_byte() {
+        let mut server = Server::new();
+        let first = "wörld, hello wörld, hello wörld!".repeat(3);
+        let z = server.compress(first.as_bytes());
+        let second = server.compress(first.as_bytes()); // refers back to the first
+        assert!(second.len() < z.len());
+        let (a, b) = z.split_at(z.len() / 3);
+        let (b, c3) = b.split_at(b.len() / 2);
+        let wire = [
+            frame(0x41, a), // RSV1 on the first frame only
+            frame(0x89, b"ping"),
+            frame(0x00, b),
+            frame(0x8A, b"pong"),
+            frame(0x80, c3),
+            frame(0xC1, &second),  // whole, compressed
+            frame(0x81, b"plain"), // uncompressed between compressed ones
+            frame(0x88, &[0x03, 0xe8]),
+        ]
+        .concat();
+        for split in 0..=wire.len() {
+            let mut c = deflating("permessage-deflate", limits());
+            feed(&mut c, &wire[..split]);
+            let mut got = events(&mut c);
+            feed(&mut c, &wire[split..]);
+            got.extend(events(&mut c));
+            assert_eq!(
+                texts(&got),
+                [
+                    "ping b\"ping\"",
+                    "pong b\"pong\"",
+                    first.as_str(),
+                    first.as_str(),
+                    "plain",
+                    "close 1000"
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_compressed_frame_is_read_and_inflated() {
+        // Incompressible bytes: the compressed frame takes the large-frame path.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let z = Server::new().compress(&data);
+        assert!(z.len() > 64 << 10);
+        let mut c = deflating("permessage-deflate", limits());
+        for piece in frame(0xC2, &z).chunks(1000) {
+            feed(&mut c, piece);
+        }
+        let got = events(&mut c);
+        assert!(
+            matches!(&got[..], [Event::Message(m)] if m.as_bytes() == &data[..]),
+            "{}",
+            texts(&got).join("; ")
+        );
+    }
+
+    #[test]
+    fn rsv1_in_each_illegal_place_fails_with_1002() {
+        let z = Server::new().compress(b"hello");
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            ("not negotiated", frame(0xC1, &z), false),
+            ("on a ping", frame(0xC9, b"p"), true),
+            ("on a pong", frame(0xCA, b"p"), true),
+            ("on a close", frame(0xC8, &[0x03, 0xe8]), true),
+            (
+                "on a continuation",
+                [frame(0x41, &z), frame(0xC0, &z)].concat(),
+                true,
+            ),
+            (
+                "on a continuation of an uncompressed message",
+                [frame(0x01, b"a"), frame(0xC0, &z)].concat(),
+                true,
+            ),
+            ("RSV2 with deflate", frame(0xA1, b"a"), true),
+            ("RSV3 with deflate", frame(0x91, b"a"), true),
+        ];
+        for (what, wire, negotiated) in cases {
+            let mut c = if negotiated {
+                deflating("permessage-deflate", limits())
+            } else {
+                conn()
+            };
+            feed(&mut c, &wire);
+            let got = events(&mut c);
+            assert!(
+                matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
+                "{what}: {got:?}"
+            );
+            assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xea])], "{what}");
+        }
+    }
+
+    #[test]
+    fn invalid_compressed_data_fails_with_1007() {
+        for (what, payload) in [
+            ("reserved block type", vec![0xff, 0xff, 0xff]),
+            (
+                "stored block with a bad length",
+                vec![0x00, 0x05, 0x00, 0x00, 0x00],
+            ),
+        ] {
+            let mut c = deflating("permessage-deflate", limits());
+            feed(&mut c, &frame(0xC2, &payload));
+            let got = events(&mut c);
+            assert!(
+                matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
+                "{what}: {got:?}"
+            );
+            assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xef])], "{what}");
+        }
+        // Valid deflate, invalid UTF-8 inside: 1007 as for plain text.
+        let mut c = deflating("permessage-deflate", limits());
+        feed(&mut c, &frame(0xC1, &Server::new().compress(&[0xff, 0xfe])));
+        events(&mut c);
+        assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xef])]);
+    }
+
+    #[test]
+    fn a_bomb_fails_with_1009_before_its_memory_is_spent() {
+        // 8 MiB of zeros in about 8 KiB, against a 1 MiB limit, whole and fragmented.
+        let zeros = vec![0u8; 8 << 20];
+        let z = Server::new().compress(&zeros);
+        assert!(z.len() < 16 << 10, "{}", z.len());
+        let (a, b) = z.split_at(z.len() / 2);
+        for wire in [frame(0xC2, &z), [frame(0x42, a), frame(0x80, b)].concat()] {
+            let limits = Limits {
+                max_frame: 1 << 20,
+                max_message: 1 << 20,
+            };
+            let mut c = deflating("permessage-deflate", limits);
+            feed(&mut c, &wire);
+            let got = events(&mut c);
+            assert!(
+                matches!(
+                    ended(&got),
+                    Some(End::Failed(Error::Capacity { limit, .. })) if *limit == 1 << 20
+                ),
+                "{got:?}"
+            );
+            assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xf1])]);
+        }
+    }
+
+    #[test]
+    fn context_takeover_is_honoured_both_ways() {
+        let msg = br#"{"type":"ticker","product_id":"ETH-USD","price":"2301.17"}"#;
+        // The server keeps its context: the second message is a back-reference.
+        let mut server = Server::new();
+        let z1 = server.compress(msg);
+        let z2 = server.compress(msg);
+        assert!(z2.len() < z1.len() / 2);
+        // Without server context takeover, each message is inflated alone: a
+        // back-reference to the previous message is then invalid (1007).
+        let mut c = deflating("permessage-deflate; server_no_context_takeover", limits());
+        feed(&mut c, &[frame(0xC1, &z1), frame(0xC1, &z1)].concat());
+        assert_eq!(texts(&events(&mut c)).len(), 2, "each alone is fine");
+        feed(&mut c, &frame(0xC1, &z2));
+        events(&mut c);
+        assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xef])]);
+        // With it, the reference resolves.
+        let mut c = deflating("permessage-deflate", limits());
+        feed(&mut c, &[frame(0xC1, &z1), frame(0xC1, &z2)].concat());
+        let got = texts(&events(&mut c));
+        assert_eq!(got, [std::str::from_utf8(msg).unwrap(); 2]);
+    }
+
+    /// Frames from our outbox, inflated as a server does: each compressed message's
+    /// payload, with the trailer put back.
+    fn server_reads(outbox: &mut Outbox, server: &mut Decompress) -> Vec<(bool, Vec<u8>)> {
+        let mut out = Output::new();
+        out.queue_data(outbox.take(None)).unwrap();
+        let mut wire = Vec::new();
+        while let Some(b) = out.transmit() {
+            let n = b.len();
+            wire.extend_from_slice(b);
+            out.advance(n, Instant::now());
+        }
+        let mut got = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let mut cursor = std::io::Cursor::new(&wire[at..]);
+            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            let start = at + cursor.position() as usize;
+            let mask = header.mask.unwrap();
+            let mut payload: Vec<u8> = wire[start..start + len as usize]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            at = start + len as usize;
+            if header.rsv1 {
+                payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                let mut plain = Vec::with_capacity(1 << 20);
+                server
+                    .decompress_vec(&payload, &mut plain, FlushDecompress::Sync)
+                    .unwrap();
+                got.push((true, plain));
+            } else {
+                got.push((false, payload));
+            }
+        }
+        got
+    }
+
+    use tungstenite::protocol::frame::FrameHeader;
+
+    #[test]
+    fn our_messages_round_trip_through_a_servers_inflater() {
+        for answer in [
+            "permessage-deflate",
+            "permessage-deflate; client_no_context_takeover",
+            "permessage-deflate; client_max_window_bits=8",
+        ] {
+            let p = params(answer);
+            let deflate = SendDeflate::default();
+            deflate.start(Some((&p, &Deflate::new())));
+            let big = "market data, market data, market data; ".repeat(50);
+            let messages: Vec<Message> = vec![
+                big.clone().into(),
+                "small, sent as it is".into(),
+                big.clone().into(),
+                big.as_bytes().to_vec().into(),
+            ];
+            let mut outbox = Outbox::default();
+            for m in &messages {
+                push(m, &deflate, |append| append(&mut outbox));
+            }
+            let mut server = Decompress::new(false);
+            let got = server_reads(&mut outbox, &mut server);
+            let flags: Vec<bool> = got.iter().map(|(z, _)| *z).collect();
+            assert_eq!(flags, [true, false, true, true], "{answer}");
+            for (m, (_, data)) in messages.iter().zip(&got) {
+                assert_eq!(m.as_bytes(), &data[..], "{answer}");
+            }
+        }
+    }
 }

@@ -242,7 +242,9 @@ fn dispatch_pending_can_be_bounded_by_count_and_by_time() {
     let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
     let count = Arc::new(AtomicUsize::new(0));
     let mut handler = Counter(Arc::clone(&count));
-    assert!(eventually(WAIT, || events.len() >= 1_000));
+    // All of them waiting (Open and 3,000 messages: within the default bound of 4,096),
+    // so that the counts below do not race the I/O thread.
+    assert!(eventually(WAIT, || events.len() >= 3_001));
     let n = ws.dispatch_pending_at_most(&events, &mut handler, 100);
     assert_eq!(n, 100);
     assert_eq!(count.load(Ordering::SeqCst), 99, "Open, then 99 messages");

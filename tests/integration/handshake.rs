@@ -425,17 +425,23 @@ fn server_answering_no_subprotocol_when_some_were_offered_fails() {
 #[test]
 fn server_choosing_an_extension_fails() {
     let _g = shared();
-    let server = server_hdr(
-        |_req: &Request, mut resp: Response| {
-            resp.headers_mut().insert(
-                "sec-websocket-extensions",
-                HeaderValue::from_static("permessage-deflate"),
-            );
-            Ok(resp)
-        },
-        |mut ws| read_until_close(&mut ws),
-    );
-    assert_handshake_fails(WebSocket::builder(), server);
+    // Not offered at all, and one never offered (see deflate.rs for the offered one).
+    for (builder, extension) in [
+        (WebSocket::builder().no_deflate(), "permessage-deflate"),
+        (WebSocket::builder(), "x-webkit-deflate-frame"),
+    ] {
+        let server = server_hdr(
+            move |_req: &Request, mut resp: Response| {
+                resp.headers_mut().insert(
+                    "sec-websocket-extensions",
+                    HeaderValue::from_static(extension),
+                );
+                Ok(resp)
+            },
+            |mut ws| read_until_close(&mut ws),
+        );
+        assert_handshake_fails(builder, server);
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! - `protocol`: issue 15's I/O-core defects (data after Close, bare-LF 101, panics, close codes, bounds).
 //! - `load`: 16 senders × 100,000 messages; 1,000 connect/close cycles leak nothing.
 //! - `proxy`: HTTP CONNECT through an in-process proxy.
+//! - `deflate`: permessage-deflate against a raw server using flate2 (issue 16).
 //! - `keepalive`, `reconnect`, `tls`, `redirect`: staying connected (issue 4): pings under a
 //!   busy main thread, half-open peers, backoff, certificates, redirects.
 //!
@@ -28,6 +29,8 @@
 
 mod batches;
 mod closing;
+#[cfg(feature = "deflate")]
+mod deflate;
 mod delivery;
 mod failures;
 mod faults;
