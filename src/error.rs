@@ -44,6 +44,9 @@ pub enum Error {
     /// A ping payload longer than 125 bytes.
     #[error("ping payload is {0} bytes long; at most 125 are allowed")]
     InvalidPingPayload(usize),
+    /// `ping` was called while this many pings still wait to be written (16 at most).
+    #[error("{0} pings already wait to be written")]
+    PingsWaiting(usize),
     /// The call needs another state of the connection (for example `ping` before OPEN).
     #[error("the connection is {0:?}, which does not allow this")]
     InvalidState(ReadyState),

@@ -1,7 +1,7 @@
 //! The `WebSocket` handle, its non-owning twin `WebSocketRef`, and the state they share
 //! with the I/O thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -85,9 +85,10 @@ pub(crate) struct Shared {
     pub outbox: Mutex<Outbox>,
     /// permessage-deflate's compressor, taken by sending threads before the outbox.
     pub deflate: protocol::SendDeflate,
-    /// The ping `ping` asked for, until the I/O thread takes it: one slot, so that pings
-    /// asked for faster than they go out replace each other instead of piling up.
-    ping: Mutex<Option<Bytes>>,
+    /// The pings `ping` asked for, until the I/O thread takes them: at most
+    /// [`crate::protocol::PINGS`], so that pings asked for faster than they go out cannot
+    /// pile up (`ping` refuses more).
+    ping: Mutex<VecDeque<Bytes>>,
     waker: mio::Waker,
     /// Set by the I/O thread while it sleeps in `poll`; senders wake it only then.
     pub io_sleeping: AtomicBool,
@@ -173,12 +174,9 @@ impl Shared {
         }
     }
 
-    /// The ping `ping` asked for, if one waits.
-    pub fn take_ping(&self) -> Option<Bytes> {
-        self.ping
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+    /// The pings `ping` asked for, in order.
+    pub fn take_pings(&self) -> VecDeque<Bytes> {
+        std::mem::take(&mut *self.ping.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The I/O thread handed `bytes` of application data to the OS.
@@ -374,7 +372,8 @@ impl WebSocketRef {
     /// # Errors
     ///
     /// [`Error::InvalidPingPayload`] for more than 125 bytes; [`Error::InvalidState`] when
-    /// the connection is not OPEN.
+    /// the connection is not OPEN; [`Error::PingsWaiting`] when 16 pings already wait to
+    /// be written (a server that does not read cannot make them pile up).
     pub fn ping(&self, payload: impl Into<Vec<u8>>) -> Result<()> {
         let payload = payload.into();
         if payload.len() > 125 {
@@ -384,8 +383,12 @@ impl WebSocketRef {
         let _gate = shared.gate.read().unwrap_or_else(PoisonError::into_inner);
         match shared.ready_state() {
             ReadyState::Open => {
-                let mut slot = shared.ping.lock().unwrap_or_else(PoisonError::into_inner);
-                if slot.replace(Bytes::from(payload)).is_none() {
+                let mut waiting = shared.ping.lock().unwrap_or_else(PoisonError::into_inner);
+                if waiting.len() >= protocol::PINGS {
+                    return Err(Error::PingsWaiting(waiting.len()));
+                }
+                waiting.push_back(Bytes::from(payload));
+                if waiting.len() == 1 {
                     shared.enqueue(Command::Ping);
                 }
                 Ok(())
@@ -994,7 +997,7 @@ fn start(
         status_changed: Condvar::new(),
         outbox: Mutex::new(Outbox::default()),
         deflate: protocol::SendDeflate::default(),
-        ping: Mutex::new(None),
+        ping: Mutex::new(VecDeque::new()),
         requests: Mutex::new(HashMap::new()),
         pending_requests: AtomicUsize::new(0),
         next_request_id: AtomicU64::new(1),

@@ -331,9 +331,11 @@ impl IoThread {
                 Ok(())
             }
             Command::Ping => {
-                let payload = io.shared.take_ping();
-                if let (Phase::Open(open), Some(payload)) = (&mut self.phase, payload) {
-                    open.conn.ping(payload);
+                let pings = io.shared.take_pings();
+                if let Phase::Open(open) = &mut self.phase {
+                    for payload in pings {
+                        open.conn.ping(payload);
+                    }
                 }
                 Ok(())
             }

@@ -38,7 +38,7 @@ pub(crate) use deflate::{
 pub(crate) use incoming::Limits;
 use incoming::{Incoming, Reader, Violation};
 use outgoing::Output;
-pub(crate) use outgoing::{push, Chunk, Outbox};
+pub(crate) use outgoing::{push, Chunk, Outbox, PINGS};
 
 /// Without the `deflate` feature: nothing to compress with.
 #[cfg(not(feature = "deflate"))]

@@ -29,6 +29,9 @@ use crate::message::Message;
 const SMALL: usize = 512;
 /// The longest client frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
+/// The most pings that wait to be written (`ping` refuses more while as many wait for
+/// the I/O thread); past it, the oldest is dropped.
+pub(crate) const PINGS: usize = 16;
 /// The most pongs that wait to be written; past it the oldest is dropped. 32: a burst of
 /// pings read in one go (Autobahn 2.10 sends 10 in one write) all get their pongs.
 const PONGS: usize = 32;
@@ -231,10 +234,10 @@ pub(crate) struct Output {
     /// then the end of the frame in progress (where the write stops).
     boundary: usize,
     /// At most [`PONGS`] pongs (the answers to the latest pings: RFC 6455 §5.5.3 allows
-    /// answering only the latest) and one ping (the latest asked for) wait: a peer that
-    /// pings and never reads cannot make this queue grow.
+    /// answering only the latest) and [`PINGS`] pings (the latest asked for) wait: a peer
+    /// that pings and never reads cannot make this queue grow.
     pongs: VecDeque<Bytes>,
-    ping: Option<Bytes>,
+    pings: VecDeque<Bytes>,
     close: CloseOut,
     /// The control frame being written, encoded, and how much of it is out.
     staged: Vec<u8>,
@@ -254,7 +257,7 @@ impl Output {
             at: 0,
             boundary: 0,
             pongs: VecDeque::new(),
-            ping: None,
+            pings: VecDeque::new(),
             close: CloseOut::NotQueued,
             staged: Vec::new(),
             staged_at: 0,
@@ -292,10 +295,13 @@ impl Output {
         }
     }
 
-    /// Queues a ping (replacing an unsent one).
+    /// Queues a ping (dropping the oldest unsent one past [`PINGS`]).
     pub fn queue_ping(&mut self, payload: Bytes) {
         if self.accepts_control() {
-            self.ping = Some(payload);
+            if self.pings.len() == PINGS {
+                self.pings.pop_front();
+            }
+            self.pings.push_back(payload);
         }
     }
 
@@ -319,7 +325,7 @@ impl Output {
         let dropped = self.data.drain(keep..).map(|c| c.app_bytes).sum();
         self.pongs.clear();
         self.owed_since = None;
-        self.ping = None;
+        self.pings.clear();
         match close {
             Some(payload) => self.queue_close(payload),
             None => self.close = CloseOut::Written,
@@ -402,7 +408,7 @@ impl Output {
         }
         let (kind, opcode, payload) = if let Some(p) = self.pongs.pop_front() {
             (Staged::Pong, OpCode::Control(Control::Pong), p.to_vec())
-        } else if let Some(p) = self.ping.take() {
+        } else if let Some(p) = self.pings.pop_front() {
             (Staged::Ping, OpCode::Control(Control::Ping), p.to_vec())
         } else if !self.data.is_empty() {
             return false;
@@ -456,7 +462,7 @@ impl Output {
     }
 
     fn controls_waiting(&self) -> bool {
-        !self.pongs.is_empty() || self.ping.is_some()
+        !self.pongs.is_empty() || !self.pings.is_empty()
     }
 
     fn accepts_control(&self) -> bool {
