@@ -146,7 +146,9 @@ impl Io {
         }
         self.burst_nth += taken;
         if self.shared.pending_requests.load(SeqCst) > 0 {
-            // Replies go to the `request` waiting for them instead.
+            // Replies go to the `request` waiting for them instead. Looked at once per run,
+            // not per message: routing each message in the loop above measured pull-style
+            // stream_small 5-15 % slower.
             for event in self.pending.split_off(first) {
                 match event {
                     Event::Message(m) => {
