@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use nwebsocket::crossbeam_channel::{self as cb, Receiver, Sender};
+use nwebsocket::crossbeam_channel::{self as cb, Sender};
 use nwebsocket::{Event, Handler, Message, WebSocket, WebSocketRef};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -186,7 +186,7 @@ fn frames(mut tcp: TcpStream, mut on_data: impl FnMut(&mut TcpStream, &[u8])) {
 
 // ------------------------------------------------------------------------------ helpers
 
-fn next_message(events: &Receiver<Event>) -> Message {
+fn next_message(events: &nwebsocket::Events) -> Message {
     loop {
         match events.recv_timeout(WAIT).expect("an event in time") {
             Event::Message(m) => return m,

@@ -30,7 +30,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nwebsocket::crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use nwebsocket::crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use nwebsocket::{Builder, CloseEvent, Error, Event, Message, Timeout, WebSocket};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -386,7 +386,7 @@ fn after_handshake_with(input: &[u8], limits: Limits) -> Result<Outcome, String>
 /// then over: no event after `Close`, no I/O thread left behind.
 fn collect(
     ws: WebSocket,
-    events: &Receiver<Event>,
+    events: &nwebsocket::Events,
     started: Instant,
 ) -> Result<Vec<Event>, String> {
     let deadline = started + CONNECTION_DEADLINE;

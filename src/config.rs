@@ -3,14 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
-
-use crate::delivery::EventBatches;
+use crate::delivery::{EventBatches, Events};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::io::proxy::ProxyChoice;
 use crate::io::TlsOptions;
-use crate::message::Event;
 use crate::websocket::WebSocket;
 
 /// Settings for a connection, set with chained calls, then used to connect.
@@ -310,15 +307,15 @@ impl Builder {
     /// How many events may wait for the consumer. When the queue is full the I/O thread
     /// stops reading the socket, so TCP slows the server down and memory stays bounded.
     ///
-    /// - Pull style: how many events may wait in your `Receiver<Event>`, plus the events
+    /// - Pull style: how many events may wait in your [`Events`], plus the events
     ///   of one read burst (256) not yet in it. The channel is unbounded to crossbeam (its
     ///   `capacity()` is `None`); the bound is the I/O thread's. Its slots (64 bytes each)
     ///   are allocated in blocks while events wait and freed as you take them, so an idle
     ///   connection holds none. Payload is bounded too: the I/O thread puts no more
     ///   messages in while 2 MiB of payload waits there, and reads no more while its burst
     ///   holds 2 MiB. What waits stays below `incoming_queue` × 64 bytes plus about 4 MiB
-    ///   and two messages of `max_message_size`. Nothing wakes the I/O thread when you take
-    ///   a message: while the channel is full it looks again every 0.1 to 5 ms. Defaults to
+    ///   and two messages of `max_message_size`. While the channel is full the I/O thread
+    ///   sleeps; the take that brings it down to half wakes it. Defaults to
     ///   4096: on a shared core your thread and the I/O thread then take turns once per
     ///   thousands of messages, not once per hundred.
     /// - Callback style, and pull style in batches ([`connect_batches`](Self::connect_batches)):
@@ -373,7 +370,7 @@ impl Builder {
         self
     }
 
-    /// Reports incoming pings and pongs as [`Event::Ping`] / [`Event::Pong`] and to
+    /// Reports incoming pings and pongs as [`Event::Ping`](crate::Event::Ping) / [`Event::Pong`](crate::Event::Pong) and to
     /// [`Handler::onping`] / [`Handler::onpong`]. Pings are answered either way.
     /// Defaults to `false`.
     pub fn ping_events(mut self, enabled: bool) -> Self {
@@ -548,7 +545,7 @@ impl Builder {
     /// # Errors
     ///
     /// As [`connect`](Self::connect).
-    pub fn connect_pull(self, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+    pub fn connect_pull(self, url: &str) -> Result<(WebSocket, Events)> {
         let (ws, events) = self.open_pull(url)?;
         ws.wait_open()?;
         Ok((ws, events))
@@ -559,7 +556,7 @@ impl Builder {
     /// # Errors
     ///
     /// As [`open`](Self::open).
-    pub fn open_pull(self, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+    pub fn open_pull(self, url: &str) -> Result<(WebSocket, Events)> {
         WebSocket::start_pull(self.checked()?, url)
     }
 

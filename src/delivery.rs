@@ -15,7 +15,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::ops::Deref;
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,7 @@ use crossbeam_channel::{
 
 use crate::io::Command;
 use crate::message::Event;
+use crate::websocket::Shared;
 
 /// Events per read burst in pull style: the I/O thread reads no more while this many are
 /// pending, and hands them over together.
@@ -77,13 +82,18 @@ pub(crate) enum Outlet {
 /// per hundred (a consumer that finds the channel empty spins for microseconds in
 /// crossbeam's `recv` first).
 ///
-/// The price: nothing wakes the I/O thread when the caller takes a message. It can tell
-/// how many are left (`len`), so it knows which of the messages it sent are gone; while
-/// the channel is full it looks again after a nap (see [`Level`]). And when the caller
-/// drops the receiver, crossbeam discards what waits in the channel (since 0.5.15, to free
-/// it eagerly): the channel looks empty, and the next send finds the receiver gone.
+/// The price: a crossbeam channel wakes nobody when the caller takes a message. The I/O
+/// thread can tell how many are left (`len`), so it knows which of the messages it sent
+/// are gone; while the channel is full it asks the caller's [`Events`] to wake it once
+/// half of them are (see [`Room`]). Events taken through the raw receiver (`select!`)
+/// wake nobody: once the caller has used it, the I/O thread also looks again after a nap
+/// (see [`Level`]). And when the caller drops the receiver, crossbeam discards what waits
+/// in the channel (since 0.5.15, to free it eagerly): the channel looks empty, and the
+/// next send finds the receiver gone.
 pub(crate) struct Pull {
     tx: Sender<Event>,
+    /// Where the I/O thread asks the consumer's [`Events`] to wake it.
+    room: Arc<Room>,
     /// Events that may wait in the channel.
     limit: usize,
     /// Payload bytes that may wait there ([`Builder::incoming_queue_bytes`]).
@@ -98,6 +108,37 @@ pub(crate) struct Pull {
     marks: VecDeque<(u64, u64)>,
     /// The bytes sent up to the last point known to be taken.
     taken_bytes: u64,
+}
+
+/// Pull style's wake-up, shared by the I/O thread and the caller's [`Events`]: finding the
+/// channel full, the I/O thread stores how few events must be left for it to be worth
+/// waking (half of what waits), then sleeps on its command channel; each take through
+/// [`Events`] compares, and the take that gets there sends `Command::Room`, once.
+///
+/// No wake-up can be lost: the I/O thread stores `below` and then reads the channel's
+/// length; a take moves the channel's head and then reads `below`; all four are
+/// sequentially consistent (crossbeam's head moves and `len` loads are `SeqCst`), so
+/// either the take sees `below` or the I/O thread sees the take.
+///
+/// On a cache line of its own: the caller reads it after every take, and nothing else
+/// nearby should make that read miss.
+#[repr(align(128))]
+#[derive(Debug)]
+pub(crate) struct Room {
+    /// Wake the I/O thread once this many events or fewer wait; `usize::MAX` while it
+    /// does not wait.
+    below: AtomicUsize,
+    /// The caller used the raw receiver, whose takes wake nobody.
+    raw: AtomicBool,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Room {
+            below: AtomicUsize::new(usize::MAX),
+            raw: AtomicBool::new(false),
+        }
+    }
 }
 
 /// How often [`Pull`] marks the bytes it sent: the payload bytes counted as waiting are
@@ -118,9 +159,10 @@ pub(crate) enum Level {
 }
 
 impl Pull {
-    pub fn new(tx: Sender<Event>, limit: usize, bytes_limit: usize) -> Self {
+    pub fn new(tx: Sender<Event>, room: Arc<Room>, limit: usize, bytes_limit: usize) -> Self {
         Pull {
             tx,
+            room,
             limit: limit.max(1),
             bytes_limit: bytes_limit.max(1),
             sent: 0,
@@ -147,6 +189,29 @@ impl Pull {
             self.marks.pop_front();
         }
         (events, (self.sent_bytes - self.taken_bytes) as usize)
+    }
+
+    /// Asks [`Events`] to wake this thread once the caller has taken half of what waits;
+    /// `false` if it already has (then there is no waiting to do).
+    pub fn wake_on_room(&mut self) -> bool {
+        let (events, _) = self.waiting();
+        let below = events / 2;
+        self.room.below.store(below, SeqCst);
+        if self.tx.len() <= below {
+            self.room.below.store(usize::MAX, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The wait for room is over (woken, or for another reason).
+    pub fn stop_waiting(&self) {
+        self.room.below.store(usize::MAX, Relaxed);
+    }
+
+    /// Whether the caller took events through the raw receiver, which wakes nobody.
+    pub fn raw(&self) -> bool {
+        self.room.raw.load(Relaxed)
     }
 
     /// Whether the channel is full, in events or in bytes.
@@ -225,6 +290,232 @@ fn missed(event: Event, pending: &mut VecDeque<Event>) -> Vec<Event> {
     let mut gone = vec![event];
     gone.extend(pending.drain(..));
     gone
+}
+
+/// Pull style's events, from [`connect_pull`](crate::Builder::connect_pull): a crossbeam
+/// [`Receiver<Event>`] that also tells the I/O thread when it has made room.
+///
+/// `Open`, the messages, `Ping`/`Pong` if asked for, then `Error` on failure and `Close`,
+/// last; after `Close` (the last connection's, with reconnect on) the channel disconnects.
+/// Take them with [`recv`](Self::recv), [`recv_timeout`](Self::recv_timeout),
+/// [`try_recv`](Self::try_recv), the iterators, or
+/// [`dispatch_pending`](crate::WebSocketRef::dispatch_pending), which runs your
+/// [`Handler`](crate::Handler) on your thread.
+///
+/// At most [`incoming_queue`](crate::Builder::incoming_queue) events (4,096 by default) or
+/// [`incoming_queue_bytes`](crate::Builder::incoming_queue_bytes) of payload wait here;
+/// while that much does, the I/O thread stops reading the socket (TCP slows the server
+/// down) and sleeps. The take that brings the queue down to half wakes it, once: a
+/// program that computes for seconds between takes costs that thread nothing meanwhile.
+///
+/// It dereferences to the [`Receiver`], so `select!` takes it beside your own channels.
+/// Events taken that way, past the crate's methods, wake nobody: once you have used the
+/// raw receiver, a full queue is also looked at again after a nap (0.1 to 5 ms) instead.
+///
+/// ```
+/// # let addr = nwebsocket_doc_server();
+/// use std::time::Duration;
+/// use nwebsocket::crossbeam_channel::{select, unbounded};
+/// use nwebsocket::{Event, WebSocket};
+///
+/// let (ws, events) = WebSocket::connect_pull(&format!("ws://{addr}/"))?;
+/// assert!(matches!(events.recv_timeout(Duration::from_secs(5)), Ok(Event::Open)));
+/// ws.send("hello")?;
+/// let (_stop_tx, stop) = unbounded::<()>();
+/// select! {
+///     recv(events) -> event => match event {
+///         Ok(Event::Message(m)) => assert_eq!(m.as_text(), Some("hello")),
+///         other => panic!("{other:?}"),
+///     },
+///     recv(stop) -> _ => unreachable!(),
+/// }
+/// # fn nwebsocket_doc_server() -> std::net::SocketAddr {
+/// #     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// #     let a = l.local_addr().unwrap();
+/// #     std::thread::spawn(move || {
+/// #         let mut ws = tungstenite::accept(l.accept().unwrap().0).unwrap();
+/// #         while let Ok(m) = ws.read() { if m.is_text() || m.is_binary() { let _ = ws.send(m); } }
+/// #     });
+/// #     a
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Events {
+    rx: Receiver<Event>,
+    room: Arc<Room>,
+    shared: Arc<Shared>,
+}
+
+impl Events {
+    pub(crate) fn new(rx: Receiver<Event>, room: Arc<Room>, shared: Arc<Shared>) -> Self {
+        Events { rx, room, shared }
+    }
+
+    /// Blocks until an event arrives; an error once the connection has ended and every
+    /// event was taken.
+    pub fn recv(&self) -> Result<Event, RecvError> {
+        let event = self.rx.recv()?;
+        self.took();
+        Ok(event)
+    }
+
+    /// As [`recv`](Self::recv), for at most `timeout` (`Duration::MAX`: no limit).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        self.recv_deadline(crate::protocol::saturating_deadline(
+            Instant::now(),
+            timeout,
+        ))
+    }
+
+    /// As [`recv`](Self::recv), until `deadline`.
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<Event, RecvTimeoutError> {
+        let event = self.rx.recv_deadline(deadline)?;
+        self.took();
+        Ok(event)
+    }
+
+    /// An event if one is waiting, without blocking.
+    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
+        let event = self.rx.try_recv()?;
+        self.took();
+        Ok(event)
+    }
+
+    /// The events as they come, blocking for each, until the channel disconnects.
+    pub fn iter(&self) -> EventsIter<'_> {
+        EventsIter(self)
+    }
+
+    /// The events waiting now, without blocking.
+    pub fn try_iter(&self) -> EventsTryIter<'_> {
+        EventsTryIter(self)
+    }
+
+    /// How many events wait.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no event waits.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// The raw crossbeam receiver, for `select!` and the rest of its API. Takes through it
+    /// wake nobody (see above): from now on a full queue is also looked at after naps.
+    pub fn receiver(&self) -> &Receiver<Event> {
+        if !self.room.raw.load(Relaxed) {
+            self.room.raw.store(true, Relaxed);
+        }
+        &self.rx
+    }
+
+    /// After each take: wakes the I/O thread if it waits for the queue to come down this
+    /// far (see [`Room`]). A load and a compare when it does not.
+    #[inline]
+    fn took(&self) {
+        let below = self.room.below.load(SeqCst);
+        if below != usize::MAX {
+            self.made_room(below);
+        }
+    }
+
+    #[cold]
+    fn made_room(&self, below: usize) {
+        if self.rx.len() <= below
+            && self
+                .room
+                .below
+                .compare_exchange(below, usize::MAX, SeqCst, Relaxed)
+                .is_ok()
+        {
+            self.shared.enqueue(Command::Room);
+        }
+    }
+}
+
+impl Deref for Events {
+    type Target = Receiver<Event>;
+
+    /// The raw receiver: see [`Events::receiver`].
+    fn deref(&self) -> &Receiver<Event> {
+        self.receiver()
+    }
+}
+
+impl Drop for Events {
+    /// A full queue's I/O thread learns at once that this receiver is gone (if it was the
+    /// last, the connection closes with 1001), rather than when the caller would have
+    /// made room.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.rx, crossbeam_channel::never()));
+        if self.room.below.swap(usize::MAX, SeqCst) != usize::MAX {
+            self.shared.enqueue(Command::Room);
+        }
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("waiting", &self.rx.len())
+            .finish()
+    }
+}
+
+/// [`Events::iter`]: blocks for each event.
+#[derive(Debug)]
+pub struct EventsIter<'a>(&'a Events);
+
+impl Iterator for EventsIter<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.0.recv().ok()
+    }
+}
+
+/// [`Events::try_iter`]: the events waiting now.
+#[derive(Debug)]
+pub struct EventsTryIter<'a>(&'a Events);
+
+impl Iterator for EventsTryIter<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.0.try_recv().ok()
+    }
+}
+
+impl<'a> IntoIterator for &'a Events {
+    type Item = Event;
+    type IntoIter = EventsIter<'a>;
+
+    fn into_iter(self) -> EventsIter<'a> {
+        self.iter()
+    }
+}
+
+/// [`Events`] by value, blocking for each event.
+#[derive(Debug)]
+pub struct EventsIntoIter(Events);
+
+impl Iterator for EventsIntoIter {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.0.recv().ok()
+    }
+}
+
+impl IntoIterator for Events {
+    type Item = Event;
+    type IntoIter = EventsIntoIter;
+
+    fn into_iter(self) -> EventsIntoIter {
+        EventsIntoIter(self)
+    }
 }
 
 /// The consumer's end of [`Outlet::Batches`]: the callback thread's, or yours through
@@ -667,7 +958,7 @@ mod tests {
         assert!(outlet.burst_full(256, 0));
         assert!(outlet.burst_full(1, BATCH_BYTES));
         let (tx, _rx) = crossbeam_channel::unbounded();
-        let pull = Outlet::Events(Pull::new(tx, 4, BATCH_BYTES));
+        let pull = Outlet::Events(Pull::new(tx, Arc::default(), 4, BATCH_BYTES));
         assert!(!pull.burst_full(BURST - 1, BATCH_BYTES - 1));
         assert!(pull.burst_full(BURST, 0));
         assert!(pull.burst_full(1, BATCH_BYTES));
@@ -675,7 +966,10 @@ mod tests {
 
     fn pull(limit: usize) -> (Outlet, Receiver<Event>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        (Outlet::Events(Pull::new(tx, limit, BATCH_BYTES)), rx)
+        (
+            Outlet::Events(Pull::new(tx, Arc::default(), limit, BATCH_BYTES)),
+            rx,
+        )
     }
 
     fn is_held(outlet: &mut Outlet) -> bool {

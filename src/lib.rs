@@ -59,9 +59,10 @@
 //!    [`Handler`]'s methods run in order on the connection's callback thread
 //!    (`nwebsocket-cb`). [`WebSocket::handler`] locks the handler so your own thread can
 //!    read the state the callbacks fill in, with no locking of your own.
-//! 2. **Pull style**: [`WebSocket::connect_pull(url)`](WebSocket::connect_pull) returns a
-//!    crossbeam [`Receiver<Event>`](crossbeam_channel::Receiver). Use `recv`,
-//!    `recv_timeout`, `try_recv`, or `select!` beside your own channels; or
+//! 2. **Pull style**: [`WebSocket::connect_pull(url)`](WebSocket::connect_pull) returns
+//!    [`Events`], a crossbeam `Receiver<Event>` that also wakes the I/O thread when you
+//!    make room in a full queue. Use `recv`, `recv_timeout`, `try_recv`, or `select!`
+//!    beside your own channels; or
 //!    [`dispatch_pending`](WebSocketRef::dispatch_pending) to run a handler on *your*
 //!    thread at the moments you choose (between chunks of numeric work), with no `Send`
 //!    bound and no lock.
@@ -247,7 +248,7 @@ mod websocket;
 #[cfg(feature = "deflate")]
 pub use crate::config::Deflate;
 pub use crate::config::{Builder, Reconnect};
-pub use crate::delivery::EventBatches;
+pub use crate::delivery::{EventBatches, Events, EventsIntoIter, EventsIter, EventsTryIter};
 pub use crate::error::{
     Error, HandshakeErrorKind, ProtocolErrorKind, ProxyErrorKind, Result, SendError, Source,
     Timeout, TlsErrorKind, UrlError,

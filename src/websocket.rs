@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tungstenite::Bytes;
 
 use crate::config::{Builder, Config, CALLBACK_QUEUE, PULL_QUEUE};
-use crate::delivery::{Batches, EventBatches, Outlet, Pull};
+use crate::delivery::{Batches, EventBatches, Events, Outlet, Pull, Room};
 use crate::error::{Error, Result, SendError, Timeout};
 use crate::handler::{dispatch, Handler};
 use crate::io::{Command, IoThread};
@@ -156,7 +156,7 @@ impl Shared {
         true
     }
 
-    fn enqueue(&self, command: Command) {
+    pub(crate) fn enqueue(&self, command: Command) {
         // The channel is unbounded: sending only fails once the I/O thread is gone, and
         // then the state is already CLOSED and no caller got an `Ok`.
         let _ = self.commands.send(command);
@@ -540,11 +540,7 @@ impl WebSocketRef {
     /// Pull style: runs `handler` for every event already waiting in `events`, on this
     /// thread, and returns how many there were. It never blocks, so a CPU-bound loop can
     /// call it between chunks of work. The handler need not be `Send`.
-    pub fn dispatch_pending<H: Handler + ?Sized>(
-        &self,
-        events: &Receiver<Event>,
-        handler: &mut H,
-    ) -> usize {
+    pub fn dispatch_pending<H: Handler + ?Sized>(&self, events: &Events, handler: &mut H) -> usize {
         let mut n = 0;
         while let Ok(event) = events.try_recv() {
             dispatch(self, handler, event);
@@ -557,7 +553,7 @@ impl WebSocketRef {
     /// compute loop's pause stays bounded however many events wait.
     pub fn dispatch_pending_at_most<H: Handler + ?Sized>(
         &self,
-        events: &Receiver<Event>,
+        events: &Events,
         handler: &mut H,
         max: usize,
     ) -> usize {
@@ -577,7 +573,7 @@ impl WebSocketRef {
     /// waiting event is handled, and a slow callback can overrun it).
     pub fn dispatch_pending_for<H: Handler + ?Sized>(
         &self,
-        events: &Receiver<Event>,
+        events: &Events,
         handler: &mut H,
         budget: Duration,
     ) -> usize {
@@ -648,7 +644,7 @@ impl WebSocket {
     /// # Errors
     ///
     /// As [`WebSocket::connect`].
-    pub fn connect_pull(url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+    pub fn connect_pull(url: &str) -> Result<(WebSocket, Events)> {
         Builder::new().connect_pull(url)
     }
 
@@ -657,20 +653,18 @@ impl WebSocket {
     /// # Errors
     ///
     /// Synchronous ones only: a bad URL.
-    pub fn open_pull(url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+    pub fn open_pull(url: &str) -> Result<(WebSocket, Events)> {
         Builder::new().open_pull(url)
     }
 
-    pub(crate) fn start_pull(config: Config, url: &str) -> Result<(WebSocket, Receiver<Event>)> {
+    pub(crate) fn start_pull(config: Config, url: &str) -> Result<(WebSocket, Events)> {
         let limit = config.incoming_queue.unwrap_or(PULL_QUEUE);
-        let (tx, events) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let room = Arc::new(Room::default());
         let bytes = config.incoming_queue_bytes;
-        let (ws, io) = start(
-            config,
-            url,
-            Outlet::Events(Pull::new(tx, limit, bytes)),
-            false,
-        )?;
+        let pull = Pull::new(tx, Arc::clone(&room), limit, bytes);
+        let (ws, io) = start(config, url, Outlet::Events(pull), false)?;
+        let events = Events::new(rx, room, Arc::clone(&ws.shared));
         Ok((WebSocket::without_handler(ws, io), events))
     }
 

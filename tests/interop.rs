@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nwebsocket::crossbeam_channel::{Receiver, RecvTimeoutError};
+use nwebsocket::crossbeam_channel::RecvTimeoutError;
 use nwebsocket::{Builder, CloseEvent, Error, Event, Message, ReadyState, WebSocket};
 
 /// The longest any single event may take to arrive.
@@ -85,7 +85,7 @@ impl Ctx {
     }
 
     /// Connects (pull style), checks that the first event is `Open`, returns both ends.
-    fn open(&self, builder: Builder, path_and_query: &str) -> (WebSocket, Receiver<Event>) {
+    fn open(&self, builder: Builder, path_and_query: &str) -> (WebSocket, nwebsocket::Events) {
         let url = self.url(path_and_query);
         let (ws, rx) = builder
             .connect_pull(&url)
@@ -129,7 +129,7 @@ fn run(peer: Peer, test: &'static str, body: fn(&Ctx)) {
 }
 
 /// The next event, whatever it is; fails the test after [`WAIT`].
-fn next(rx: &Receiver<Event>) -> Event {
+fn next(rx: &nwebsocket::Events) -> Event {
     match rx.recv_timeout(WAIT) {
         Ok(ev) => ev,
         Err(RecvTimeoutError::Timeout) => panic!("no event within {WAIT:?}"),
@@ -137,7 +137,7 @@ fn next(rx: &Receiver<Event>) -> Event {
     }
 }
 
-fn next_message(rx: &Receiver<Event>) -> Message {
+fn next_message(rx: &nwebsocket::Events) -> Message {
     match next(rx) {
         Event::Message(m) => m,
         other => panic!("expected a message, got {other:?}"),
@@ -152,7 +152,7 @@ fn text_of(msg: Message) -> String {
 }
 
 /// The next event must be `Close`, and it must be the last one: the channel then ends.
-fn expect_close(rx: &Receiver<Event>) -> CloseEvent {
+fn expect_close(rx: &nwebsocket::Events) -> CloseEvent {
     let close = match next(rx) {
         Event::Close(c) => c,
         other => panic!("expected Close, got {other:?}"),
@@ -162,7 +162,7 @@ fn expect_close(rx: &Receiver<Event>) -> CloseEvent {
 }
 
 /// Nothing may follow `Close`: the I/O thread drops its sender, so the channel ends.
-fn expect_no_more(rx: &Receiver<Event>) {
+fn expect_no_more(rx: &nwebsocket::Events) {
     match rx.recv_timeout(WAIT) {
         Err(RecvTimeoutError::Disconnected) => {}
         Ok(ev) => panic!("an event after Close: {ev:?}"),
@@ -171,7 +171,7 @@ fn expect_no_more(rx: &Receiver<Event>) {
 }
 
 /// A failure: exactly one `Error`, then `Close` 1006 not clean, then nothing.
-fn expect_failure(rx: &Receiver<Event>) -> Error {
+fn expect_failure(rx: &nwebsocket::Events) -> Error {
     let err = match next(rx) {
         Event::Error(e) => e,
         other => panic!("expected Error, got {other:?}"),
@@ -186,7 +186,7 @@ fn expect_failure(rx: &Receiver<Event>) -> Error {
 }
 
 /// Closes normally from the client and checks the clean close.
-fn close_clean(ws: &WebSocket, rx: &Receiver<Event>) {
+fn close_clean(ws: &WebSocket, rx: &nwebsocket::Events) {
     ws.close();
     let close = expect_close(rx);
     assert_eq!((close.code, close.was_clean), (1000, true), "{close:?}");

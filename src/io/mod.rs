@@ -67,6 +67,9 @@ pub(crate) enum Command {
     /// The last `WebSocket` handle is gone: close with 1001 and finish within the close
     /// timeout, whatever the event consumer does.
     Drop,
+    /// Pull style: the caller took half of a full queue, or dropped its receiver (see
+    /// `delivery::Room`).
+    Room,
 }
 
 type Mid = MidHandshake<ClientHandshake<transport::Shaking>>;
@@ -339,6 +342,10 @@ impl IoThread {
                 }
                 Ok(())
             }
+            Command::Room => {
+                io.deliver_pending();
+                Ok(())
+            }
         }
     }
 
@@ -422,20 +429,27 @@ impl IoThread {
         };
         let blocked = Instant::now();
         if let Outlet::Events(pull) = &mut io.outlet {
-            if !pull.held() {
+            // Woken by the caller's take that brings the queue down to half (see
+            // `delivery::Room`), or by a command. Takes through the raw receiver wake
+            // nobody: once the caller has used it, look again after a nap too.
+            if !pull.held() || !pull.wake_on_room() {
                 io.deliver_pending(); // the caller took some since the last look
                 return Ok(());
             }
-            // Nothing wakes this thread when the caller takes a message: look again after
-            // a nap, or at once on a command.
-            let until = blocked + io.nap;
-            return match io
-                .commands
-                .recv_deadline(deadline.map_or(until, |d| d.min(until)))
-            {
+            let nap = pull.raw().then_some(blocked + io.nap);
+            let wake = [deadline, nap].into_iter().flatten().min();
+            let got = match wake {
+                Some(wake) => io.commands.recv_deadline(wake),
+                None => io
+                    .commands
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            pull.stop_waiting();
+            return match got {
                 Ok(command) => self.command(command),
                 Err(_) => {
-                    if Instant::now() >= until {
+                    if nap.is_some_and(|nap| Instant::now() >= nap) {
                         io.nap = next_nap(io.nap, pull.level());
                     }
                     io.write_blocked &= !retry_writes;
@@ -569,7 +583,7 @@ impl Io {
             match command {
                 Command::Close(_) => self.stopped = true,
                 Command::Drop => self.dropped(),
-                Command::Flush | Command::Ping => {}
+                Command::Flush | Command::Ping | Command::Room => {}
             }
         }
         *self
@@ -631,7 +645,7 @@ impl Io {
                     return false;
                 }
                 // The gate refuses sends and pings while CLOSED.
-                Ok(Command::Flush | Command::Ping) => {}
+                Ok(Command::Flush | Command::Ping | Command::Room) => {}
             }
         }
     }

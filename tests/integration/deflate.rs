@@ -361,7 +361,7 @@ fn answers_rfc_7692_does_not_allow_are_refused() {
     }
 }
 
-fn opened(events: &nwebsocket::crossbeam_channel::Receiver<Event>) {
+fn opened(events: &nwebsocket::Events) {
     assert!(matches!(next_event(events), Event::Open));
 }
 

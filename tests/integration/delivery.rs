@@ -305,3 +305,120 @@ fn incoming_queue_bytes_bounds_the_payload_waiting_in_the_channel() {
     drop(ws);
     server.join();
 }
+
+/// A server that sends small messages as fast as the client reads them until the client
+/// closes, then answers the Close.
+fn stream_until_close() -> Server<()> {
+    server(|mut ws| {
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .expect("server: read timeout");
+        let deadline = Instant::now() + WAIT;
+        let mut i = 0u64;
+        while Instant::now() < deadline {
+            if ws
+                .send(tungstenite::Message::text(format!("tick {i}")))
+                .is_err()
+            {
+                return;
+            }
+            i += 1;
+            match ws.read() {
+                Ok(tungstenite::Message::Close(_)) => {
+                    let _ = ws.flush();
+                    return;
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// Issue 17, point 5: while pull style's queue is full, the I/O thread sleeps until the
+/// consumer has taken a good part of it, and is woken then; it does not look again every
+/// few milliseconds (a nap of 0.1–5 ms made about 200 wake-ups a second here).
+#[test]
+fn a_slow_pull_consumer_wakes_the_io_thread_instead_of_being_polled() {
+    let _g = exclusive();
+    let server = stream_until_close();
+    let before = crate_threads();
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(8)
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let (tid, name) = new_crate_threads(&before, 1).remove(0);
+    assert!(
+        eventually(WAIT, || events.len() >= 8),
+        "the queue never filled"
+    );
+    // A consumer that computes for 10 ms between events, for about a second.
+    let (switches0, started) = (thread_switches(tid), Instant::now());
+    let mut taken = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        match events.recv_timeout(WAIT) {
+            Ok(Event::Message(_)) => taken += 1,
+            other => panic!("expected a message, got {other:?}"),
+        }
+        thread::sleep(Duration::from_millis(10)); // the computing
+    }
+    let switches = thread_switches(tid) - switches0;
+    // Woken once per half a queue taken (4 events, 40 ms): about 25 times, and the reads
+    // that follow each; 80 leaves room for a loaded machine.
+    assert!(
+        switches <= 80,
+        "{name} woke up {switches} times while the consumer took {taken} events"
+    );
+    assert!(
+        taken >= 50,
+        "the consumer took only {taken} events in a second"
+    );
+    ws.close();
+    while let Ok(event) = events.recv_timeout(WAIT) {
+        if matches!(event, Event::Close(_)) {
+            break;
+        }
+    }
+    drop(ws);
+    server.join();
+}
+
+/// The pull receiver works in `select!` beside the caller's own channels, and events
+/// taken that way still make room: the I/O thread goes on reading.
+#[test]
+fn the_pull_receiver_works_in_select() {
+    let _g = shared();
+    let server = stream_until_close();
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(4)
+        .connect_pull(&server.url())
+        .expect("connect");
+    let (_own_tx, own) = crossbeam_channel::unbounded::<()>();
+    let mut messages = 0;
+    let deadline = Instant::now() + WAIT;
+    while messages < 1_000 && Instant::now() < deadline {
+        crossbeam_channel::select! {
+            recv(events) -> event => match event {
+                Ok(Event::Message(_)) => messages += 1,
+                Ok(Event::Open) => {}
+                other => panic!("expected a message, got {other:?}"),
+            },
+            recv(own) -> _ => panic!("nothing is sent on our own channel"),
+        }
+    }
+    assert_eq!(messages, 1_000, "took {messages} messages through select!");
+    ws.close();
+    while let Ok(event) = events.recv_timeout(WAIT) {
+        if matches!(event, Event::Close(_)) {
+            break;
+        }
+    }
+    drop(ws);
+    server.join();
+}

@@ -133,11 +133,7 @@ fn try_send_returns_full_above_the_high_water_mark() {
 }
 
 /// Takes Open, the `n` messages of `flooding_server(n, len)` in order, and its clean close.
-fn assert_whole_flood_then_close(
-    events: &crossbeam_channel::Receiver<Event>,
-    n: usize,
-    len: usize,
-) {
+fn assert_whole_flood_then_close(events: &nwebsocket::Events, n: usize, len: usize) {
     assert!(matches!(next_event(events), Event::Open));
     for i in 0..n {
         match next_event(events) {

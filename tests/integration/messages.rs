@@ -191,7 +191,7 @@ fn serve_in_pieces(
 }
 
 /// Takes `expected` messages, in order, then a clean Close with 1000.
-fn expect_in_order(events: &nwebsocket::crossbeam_channel::Receiver<Event>, expected: &[Message]) {
+fn expect_in_order(events: &nwebsocket::Events, expected: &[Message]) {
     assert!(matches!(next_event(events), Event::Open));
     for (i, want) in expected.iter().enumerate() {
         match next_event(events) {
@@ -209,7 +209,7 @@ fn expect_in_order(events: &nwebsocket::crossbeam_channel::Receiver<Event>, expe
 }
 
 /// The server's Close with 1000, and the closing handshake completed.
-fn expect_clean_close(events: &nwebsocket::crossbeam_channel::Receiver<Event>) {
+fn expect_clean_close(events: &nwebsocket::Events) {
     match next_event(events) {
         Event::Close(c) => assert!(c.was_clean && c.code == 1000, "{c:?}"),
         other => panic!("expected the Close, got {other:?}"),

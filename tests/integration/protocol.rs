@@ -20,7 +20,7 @@ use std::ops::Deref;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nwebsocket::crossbeam_channel::{self, Receiver, RecvTimeoutError};
+use nwebsocket::crossbeam_channel::{self, RecvTimeoutError};
 use nwebsocket::{Builder, Error, Event, Message, ReadyState, SendError, WebSocket, WebSocketRef};
 use tungstenite::handshake::derive_accept_key;
 
@@ -208,7 +208,7 @@ fn first_close(frames: &[WireFrame]) -> Option<Option<u16>> {
 
 /// Events up to and including `Close`, without `Ping`/`Pong`; stops early (and says why)
 /// if none comes within [`WAIT`] or the channel disconnects.
-fn events_until_close_or_end(events: &Receiver<Event>) -> (Vec<Event>, &'static str) {
+fn events_until_close_or_end(events: &nwebsocket::Events) -> (Vec<Event>, &'static str) {
     let mut out = Vec::new();
     loop {
         match events.recv_timeout(WAIT) {

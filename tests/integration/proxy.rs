@@ -347,7 +347,7 @@ fn socks5_proxy(
 }
 
 /// Sends one text through `ws` and expects it echoed.
-fn echo_once(ws: &WebSocket, events: &Receiver<Event>, text: &str) {
+fn echo_once(ws: &WebSocket, events: &nwebsocket::Events, text: &str) {
     ws.send(text).unwrap();
     loop {
         match next_event(events) {

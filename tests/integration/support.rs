@@ -512,7 +512,7 @@ pub fn leftover_recs(rx: &Receiver<Rec>) -> Vec<Rec> {
 // ---------------------------------------------------------------------------------------
 
 /// The next event, waiting at most [`WAIT`].
-pub fn next_event(events: &Receiver<Event>) -> Event {
+pub fn next_event(events: &nwebsocket::Events) -> Event {
     match events.recv_timeout(WAIT) {
         Ok(e) => e,
         Err(e) => panic!("no event within {WAIT:?}: {e}"),
@@ -521,7 +521,7 @@ pub fn next_event(events: &Receiver<Event>) -> Event {
 
 /// Events up to and including `Close`.
 /// Pull style: `close()`, then the only event left is a clean `Close` with code 1000.
-pub fn close_cleanly(ws: &WebSocket, events: &Receiver<Event>) {
+pub fn close_cleanly(ws: &WebSocket, events: &nwebsocket::Events) {
     ws.close();
     let evs = events_until_close(events);
     assert!(
@@ -530,7 +530,7 @@ pub fn close_cleanly(ws: &WebSocket, events: &Receiver<Event>) {
     );
 }
 
-pub fn events_until_close(events: &Receiver<Event>) -> Vec<Event> {
+pub fn events_until_close(events: &nwebsocket::Events) -> Vec<Event> {
     let mut out = Vec::new();
     loop {
         let e = next_event(events);
@@ -543,7 +543,7 @@ pub fn events_until_close(events: &Receiver<Event>) -> Vec<Event> {
 }
 
 /// After the last handle was dropped: events left on the channel until it disconnects.
-pub fn leftover_events(events: &Receiver<Event>) -> Vec<Event> {
+pub fn leftover_events(events: &nwebsocket::Events) -> Vec<Event> {
     let mut out = Vec::new();
     let deadline = Instant::now() + WAIT;
     loop {

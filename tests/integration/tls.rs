@@ -189,7 +189,7 @@ pub fn wss_url(port: u16) -> String {
 }
 
 /// Sends text and binary over `ws`, expects both back, closes cleanly.
-fn echo_round_trip(ws: WebSocket, events: &nwebsocket::crossbeam_channel::Receiver<Event>) {
+fn echo_round_trip(ws: WebSocket, events: &nwebsocket::Events) {
     assert!(matches!(next_event(events), Event::Open));
     assert_eq!(ws.ready_state(), ReadyState::Open);
     ws.send("over TLS").expect("send");

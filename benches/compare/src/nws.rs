@@ -44,7 +44,7 @@ fn close_draining<H>(ws: &WebSocket<H>, mut drain: impl FnMut()) -> Res<()> {
     }
 }
 
-fn next_message(events: &Receiver<Event>) -> Res<Message> {
+fn next_message(events: &nwebsocket::Events) -> Res<Message> {
     loop {
         // `try_recv` first: `recv_timeout` reads the clock on every call, a cost of this
         // harness's guard against hanging, not of the crate.
