@@ -29,6 +29,7 @@ use crossbeam_channel::{
 
 use crate::io::Command;
 use crate::message::Event;
+use crate::spin;
 use crate::websocket::Shared;
 
 /// Events per read burst in pull style: the I/O thread reads no more while this many are
@@ -664,7 +665,9 @@ impl Batches {
     /// away, and blocking would make the I/O thread, the busier of the two, pay a futex
     /// wake-up per batch (8 % of its time; unpinned stream_small 0.85–0.89× → 1.05×).
     fn look(&self, deadline: Option<Instant>) -> Option<Result<Vec<Event>, RecvError>> {
-        let mut yields = if self.last.load(Relaxed) >= FLOOD {
+        let mut yields = if !spin::allowed() {
+            0 // no idle core: sleep at once (see `crate::spin`)
+        } else if self.last.load(Relaxed) >= FLOOD {
             FLOOD_YIELDS
         } else {
             1
@@ -680,7 +683,9 @@ impl Batches {
                 return None;
             }
             yields -= 1;
-            std::thread::yield_now();
+            if !spin::yield_now() {
+                yields = 0;
+            }
         }
     }
 
