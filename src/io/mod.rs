@@ -629,6 +629,9 @@ impl Io {
     /// Waits out the reconnect delay; `false` if `close` or the last handle's drop ended it.
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     fn backoff(&mut self, delay: Duration) -> bool {
+        if self.stopped {
+            return false; // `close` or the drop came while the last events went over
+        }
         log::info!(
             "{}: reconnecting in {delay:?} (attempt {})",
             self.url(),
@@ -818,32 +821,26 @@ impl Io {
         log::trace!("discarded {events:?}");
     }
 
-    /// Delivers the connection's last events (all that are pending), waiting for room;
-    /// gives up only when the receiver is gone, or when the last handle is gone and its
-    /// deadline passed. Leaves `pending` empty.
+    /// Delivers the connection's last events (all that are pending). Before a reconnect it
+    /// waits for room (the next connection's events must come after them), until `close`
+    /// or the last handle's drop makes this the last connection: then, as for the last,
+    /// they are handed over without waiting. Leaves `pending` empty.
     fn deliver_all(&mut self, last: bool) {
         self.pending_bytes = 0; // no reading follows; the next attempt starts from nothing
-        if last {
-            if let Err(gone) = self.outlet.push_last(&mut self.pending) {
-                self.discard(gone);
-            }
-            return;
-        }
         while !self.pending.is_empty() {
+            if last || self.stopped {
+                if let Err(gone) = self.outlet.push_last(&mut self.pending) {
+                    self.discard(gone);
+                }
+                return;
+            }
             match self
                 .outlet
                 .push_wait(&mut self.pending, &self.commands, self.drop_deadline)
             {
                 Waited::Sent => {}
                 Waited::Gone(events) => return self.discard(events),
-                Waited::TimedOut => {
-                    let undelivered = std::mem::take(&mut self.pending);
-                    log::debug!(
-                        "{}: last handle dropped; undelivered {undelivered:?}",
-                        self.url()
-                    );
-                    return;
-                }
+                Waited::TimedOut => {}
                 Waited::Command(Some(Command::Drop)) => self.dropped(),
                 Waited::Command(Some(Command::Close(_))) => self.stopped = true,
                 Waited::Command(_) => {}

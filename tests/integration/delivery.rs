@@ -2,6 +2,7 @@
 //! dropped, a blocking call made from a callback), and the bounded `dispatch_pending`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::Write;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -420,5 +421,71 @@ fn the_pull_receiver_works_in_select() {
         }
     }
     drop(ws);
+    server.join();
+}
+
+/// Issue 17: with reconnect on, a connection that ends while the consumer takes nothing
+/// (batch style, a full batch waiting) does not hold the I/O thread until the consumer
+/// makes room: `close()` then ends everything within the close timeout, and the events
+/// stay for the consumer, the Close last.
+#[test]
+fn close_between_reconnects_is_bounded_while_the_consumer_takes_nothing() {
+    let _g = shared();
+    // Fewer messages than a batch, then a frame with a reserved opcode, in one write: the
+    // client reads it all and fails the connection while its first batch (`Open`) waits
+    // unread.
+    let server = raw_server(|stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        let mut bytes = Vec::new();
+        for i in 0..200 {
+            let text = format!("message {i}");
+            bytes.extend_from_slice(&[0x81, text.len() as u8]);
+            bytes.extend_from_slice(text.as_bytes());
+        }
+        bytes.extend_from_slice(&[0x83, 0x00]);
+        ws.get_mut().write_all(&bytes).expect("server: write");
+        let _ = read_until_close(&mut ws);
+    });
+    let (ws, batches) = WebSocket::builder()
+        .incoming_queue(256)
+        .close_timeout(Duration::from_secs(1))
+        .reconnect(
+            nwebsocket::Reconnect::new()
+                .initial_delay(Duration::from_secs(30))
+                .jitter(0.0),
+        )
+        .connect_batches(&server.url())
+        .expect("connect");
+    // The first connection has failed: the I/O thread holds its last events while one
+    // batch waits unread.
+    assert!(
+        eventually(WAIT, || ws.ready_state() != nwebsocket::ReadyState::Open),
+        "the connection never ended"
+    );
+    let started = Instant::now();
+    ws.close();
+    let closed = ws.wait_closed_timeout(Duration::from_secs(10));
+    assert!(
+        closed.is_some(),
+        "wait_closed did not return within 10 s of close() (close timeout 1 s)"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "close took {:?}",
+        started.elapsed()
+    );
+    // Nothing was lost: every message, then the Close, last.
+    let mut messages = 0;
+    let mut last = None;
+    while let Ok(mut batch) = batches.recv_timeout(WAIT) {
+        for event in batch.drain(..) {
+            if matches!(event, Event::Message(_)) {
+                messages += 1;
+            }
+            last = Some(event);
+        }
+    }
+    assert_eq!(messages, 200);
+    assert!(matches!(last, Some(Event::Close(_))), "{last:?}");
     server.join();
 }
