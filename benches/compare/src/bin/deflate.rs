@@ -270,6 +270,22 @@ struct Figures {
     rate: f64,
     cpu_us: f64,
     wire: f64,
+    /// The lowest and highest rate of the runs (in a median).
+    lo: f64,
+    hi: f64,
+}
+
+impl Figures {
+    /// The rest of one run's figures (`lo` and `hi` are filled in by `median`).
+    fn one() -> Figures {
+        Figures {
+            rate: 0.0,
+            cpu_us: 0.0,
+            wire: 0.0,
+            lo: 0.0,
+            hi: 0.0,
+        }
+    }
 }
 
 /// The median of each figure over the runs.
@@ -288,7 +304,17 @@ fn median(runs: &[Figures]) -> Figures {
         rate: mid(|f| f.rate),
         cpu_us: mid(|f| f.cpu_us),
         wire: mid(|f| f.wire),
+        lo: runs.iter().map(|f| f.rate).fold(f64::INFINITY, f64::min),
+        hi: runs.iter().map(|f| f.rate).fold(0.0, f64::max),
     }
+}
+
+/// A client of the table: this crate (style, setting) or Python `websockets` (API,
+/// compression).
+#[derive(Clone, Copy)]
+enum Client {
+    Ours(&'static str, &'static str),
+    Python(&'static str, &'static str),
 }
 
 /// The server's path, what the Python script calls the scenario, and how many messages.
@@ -319,7 +345,9 @@ fn scenario(url: &str, part: &str, runs: usize, py: Option<&Python>) {
     };
     let unit = if part == "rtt" { "rt" } else { "msg" };
     println!("{what}");
-    let mut rows: Vec<(String, Figures)> = Vec::new();
+    // Each client's runs are interleaved with the others' (run 1 of every client, then
+    // run 2, …), so that a change of load or placement during the part hits all of them.
+    let mut clients: Vec<(String, Client)> = Vec::new();
     let mut ours: Vec<(&str, &str)> = vec![("pull", "off"), ("pull", "default")];
     if part == "stream" {
         ours.push(("pull", "no_context_takeover"));
@@ -328,44 +356,52 @@ fn scenario(url: &str, part: &str, runs: usize, py: Option<&Python>) {
         ours.extend([("callback", "off"), ("callback", "default")]);
     }
     for (style, setting) in ours {
-        let figs: Vec<Figures> = (0..runs)
-            .map(|_| match (part, style) {
-                ("stream" | "stream_small", "pull") => stream_pull(&url, setting, n),
-                ("stream" | "stream_small", _) => stream_callback(&url, setting, n),
-                ("send_small", _) => send_pull(&url, setting, n),
-                _ => rtt_pull(&url, setting, n),
-            })
-            .collect();
-        rows.push((
-            format!("nwebsocket {style}, {}", label(setting)),
-            median(&figs),
-        ));
+        let name = format!("nwebsocket {style}, {}", label(setting));
+        clients.push((name, Client::Ours(style, setting)));
     }
-    if let Some(py) = py {
+    if py.is_some() {
         for api in ["sync", "asyncio"] {
-            for compression in ["deflate", "none"] {
-                let figs: Option<Vec<Figures>> = (0..runs)
-                    .map(|_| py.run(&url, kind, n, compression, api))
-                    .collect();
-                if let Some(figs) = figs {
-                    let on = if compression == "deflate" {
-                        "compression on"
-                    } else {
-                        "compression=None"
-                    };
-                    rows.push((format!("websockets {api}, {on}"), median(&figs)));
-                }
+            for (compression, on) in [("deflate", "compression on"), ("none", "compression=None")] {
+                clients.push((
+                    format!("websockets {api}, {on}"),
+                    Client::Python(api, compression),
+                ));
             }
         }
     }
+    let mut figs: Vec<Vec<Figures>> = vec![Vec::new(); clients.len()];
+    for _ in 0..runs {
+        for ((_, client), figs) in clients.iter().zip(&mut figs) {
+            let f = match (*client, py) {
+                (Client::Ours(style, setting), _) => Some(match (part, style) {
+                    ("stream" | "stream_small", "pull") => stream_pull(&url, setting, n),
+                    ("stream" | "stream_small", _) => stream_callback(&url, setting, n),
+                    ("send_small", _) => send_pull(&url, setting, n),
+                    _ => rtt_pull(&url, setting, n),
+                }),
+                (Client::Python(api, compression), Some(py)) => {
+                    py.run(&url, kind, n, compression, api)
+                }
+                (Client::Python(..), None) => None,
+            };
+            figs.extend(f);
+        }
+    }
+    let rows: Vec<(String, Figures)> = clients
+        .into_iter()
+        .zip(figs)
+        .filter(|(_, f)| !f.is_empty())
+        .map(|((name, _), f)| (name, median(&f)))
+        .collect();
     let anchor = rows
         .iter()
         .find(|(name, _)| name == "websockets sync, compression on")
         .map(|r| r.1);
     println!(
-        "  {:<44} {:>10} {:>7} {:>9} {:>7} {:>9}",
+        "  {:<44} {:>10} {:>19} {:>7} {:>9} {:>7} {:>9}",
         "client, setting",
         format!("{unit}/s"),
+        "(min-max)",
         "x py",
         format!("us/{unit}"),
         "x py",
@@ -380,8 +416,11 @@ fn scenario(url: &str, part: &str, runs: usize, py: Option<&Python>) {
             None => ("-".into(), "-".into()),
         };
         println!(
-            "  {name:<44} {:>10.0} {r:>7} {:>9.2} {c:>7} {:>9.1}",
-            f.rate, f.cpu_us, f.wire
+            "  {name:<44} {:>10.0} {:>19} {r:>7} {:>9.2} {c:>7} {:>9.1}",
+            f.rate,
+            format!("({:.0}-{:.0})", f.lo, f.hi),
+            f.cpu_us,
+            f.wire
         );
     }
 }
@@ -443,6 +482,7 @@ fn stream_pull(url: &str, setting: &str, n: usize) -> Figures {
         rate: n as f64 / secs,
         cpu_us: cpu / n as f64,
         wire: wire / n as f64,
+        ..Figures::one()
     }
 }
 
@@ -492,6 +532,7 @@ fn stream_callback(url: &str, setting: &str, n: usize) -> Figures {
         rate: n as f64 / secs,
         cpu_us: cpu / n as f64,
         wire: wire / n as f64,
+        ..Figures::one()
     }
 }
 
@@ -514,6 +555,7 @@ fn send_pull(url: &str, setting: &str, n: usize) -> Figures {
         rate: n as f64 / secs,
         cpu_us: cpu / n as f64,
         wire: wire / n as f64,
+        ..Figures::one()
     }
 }
 
@@ -536,6 +578,7 @@ fn rtt_pull(url: &str, setting: &str, n: usize) -> Figures {
         rate: n as f64 / secs,
         cpu_us: cpu / n as f64,
         wire: (f[0] + f[1]) / n as f64,
+        ..Figures::one()
     }
 }
 
@@ -588,6 +631,7 @@ impl Python {
             rate: f("rate"),
             cpu_us: f("cpu_us"),
             wire: f("wire"),
+            ..Figures::one()
         })
     }
 }
