@@ -1,8 +1,8 @@
 //! Issue 17: every wait bounded whatever the consumer does (events left unread, a receiver
 //! dropped, a blocking call made from a callback), and the bounded `dispatch_pending`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};

@@ -443,7 +443,7 @@ fn done_fields(m: &Message) -> Option<Vec<f64>> {
     )
 }
 
-fn next_message(events: &nwebsocket::crossbeam_channel::Receiver<Event>) -> Message {
+fn next_message(events: &nwebsocket::Events) -> Message {
     loop {
         let event = match events.try_recv() {
             Ok(e) => e,
