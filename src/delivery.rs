@@ -29,7 +29,6 @@ use crossbeam_channel::{
 
 use crate::io::Command;
 use crate::message::Event;
-use crate::spin;
 use crate::websocket::Shared;
 
 /// Events per read burst in pull style: the I/O thread reads no more while this many are
@@ -210,9 +209,10 @@ impl Pull {
         self.room.below.store(usize::MAX, Relaxed);
     }
 
-    /// Whether the caller took events through the raw receiver, which wakes nobody.
+    /// Whether the caller took events through the raw receiver, which wakes nobody. (Read
+    /// after [`wake_on_room`](Self::wake_on_room): see `Events::first_raw_use`.)
     pub fn raw(&self) -> bool {
-        self.room.raw.load(Relaxed)
+        self.room.raw.load(SeqCst)
     }
 
     /// Whether the channel is full, in events or in bytes.
@@ -407,9 +407,20 @@ impl Events {
     /// wake nobody (see above): from now on a full queue is also looked at after naps.
     pub fn receiver(&self) -> &Receiver<Event> {
         if !self.room.raw.load(Relaxed) {
-            self.room.raw.store(true, Relaxed);
+            self.first_raw_use();
         }
         &self.rx
+    }
+
+    /// From now on takes may wake nobody: an I/O thread that waits for room without a
+    /// nap is woken to wait again with one. (It reads `raw` after storing `below`, and
+    /// this swaps `below` after storing `raw`: either it sees `raw`, or this sees it wait.)
+    #[cold]
+    fn first_raw_use(&self) {
+        self.room.raw.store(true, SeqCst);
+        if self.room.below.swap(usize::MAX, SeqCst) != usize::MAX {
+            self.shared.enqueue(Command::Room);
+        }
     }
 
     /// After each take: wakes the I/O thread if it waits for the queue to come down this
@@ -665,9 +676,7 @@ impl Batches {
     /// away, and blocking would make the I/O thread, the busier of the two, pay a futex
     /// wake-up per batch (8 % of its time; unpinned stream_small 0.85–0.89× → 1.05×).
     fn look(&self, deadline: Option<Instant>) -> Option<Result<Vec<Event>, RecvError>> {
-        let mut yields = if !spin::allowed() {
-            0 // no idle core: sleep at once (see `crate::spin`)
-        } else if self.last.load(Relaxed) >= FLOOD {
+        let mut yields = if self.last.load(Relaxed) >= FLOOD {
             FLOOD_YIELDS
         } else {
             1
@@ -683,9 +692,7 @@ impl Batches {
                 return None;
             }
             yields -= 1;
-            if !spin::yield_now() {
-                yields = 0;
-            }
+            std::thread::yield_now();
         }
     }
 

@@ -225,7 +225,6 @@ mod handler;
 mod io;
 #[cfg(feature = "json")]
 mod json;
-mod spin;
 /// Without `json` no request can be pending: every message is an ordinary one.
 #[cfg(not(feature = "json"))]
 mod json {

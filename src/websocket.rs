@@ -20,7 +20,6 @@ use crate::handler::{dispatch, Handler};
 use crate::io::{Command, IoThread};
 use crate::message::{CloseEvent, Event, Message};
 use crate::protocol::{self, after, Outbox};
-use crate::spin;
 use crate::state::ReadyState;
 use crate::url::Target;
 
@@ -939,12 +938,12 @@ fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &HandlerCell<H>, batche
             }
             if held.is_some() && handler.is_wanted() {
                 held = None;
-                // Give the waiter (woken by the unlock) a chance to take it first, while
-                // the process has an idle core (see `crate::spin`).
+                // Give the waiter (woken by the unlock) a chance to take it first.
                 for _ in 0..HANDOVER_YIELDS {
-                    if !handler.is_wanted() || !spin::allowed() || !spin::yield_now() {
+                    if !handler.is_wanted() {
                         break;
                     }
+                    thread::yield_now();
                 }
             }
             let h = held.get_or_insert_with(|| handler.lock());

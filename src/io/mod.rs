@@ -46,7 +46,6 @@ use crate::delivery::{Level, Outlet, Waited};
 use crate::error::{Error, Timeout};
 use crate::message::{CloseEvent, Event};
 use crate::protocol::{after, End, Outbox};
-use crate::spin;
 use crate::state::ReadyState;
 use crate::url::Target;
 use crate::websocket::Shared;
@@ -380,20 +379,14 @@ impl IoThread {
             deadline.map(|d| d.saturating_duration_since(Instant::now()))
         };
         // Just after a write an answer is likely within microseconds: look a few times,
-        // yielding the CPU in between, before sleeping for real (see `Spin`), while the
-        // process has an idle core (see `crate::spin`).
+        // yielding the CPU in between, before sleeping for real (see `Spin`).
         let spin_until = self.io.wrote_at + SPIN;
-        let spinning = timeout != Some(Duration::ZERO)
-            && Instant::now() < spin_until
-            && self.io.spin.should()
-            && spin::allowed();
+        let spinning =
+            timeout != Some(Duration::ZERO) && Instant::now() < spin_until && self.io.spin.should();
         let mut polled = if spinning {
             let mut polled = self.io.poll.poll(events, Some(Duration::ZERO));
-            while matches!(polled, Ok(()))
-                && events.is_empty()
-                && Instant::now() < spin_until
-                && spin::yield_now()
-            {
+            while matches!(polled, Ok(())) && events.is_empty() && Instant::now() < spin_until {
+                std::thread::yield_now();
                 polled = self.io.poll.poll(events, Some(Duration::ZERO));
             }
             self.io.spin.paid(!events.is_empty());
@@ -763,16 +756,13 @@ impl Io {
         let mut yields = 0;
         while self.outlet.crowded() && self.commands.is_empty() {
             // Both bounds: a yield that returns at once costs about a microsecond, but one
-            // that ran the consumer for a while cost this thread nothing, and should not
-            // count as the consumer falling behind. One that ran another thread for a
-            // time slice means no core is idle: then sleep (see `crate::spin`).
-            if (yields >= SPIN_YIELDS && Instant::now() >= until) || !spin::allowed() {
+            // that ran the consumer (or anyone else) for a long while cost this thread
+            // nothing, and should not count as the consumer falling behind.
+            if yields >= SPIN_YIELDS && Instant::now() >= until {
                 return false;
             }
             yields += 1;
-            if !spin::yield_now() {
-                return false;
-            }
+            std::thread::yield_now();
         }
         true
     }

@@ -391,19 +391,36 @@ fn a_slow_pull_consumer_wakes_the_io_thread_instead_of_being_polled() {
 }
 
 /// The pull receiver works in `select!` beside the caller's own channels, and events
-/// taken that way still make room: the I/O thread goes on reading.
+/// taken that way still make room: the I/O thread goes on reading. Also when it was
+/// already asleep waiting for the queue to come down (takes through `select!` wake
+/// nobody, so the first use of the raw receiver wakes it to look again by itself).
 #[test]
 fn the_pull_receiver_works_in_select() {
     let _g = shared();
-    let server = stream_until_close();
+    let server = server(|mut ws| {
+        for i in 0..5_000 {
+            if ws
+                .write(tungstenite::Message::text(format!("tick {i}")))
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = ws.flush();
+        read_until_close(&mut ws);
+    });
     let (ws, events) = WebSocket::builder()
         .incoming_queue(4)
         .connect_pull(&server.url())
         .expect("connect");
+    assert!(
+        eventually(WAIT, || events.len() >= 4),
+        "the queue never filled"
+    );
     let (_own_tx, own) = crossbeam_channel::unbounded::<()>();
     let mut messages = 0;
-    let deadline = Instant::now() + WAIT;
-    while messages < 1_000 && Instant::now() < deadline {
+    let started = Instant::now();
+    while messages < 5_000 {
         crossbeam_channel::select! {
             recv(events) -> event => match event {
                 Ok(Event::Message(_)) => messages += 1,
@@ -411,9 +428,16 @@ fn the_pull_receiver_works_in_select() {
                 other => panic!("expected a message, got {other:?}"),
             },
             recv(own) -> _ => panic!("nothing is sent on our own channel"),
+            default(WAIT) => panic!("no event for {WAIT:?} after {messages} messages"),
         }
     }
-    assert_eq!(messages, 1_000, "took {messages} messages through select!");
+    // The I/O thread, asleep until the queue came down, would otherwise sleep on until a
+    // timer of its own; with the wake-up it naps at most 5 ms at a time.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "5,000 messages through select! took {:?}",
+        started.elapsed()
+    );
     ws.close();
     while let Ok(event) = events.recv_timeout(WAIT) {
         if matches!(event, Event::Close(_)) {
