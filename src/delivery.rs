@@ -2,8 +2,9 @@
 //!
 //! The I/O thread gathers the events of a read burst in its `pending` queue, then hands
 //! them over through an [`Outlet`]:
-//! - **pull style**: the caller's `Receiver<Event>`, one channel slot per event, since the
-//!   caller owns that receiver and may `select!` on it;
+//! - **pull style**: the caller's [`Events`], a crossbeam `Receiver<Event>`, one channel
+//!   slot per event, since the caller owns that receiver and may `select!` on it; its
+//!   takes wake the I/O thread when it waits for room (see [`Room`]);
 //! - **callback style**, and **pull style in batches** ([`EventBatches`]): the receiver is
 //!   the crate's own callback thread or a caller who asked for batches, so a whole burst
 //!   goes over as one `Vec<Event>`. One channel operation (and at most one wake-up) per
