@@ -103,11 +103,10 @@ fn dropping_the_handle_in_batch_style_with_the_receiver_unread_is_quick() {
     assert!(matches!(last, Some(Event::Close(_))), "{last:?}");
 }
 
-#[test]
-fn dropping_the_pull_receiver_closes_the_connection_with_1001() {
-    let _g = shared();
-    let server = server(|mut ws| {
-        // Send until the client closes; report the code of its Close.
+/// A server that sends small messages as fast as the client reads them until the client
+/// closes (at most [`WAIT`]), then answers the Close; returns its code.
+fn stream_until_close() -> Server<Option<u16>> {
+    server(|mut ws| {
         ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(1)))
             .expect("server: read timeout");
@@ -136,7 +135,13 @@ fn dropping_the_pull_receiver_closes_the_connection_with_1001() {
             }
         }
         None
-    });
+    })
+}
+
+#[test]
+fn dropping_the_pull_receiver_closes_the_connection_with_1001() {
+    let _g = shared();
+    let server = stream_until_close();
     let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
     drop(events);
@@ -307,40 +312,6 @@ fn incoming_queue_bytes_bounds_the_payload_waiting_in_the_channel() {
     server.join();
 }
 
-/// A server that sends small messages as fast as the client reads them until the client
-/// closes, then answers the Close.
-fn stream_until_close() -> Server<()> {
-    server(|mut ws| {
-        ws.get_ref()
-            .set_read_timeout(Some(Duration::from_millis(1)))
-            .expect("server: read timeout");
-        let deadline = Instant::now() + WAIT;
-        let mut i = 0u64;
-        while Instant::now() < deadline {
-            if ws
-                .send(tungstenite::Message::text(format!("tick {i}")))
-                .is_err()
-            {
-                return;
-            }
-            i += 1;
-            match ws.read() {
-                Ok(tungstenite::Message::Close(_)) => {
-                    let _ = ws.flush();
-                    return;
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return,
-            }
-        }
-    })
-}
-
 /// Issue 17, point 5: while pull style's queue is full, the I/O thread sleeps until the
 /// consumer has taken a good part of it, and is woken then; it does not look again every
 /// few milliseconds (a nap of 0.1–5 ms made about 200 wake-ups a second here).
@@ -381,11 +352,7 @@ fn a_slow_pull_consumer_wakes_the_io_thread_instead_of_being_polled() {
         "the consumer took only {taken} events in a second"
     );
     ws.close();
-    while let Ok(event) = events.recv_timeout(WAIT) {
-        if matches!(event, Event::Close(_)) {
-            break;
-        }
-    }
+    events_until_close(&events);
     drop(ws);
     server.join();
 }
@@ -439,11 +406,7 @@ fn the_pull_receiver_works_in_select() {
         started.elapsed()
     );
     ws.close();
-    while let Ok(event) = events.recv_timeout(WAIT) {
-        if matches!(event, Event::Close(_)) {
-            break;
-        }
-    }
+    events_until_close(&events);
     drop(ws);
     server.join();
 }

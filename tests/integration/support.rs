@@ -519,7 +519,6 @@ pub fn next_event(events: &nwebsocket::Events) -> Event {
     }
 }
 
-/// Events up to and including `Close`.
 /// Pull style: `close()`, then the only event left is a clean `Close` with code 1000.
 pub fn close_cleanly(ws: &WebSocket, events: &nwebsocket::Events) {
     ws.close();
@@ -530,6 +529,7 @@ pub fn close_cleanly(ws: &WebSocket, events: &nwebsocket::Events) {
     );
 }
 
+/// Events up to and including `Close`.
 pub fn events_until_close(events: &nwebsocket::Events) -> Vec<Event> {
     let mut out = Vec::new();
     loop {
