@@ -312,9 +312,13 @@ impl Reader {
         let tracing = log::log_enabled!(log::Level::Trace);
         while taken < max.min(RUN) {
             let mut cursor = Cursor::new(&self.input[at..]);
-            let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) else {
+            // Read in place, field by field: moving the parsed header out whole loads it
+            // wider than it was stored, and each frame stalled on that.
+            let parsed = FrameHeader::parse(&mut cursor);
+            let Ok(Some((header, len))) = &parsed else {
                 break;
             };
+            let len = *len;
             let head = cursor.position() as usize;
             let plain = header.is_final
                 && !(header.rsv1 || header.rsv2 || header.rsv3) // rsv1: `next` inflates
