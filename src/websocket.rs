@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -74,15 +74,15 @@ pub struct WebSocketRef {
 pub(crate) struct Shared {
     pub target: Target,
     pub config: Config,
-    /// `ReadyState` as u8. Written only under `gate`'s write lock, so that a `send`
-    /// holding the read lock sees a state that cannot close under it.
+    /// `ReadyState` as u8. Written only under the outbox lock, so that a `send` holding
+    /// it sees a state that cannot close under it (a frame appended while OPEN goes out
+    /// before our Close). One lock per send, not a gate and then the outbox: each
+    /// locked instruction waited for the cross-core traffic of the one before.
     state: Padded<AtomicU8>,
-    /// Every `send` takes it (a read lock is an atomic write): on a cache line of its own,
-    /// so that the I/O thread's writes nearby do not make each send wait for that line.
-    gate: Padded<RwLock<()>>,
     commands: Sender<Command>,
-    /// Frames encoded by `send`, waiting for the I/O thread (see `protocol::push`).
-    pub outbox: Mutex<Outbox>,
+    /// Frames encoded by `send`, waiting for the I/O thread (see `protocol::push`). Every
+    /// `send` locks it: on a cache line of its own, away from what the I/O thread writes.
+    outbox: Padded<Mutex<Outbox>>,
     /// permessage-deflate's compressor, taken by sending threads before the outbox.
     pub deflate: protocol::SendDeflate,
     /// The pings `ping` asked for, until the I/O thread takes them: at most
@@ -141,7 +141,7 @@ impl Shared {
 
     /// Moves the state forward from `from` to `to`; `false` if it was elsewhere.
     pub fn transition(&self, from: &[ReadyState], to: ReadyState) -> bool {
-        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let _gate = self.lock_outbox();
         let now = self.ready_state();
         if !from.contains(&now) {
             return false;
@@ -172,6 +172,11 @@ impl Shared {
                 log::warn!("could not wake the I/O thread: {e}");
             }
         }
+    }
+
+    /// The outbox, locked. Also the lock that every change of state takes (see `state`).
+    pub(crate) fn lock_outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The pings `ping` asked for, in order.
@@ -301,25 +306,32 @@ impl WebSocketRef {
                 (Err(Waited::TimedOut), _) => return Err(SendError::TimedOut(msg)),
             }
         }
-        let _gate = shared.gate.read().unwrap_or_else(PoisonError::into_inner);
-        match shared.ready_state() {
-            ReadyState::Open => {}
-            ReadyState::Connecting => return Err(SendError::NotOpen(msg)),
-            ReadyState::Closing | ReadyState::Closed => return Err(SendError::Closed(msg)),
+        // Refused early, before the frame is built; and again under the outbox lock, which
+        // every change of state takes: a frame appended while OPEN goes out before our
+        // Close.
+        if let Some(refuse) = refused(shared.ready_state()) {
+            return Err(refuse(msg));
         }
-        shared.buffered.fetch_add(msg.len(), SeqCst);
-        let was_empty = protocol::push(&msg, &shared.deflate, |append| {
-            let mut outbox = shared.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let appended = protocol::push(&msg, &shared.deflate, |append| {
+            let mut outbox = shared.lock_outbox();
+            if let Some(refuse) = refused(shared.ready_state()) {
+                return Err(refuse);
+            }
+            shared.buffered.fetch_add(msg.len(), SeqCst);
             let was_empty = outbox.is_empty();
             append(&mut outbox);
-            was_empty
+            Ok(was_empty)
         });
-        if was_empty {
-            // One nudge per batch, not per message: it wakes the I/O thread wherever it
-            // waits (in `poll`, or on a full event channel).
-            shared.enqueue(Command::Flush);
+        match appended {
+            Ok(true) => {
+                // One nudge per batch, not per message: it wakes the I/O thread wherever
+                // it waits (in `poll`, or on a full event channel).
+                shared.enqueue(Command::Flush);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(refuse) => Err(refuse(msg)),
         }
-        Ok(())
     }
 
     fn wait_for_room(&self, deadline: Option<Instant>) -> Result<(), Waited> {
@@ -380,7 +392,7 @@ impl WebSocketRef {
             return Err(Error::InvalidPingPayload(payload.len()));
         }
         let shared = &*self.shared;
-        let _gate = shared.gate.read().unwrap_or_else(PoisonError::into_inner);
+        let _gate = shared.lock_outbox(); // no change of state meanwhile
         match shared.ready_state() {
             ReadyState::Open => {
                 let mut waiting = shared.ping.lock().unwrap_or_else(PoisonError::into_inner);
@@ -928,6 +940,15 @@ const HANDOVER_YIELDS: usize = 50;
 /// The callback thread: runs the handler for each event until the I/O thread has ended
 /// (after the last connection's `Close`; with reconnect there is one per connection), then
 /// publishes CLOSED, so that `wait_closed` returns with the handler's state final.
+/// How a send is refused in `state`, if it is.
+fn refused(state: ReadyState) -> Option<fn(Message) -> SendError> {
+    match state {
+        ReadyState::Open => None,
+        ReadyState::Connecting => Some(SendError::NotOpen),
+        ReadyState::Closing | ReadyState::Closed => Some(SendError::Closed),
+    }
+}
+
 fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &HandlerCell<H>, batches: &Batches) {
     let mut last = None;
     while let Some(mut batch) = batches.next() {
@@ -977,7 +998,6 @@ fn start(
         target,
         config,
         state: Padded(AtomicU8::new(ReadyState::Connecting as u8)),
-        gate: Padded(RwLock::new(())),
         commands: commands_tx,
         waker,
         io_sleeping: AtomicBool::new(false),
@@ -989,7 +1009,7 @@ fn start(
         handshake: Mutex::new(None),
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
-        outbox: Mutex::new(Outbox::default()),
+        outbox: Padded(Mutex::new(Outbox::default())),
         deflate: protocol::SendDeflate::default(),
         ping: Mutex::new(VecDeque::new()),
         requests: Mutex::new(HashMap::new()),

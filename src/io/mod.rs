@@ -33,7 +33,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, Ordering::SeqCst};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -586,11 +586,7 @@ impl Io {
                 Command::Flush | Command::Ping | Command::Room => {}
             }
         }
-        *self
-            .shared
-            .outbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Outbox::default();
+        *self.shared.lock_outbox() = Outbox::default();
     }
 
     /// How long to wait before reconnecting, or `None` when this was the last connection.

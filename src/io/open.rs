@@ -5,7 +5,6 @@
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -188,12 +187,7 @@ impl Io {
     pub(super) fn take_outbox(&mut self, open: &mut Open) {
         self.outbox_waiting = false;
         let spare = open.conn.take_spare();
-        let chunks = self
-            .shared
-            .outbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take(spare);
+        let chunks = self.shared.lock_outbox().take(spare);
         if let Err(refused) = open.conn.queue_data(chunks) {
             // Cannot happen: sends stop (CLOSING) before our Close is queued.
             let bytes: usize = refused.iter().map(protocol::Chunk::app_bytes).sum();

@@ -79,6 +79,64 @@ fn eight_threads_sending_at_once_keep_per_thread_order() {
     assert_eq!(server.join(), THREADS * EACH);
 }
 
+/// `close` from one thread while four others send as fast as they can: every send that
+/// returned `Ok` reaches the server before our Close, and none after it is accepted.
+/// Repeated, with the close at a different point each time: a send that saw OPEN and
+/// was appended after our Close was queued would be dropped, and counted here.
+#[test]
+fn close_racing_senders_loses_no_accepted_message() {
+    let _g = shared();
+    const THREADS: usize = 4;
+    for round in 0..10u64 {
+        let server = server(|mut ws| {
+            let (messages, close) = read_until_close(&mut ws);
+            let mut per_thread = [0usize; THREADS];
+            for m in &messages {
+                let text = m.to_text().expect("server: text");
+                let (t, seq) = text.split_once(':').expect("t:seq");
+                let t: usize = t.parse().unwrap();
+                assert_eq!(seq.parse::<usize>().unwrap(), per_thread[t], "thread {t}");
+                per_thread[t] += 1;
+            }
+            (per_thread, close.is_some())
+        });
+        let (ws, _events) = WebSocket::connect_pull(&server.url()).expect("connect");
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS + 1));
+        let senders: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let ws = ws.downgrade();
+                let barrier = barrier.clone();
+                thread::spawn(move || {
+                    while ws.ready_state() == ReadyState::Connecting {
+                        thread::yield_now();
+                    }
+                    barrier.wait();
+                    let mut accepted = 0;
+                    while ws.send(format!("{t}:{accepted}")).is_ok() {
+                        accepted += 1;
+                    }
+                    assert!(ws.ready_state() >= ReadyState::Closing);
+                    accepted
+                })
+            })
+            .collect();
+        barrier.wait();
+        thread::sleep(Duration::from_micros(100 * round)); // a different point each round
+        ws.close();
+        let c = ws.wait_closed_timeout(WAIT).expect("closed");
+        assert!(c.was_clean, "{c:?}");
+        let accepted: Vec<usize> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+        drop(ws);
+        let (received, got_close) = server.join();
+        assert!(got_close, "round {round}: the server saw our Close");
+        assert_eq!(
+            received.to_vec(),
+            accepted,
+            "round {round}: accepted = received"
+        );
+    }
+}
+
 /// Callback style runs the handler on `nwebsocket-cb`; pull style's `dispatch_pending`
 /// runs it on the caller's thread, with a handler that is not `Send`.
 #[test]
