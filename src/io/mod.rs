@@ -643,7 +643,7 @@ impl Io {
                     self.dropped();
                     return false;
                 }
-                // The gate refuses sends and pings while CLOSED.
+                // Sends and pings are refused while CLOSED (checked under the outbox lock).
                 Ok(Command::Flush | Command::Ping | Command::Room) => {}
             }
         }
