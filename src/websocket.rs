@@ -937,9 +937,6 @@ impl<H> Drop for Owner<H> {
 /// thread, before it takes the lock again regardless (a few tens of microseconds).
 const HANDOVER_YIELDS: usize = 50;
 
-/// The callback thread: runs the handler for each event until the I/O thread has ended
-/// (after the last connection's `Close`; with reconnect there is one per connection), then
-/// publishes CLOSED, so that `wait_closed` returns with the handler's state final.
 /// How a send is refused in `state`, if it is.
 fn refused(state: ReadyState) -> Option<fn(Message) -> SendError> {
     match state {
@@ -949,6 +946,9 @@ fn refused(state: ReadyState) -> Option<fn(Message) -> SendError> {
     }
 }
 
+/// The callback thread: runs the handler for each event until the I/O thread has ended
+/// (after the last connection's `Close`; with reconnect there is one per connection), then
+/// publishes CLOSED, so that `wait_closed` returns with the handler's state final.
 fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &HandlerCell<H>, batches: &Batches) {
     let mut last = None;
     while let Some(mut batch) = batches.next() {

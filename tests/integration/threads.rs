@@ -79,15 +79,15 @@ fn eight_threads_sending_at_once_keep_per_thread_order() {
     assert_eq!(server.join(), THREADS * EACH);
 }
 
-/// `close` from one thread while four others send as fast as they can: every send that
-/// returned `Ok` reaches the server before our Close, and none after it is accepted.
-/// Repeated, with the close at a different point each time: a send that saw OPEN and
-/// was appended after our Close was queued would be dropped, and counted here.
+/// `close` from one sending thread while three others send as fast as they can: every
+/// send that returned `Ok` reaches the server before our Close, and none after it is
+/// accepted. Repeated, with the close at a different point each time: a send that saw
+/// OPEN and was appended after our Close was queued would be dropped, and counted here.
 #[test]
 fn close_racing_senders_loses_no_accepted_message() {
     let _g = shared();
     const THREADS: usize = 4;
-    for round in 0..10u64 {
+    for round in 0..10 {
         let server = server(|mut ws| {
             let (messages, close) = read_until_close(&mut ws);
             let mut per_thread = [0usize; THREADS];
@@ -107,13 +107,13 @@ fn close_racing_senders_loses_no_accepted_message() {
                 let ws = ws.downgrade();
                 let barrier = barrier.clone();
                 thread::spawn(move || {
-                    while ws.ready_state() == ReadyState::Connecting {
-                        thread::yield_now();
-                    }
-                    barrier.wait();
+                    barrier.wait(); // `connect_pull` returned OPEN
                     let mut accepted = 0;
                     while ws.send(format!("{t}:{accepted}")).is_ok() {
                         accepted += 1;
+                        if t == 0 && accepted == 1 + 200 * round {
+                            ws.close(); // a different point in each round
+                        }
                     }
                     assert!(ws.ready_state() >= ReadyState::Closing);
                     accepted
@@ -121,8 +121,6 @@ fn close_racing_senders_loses_no_accepted_message() {
             })
             .collect();
         barrier.wait();
-        thread::sleep(Duration::from_micros(100 * round)); // a different point each round
-        ws.close();
         let c = ws.wait_closed_timeout(WAIT).expect("closed");
         assert!(c.was_clean, "{c:?}");
         let accepted: Vec<usize> = senders.into_iter().map(|s| s.join().unwrap()).collect();
