@@ -112,6 +112,7 @@ impl IoThread {
                         .registry()
                         .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
                         .map_err(Error::io)?;
+                    self.io.read_closed = false; // a new socket
                     *tcp = Some((addr, stream));
                     return Ok(());
                 }

@@ -134,6 +134,10 @@ struct Io {
     drop_deadline: Option<Instant>,
     /// Edge-triggered readiness, remembered until a read returns `WouldBlock`.
     readable: bool,
+    /// A readiness event said the server ended its stream (or the socket failed): the end
+    /// may already be queued behind the data, with no event to come for it, so reads go
+    /// on until they return it (a short read is not taken for a drained socket).
+    read_closed: bool,
     /// The core holds complete frames not turned into events yet (a burst's budget ran
     /// out, or the consumer is behind).
     buffered: bool,
@@ -188,6 +192,7 @@ impl IoThread {
                 receiver_gone: false,
                 drop_deadline: None,
                 readable: false,
+                read_closed: false,
                 buffered: false,
                 write_blocked: false,
                 output_waiting: false,
@@ -408,6 +413,9 @@ impl IoThread {
             if event.token() == SOCKET {
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     self.io.readable = true;
+                }
+                if event.is_read_closed() || event.is_error() {
+                    self.io.read_closed = true;
                 }
                 if event.is_writable() || event.is_write_closed() || event.is_error() {
                     self.io.write_blocked = false;

@@ -54,6 +54,9 @@ impl Io {
     /// Reads while the socket has bytes and the consumer has room; turns them into events.
     fn read(&mut self, open: &mut Open, now: Instant) -> Result<(), End> {
         let mut budget = BURST;
+        // The last read returned less than it was given room for: the socket is drained
+        // (see `Transport::short_read_drains`).
+        let mut drained = false;
         loop {
             budget = self.events(open, now, budget)?;
             if self.pending_full() {
@@ -66,20 +69,38 @@ impl Io {
             if budget == 0 || !self.readable || !open.conn.wants_read() {
                 break;
             }
+            if drained {
+                // What a read that would block says, one `recv` sooner.
+                open.conn.drained();
+                self.socket_drained(open);
+                break;
+            }
             let transport = &mut open.transport;
-            match open.conn.read_with(|buf| transport.read(buf)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.readable = false;
-                    self.burst_nth = 0;
-                    open.transport.set_low_water(open.conn.large_frame_left());
+            let mut room = 0;
+            match open.conn.read_with(|buf| {
+                room = buf.len();
+                transport.read(buf)
+            }) {
+                Ok(n) => {
+                    drained = 0 < n
+                        && n < room
+                        && !self.read_closed
+                        && open.transport.short_read_drains();
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket_drained(open),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => open.conn.abort(io_error(e)),
             }
         }
         self.deliver_pending();
         Ok(())
+    }
+
+    /// The socket has nothing more: wait for its next readiness event.
+    fn socket_drained(&mut self, open: &mut Open) {
+        self.readable = false;
+        self.burst_nth = 0;
+        open.transport.set_low_water(open.conn.large_frame_left());
     }
 
     /// Turns what the core holds into events, at most `budget` of them and while the

@@ -127,6 +127,25 @@ impl Transport {
         }
     }
 
+    /// Whether a read that returned less than it had room for means the socket is
+    /// drained, so that the I/O thread need not read again to see `WouldBlock`: true of
+    /// a plain socket under an edge-triggered poller (epoll, kqueue), where the kernel
+    /// handed over all it held and any byte that comes later raises a new event. (tokio
+    /// relies on the same, tokio-rs/tokio#5866.) Not over TLS: a short read of decrypted
+    /// bytes says nothing of the socket.
+    pub fn short_read_drains(&self) -> bool {
+        cfg!(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "macos",
+            target_os = "ios",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly"
+        )) && matches!(self.stream, Stream::Plain(_))
+    }
+
     /// Whether this is a TLS stream (which may hold decrypted bytes no readiness event
     /// announces).
     pub fn is_tls(&self) -> bool {

@@ -200,12 +200,18 @@ impl Reader {
             }
             Err(e) => {
                 self.input.truncate(len);
-                if self.input.is_empty() {
-                    self.input = BytesMut::new(); // drained: an idle connection holds none
-                    self.fill_size = 0;
-                }
+                self.drained();
                 Err(e)
             }
+        }
+    }
+
+    /// The socket is drained: an empty read buffer is let go, so that an idle connection
+    /// holds none.
+    pub fn drained(&mut self) {
+        if self.input.is_empty() {
+            self.input = BytesMut::new();
+            self.fill_size = 0;
         }
     }
 

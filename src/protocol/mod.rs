@@ -174,6 +174,13 @@ impl Connection {
         Ok(n)
     }
 
+    /// The driver found the socket drained without a read that would block: the read
+    /// buffer is let go if it holds nothing (as such a read does), so that an idle
+    /// connection holds none.
+    pub fn drained(&mut self) {
+        self.reader.drained();
+    }
+
     /// Whether the end is known and not yet reported by [`poll_event`](Self::poll_event).
     pub fn has_end(&self) -> bool {
         self.end.is_some()
