@@ -109,6 +109,9 @@ pub(crate) struct Pull {
     marks: VecDeque<(u64, u64)>,
     /// The bytes sent up to the last point known to be taken.
     taken_bytes: u64,
+    /// Events the caller had taken at the first delivery since which it has taken none,
+    /// and when that delivery was (see [`Pull::busy_since`]).
+    idle: Option<(u64, Instant)>,
 }
 
 /// Pull style's wake-up, shared by the I/O thread and the caller's [`Events`]: finding the
@@ -170,7 +173,35 @@ impl Pull {
             sent_bytes: 0,
             marks: VecDeque::new(),
             taken_bytes: 0,
+            idle: None,
         }
+    }
+
+    /// Events the caller has taken so far.
+    fn taken(&self) -> u64 {
+        self.sent - self.tx.len() as u64
+    }
+
+    /// Since when the caller has taken nothing while events wait for it (the first
+    /// delivery it has not touched), if so. A caller that computes and takes events
+    /// between chunks sees a message no sooner for the I/O thread waking for each one as
+    /// it arrives (see `Io::moderation`). `None` once the raw receiver was used: its takes
+    /// wake nobody.
+    pub fn busy_since(&self) -> Option<Instant> {
+        let (taken, since) = self.idle?;
+        (!self.tx.is_empty() && self.taken() == taken && !self.raw()).then_some(since)
+    }
+
+    /// Asks [`Events`] to wake this thread at the caller's next take; `false` if it took
+    /// one meanwhile.
+    pub fn wake_on_take(&mut self) -> bool {
+        let below = self.tx.len().saturating_sub(1);
+        self.room.below.store(below, SeqCst);
+        if self.tx.len() <= below {
+            self.room.below.store(usize::MAX, Relaxed);
+            return false;
+        }
+        true
     }
 
     /// The events and payload bytes waiting in the channel.
@@ -240,6 +271,14 @@ impl Pull {
     /// is gone.
     #[inline(never)] // one copy of the loop (see below)
     fn push(&mut self, pending: &mut VecDeque<Event>, bounded: bool) -> Result<(), Vec<Event>> {
+        if !pending.is_empty() {
+            // The caller's takes since the first delivery it has not touched (the count
+            // taken does not change with what this thread sends).
+            let taken = self.taken();
+            if self.idle.is_none_or(|(then, _)| then != taken) {
+                self.idle = Some((taken, Instant::now()));
+            }
+        }
         let (mut room, mut bytes, bytes_limit) = if bounded {
             let (events, bytes) = self.waiting();
             (self.limit.saturating_sub(events), bytes, self.bytes_limit)

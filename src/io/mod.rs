@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use mio::net::TcpStream;
-use mio::{Events, Poll, Token};
+use mio::{Events, Interest, Poll, Token};
 use tungstenite::handshake::client::{ClientHandshake, Request};
 use tungstenite::handshake::MidHandshake;
 
@@ -375,6 +375,15 @@ impl IoThread {
             }
             return self.wait_for_consumer(deadline);
         }
+        // A caller busy elsewhere: the socket is not watched for a while (see `MODERATE`).
+        let moderated = if busy {
+            None
+        } else {
+            self.io.moderation(&mut self.phase)
+        };
+        if let Some(until) = moderated {
+            deadline = Some(deadline.map_or(until, |d| d.min(until)));
+        }
         let shared = &self.io.shared;
         shared.io_sleeping.store(true, SeqCst);
         fence(SeqCst);
@@ -386,8 +395,10 @@ impl IoThread {
         // Just after a write an answer is likely within microseconds: look a few times,
         // yielding the CPU in between, before sleeping for real (see `Spin`).
         let spin_until = self.io.wrote_at + SPIN;
-        let spinning =
-            timeout != Some(Duration::ZERO) && Instant::now() < spin_until && self.io.spin.should();
+        let spinning = moderated.is_none()
+            && timeout != Some(Duration::ZERO)
+            && Instant::now() < spin_until
+            && self.io.spin.should();
         let mut polled = if spinning {
             let mut polled = self.io.poll.poll(events, Some(Duration::ZERO));
             while matches!(polled, Ok(())) && events.is_empty() && Instant::now() < spin_until {
@@ -404,6 +415,9 @@ impl IoThread {
             polled = self.io.poll.poll(events, timeout);
         }
         shared.io_sleeping.store(false, SeqCst);
+        if moderated.is_some() {
+            self.io.end_moderation(&mut self.phase)?;
+        }
         match polled {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -493,6 +507,14 @@ impl IoThread {
 
 /// How long the I/O thread keeps looking for an answer after a write before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
+
+/// Pull style: a caller that has taken nothing for this long while events wait for it is
+/// busy, and the I/O thread reads for it at most once per [`MODERATE`] (and at its next
+/// take) instead of once per message (see `Io::moderation`).
+const MODERATE_AFTER: Duration = Duration::from_micros(300);
+/// The longest the socket goes unwatched for a busy caller: a ping waits at most this
+/// long for its pong, and a message for the caller's next look.
+const MODERATE: Duration = Duration::from_millis(1);
 
 /// Whether the look after a write pays: it is skipped after looks that found nothing (a
 /// stream of sends, a server that takes its time), for twice as many writes each time,
@@ -840,6 +862,62 @@ impl Io {
                 Waited::Command(_) => {}
             }
         }
+    }
+
+    /// Pull style, when the caller has taken nothing for [`MODERATE_AFTER`] while events
+    /// wait for it (it computes, and takes events between chunks): instead of waking for
+    /// each message as it arrives, this thread stops watching the socket until the
+    /// caller's next take, a command, or [`MODERATE`] from now, whichever is first, and
+    /// then reads all that came in one go. Returns that deadline. Not while anything of
+    /// ours waits to be written (the socket's write readiness is not watched either), nor
+    /// while closing.
+    fn moderation(&mut self, phase: &mut Phase) -> Option<Instant> {
+        let Phase::Open(open) = phase else {
+            return None;
+        };
+        let Outlet::Events(pull) = &mut self.outlet else {
+            return None;
+        };
+        let now = Instant::now();
+        let quiet = !self.readable
+            && !self.buffered
+            && !self.draining
+            && !self.write_blocked
+            && !self.outbox_waiting
+            && !open.conn.has_output();
+        let busy = pull
+            .busy_since()
+            .is_some_and(|since| now - since >= MODERATE_AFTER);
+        if !(quiet && busy) {
+            return None;
+        }
+        if !pull.wake_on_take() {
+            return None;
+        }
+        let tcp = open.transport.tcp()?;
+        if self.poll.registry().deregister(tcp).is_err() {
+            pull.stop_waiting();
+            return None;
+        }
+        Some(now + MODERATE)
+    }
+
+    /// Watches the socket again after [`Io::moderation`], and reads what came meanwhile.
+    fn end_moderation(&mut self, phase: &mut Phase) -> Result<(), End> {
+        if let Outlet::Events(pull) = &self.outlet {
+            pull.stop_waiting();
+        }
+        let Phase::Open(open) = phase else {
+            return Ok(());
+        };
+        if let Some(tcp) = open.transport.tcp() {
+            self.poll
+                .registry()
+                .register(tcp, SOCKET, Interest::READABLE | Interest::WRITABLE)
+                .map_err(|e| End::from(Error::io(e)))?;
+        }
+        self.readable = true;
+        Ok(())
     }
 
     /// Whether another turn can make progress at once.

@@ -800,3 +800,54 @@ fn the_io_thread_sleeps_while_a_slow_consumer_catches_up() {
     drop(ws);
     server.join();
 }
+
+/// Pull style, a caller that computes and takes its events between chunks (every 20 ms)
+/// while the server sends a message every 100 µs or so: the I/O thread reads for it in
+/// batches (once a millisecond at most, and at its takes), not once per message, and
+/// every message still arrives, in order.
+#[test]
+fn a_busy_pull_caller_does_not_make_the_io_thread_wake_per_message() {
+    let _g = exclusive();
+    const N: usize = 3000;
+    let server = server(|mut ws| {
+        for i in 0..N {
+            ws.send(tungstenite::Message::text(i.to_string())).unwrap();
+            thread::sleep(Duration::from_micros(100)); // the pace, not a wait for anything
+        }
+        read_until_close(&mut ws);
+    });
+    let before = crate_threads();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let io = new_crate_threads(&before, 1)[0].0;
+    assert!(matches!(next_event(&events), Event::Open));
+    let switches0 = thread_switches(io);
+    let mut next = 0;
+    let deadline = Instant::now() + WAIT;
+    while next < N {
+        assert!(Instant::now() < deadline, "{next} of {N} messages");
+        // A chunk of computation, then whatever waits.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(20) {
+            std::hint::spin_loop();
+        }
+        while let Ok(event) = events.try_recv() {
+            match event {
+                Event::Message(m) => {
+                    assert_eq!(m.as_text(), Some(next.to_string().as_str()));
+                    next += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let switches = thread_switches(io) - switches0;
+    // Over 0.3-0.6 s of sending: waking per message is about N; reading once a
+    // millisecond at most is under 700.
+    assert!(
+        switches < N as u64 / 2,
+        "the I/O thread was switched {switches} times for {N} messages"
+    );
+    ws.close();
+    drop(ws);
+    server.join();
+}
