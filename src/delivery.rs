@@ -109,9 +109,19 @@ pub(crate) struct Pull {
     marks: VecDeque<(u64, u64)>,
     /// The bytes sent up to the last point known to be taken.
     taken_bytes: u64,
-    /// Events the caller had taken at the first delivery since which it has taken none,
-    /// and when that delivery was (see [`Pull::busy_since`]).
-    idle: Option<(u64, Instant)>,
+    /// Since the caller's last take: see [`Unread`] and [`Pull::busy_since`].
+    unread: Option<Unread>,
+}
+
+/// The deliveries to a pull-style caller since its last take.
+#[derive(Clone, Copy)]
+struct Unread {
+    /// The events it had taken then.
+    taken: u64,
+    /// The first delivery since.
+    since: Instant,
+    /// Whether there was another after it.
+    again: bool,
 }
 
 /// Pull style's wake-up, shared by the I/O thread and the caller's [`Events`]: finding the
@@ -173,7 +183,7 @@ impl Pull {
             sent_bytes: 0,
             marks: VecDeque::new(),
             taken_bytes: 0,
-            idle: None,
+            unread: None,
         }
     }
 
@@ -187,9 +197,16 @@ impl Pull {
     /// between chunks sees a message no sooner for the I/O thread waking for each one as
     /// it arrives (see `Io::moderation`). `None` once the raw receiver was used: its takes
     /// wake nobody.
+    ///
+    /// Only once this thread has delivered again since that first delivery: events keep
+    /// coming for a caller that does not look. One event left unread while nothing else
+    /// comes (the `Open` of a program that only sends) is no reason: this thread then wakes
+    /// for the caller's sends, not for messages, and moderating would only add work to
+    /// each of those wake-ups.
     pub fn busy_since(&self) -> Option<Instant> {
-        let (taken, since) = self.idle?;
-        (!self.tx.is_empty() && self.taken() == taken && !self.raw()).then_some(since)
+        let unread = self.unread?;
+        (unread.again && !self.tx.is_empty() && self.taken() == unread.taken && !self.raw())
+            .then_some(unread.since)
     }
 
     /// Asks [`Events`] to wake this thread at the caller's next take; `false` if it took
@@ -275,8 +292,15 @@ impl Pull {
             // The caller's takes since the first delivery it has not touched (the count
             // taken does not change with what this thread sends).
             let taken = self.taken();
-            if self.idle.is_none_or(|(then, _)| then != taken) {
-                self.idle = Some((taken, Instant::now()));
+            match &mut self.unread {
+                Some(unread) if unread.taken == taken => unread.again = true,
+                _ => {
+                    self.unread = Some(Unread {
+                        taken,
+                        since: Instant::now(),
+                        again: false,
+                    })
+                }
             }
         }
         let (mut room, mut bytes, bytes_limit) = if bounded {
@@ -348,6 +372,10 @@ fn missed(event: Event, pending: &mut VecDeque<Event>) -> Vec<Event> {
 /// while that much does, the I/O thread stops reading the socket (TCP slows the server
 /// down) and sleeps. The take that brings the queue down to half wakes it, once: a
 /// program that computes for seconds between takes costs that thread nothing meanwhile.
+/// A caller that has taken nothing for 300 µs while events wait for it is taken to be
+/// busy elsewhere: the I/O thread then reads the socket at your next take or after 1 ms,
+/// whichever comes first, all that came in one go, instead of waking for each message
+/// (a ping's pong waits at most that millisecond more).
 ///
 /// It dereferences to the [`Receiver`], so `select!` takes it beside your own channels.
 /// Events taken that way, past the crate's methods, wake nobody: once you have used the
@@ -1079,6 +1107,48 @@ mod tests {
         assert!(!outlet.is_empty());
         assert_eq!(first_byte(&rx.try_recv().unwrap()), 11);
         assert!(outlet.is_empty());
+    }
+
+    fn busy_since(outlet: &Outlet) -> Option<Instant> {
+        match outlet {
+            Outlet::Events(pull) => pull.busy_since(),
+            Outlet::Batches { .. } => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_pull_caller_is_busy_once_events_keep_coming_while_it_takes_none() {
+        let (mut outlet, rx) = pull(64);
+        let mut pending: VecDeque<Event> = VecDeque::from([Event::Open]);
+        outlet.push(&mut pending).unwrap();
+        assert_eq!(
+            busy_since(&outlet),
+            None,
+            "one event left unread (a program that only sends) is no reason"
+        );
+        let first = Instant::now();
+        pending.push_back(msg(1, 8));
+        outlet.push(&mut pending).unwrap();
+        let since = busy_since(&outlet).expect("a second delivery, nothing taken");
+        assert!(
+            since <= first,
+            "since the first delivery it has not touched"
+        );
+        pending.push_back(msg(2, 8));
+        outlet.push(&mut pending).unwrap();
+        assert_eq!(busy_since(&outlet), Some(since));
+
+        rx.try_recv().unwrap();
+        assert_eq!(busy_since(&outlet), None, "it took one");
+        pending.push_back(msg(3, 8));
+        outlet.push(&mut pending).unwrap();
+        assert_eq!(busy_since(&outlet), None, "one delivery since its take");
+        pending.push_back(msg(4, 8));
+        outlet.push(&mut pending).unwrap();
+        assert!(busy_since(&outlet).is_some_and(|s| s >= first));
+
+        while rx.try_recv().is_ok() {}
+        assert_eq!(busy_since(&outlet), None, "nothing waits");
     }
 
     #[test]
