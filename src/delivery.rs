@@ -120,7 +120,8 @@ struct Unread {
     taken: u64,
     /// The first delivery since.
     since: Instant,
-    /// Whether there was another after it.
+    /// Whether there was another after it since the I/O thread last stopped watching the
+    /// socket for the caller ([`Pull::moderating`]).
     again: bool,
 }
 
@@ -202,11 +203,21 @@ impl Pull {
     /// coming for a caller that does not look. One event left unread while nothing else
     /// comes (the `Open` of a program that only sends) is no reason: this thread then wakes
     /// for the caller's sends, not for messages, and moderating would only add work to
-    /// each of those wake-ups.
+    /// each of those wake-ups. And once a wait without the socket brought nothing, not
+    /// again until something comes: else a caller that computes for an hour with two
+    /// events unread would have this thread wake every millisecond of it.
     pub fn busy_since(&self) -> Option<Instant> {
         let unread = self.unread?;
         (unread.again && !self.tx.is_empty() && self.taken() == unread.taken && !self.raw())
             .then_some(unread.since)
+    }
+
+    /// The I/O thread stops watching the socket for a busy caller: the next wait without
+    /// it needs a delivery first (see [`Pull::busy_since`]).
+    pub fn moderating(&mut self) {
+        if let Some(unread) = &mut self.unread {
+            unread.again = false;
+        }
     }
 
     /// Asks [`Events`] to wake this thread at the caller's next take; `false` if it took
@@ -1137,6 +1148,18 @@ mod tests {
         pending.push_back(msg(2, 8));
         outlet.push(&mut pending).unwrap();
         assert_eq!(busy_since(&outlet), Some(since));
+        let Outlet::Events(p) = &mut outlet else {
+            unreachable!()
+        };
+        p.moderating();
+        assert_eq!(
+            busy_since(&outlet),
+            None,
+            "a wait without the socket needs a delivery since the last one"
+        );
+        pending.push_back(msg(9, 8));
+        outlet.push(&mut pending).unwrap();
+        assert_eq!(busy_since(&outlet), Some(since), "still since the first");
 
         rx.try_recv().unwrap();
         assert_eq!(busy_since(&outlet), None, "it took one");

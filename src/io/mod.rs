@@ -899,6 +899,7 @@ impl Io {
             pull.stop_waiting();
             return None;
         }
+        pull.moderating();
         Some(now + MODERATE)
     }
 

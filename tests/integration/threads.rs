@@ -851,3 +851,45 @@ fn a_busy_pull_caller_does_not_make_the_io_thread_wake_per_message() {
     drop(ws);
     server.join();
 }
+
+/// Pull style, a caller that leaves its events unread for a long computation while the
+/// server sends now and then (every 50 ms): the I/O thread wakes for those messages, not
+/// every millisecond of the computation (the reading in batches of the test above stops
+/// once a millisecond without the socket brought nothing).
+#[test]
+fn a_busy_pull_caller_with_sparse_messages_does_not_make_the_io_thread_tick() {
+    let _g = exclusive();
+    const N: usize = 8;
+    let (sent_tx, sent) = crossbeam_channel::bounded(1);
+    let server = server(move |mut ws| {
+        for i in 0..N {
+            ws.send(tungstenite::Message::text(i.to_string())).unwrap();
+            thread::sleep(Duration::from_millis(50)); // the pace, not a wait for anything
+        }
+        sent_tx.send(()).unwrap();
+        read_until_close(&mut ws);
+    });
+    let before = crate_threads();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let io = new_crate_threads(&before, 1)[0].0;
+    let switches0 = thread_switches(io);
+    // The caller is busy elsewhere (it takes nothing, not even `Open`) until the server
+    // has sent all and paused 50 ms: about 400 ms.
+    sent.recv_timeout(WAIT).expect("the server sent them all");
+    let switches = thread_switches(io) - switches0;
+    assert!(matches!(next_event(&events), Event::Open));
+    for i in 0..N {
+        match next_event(&events) {
+            Event::Message(m) => assert_eq!(m.as_text(), Some(i.to_string().as_str())),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Waking every millisecond is about 350; a few per message is under 50.
+    assert!(
+        switches < 60,
+        "the I/O thread was switched {switches} times for {N} messages in about 400 ms"
+    );
+    ws.close();
+    drop(ws);
+    server.join();
+}
