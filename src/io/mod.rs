@@ -891,10 +891,10 @@ impl Io {
         if !(quiet && busy) {
             return None;
         }
+        let tcp = open.transport.tcp()?;
         if !pull.wake_on_take() {
             return None;
         }
-        let tcp = open.transport.tcp()?;
         if self.poll.registry().deregister(tcp).is_err() {
             pull.stop_waiting();
             return None;
