@@ -7,6 +7,11 @@
 //!   pull style takes them with `recv`, the callback style in `onmessage`.
 //! - `round_trip`: one 32-byte text echo in flight, pull style (send, `recv`) and callback
 //!   style (`onmessage` sends the next one).
+//! - `handoff`: no socket: what handing events to another thread costs per event, on one
+//!   thread, 256 at a time (an I/O thread's read burst): through a crossbeam unbounded
+//!   channel one by one (pull style's `Events`), through a bounded one (an array, which
+//!   writes all its slots up front), and as one `Vec` per burst (callback style, batches).
+//!   The floor under pull style's small-message rate (see the bench notes).
 //!
 //! `cargo bench --bench hot_paths` (add `-- send` to run one group). The side-by-side
 //! comparison with raw tungstenite and tokio-tungstenite is `benches/compare`.
@@ -339,6 +344,50 @@ fn round_trip(c: &mut Criterion) {
     g.finish();
 }
 
+fn handoff(c: &mut Criterion) {
+    const BURST: usize = 256;
+    let mut g = c.benchmark_group("handoff");
+    g.throughput(Throughput::Elements(BURST as u64));
+    // An event the size of any other (64 bytes), so each hand-off copies a whole slot.
+    let one_by_one = |tx: Sender<Event>, rx: cb::Receiver<Event>| {
+        move || {
+            for _ in 0..BURST {
+                tx.try_send(Event::Open).expect("room");
+            }
+            let mut n = 0;
+            while let Ok(event) = rx.try_recv() {
+                n += black_box(matches!(event, Event::Open)) as usize;
+            }
+            assert_eq!(n, BURST);
+        }
+    };
+    let (tx, rx) = cb::unbounded();
+    let mut unbounded = one_by_one(tx, rx);
+    g.bench_function("unbounded", |b| b.iter(&mut unbounded));
+    let (tx, rx) = cb::bounded(4096 + BURST);
+    let mut bounded = one_by_one(tx, rx);
+    g.bench_function("bounded", |b| b.iter(&mut bounded));
+    let (tx, rx) = cb::unbounded::<Vec<Event>>();
+    let mut spare = Vec::with_capacity(BURST);
+    g.bench_function("batch", |b| {
+        b.iter(|| {
+            let mut batch = std::mem::take(&mut spare);
+            for _ in 0..BURST {
+                batch.push(Event::Open);
+            }
+            tx.try_send(batch).expect("room");
+            let mut batch = rx.try_recv().expect("a batch");
+            let mut n = 0;
+            for event in batch.drain(..) {
+                n += black_box(matches!(event, Event::Open)) as usize;
+            }
+            assert_eq!(n, BURST);
+            spare = batch;
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -349,6 +398,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = send, receive, round_trip
+    targets = send, receive, round_trip, handoff
 }
 criterion_main!(benches);
