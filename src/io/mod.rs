@@ -142,6 +142,9 @@ struct Io {
     /// out, or the consumer is behind).
     buffered: bool,
     write_blocked: bool,
+    /// A write failed: nothing more is written, and the socket is read to its end (see
+    /// `Connection::write_failed`).
+    write_failed: bool,
     /// The core has output waiting (as of the last write).
     output_waiting: bool,
     /// The outbox has frames the core has not taken yet.
@@ -195,6 +198,7 @@ impl IoThread {
                 read_closed: false,
                 buffered: false,
                 write_blocked: false,
+                write_failed: false,
                 output_waiting: false,
                 outbox_waiting: false,
                 draining: false,
@@ -688,6 +692,7 @@ impl Io {
         self.buffered = false;
         self.burst_nth = 0;
         self.write_blocked = false;
+        self.write_failed = false;
         self.output_waiting = false;
         self.outbox_waiting = false;
         self.draining = false;
@@ -927,7 +932,9 @@ impl Io {
             return false;
         };
         ((self.readable || self.buffered) && !self.pending_full() && open.conn.wants_read())
-            || ((open.conn.has_output() || self.outbox_waiting) && !self.write_blocked)
+            || ((open.conn.has_output() || self.outbox_waiting)
+                && !self.write_blocked
+                && !self.write_failed)
     }
 
     fn next_deadline(&self, phase: &Phase) -> Option<Instant> {

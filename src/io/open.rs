@@ -223,6 +223,10 @@ impl Io {
     /// Writes what the core has to send until the socket is full, and the outbox's next
     /// batch once the core's data is out.
     fn flush(&mut self, open: &mut Open) {
+        if self.write_failed {
+            self.output_waiting = false;
+            return;
+        }
         let mut wrote = false;
         while !self.write_blocked {
             if self.outbox_waiting && !open.conn.has_data() {
@@ -233,7 +237,7 @@ impl Io {
             };
             match open.transport.write(bytes) {
                 Ok(0) => {
-                    open.conn.abort(io_error(io::ErrorKind::WriteZero.into()));
+                    self.fail_writes(open, io::ErrorKind::WriteZero.into());
                     break;
                 }
                 Ok(n) => {
@@ -247,20 +251,30 @@ impl Io {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    open.conn.abort(io_error(e));
+                    self.fail_writes(open, e);
                     break;
                 }
             }
         }
-        if wrote && open.transport.is_tls() {
+        if wrote && open.transport.is_tls() && !self.write_failed {
             // rustls keeps encrypted records until flushed.
             match open.transport.flush() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
-                Err(e) => open.conn.abort(io_error(e)),
+                Err(e) => self.fail_writes(open, e),
                 Ok(()) => {}
             }
         }
-        self.output_waiting = open.conn.has_output();
+        self.output_waiting = open.conn.has_output() && !self.write_failed;
+    }
+
+    /// A write failed. The server may have sent more before it went away, its Close
+    /// among it, and a consumer that held reading back has not seen it yet: write nothing
+    /// more, and read the socket to its end whatever the consumer does (as while closing),
+    /// before the core decides how the connection ended (`Connection::write_failed`).
+    fn fail_writes(&mut self, open: &mut Open, error: io::Error) {
+        self.write_failed = true;
+        self.draining = true;
+        open.conn.write_failed(io_error(error), Instant::now());
     }
 }
 
@@ -275,7 +289,7 @@ impl IoThread {
             return;
         };
         let dropped_late = self.io.drop_deadline.is_some_and(|d| Instant::now() >= d);
-        if !open.conn.has_output() || dropped_late {
+        if !open.conn.has_output() || dropped_late || self.io.write_failed {
             return;
         }
         let timeout = self

@@ -109,6 +109,9 @@ pub(crate) struct Connection {
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
     ping_seq: u64,
+    /// A write failed (see [`Connection::write_failed`]): the error the connection fails
+    /// with, unless the server's Close is still read.
+    write_error: Option<Error>,
 }
 
 /// `now + d`, or `None` (never) for `None` or a time too far to represent.
@@ -138,6 +141,7 @@ impl Connection {
             next_ping: after(now, timers.ping_interval),
             pong_deadline: None,
             ping_seq: 0,
+            write_error: None,
         }
     }
 
@@ -229,7 +233,8 @@ impl Connection {
                         "the server closed the TCP connection without a closing handshake"
                     };
                     let e = io::Error::new(io::ErrorKind::UnexpectedEof, what);
-                    self.end(End::Failed(Error::io(e)));
+                    let error = self.write_error.take().unwrap_or_else(|| Error::io(e));
+                    self.end(End::Failed(error));
                 }
                 Ok(None) => return None,
                 Err(Violation { code, error }) => self.fail(Some(code), error),
@@ -282,6 +287,11 @@ impl Connection {
                 log::debug!("the server sent Close {} {:?}", close.code, close.reason);
                 self.next_ping = None;
                 self.pong_deadline = None;
+                if self.write_error.is_some() {
+                    // Its Close came before it went away; nothing can answer it now.
+                    self.end(End::Clean(close));
+                    return None;
+                }
                 if self.closing == Closing::Sent {
                     self.closing = Closing::Both(close);
                     return None;
@@ -412,6 +422,9 @@ impl Connection {
     /// A peer owed a control frame (a pong) that takes nothing we write for the close
     /// timeout is failed: it will never read its pongs.
     fn stall_deadline(&self) -> Option<Instant> {
+        if self.write_error.is_some() {
+            return None; // nothing is written any more: the close deadline decides
+        }
         after(self.out.pong_owed_since()?, self.timers.close_timeout)
     }
 
@@ -429,7 +442,10 @@ impl Connection {
                     let close = c.clone();
                     self.end(End::Clean(close));
                 }
-                _ => self.fail(None, Error::Timeout(Timeout::Close)),
+                _ => {
+                    let error = self.write_error.take();
+                    self.fail(None, error.unwrap_or(Error::Timeout(Timeout::Close)))
+                }
             }
             return;
         }
@@ -461,7 +477,30 @@ impl Connection {
                 self.out.fail(None);
                 self.end(End::Clean(close));
             }
-            _ => self.fail(None, error),
+            _ => {
+                let error = self.write_error.take().unwrap_or(error);
+                self.fail(None, error)
+            }
+        }
+    }
+
+    /// A write failed (the server reset the connection, say): nothing more can be written,
+    /// but what the server sent before may still wait to be read, its Close among it (a
+    /// server that closed and went away while the consumer held reading back). After the
+    /// server's Close this is the clean end [`abort`](Self::abort) gives. Before it, the
+    /// driver reads on, whatever the consumer does: every message that came is reported,
+    /// then the server's Close (a clean end with its code), or else, when the stream ends
+    /// or the close timeout passes, the connection fails with `error`.
+    pub fn write_failed(&mut self, error: Error, now: Instant) {
+        match self.closing {
+            Closing::Open | Closing::Sent => {
+                log::debug!("a write failed ({error}): reading what the server sent before");
+                self.write_error.get_or_insert(error);
+                self.next_ping = None;
+                self.pong_deadline = None;
+                self.close_deadline = after(now, self.timers.close_timeout);
+            }
+            _ => self.abort(error),
         }
     }
 }

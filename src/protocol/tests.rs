@@ -1029,3 +1029,60 @@ mod deflate {
         }
     }
 }
+
+#[test]
+fn after_a_failed_write_what_was_read_still_counts() {
+    let now = Instant::now();
+    let pipe = || Error::io(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+    let close = |code: u16| {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(b"bye");
+        frame(0x88, &p)
+    };
+    // The server's messages and Close wait behind the failed write: all of them, then a
+    // clean end with its code, and nothing is written (no echo).
+    let mut c = conn();
+    c.write_failed(pipe(), now);
+    feed(
+        &mut c,
+        &[frame(0x81, b"one"), frame(0x82, b"two"), close(4001)].concat(),
+    );
+    let got = events(&mut c);
+    assert!(
+        matches!(&got[..], [Event::Message(_), Event::Message(_), Event::End(End::Clean(e))] if e.code == 4001 && e.reason == "bye"),
+        "{got:?}"
+    );
+    // No Close: the stream's end (or a reset) fails the connection with the write's
+    // error, after the messages.
+    for end_with_reset in [false, true] {
+        let mut c = conn();
+        c.write_failed(pipe(), now);
+        feed(&mut c, &frame(0x81, b"one"));
+        assert!(matches!(&events(&mut c)[..], [Event::Message(_)]));
+        if end_with_reset {
+            c.abort(Error::io(std::io::ErrorKind::ConnectionReset.into()));
+        } else {
+            eof(&mut c);
+        }
+        let got = events(&mut c);
+        assert!(
+            matches!(&got[..], [Event::End(End::Failed(Error::Io(e)))] if e.kind() == std::io::ErrorKind::BrokenPipe),
+            "{got:?}"
+        );
+    }
+    // Nothing comes: the close timeout ends it, with the write's error.
+    let mut c = conn();
+    c.write_failed(pipe(), now);
+    let later = now + Duration::from_secs(11);
+    assert!(c.poll_timeout(true).is_some_and(|t| t <= later));
+    c.handle_timeout(later, true);
+    assert!(
+        matches!(ended(&events(&mut c)), Some(End::Failed(Error::Io(e))) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    );
+    // After the server's Close, a failed write is the clean end it always was.
+    let mut c = conn();
+    feed(&mut c, &close(1000));
+    assert!(matches!(&events(&mut c)[..], [Event::PeerClose(_)]));
+    c.write_failed(pipe(), now);
+    assert!(matches!(ended(&events(&mut c)), Some(End::Clean(e)) if e.code == 1000));
+}

@@ -3,7 +3,10 @@
 use std::time::{Duration, Instant};
 
 use nwebsocket::crossbeam_channel;
-use nwebsocket::{Error, Event, ReadyState, SendError, Timeout, WebSocket};
+use nwebsocket::{
+    CloseEvent, Error, Event, Handler, Message, ReadyState, SendError, Timeout, WebSocket,
+    WebSocketRef,
+};
 use tungstenite::handshake::server::{Request, Response};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
@@ -369,6 +372,152 @@ fn server_close_with_a_slow_consumer_loses_nothing() {
     );
     drop(ws);
     assert!(server.join().is_some(), "Close echoed");
+}
+
+/// Sends `n` short texts ("m0", "m1", ...: all of them fit in the client's receive buffer)
+/// and, if `close`, Close(4001, "server bye"); waits until the client's kernel has all of
+/// it, then closes its socket and goes away: whatever the client writes next is answered
+/// with a reset.
+fn vanishing_server(n: usize, close: bool) -> Server<()> {
+    server(move |mut ws| {
+        for i in 0..n {
+            ws.write(tungstenite::Message::text(format!("m{i}")))
+                .unwrap();
+        }
+        if close {
+            ws.close(Some(CloseFrame {
+                code: CloseCode::from(4001),
+                reason: "server bye".into(),
+            }))
+            .unwrap();
+        }
+        ws.flush().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while unacked_bytes(ws.get_ref()) > 0 {
+            assert!(Instant::now() < deadline, "the client's kernel took it all");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = ws.get_ref().shutdown(std::net::Shutdown::Write);
+    })
+}
+
+/// The server closed and went away while the consumer held reading back; then the client
+/// writes, and its writes fail (a reset, then a broken pipe). What the server sent before,
+/// its Close included, is still in the client's socket: every message, then the server's
+/// Close, as if nothing had been written. (Until 2026-12-07 the failed write ended the
+/// connection at once: 320 of 2,000 messages, then `Error(Io(BrokenPipe))` and 1006.)
+#[test]
+fn a_failed_write_loses_nothing_the_server_sent_before_it_closed() {
+    let _g = shared();
+    const N: usize = 2000;
+    let server = vanishing_server(N, true);
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(2)
+        .connect_pull(&server.url())
+        .expect("connect");
+    server.join();
+    // The consumer is busy elsewhere; the program sends meanwhile, until a write fails
+    // (the sends are accepted: the state is OPEN until the I/O thread gets further).
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = ws.send(format!("client {i}"));
+    }
+    let evs = events_until_close(&events);
+    let messages = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Message(_)))
+        .count();
+    let tail: Vec<&Event> = evs
+        .iter()
+        .filter(|e| !matches!(e, Event::Message(_) | Event::Open))
+        .collect();
+    assert_eq!(messages, N, "then {tail:?}");
+    for (i, e) in evs[1..=N].iter().enumerate() {
+        assert!(
+            matches!(e, Event::Message(m) if m.as_text() == Some(&format!("m{i}"))),
+            "message {i}: {e:?}"
+        );
+    }
+    assert!(
+        matches!(tail[..], [Event::Close(c)] if c.code == 4001 && c.reason == "server bye"),
+        "{tail:?}"
+    );
+}
+
+/// The same in callback style, where only the keepalive's pings write: the callback is
+/// slow once, at the start.
+#[test]
+fn a_failed_ping_loses_nothing_the_server_sent_before_it_closed() {
+    let _g = shared();
+    const N: usize = 3000;
+    struct SlowAtFirst(Recorder);
+    impl Handler for SlowAtFirst {
+        fn onopen(&mut self, ws: &WebSocketRef) {
+            std::thread::sleep(Duration::from_millis(400));
+            self.0.onopen(ws);
+        }
+        fn onmessage(&mut self, ws: &WebSocketRef, msg: Message) {
+            self.0.onmessage(ws, msg);
+        }
+        fn onerror(&mut self, ws: &WebSocketRef, err: Error) {
+            self.0.onerror(ws, err);
+        }
+        fn onclose(&mut self, ws: &WebSocketRef, event: CloseEvent) {
+            self.0.onclose(ws, event);
+        }
+    }
+    let server = vanishing_server(N, true);
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .incoming_queue(2)
+        .ping_interval(Duration::from_millis(20))
+        .connect(&server.url(), SlowAtFirst(rec))
+        .expect("connect");
+    server.join();
+    let recs = recs_until_close(&rx);
+    let messages = recs.iter().filter(|r| matches!(r, Rec::Message(_))).count();
+    let tail: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| !matches!(r, Rec::Message(_) | Rec::Open { .. }))
+        .collect();
+    assert_eq!(messages, N, "then {tail:?}");
+    assert!(
+        matches!(tail[..], [Rec::Close(c, _)] if c.code == 4001),
+        "{tail:?}"
+    );
+    drop(ws);
+}
+
+/// A server that goes away without a Close: a failed write still lets every message it
+/// sent before reach the consumer, then the failure (the write's error), then 1006.
+#[test]
+fn a_failed_write_without_a_close_delivers_what_came_then_fails() {
+    let _g = shared();
+    const N: usize = 2000;
+    let server = vanishing_server(N, false);
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(2)
+        .connect_pull(&server.url())
+        .expect("connect");
+    server.join();
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = ws.send(format!("client {i}"));
+    }
+    let evs = events_until_close(&events);
+    let messages = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Message(_)))
+        .count();
+    let tail: Vec<&Event> = evs
+        .iter()
+        .filter(|e| !matches!(e, Event::Message(_) | Event::Open))
+        .collect();
+    assert_eq!(messages, N, "then {tail:?}");
+    assert!(
+        matches!(tail[..], [Event::Error(Error::Io(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        "{tail:?}"
+    );
 }
 
 #[test]

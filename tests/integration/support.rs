@@ -230,6 +230,31 @@ where
     }
 }
 
+/// Bytes this socket has sent that the peer's kernel has not acknowledged, or not yet
+/// sent (`TIOCOUTQ`): 0 once everything written is in the peer's receive queue. Linux
+/// only; elsewhere 0.
+pub fn unacked_bytes(tcp: &TcpStream) -> i32 {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    {
+        use std::os::fd::AsRawFd;
+        const TIOCOUTQ: u64 = 0x5411;
+        extern "C" {
+            fn ioctl(fd: i32, request: u64, ...) -> i32;
+        }
+        let mut n: i32 = 0;
+        // SAFETY: a valid socket descriptor, and a pointer to an int that outlives the call.
+        let r = unsafe { ioctl(tcp.as_raw_fd(), TIOCOUTQ, &mut n as *mut i32) };
+        assert_eq!(r, 0, "ioctl(TIOCOUTQ): {}", io::Error::last_os_error());
+        n
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = tcp;
+        0
+    }
+}
+
 /// Caps the kernel's receive buffer of an accepted socket (`SO_RCVBUF`, which also stops
 /// Linux from growing it by itself, up to `tcp_rmem`'s maximum: 32 MiB on some machines),
 /// so that a test knows how much of the client's data can wait between the client and a
