@@ -752,12 +752,13 @@ fn connect_browser_style(url: &str, id: &str) -> Result<Outcome, String> {
 /// one when some were offered), and no extension but the permessage-deflate offered by
 /// default.
 fn check_opened(ws: &WebSocket) -> Result<(), String> {
-    if !OFFERED.contains(&ws.protocol()) {
-        return Err(format!("opened with protocol {:?}", ws.protocol()));
+    let protocol = ws.protocol();
+    if !OFFERED.contains(&protocol.as_str()) {
+        return Err(format!("opened with protocol {protocol:?}"));
     }
     let ext = ws.extensions();
     if !ext.is_empty() && !ext.starts_with("permessage-deflate") {
-        return Err(format!("opened with extensions {:?}", ws.extensions()));
+        return Err(format!("opened with extensions {ext:?}"));
     }
     Ok(())
 }

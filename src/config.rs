@@ -795,7 +795,12 @@ impl Reconnect {
 
     /// The largest random fraction taken off each delay, 0 to 1. Defaults to 0.2.
     pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter.clamp(0.0, 1.0);
+        // (`clamp` keeps a NaN.)
+        self.jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 1.0)
+        };
         self
     }
 
@@ -818,10 +823,12 @@ impl Reconnect {
     }
 
     /// The delay before attempt `n` (from 0), with `unit` a random number in `[0, 1)`.
+    /// Saturates at `Duration::MAX` (no limit: the next attempt waits for nothing but
+    /// `close`).
     pub(crate) fn delay(&self, n: u32, unit: f64) -> Duration {
         let grown = self.initial_delay.as_secs_f64() * self.multiplier.powi(n.min(64) as i32);
         let capped = grown.min(self.max_delay.as_secs_f64());
-        Duration::from_secs_f64(capped * (1.0 - self.jitter * unit))
+        Duration::try_from_secs_f64(capped * (1.0 - self.jitter * unit)).unwrap_or(Duration::MAX)
     }
 }
 
@@ -860,6 +867,24 @@ mod tests {
             [ms(0), ms(1), ms(2), ms(3), ms(4), ms(10)],
             [100, 200, 400, 800, 1000, 1000]
         );
+    }
+
+    #[test]
+    fn delays_saturate_instead_of_panicking() {
+        let r = Reconnect::new()
+            .initial_delay(Duration::MAX)
+            .max_delay(Duration::MAX)
+            .jitter(0.0);
+        assert_eq!(r.delay(0, 0.5), Duration::MAX);
+        assert_eq!(r.delay(u32::MAX, 0.5), Duration::MAX);
+        let r = Reconnect::new()
+            .max_delay(Duration::MAX)
+            .multiplier(f64::INFINITY)
+            .jitter(f64::NAN);
+        assert_eq!(r.delay(0, 0.5), Duration::from_millis(500));
+        assert_eq!(r.delay(3, 0.5), Duration::MAX);
+        let r = Reconnect::new().multiplier(f64::NAN).jitter(0.0);
+        assert_eq!(r.delay(5, 0.5), Duration::from_millis(500));
     }
 
     #[test]

@@ -177,8 +177,9 @@ pub enum Error {
     CallbackPanic(String),
     /// A blocking call was made where it could never return: `wait_closed` on the
     /// callback thread (which must return before `onclose` can run), or while the same
-    /// thread holds the [`HandlerGuard`](crate::HandlerGuard). It returns this at once
-    /// instead of blocking for ever.
+    /// thread holds the [`HandlerGuard`](crate::HandlerGuard); `try_handler` on the
+    /// callback thread (which holds the handler while a callback runs), or a second time
+    /// on a thread that holds it. It returns this at once instead of blocking for ever.
     #[error("{0} would never return here")]
     WouldDeadlock(&'static str),
     /// The connection's I/O thread panicked (a bug in this crate); the panic was caught and

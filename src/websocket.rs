@@ -70,6 +70,32 @@ pub struct WebSocketRef {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// Why this thread holds the handler (see `Shared::close_wait_deadlock`).
+#[derive(Debug, Clone, Copy)]
+enum Holder {
+    /// The callback thread, while a callback runs.
+    CallbackThread,
+    /// A thread with a [`HandlerGuard`].
+    ThisThread,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Holder::CallbackThread => "on the callback thread",
+            Holder::ThisThread => "while this thread holds the handler",
+        })
+    }
+}
+
+/// What a connection's handshake settled, for [`WebSocketRef::protocol`] and
+/// [`WebSocketRef::extensions`].
+#[derive(Debug, Default)]
+pub(crate) struct Negotiated {
+    pub protocol: String,
+    pub extensions: String,
+}
+
 /// State shared by the handles, the I/O thread and the callback thread.
 pub(crate) struct Shared {
     pub target: Target,
@@ -96,8 +122,8 @@ pub(crate) struct Shared {
     buffered: Padded<AtomicUsize>,
     drain_waiters: AtomicUsize,
     drained: (Mutex<()>, Condvar),
-    pub protocol: OnceLock<String>,
-    pub extensions: OnceLock<String>,
+    /// The current connection's subprotocol and extensions (replaced by each handshake).
+    pub negotiated: Mutex<Negotiated>,
     /// The current connection's `101` response (see `response.rs`).
     pub handshake: Mutex<Option<Arc<crate::response::HandshakeResponse>>>,
     status: Mutex<Status>,
@@ -135,6 +161,34 @@ struct Status {
 }
 
 impl Shared {
+    /// Whether waiting on this thread for the end of the connection (callback style:
+    /// until `onclose` has run) would never return, because this thread holds the handler
+    /// `onclose` needs.
+    fn close_wait_deadlock(&self) -> Option<Holder> {
+        if !self.callback_mode {
+            return None;
+        }
+        let me = thread::current().id();
+        if self.callback_thread.get() == Some(&me) {
+            return Some(Holder::CallbackThread);
+        }
+        (self.handler_holder() == Some(me)).then_some(Holder::ThisThread)
+    }
+
+    /// The thread that holds the [`HandlerGuard`], if one does.
+    fn handler_holder(&self) -> Option<ThreadId> {
+        *self
+            .handler_holder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn negotiated(&self) -> MutexGuard<'_, Negotiated> {
+        self.negotiated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn ready_state(&self) -> ReadyState {
         ReadyState::from_u8(self.state.load(SeqCst))
     }
@@ -446,14 +500,25 @@ impl WebSocketRef {
 
     pub(crate) fn request_close(&self, frame: Option<(u16, String)>) {
         let shared = &*self.shared;
-        if shared.transition(
-            &[ReadyState::Connecting, ReadyState::Open],
-            ReadyState::Closing,
-        ) {
-            shared.enqueue(Command::Close(frame));
-        } else if shared.ready_state() == ReadyState::Closed && shared.config.reconnect.is_some() {
-            // Between two connections: this ends reconnecting.
-            shared.enqueue(Command::Close(None));
+        loop {
+            if shared.transition(
+                &[ReadyState::Connecting, ReadyState::Open],
+                ReadyState::Closing,
+            ) {
+                shared.enqueue(Command::Close(frame));
+                return;
+            }
+            match shared.ready_state() {
+                ReadyState::Closed if shared.config.reconnect.is_some() => {
+                    // Between two connections: this ends reconnecting.
+                    shared.enqueue(Command::Close(None));
+                    return;
+                }
+                // The next attempt began between the two looks (CLOSED, then CONNECTING):
+                // close that one.
+                ReadyState::Connecting | ReadyState::Open => {}
+                ReadyState::Closing | ReadyState::Closed => return, // a no-op
+            }
         }
     }
 
@@ -476,16 +541,18 @@ impl WebSocketRef {
 
     /// The subprotocol the server chose; empty before OPEN, or when none was offered.
     /// (When some were offered, the server must choose one of them, or the connection
-    /// fails, as in browsers.)
-    pub fn protocol(&self) -> &str {
-        self.shared.protocol.get().map_or("", String::as_str)
+    /// fails, as in browsers.) With [`reconnect`](crate::Builder::reconnect), the latest
+    /// connection's: each `onopen` sees its own.
+    pub fn protocol(&self) -> String {
+        self.shared.negotiated().protocol.clone()
     }
 
     /// The extensions the server chose (its `Sec-WebSocket-Extensions`), such as
     /// `permessage-deflate; client_max_window_bits=15`; empty before OPEN, when the server
     /// declined, or when none were offered (see [`Builder::deflate`](crate::Builder::deflate)).
-    pub fn extensions(&self) -> &str {
-        self.shared.extensions.get().map_or("", String::as_str)
+    /// With reconnect, the latest connection's.
+    pub fn extensions(&self) -> String {
+        self.shared.negotiated().extensions.clone()
     }
 
     /// Blocks until the connection is CLOSED and returns how it ended. In callback style
@@ -497,30 +564,29 @@ impl WebSocketRef {
     /// callback: `onclose` cannot run until it returns) or while this thread holds the
     /// [`HandlerGuard`] (the callback thread needs the handler to run `onclose`).
     pub fn wait_closed(&self) -> Result<CloseEvent> {
-        let shared = &*self.shared;
-        if shared.callback_mode {
-            let me = thread::current().id();
-            if shared.callback_thread.get() == Some(&me) {
-                return Err(Error::WouldDeadlock("wait_closed on the callback thread"));
-            }
-            let holder = *shared
-                .handler_holder
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if holder == Some(me) {
-                return Err(Error::WouldDeadlock(
-                    "wait_closed while this thread holds the handler",
-                ));
-            }
+        if let Some(holder) = self.shared.close_wait_deadlock() {
+            return Err(Error::WouldDeadlock(match holder {
+                Holder::CallbackThread => "wait_closed on the callback thread",
+                Holder::ThisThread => "wait_closed while this thread holds the handler",
+            }));
         }
-        Ok(shared
+        Ok(self
+            .shared
             .wait_status(None, |s| s.closed.clone())
             .unwrap_or_else(CloseEvent::abnormal)) // without a deadline it always has one
     }
 
-    /// As [`wait_closed`](Self::wait_closed), giving up after `timeout` with `None`.
+    /// As [`wait_closed`](Self::wait_closed), giving up after `timeout` with `None`. Where
+    /// `wait_closed` returns [`Error::WouldDeadlock`], it gives up at once, whatever the
+    /// timeout (and logs a warning), unless the connection is closed already.
     pub fn wait_closed_timeout(&self, timeout: Duration) -> Option<CloseEvent> {
-        let deadline = after(Instant::now(), Some(timeout));
+        let deadline = match self.shared.close_wait_deadlock() {
+            Some(holder) => {
+                log::warn!("wait_closed_timeout {holder} would never return: gave up at once");
+                Some(Instant::now())
+            }
+            None => after(Instant::now(), Some(timeout)),
+        };
         self.shared.wait_status(deadline, |s| s.closed.clone())
     }
 
@@ -800,14 +866,43 @@ impl<H> WebSocket<H> {
     /// assert_eq!(first.as_deref(), Some("hello"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// On the callback thread (inside a callback, through a handle the handler keeps:
+    /// the callback thread holds the handler while a callback runs), and on a thread that
+    /// holds the guard already: either would wait for itself for ever. In a callback the
+    /// panic is caught and reported to `onerror` (rule 8); [`try_handler`](Self::try_handler)
+    /// returns [`Error::WouldDeadlock`] instead.
     pub fn handler(&self) -> HandlerGuard<'_, H> {
+        match self.try_handler() {
+            Ok(guard) => guard,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// As [`handler`](Self::handler), with [`Error::WouldDeadlock`] where that would
+    /// wait for itself (on the callback thread, or on a thread that holds the guard).
+    pub fn try_handler(&self) -> Result<HandlerGuard<'_, H>> {
+        let shared = &self.owner.ws.shared;
+        let me = thread::current().id();
+        if shared.callback_thread.get() == Some(&me) {
+            return Err(Error::WouldDeadlock(
+                "WebSocket::handler on the callback thread (which holds the handler)",
+            ));
+        }
+        if shared.handler_holder() == Some(me) {
+            return Err(Error::WouldDeadlock(
+                "WebSocket::handler on a thread that holds the handler already",
+            ));
+        }
         let cell = &*self.owner.handler;
         cell.wanted.fetch_add(1, SeqCst);
         let guard = cell.lock();
         cell.wanted.fetch_sub(1, SeqCst);
         let holder = &self.owner.ws.shared.handler_holder;
         *holder.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread::current().id());
-        HandlerGuard(guard, holder)
+        Ok(HandlerGuard(guard, holder))
     }
 
     /// A non-owning handle to the same connection, to store in handlers or other threads.
@@ -1004,8 +1099,7 @@ fn start(
         buffered: Padded(AtomicUsize::new(0)),
         drain_waiters: AtomicUsize::new(0),
         drained: (Mutex::new(()), Condvar::new()),
-        protocol: OnceLock::new(),
-        extensions: OnceLock::new(),
+        negotiated: Mutex::new(Negotiated::default()),
         handshake: Mutex::new(None),
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),

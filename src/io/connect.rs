@@ -489,14 +489,17 @@ impl Io {
         self.shared
             .deflate
             .start(negotiated.as_ref().zip(self.shared.config.deflate.as_ref()));
-        let _ = self.shared.protocol.set(header("Sec-WebSocket-Protocol"));
+        let protocol = header("Sec-WebSocket-Protocol");
         *self
             .shared
             .handshake
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(Arc::new(HandshakeResponse::new(response, Vec::new())));
-        let _ = self.shared.extensions.set(extensions);
+        *self.shared.negotiated() = crate::websocket::Negotiated {
+            protocol,
+            extensions,
+        };
         if !self
             .shared
             .transition(&[ReadyState::Connecting], ReadyState::Open)

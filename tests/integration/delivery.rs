@@ -205,6 +205,125 @@ fn wait_closed_while_holding_the_handler_is_an_error_at_once() {
     server.join();
 }
 
+struct WaitsWithTimeoutInCallback {
+    result: crossbeam_channel::Sender<Option<CloseEvent>>,
+}
+
+impl Handler for WaitsWithTimeoutInCallback {
+    fn onmessage(&mut self, ws: &WebSocketRef, _msg: Message) {
+        let _ = self.result.send(ws.wait_closed_timeout(Duration::MAX));
+    }
+}
+
+/// Rule 13 for `wait_closed_timeout` too: where `wait_closed` refuses, it gives up at once
+/// (`None`: not closed), whatever the timeout. (Until 2026-12-07 it waited out its
+/// timeout; with `Duration::MAX`, for ever.)
+#[test]
+fn wait_closed_timeout_inside_a_callback_gives_up_at_once() {
+    let _g = shared();
+    let server = echo();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let ws = WebSocket::connect(&server.url(), WaitsWithTimeoutInCallback { result: tx })
+        .expect("connect");
+    ws.send("hi").expect("send");
+    match rx.recv_timeout(WAIT) {
+        Ok(None) => {}
+        Ok(Some(close)) => panic!("closed already? {close:?}"),
+        Err(e) => panic!("wait_closed_timeout(MAX) in a callback blocked: {e}"),
+    }
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    drop(ws);
+    server.join();
+}
+
+#[test]
+fn wait_closed_timeout_while_holding_the_handler_gives_up_at_once() {
+    let _g = shared();
+    let server = echo();
+    let (rec, _rx) = recorder();
+    let ws = WebSocket::connect(&server.url(), rec).expect("connect");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let waiter = ws.clone();
+    let t = thread::spawn(move || {
+        let guard = waiter.handler();
+        waiter.close();
+        let closed = waiter.wait_closed_timeout(Duration::MAX);
+        drop(guard);
+        let _ = tx.send(closed.is_none());
+        waiter
+    });
+    let result = rx.recv_timeout(WAIT);
+    assert_eq!(
+        result,
+        Ok(true),
+        "wait_closed_timeout(MAX) holding the guard"
+    );
+    drop(t.join().expect("the waiting thread"));
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    drop(ws);
+    server.join();
+}
+
+/// A handler that reaches its own connection's handle (stored after `connect`) and asks
+/// for the handler from inside a callback.
+struct AsksForItself {
+    me: Arc<std::sync::Mutex<Option<WebSocket<AsksForItself>>>>,
+    result: crossbeam_channel::Sender<(bool, bool)>,
+}
+
+impl Handler for AsksForItself {
+    fn onmessage(&mut self, _ws: &WebSocketRef, _msg: Message) {
+        let Some(ws) = self.me.lock().unwrap().clone() else {
+            return;
+        };
+        let refused = matches!(ws.try_handler(), Err(Error::WouldDeadlock(_)));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(ws.handler());
+        }))
+        .is_err();
+        let _ = self.result.send((refused, panicked));
+    }
+}
+
+/// Rule 13: `handler()` on the callback thread (which holds the handler while a callback
+/// runs) would wait for itself: `try_handler` says so at once, and `handler` panics
+/// (caught and reported to `onerror` when it happens in a callback). Until 2026-12-07 it
+/// hung the callback thread for good.
+#[test]
+fn the_handler_asked_for_on_the_callback_thread_is_refused_at_once() {
+    let _g = shared();
+    let server = echo();
+    let me = Arc::new(std::sync::Mutex::new(None));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let ws = WebSocket::connect(
+        &server.url(),
+        AsksForItself {
+            me: Arc::clone(&me),
+            result: tx,
+        },
+    )
+    .expect("connect");
+    *me.lock().unwrap() = Some(ws.clone());
+    ws.send("hi").expect("send");
+    let got = rx.recv_timeout(WAIT);
+    me.lock().unwrap().take();
+    assert_eq!(
+        got,
+        Ok((true, true)),
+        "(try_handler refused, handler panicked)"
+    );
+    // And a thread that already holds the guard, asking again.
+    let guard = ws.handler();
+    assert!(matches!(ws.try_handler(), Err(Error::WouldDeadlock(_))));
+    drop(guard);
+    assert!(ws.try_handler().is_ok());
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    drop(ws);
+    server.join();
+}
+
 struct PanicsInOnclose {
     seen: crossbeam_channel::Sender<&'static str>,
 }

@@ -1,20 +1,12 @@
 //! Rule 4: every failure gives `onerror` then `onclose(1006, was_clean = false)`, once each.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use nwebsocket::{Error, Event, HandshakeErrorKind, ReadyState, Timeout, WebSocket};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::support::*;
-
-fn refused_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("ws://{addr}/")
-}
 
 #[test]
 fn connection_refused_callback_style() {

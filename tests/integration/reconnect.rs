@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nwebsocket::crossbeam_channel::{self, Receiver, RecvTimeoutError};
 use nwebsocket::{Error, Message, ReadyState, Reconnect, SendError, WebSocket};
+use tungstenite::handshake::server::{Request, Response};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 
@@ -454,6 +455,96 @@ fn close_while_waiting_to_reconnect_ends_reconnecting() {
     assert!(server.next_accept(Duration::from_millis(500)).is_some());
     assert_eq!(server.next_accept(Duration::ZERO), None);
     assert_eq!(server.join().len(), 1, "attempts after close()");
+}
+
+/// Rule 2 for every connection: the second connection's `onopen` (and the handle after it)
+/// sees the subprotocol and extensions its own handshake chose. (Until 2026-12-07 they
+/// were the first connection's for the handle's life.)
+#[test]
+fn each_connection_reports_its_own_protocol_and_extensions() {
+    let _g = shared();
+    let server = multi_server(2, |i, stream| {
+        let answer = move |_: &Request, mut response: Response| {
+            let headers = response.headers_mut();
+            if i == 0 {
+                headers.insert("Sec-WebSocket-Protocol", "alpha".parse().unwrap());
+                headers.insert(
+                    "Sec-WebSocket-Extensions",
+                    "permessage-deflate".parse().unwrap(),
+                );
+            } else {
+                headers.insert("Sec-WebSocket-Protocol", "beta".parse().unwrap());
+            }
+            Ok(response)
+        };
+        let mut ws = tungstenite::accept_hdr(stream, answer).expect("server: handshake");
+        if i == 1 {
+            read_until_close(&mut ws);
+        }
+    });
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .subprotocol("alpha")
+        .subprotocol("beta")
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_millis(20))
+                .jitter(0.0),
+        )
+        .connect(&server.url_with("/"), rec)
+        .expect("connect");
+    let opened = |r: Rec| match r {
+        Rec::Open {
+            protocol,
+            extensions,
+            ..
+        } => (protocol, extensions),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        opened(next_rec(&rx)),
+        ("alpha".to_owned(), "permessage-deflate".to_owned())
+    );
+    assert!(matches!(next_rec(&rx), Rec::Error(_)));
+    assert!(matches!(next_rec(&rx), Rec::Close(..)));
+    assert_eq!(opened(next_rec(&rx)), ("beta".to_owned(), String::new()));
+    assert_eq!((ws.protocol(), ws.extensions()), ("beta".into(), "".into()));
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    drop(ws);
+    server.join();
+}
+
+/// Rule 13: delays of `Duration::MAX` mean waiting without a limit, not a panic. (Until
+/// 2026-12-07 the delay's computation overflowed: the I/O thread panicked, and the refused
+/// connection was reported as `Error::Internal`.)
+#[test]
+fn reconnect_delays_of_duration_max_wait_until_close() {
+    let _g = shared();
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::MAX)
+                .max_delay(Duration::MAX)
+                .jitter(0.0),
+        )
+        .open(&refused_url(), rec)
+        .expect("open");
+    let first = next_rec(&rx);
+    assert!(
+        matches!(first, Rec::Error(Error::Connect { .. })),
+        "{first:?}"
+    );
+    assert!(matches!(next_rec(&rx), Rec::Close(c, _) if c.code == 1006));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "no attempt"
+    );
+    ws.close();
+    assert_eq!(ws.wait_closed_timeout(WAIT).expect("closed").code, 1006);
+    drop(ws);
+    assert!(leftover_recs(&rx).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------

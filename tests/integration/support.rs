@@ -208,6 +208,14 @@ fn accept_bounded(listener: &TcpListener) -> io::Result<TcpStream> {
     }
 }
 
+/// A `ws://` URL on 127.0.0.1 where nothing listens (a port just let go of).
+pub fn refused_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("ws://{addr}/")
+}
+
 /// A raw TCP server: `body` gets the accepted socket and may write anything.
 pub fn raw_server<T, F>(body: F) -> Server<T>
 where
