@@ -243,9 +243,11 @@ impl WebSocketRef {
     /// # Ok::<(), nwebsocket::Error>(())
     /// ```
     ///
-    /// The reply can only be read while the incoming queue has room: in callback style,
-    /// calling `request` from inside a callback works until the queue fills, then times
-    /// out. Prefer calling it from your own threads.
+    /// While a request waits, the I/O thread reads on past the incoming queue's bound (up
+    /// to 65,536 events or 16 MiB more, kept in order for your consumer), so the reply is
+    /// found even when the thread that waits is the one that would take the messages
+    /// before it (inside a callback, or your pull-style loop). A reply behind more than
+    /// that waits for your consumer to take some, or times out.
     ///
     /// # Errors
     ///

@@ -362,9 +362,10 @@ impl IoThread {
     fn wait(&mut self, events: &mut Events) -> Result<(), End> {
         let busy = self.io.has_work(&self.phase);
         let mut deadline = self.io.next_deadline(&self.phase);
-        if !busy && !self.io.pending.is_empty() && self.io.draining {
-            // Closing: the socket is read whatever the consumer does (the server's answer
-            // must be seen), and the events wait; look for room for them now and then.
+        if !busy && !self.io.pending.is_empty() && self.io.reads_past_consumer() {
+            // Closing, or a request waits: the socket is read whatever the consumer does
+            // (the server's answer must be seen), and the events wait; look for room for
+            // them now and then.
             self.io.deliver_pending();
             let soon = Instant::now() + RETRY;
             deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
@@ -590,8 +591,9 @@ fn next_nap(nap: Duration, level: Level) -> Duration {
 /// How long the consumer may hold reading back before a warning, without a ping interval.
 const FULL_PATIENCE: Duration = Duration::from_secs(10);
 
-/// While closing, what may wait for the consumer beyond its bounds: payload bytes and
-/// events. Past it the socket is not read, and the close timeout decides.
+/// While closing (or while a `request` waits), what may wait for the consumer beyond its
+/// bounds: payload bytes and events. Past it the socket is not read, and the close timeout
+/// (the request's) decides.
 const DRAIN_BYTES: usize = 16 << 20;
 const DRAIN_EVENTS: usize = 1 << 16;
 
@@ -755,8 +757,16 @@ impl Io {
         self.pending.push_back(event);
     }
 
+    /// Whether the socket is read whatever the consumer does (up to [`DRAIN_EVENTS`] and
+    /// [`DRAIN_BYTES`] waiting): while closing, since the server's answer must be seen,
+    /// and while a `request` waits, since its reply may come behind more messages than
+    /// the consumer has room for, and the thread that waits may be the consumer.
+    fn reads_past_consumer(&self) -> bool {
+        self.draining || self.shared.pending_requests.load(SeqCst) > 0
+    }
+
     fn pending_full(&self) -> bool {
-        if self.draining {
+        if self.reads_past_consumer() {
             return self.pending.len() >= DRAIN_EVENTS || self.pending_bytes >= DRAIN_BYTES;
         }
         self.outlet

@@ -236,6 +236,101 @@ fn request_works_in_pull_style_with_a_custom_id_field() {
     server.join();
 }
 
+/// Answers one request with `noise` unrelated messages first, then the reply.
+fn flood_then_reply_server(noise: usize) -> Server<()> {
+    server(move |mut ws| {
+        loop {
+            let Ok(msg) = ws.read() else { return };
+            let Some(v) = msg
+                .to_text()
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            else {
+                continue;
+            };
+            for n in 0..noise {
+                let m = json!({"type": "noise", "n": n}).to_string();
+                ws.write(tungstenite::Message::text(m))
+                    .expect("server: noise");
+            }
+            let reply = json!({"type": "reply", "id": v["id"].clone()}).to_string();
+            ws.write(tungstenite::Message::text(reply))
+                .expect("server: reply");
+            ws.flush().expect("server: flush");
+            break;
+        }
+        read_until_close(&mut ws);
+    })
+}
+
+/// The reply comes behind more messages than the incoming queue holds, and the thread
+/// that waits for it is the one that would take them: the I/O thread reads on past the
+/// consumer's bound while a request waits (as it does while closing), so the reply is
+/// found; then every other message is delivered, in order. (Until 2026-12-07 the I/O
+/// thread stopped reading at the bound, and the request ran into its timeout.)
+#[test]
+fn a_request_made_from_the_consumer_finds_its_reply_behind_a_full_queue() {
+    let _g = shared();
+    const NOISE: usize = 5000;
+    // Pull style: the requester is the program's only consumer.
+    let server = flood_then_reply_server(NOISE);
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(64)
+        .connect_pull(&server.url())
+        .expect("connect");
+    let started = Instant::now();
+    let reply: Value = ws.request(&json!({"q": 1}), WAIT).expect("the reply");
+    assert_eq!(reply["type"], "reply", "after {:?}", started.elapsed());
+    for n in 0..NOISE {
+        match next_event(&events) {
+            Event::Open => match next_event(&events) {
+                Event::Message(m) => assert_eq!(m.json::<Value>().unwrap()["n"], n),
+                other => panic!("{other:?}"),
+            },
+            Event::Message(m) => assert_eq!(m.json::<Value>().unwrap()["n"], n),
+            other => panic!("{other:?}"),
+        }
+    }
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    server.join();
+
+    // Callback style: the request is made inside a callback.
+    struct AsksInOnopen {
+        reply: crossbeam_channel::Sender<Result<Value, Error>>,
+        noise: Vec<u64>,
+    }
+    impl Handler for AsksInOnopen {
+        fn onopen(&mut self, ws: &WebSocketRef) {
+            let _ = self.reply.send(ws.request(&json!({"q": 2}), WAIT));
+        }
+        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+            self.noise
+                .push(msg.json::<Value>().unwrap()["n"].as_u64().unwrap());
+        }
+    }
+    let server = flood_then_reply_server(NOISE);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let ws = WebSocket::builder()
+        .incoming_queue(64)
+        .connect(
+            &server.url(),
+            AsksInOnopen {
+                reply: tx,
+                noise: Vec::new(),
+            },
+        )
+        .expect("connect");
+    let reply = rx.recv_timeout(WAIT + WAIT).expect("request returned");
+    assert_eq!(reply.expect("the reply")["type"], "reply");
+    assert!(eventually(WAIT, || ws.handler().noise.len() == NOISE));
+    assert!(ws.handler().noise.iter().copied().eq(0..NOISE as u64));
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    drop(ws);
+    server.join();
+}
+
 #[test]
 fn request_times_out_and_a_late_reply_goes_to_onmessage() {
     let _g = shared();
