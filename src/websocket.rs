@@ -366,7 +366,8 @@ impl WebSocketRef {
         if let Some(refuse) = refused(shared.ready_state()) {
             return Err(refuse(msg));
         }
-        let appended = protocol::push(&msg, &shared.deflate, |append| {
+        let open = || shared.ready_state() == ReadyState::Open;
+        let appended = protocol::push(&msg, &shared.deflate, open, |append| {
             let mut outbox = shared.lock_outbox();
             if let Some(refuse) = refused(shared.ready_state()) {
                 return Err(refuse);

@@ -132,6 +132,15 @@ pub(crate) fn accept(config: &Deflate, response: &str) -> Result<Option<Params>,
             _ => return bad("unknown"),
         }
     }
+    if let Some(bits) = config.server_max_window_bits {
+        // RFC 7692 §7.1.2.1: the server accepts the bound by answering with it; without
+        // it the answer is not to our offer, and it would compress with 2^15.
+        if !seen.contains(&"server_max_window_bits") {
+            return Err(format!(
+                "the server did not agree to server_max_window_bits={bits}: {ext:?}"
+            ));
+        }
+    }
     if let Some(max) = config.client_max_window_bits {
         // We said we would use no more than this, answered or not.
         params.client_max_window_bits = params.client_max_window_bits.min(max);
@@ -326,13 +335,27 @@ impl SendDeflate {
     /// Compresses `payload` if deflate is on and it is large enough, and hands the
     /// compressed bytes to `then` while the context's lock is held (see the type's docs).
     /// `None`: it goes uncompressed (`then` was not called).
-    pub fn compress<R>(&self, payload: &[u8], then: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    ///
+    /// Only if `open`, asked under the lock: a message compressed and then refused would
+    /// leave in the context what the server never sees. Refused once OPEN, it is the end
+    /// of this context's connection (CLOSING); but a sender that saw the last connection
+    /// OPEN could otherwise compress with the next one's context, started before it is
+    /// OPEN (reconnect), be refused, and spoil its first messages.
+    pub fn compress<R>(
+        &self,
+        payload: &[u8],
+        open: impl FnOnce() -> bool,
+        then: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
         if payload.len() < self.threshold.load(Relaxed) {
             return None;
         }
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let state = &mut *guard;
         let params = state.params?;
+        if !open() {
+            return None; // refused when it is appended: not through this context
+        }
         let c = state.compress.get_or_insert_with(|| {
             let level = Compression::new(params.level);
             Box::new(Compress::new_with_window_bits(
@@ -350,7 +373,13 @@ impl SendDeflate {
             state.compress = None;
             return None;
         }
-        let body = state.buf.strip_suffix(&TRAILER).unwrap_or(&state.buf);
+        let body = match state.buf.strip_suffix(&TRAILER).unwrap_or(&state.buf) {
+            // A sync flush with nothing to flush writes nothing (an empty message after
+            // another, with context takeover). The payload is never empty: an empty
+            // stored block, as RFC 7692 §7.2.3.6 has it, keeps the server in step.
+            [] => &[0x00],
+            body => body,
+        };
         let done = then(body);
         if params.no_context_takeover {
             // Nothing to keep: the next message makes a fresh context, and an idle
@@ -513,7 +542,7 @@ mod tests {
                 let cfg = config().threshold(0);
                 d.start(Some((&params, &cfg)));
                 let wire: Vec<Vec<u8>> = (0..3)
-                    .map(|_| d.compress(&msg, |c| c.to_vec()).unwrap())
+                    .map(|_| d.compress(&msg, || true, |c| c.to_vec()).unwrap())
                     .collect();
                 assert!(wire[0].len() < msg.len() / 5);
                 if no_takeover {
@@ -534,13 +563,13 @@ mod tests {
     #[test]
     fn below_the_threshold_or_not_negotiated_nothing_is_compressed() {
         let d = SendDeflate::default();
-        assert!(d.compress(&[0; 4096], |_| ()).is_none());
+        assert!(d.compress(&[0; 4096], || true, |_| ()).is_none());
         let params = accept(&config(), "permessage-deflate").unwrap().unwrap();
         d.start(Some((&params, &config())));
-        assert!(d.compress(&[0; 1023], |_| ()).is_none());
-        assert!(d.compress(&[0; 1024], |_| ()).is_some());
+        assert!(d.compress(&[0; 1023], || true, |_| ()).is_none());
+        assert!(d.compress(&[0; 1024], || true, |_| ()).is_some());
         d.start(None);
-        assert!(d.compress(&[0; 4096], |_| ()).is_none());
+        assert!(d.compress(&[0; 4096], || true, |_| ()).is_none());
     }
 
     #[test]
@@ -549,7 +578,8 @@ mod tests {
             let d = SendDeflate::default();
             let params = accept(&config(), "permessage-deflate").unwrap().unwrap();
             d.start(Some((&params, &config())));
-            d.compress(&vec![0u8; 8 << 20], |c| c.to_vec()).unwrap()
+            d.compress(&vec![0u8; 8 << 20], || true, |c| c.to_vec())
+                .unwrap()
         };
         assert!(bomb.len() < 16 << 10, "{}", bomb.len());
         let params = accept(&config(), "permessage-deflate").unwrap().unwrap();

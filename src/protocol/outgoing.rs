@@ -103,10 +103,12 @@ thread_local! {
 ///
 /// With permessage-deflate, a message that `deflate` compresses is compressed and
 /// appended while `deflate`'s own lock is held (see [`SendDeflate`]): messages go out
-/// in the order they were compressed.
+/// in the order they were compressed. `open` says whether the connection is OPEN; it is
+/// asked under that lock, before compressing (see [`SendDeflate::compress`]).
 pub(crate) fn push<R>(
     msg: &Message,
     deflate: &SendDeflate,
+    open: impl FnOnce() -> bool,
     lock: impl FnOnce(&mut dyn FnMut(&mut Outbox)) -> R,
 ) -> R {
     let (opcode, payload) = match msg {
@@ -116,7 +118,7 @@ pub(crate) fn push<R>(
     let mut lock = Some(lock);
     #[cfg(feature = "deflate")]
     {
-        let compressed = deflate.compress(payload, |body| {
+        let compressed = deflate.compress(payload, open, |body| {
             let mut bytes = Vec::new();
             encode_frame(OpCode::Data(opcode), true, body, &mut bytes);
             let app_bytes = payload.len();
@@ -138,7 +140,7 @@ pub(crate) fn push<R>(
         }
     }
     #[cfg(not(feature = "deflate"))]
-    let _ = deflate;
+    let _ = (deflate, open);
     if payload.len() <= SMALL {
         let built = SCRATCH.try_with(|scratch| {
             let mut buf = scratch.borrow_mut();
@@ -495,7 +497,12 @@ mod tests {
     fn outbox_of(messages: &[Message]) -> Outbox {
         let mut outbox = Outbox::default();
         for m in messages {
-            push(m, &SendDeflate::default(), |append| append(&mut outbox));
+            push(
+                m,
+                &SendDeflate::default(),
+                || true,
+                |append| append(&mut outbox),
+            );
         }
         outbox
     }

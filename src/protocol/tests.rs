@@ -246,13 +246,17 @@ fn no_data_frame_follows_our_close() {
     push(
         &Message::from("before"),
         &SendDeflate::default(),
+        || true,
         |append| append(&mut outbox),
     );
     c.queue_data(outbox.take(None)).unwrap();
     c.close(Some((1000, "")), now);
-    push(&Message::from("after"), &SendDeflate::default(), |append| {
-        append(&mut outbox)
-    });
+    push(
+        &Message::from("after"),
+        &SendDeflate::default(),
+        || true,
+        |append| append(&mut outbox),
+    );
     assert!(c.queue_data(outbox.take(None)).is_err());
     // A ping from the server after our Close is not answered after it.
     let ops: Vec<u8> = written(&mut c).into_iter().map(|(op, _)| op).collect();
@@ -691,6 +695,7 @@ fn the_write_stall_counts_from_the_pong_not_from_data_waiting_before_it() {
     push(
         &Message::from(vec![0u8; 100_000]),
         &SendDeflate::default(),
+        || true,
         |append| append(&mut outbox),
     );
     c.queue_data(outbox.take(None)).unwrap();
@@ -709,6 +714,7 @@ fn the_write_stall_counts_from_the_pong_not_from_data_waiting_before_it() {
     push(
         &Message::from(vec![0u8; 100_000]),
         &SendDeflate::default(),
+        || true,
         |append| append(&mut outbox),
     );
     c.queue_data(outbox.take(None)).unwrap();
@@ -998,6 +1004,24 @@ mod deflate {
 
     use tungstenite::protocol::frame::FrameHeader;
 
+    /// A message refused before it is compressed leaves the context as it was: the next
+    /// one compresses exactly as it would have without it.
+    #[test]
+    fn a_message_for_a_connection_not_open_does_not_touch_the_context() {
+        let p = params("permessage-deflate");
+        let big = "market data, market data, market data; ".repeat(50);
+        let compressed = |deflate: &SendDeflate, open: bool| {
+            deflate.compress(big.as_bytes(), || open, |body| body.to_vec())
+        };
+        let spoiled = SendDeflate::default();
+        spoiled.start(Some((&p, &Deflate::new())));
+        assert_eq!(compressed(&spoiled, false), None);
+        let fresh = SendDeflate::default();
+        fresh.start(Some((&p, &Deflate::new())));
+        let first = compressed(&fresh, true).expect("compressed");
+        assert_eq!(compressed(&spoiled, true), Some(first));
+    }
+
     #[test]
     fn our_messages_round_trip_through_a_servers_inflater() {
         for answer in [
@@ -1017,7 +1041,7 @@ mod deflate {
             ];
             let mut outbox = Outbox::default();
             for m in &messages {
-                push(m, &deflate, |append| append(&mut outbox));
+                push(m, &deflate, || true, |append| append(&mut outbox));
             }
             let mut server = Decompress::new(false);
             let got = server_reads(&mut outbox, &mut server);

@@ -241,6 +241,41 @@ fn compressed_both_ways(answer: &'static str, builder: nwebsocket::Builder) {
     }
 }
 
+/// Every message compressed (`threshold(0)`), an empty one among them, with context
+/// takeover: the empty one still goes out as a valid block (RFC 7692 §7.2.3.6: `0x00`).
+/// Until 2026-12-07 its payload was empty after another compressed message, and a zlib
+/// server lost its place in the stream for every message after it.
+#[test]
+fn an_empty_message_compressed_after_others_keeps_the_server_in_step() {
+    let _g = shared();
+    const SENT: [&str; 5] = ["hello", "", "hello again", "", "x"];
+    let server = raw_server(|tcp| {
+        let mut peer = handshake(tcp, Some("permessage-deflate"));
+        let got: Vec<(bool, Vec<u8>)> = (0..SENT.len())
+            .map(|_| {
+                let (rsv1, _, data) = peer.read_message();
+                (rsv1, data)
+            })
+            .collect();
+        peer.finish();
+        got
+    });
+    let (ws, events) = WebSocket::builder()
+        .deflate(Deflate::new().threshold(0))
+        .connect_pull(&server.url())
+        .expect("connect");
+    opened(&events);
+    for text in SENT {
+        ws.send(text).unwrap();
+    }
+    close_cleanly(&ws, &events);
+    let got = server.join();
+    for (i, (rsv1, data)) in got.into_iter().enumerate() {
+        assert!(rsv1, "message {i} compressed");
+        assert_eq!(data, SENT[i].as_bytes(), "message {i}");
+    }
+}
+
 #[test]
 fn compressed_both_ways_with_context_takeover() {
     let _g = shared();
@@ -325,6 +360,10 @@ fn answers_rfc_7692_does_not_allow_are_refused() {
     for (builder, answer) in [
         // A parameter we did not offer.
         (limited(), "permessage-deflate; client_max_window_bits=10"),
+        // A window we asked to bound, not agreed to (RFC 7692 §7.1.2.1: the server
+        // accepts it by answering with it; until 2026-12-07 this opened, inflating with
+        // 32 KiB of window).
+        (limited(), "permessage-deflate"),
         // A window larger than we asked for.
         (limited(), "permessage-deflate; server_max_window_bits=12"),
         (WebSocket::builder(), "permessage-deflate; mystery=1"),
