@@ -241,7 +241,8 @@ impl Builder {
     }
 
     /// Adds a cookie to the opening handshake (all cookies go in one `Cookie` header, in
-    /// the order given). Defaults to none.
+    /// the order given, followed by the value of a [`header`](Self::header) named
+    /// `Cookie`). Defaults to none.
     pub fn cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.cookies.push((name.into(), value.into()));
         self
@@ -445,7 +446,9 @@ impl Builder {
 
     /// Follows up to this many HTTP redirects (301, 302, 303, 307, 308) of the opening
     /// handshake; one more is [`Error::TooManyRedirects`]. A redirect from `wss://` to
-    /// `ws://` is refused, and credentials are not sent to another host. Defaults to 3.
+    /// `ws://` is refused, and credentials (the URL's, the `Authorization` and `Cookie`
+    /// headers, cookies, also from the header provider) are not sent to another host or
+    /// port. Defaults to 3.
     pub fn max_redirects(mut self, redirects: usize) -> Self {
         self.config.max_redirects = redirects;
         self

@@ -64,6 +64,22 @@ pub(crate) fn parse(input: &str) -> Result<Target, Error> {
 }
 
 /// Percent-decoding of URL userinfo (`percent-encoding`, which `url` itself uses).
+/// `s` (a URL, or what a server sent as one) with any `user:password@` taken out of its
+/// authority, for error messages and logs.
+pub(crate) fn without_userinfo(s: &str) -> String {
+    let Some(scheme_end) = s.find("://") else {
+        return s.to_owned();
+    };
+    let start = scheme_end + 3;
+    let authority_end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
+    match s[start..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &s[..start], &s[start + at + 1..]),
+        None => s.to_owned(),
+    }
+}
+
 pub(crate) fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
@@ -163,6 +179,20 @@ mod tests {
         assert!(matches!(ok(&[""]), Err(Error::InvalidSubprotocol(_))));
         assert!(matches!(ok(&["chat", "chat"]), Err(Error::InvalidSubprotocol(p)) if p == "chat"));
         assert!(matches!(ok(&["a,b"]), Err(Error::InvalidSubprotocol(_))));
+    }
+
+    #[test]
+    fn userinfo_is_taken_out_of_urls_for_messages() {
+        for (given, shown) in [
+            ("ws://user:pw@host:9/p?q#f", "ws://host:9/p?q#f"),
+            ("ftp://u:p@h", "ftp://h"),
+            ("ws://host/a@b", "ws://host/a@b"),
+            ("ws://a:b@c@host/", "ws://host/"),
+            ("/relative@path", "/relative@path"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(without_userinfo(given), shown);
+        }
     }
 
     #[test]

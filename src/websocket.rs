@@ -594,11 +594,14 @@ impl WebSocketRef {
     /// Blocks until OPEN, returning the error if the connection failed first.
     pub(crate) fn wait_open(&self) -> Result<()> {
         let config = &self.shared.config;
-        // The I/O thread bounds connecting and the handshake itself; this outer bound
-        // only covers a resolver that ignores the connect timeout.
+        // The I/O thread bounds connecting and the handshake itself, again for each
+        // redirect; this outer bound only covers a resolver that ignores the connect
+        // timeout.
+        let attempts = u32::try_from(config.max_redirects.saturating_add(1)).unwrap_or(u32::MAX);
         let bound = config
             .connect_timeout
             .checked_add(config.handshake_timeout)
+            .and_then(|d| d.checked_mul(attempts))
             .and_then(|d| d.checked_add(Duration::from_secs(1)));
         let deadline = bound.and_then(|d| after(Instant::now(), Some(d)));
         match self.shared.wait_status(deadline, |s| s.open.clone()) {
@@ -1086,7 +1089,7 @@ fn start(
 ) -> Result<(WebSocketRef, Joinable)> {
     let target = crate::url::parse(url)?;
     // Built again for each attempt by the I/O thread; built here to refuse bad headers now.
-    crate::io::build_request(&target, &config)?;
+    crate::io::build_request(&target, &config, true)?;
     let poll = mio::Poll::new().map_err(Error::io)?;
     let waker = mio::Waker::new(poll.registry(), crate::io::WAKER).map_err(Error::io)?;
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();

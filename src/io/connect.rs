@@ -33,8 +33,12 @@ impl IoThread {
     /// DNS, on this thread (the resolver blocks; the connect timeout bounds the rest).
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     pub(super) fn resolve(&mut self) -> Result<(), End> {
-        let mut request = build_request(&self.io.target, &self.io.shared.config)?;
-        provided_headers(&mut request, &self.io.shared.config)?;
+        // The builder's credentials are for the host of the URL given (a redirect may
+        // lead elsewhere).
+        let (given, target) = (&self.io.shared.target, &self.io.target);
+        let own_host = (&given.host, given.port) == (&target.host, target.port);
+        let mut request = build_request(target, &self.io.shared.config, own_host)?;
+        provided_headers(&mut request, &self.io.shared.config, own_host)?;
         self.io.request = Some(request);
         self.io.proxy = super::proxy::for_target(&self.io.shared.config.proxy, &self.io.target)?;
         if let Some(proxy) = &mut self.io.proxy {
@@ -391,17 +395,19 @@ impl IoThread {
     fn redirect(&mut self, location: &str) -> Result<(), End> {
         let io = &mut self.io;
         let config = &io.shared.config;
+        // (A password the server wrote into `location` is not shown.)
+        let shown = crate::url::without_userinfo(location);
         if io.redirects >= config.max_redirects {
             return Err(Error::TooManyRedirects {
                 limit: config.max_redirects,
-                location: location.to_owned(),
+                location: shown,
             }
             .into());
         }
         let bad = |e: &dyn std::fmt::Display| {
             Error::handshake(
                 HandshakeErrorKind::Redirect,
-                format!("bad redirect location {location:?}: {e}"),
+                format!("bad redirect location {shown:?}: {e}"),
             )
         };
         let joined = io.target.url.join(location).map_err(|e| bad(&e))?;
@@ -542,8 +548,15 @@ type Negotiated = Option<crate::protocol::DeflateParams>;
 type Negotiated = ();
 
 /// The opening handshake request: the URL's path and query intact, subprotocols,
-/// Origin, extra headers, and `Authorization: Basic` from URL credentials.
-pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request, Error> {
+/// Origin, extra headers, and `Authorization: Basic` from URL credentials. Not
+/// `own_host` (a redirect to another host or port): without the builder's cookies and
+/// its `Authorization` and `Cookie` headers, as browsers drop them on a cross-origin
+/// redirect.
+pub(crate) fn build_request(
+    target: &Target,
+    config: &Config,
+    own_host: bool,
+) -> Result<Request, Error> {
     let mut request = target
         .url
         .as_str()
@@ -564,16 +577,12 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
             value("Sec-WebSocket-Protocol", &offered)?,
         );
     }
-    if !config.cookies.is_empty() {
-        let pairs: Vec<String> = config
-            .cookies
-            .iter()
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect();
-        let mut cookie = value("Cookie", &pairs.join("; "))?;
-        cookie.set_sensitive(true);
-        headers.append(header::COOKIE, cookie);
-    }
+    // All cookies in one header (RFC 6265 §5.4): the builder's, then a `Cookie` header's.
+    let mut cookies: Vec<String> = config
+        .cookies
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
     if let Some(origin) = &config.origin {
         headers.insert(header::ORIGIN, value("Origin", origin)?);
     }
@@ -588,22 +597,23 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
     for (name, v) in &config.headers {
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| bad(name, "not a valid header name"))?;
-        const OWN: [&str; 7] = [
-            "host",
-            "connection",
-            "upgrade",
-            "sec-websocket-version",
-            "sec-websocket-key",
-            "sec-websocket-protocol",
-            "sec-websocket-extensions",
-        ];
-        if OWN.contains(&header_name.as_str()) {
+        if OWN_HEADERS.contains(&header_name.as_str()) {
             return Err(bad(
                 name,
                 "set by the handshake itself (use `subprotocol` for protocols, `deflate` for extensions)",
             ));
         }
-        headers.append(header_name, value(name, v)?);
+        let value = value(name, v)?; // checked even when not sent
+        if header_name == header::COOKIE {
+            cookies.push(v.clone());
+        } else if own_host || header_name != header::AUTHORIZATION {
+            headers.append(header_name, value);
+        }
+    }
+    if !cookies.is_empty() && own_host {
+        let mut cookie = value("Cookie", &cookies.join("; "))?;
+        cookie.set_sensitive(true);
+        headers.insert(header::COOKIE, cookie);
     }
     if let Some(credentials) = &target.credentials {
         if !headers.contains_key(header::AUTHORIZATION) {
@@ -617,8 +627,9 @@ pub(crate) fn build_request(target: &Target, config: &Config) -> Result<Request,
 }
 
 /// The builder's header provider, called for this attempt: its headers replace those of
-/// the same name.
-fn provided_headers(request: &mut Request, config: &Config) -> Result<(), Error> {
+/// the same name (`Authorization` and `Cookie` are left out unless `own_host`: see
+/// [`build_request`]).
+fn provided_headers(request: &mut Request, config: &Config, own_host: bool) -> Result<(), Error> {
     let Some(provider) = &config.header_provider else {
         return Ok(());
     };
@@ -636,19 +647,23 @@ fn provided_headers(request: &mut Request, config: &Config) -> Result<(), Error>
         }
         let mut value = HeaderValue::from_str(&v).map_err(|_| bad("not a valid header value"))?;
         value.set_sensitive(true);
-        request.headers_mut().insert(header_name, value);
+        if own_host || (header_name != header::AUTHORIZATION && header_name != header::COOKIE) {
+            request.headers_mut().insert(header_name, value);
+        }
     }
     Ok(())
 }
 
-/// Headers the handshake sets itself; the builder's headers may not.
-const OWN_HEADERS: [&str; 6] = [
+/// Headers the handshake sets itself; neither the builder's headers nor its header
+/// provider may.
+const OWN_HEADERS: [&str; 7] = [
     "host",
     "connection",
     "upgrade",
     "sec-websocket-version",
     "sec-websocket-key",
     "sec-websocket-protocol",
+    "sec-websocket-extensions",
 ];
 
 /// Maps tungstenite's error to ours. `handshake` tells protocol errors during the upgrade

@@ -456,4 +456,41 @@ fn cookies_go_in_one_header() {
     drop(ws);
     let seen = server.join();
     assert_eq!(seen.all("cookie"), ["session=abc123; theme=dark"]);
+
+    // A `Cookie` header of the caller's joins them (RFC 6265 §5.4: one `Cookie` header).
+    let server = request_capturing_server();
+    let (ws, _events) = WebSocket::builder()
+        .cookie("session", "abc123")
+        .header("Cookie", "theme=dark")
+        .connect_pull(&server.url())
+        .expect("connect");
+    drop(ws);
+    let seen = server.join();
+    assert_eq!(seen.all("cookie"), ["session=abc123; theme=dark"]);
+}
+
+/// The header provider may not set what the handshake sets itself, as `header` may not:
+/// the attempt fails with `Error::InvalidHeader` (once, then Close 1006).
+#[test]
+fn the_header_provider_may_not_set_the_handshakes_own_headers() {
+    let _g = shared();
+    for name in ["Host", "Sec-WebSocket-Key", "Sec-WebSocket-Extensions"] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let (ws, events) = WebSocket::builder()
+            .header_provider(move || vec![(name.into(), "x".into())])
+            .open_pull(&url)
+            .expect("open");
+        let evs = events_until_close(&events);
+        assert!(
+            matches!(&evs[..], [Event::Error(Error::InvalidHeader { .. }), Event::Close(c)] if c.code == 1006),
+            "{name}: {evs:?}"
+        );
+        drop(ws);
+        assert!(
+            matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{name}: the server was contacted"
+        );
+    }
 }

@@ -443,3 +443,142 @@ fn url_credentials_follow_same_host_redirects_only() {
         "another host name: credentials dropped"
     );
 }
+
+/// The builder's `Authorization` header and cookies are for the host of the URL given:
+/// a redirect to another host (or port) does not carry them (as browsers drop them on a
+/// cross-origin redirect), and one to the same host and port does. (Until 2026-12-07
+/// only the URL's own credentials were dropped.)
+#[test]
+fn builder_credentials_follow_same_host_redirects_only() {
+    let _g = shared();
+    let credentials = || {
+        WebSocket::builder()
+            .header("Authorization", "Bearer top-secret")
+            .header("X-Trace", "kept")
+            .cookie("session", "secret-cookie")
+            .header_provider(|| vec![("Authorization".into(), "Bearer provided".into())])
+    };
+    // Another port (and host name).
+    let target = request_capturing_server();
+    let first = redirecting_server(302, format!("ws://localhost:{}/next", target.port()));
+    let (ws, events) = credentials()
+        .connect_pull(&first.url())
+        .expect("connect after the redirect");
+    assert!(matches!(next_event(&events), Event::Open));
+    ws.close();
+    events_until_close(&events);
+    drop(ws);
+    let first_head = first.join();
+    assert!(first_head.contains("Bearer provided"), "{first_head}");
+    assert!(first_head.contains("secret-cookie"), "{first_head}");
+    let seen = target.join();
+    assert_eq!(seen.header("authorization"), None, "{:?}", seen.headers);
+    assert_eq!(
+        seen.all("cookie"),
+        Vec::<String>::new(),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(seen.header("x-trace").as_deref(), Some("kept"));
+
+    // The same host and port: kept.
+    let server = multi_server(2, |i, mut stream| {
+        if i == 0 {
+            let head = write_redirect(&mut stream, 302, "/next");
+            read_to_end_quietly(&mut stream);
+            (
+                head_header(&head, "authorization"),
+                head_header(&head, "cookie"),
+            )
+        } else {
+            let mut seen = (None, None);
+            let mut ws = tungstenite::accept_hdr(
+                stream,
+                |req: &tungstenite::handshake::server::Request, resp| {
+                    let get =
+                        |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+                    seen = (get("authorization"), get("cookie"));
+                    Ok(resp)
+                },
+            )
+            .expect("server: handshake");
+            read_until_close(&mut ws);
+            seen
+        }
+    });
+    let (ws, events) = credentials()
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    ws.close();
+    events_until_close(&events);
+    drop(ws);
+    let both = (
+        Some("Bearer provided".to_owned()),
+        Some("session=secret-cookie".to_owned()),
+    );
+    assert_eq!(server.join(), vec![both.clone(), both]);
+}
+
+/// A password in a `Location` never reaches an error's text.
+#[test]
+fn redirect_errors_do_not_show_a_password_from_the_location() {
+    let _g = shared();
+    for (location, max) in [
+        ("ws://user:hunter2@127.0.0.1:9/next", 0),
+        ("ftp://user:hunter2@127.0.0.1:9/next", 3),
+    ] {
+        let first = redirecting_server(302, location.to_owned());
+        let err = WebSocket::builder()
+            .max_redirects(max)
+            .connect_pull(&first.url())
+            .map(drop)
+            .expect_err("refused");
+        first.join();
+        let shown = format!("{err} / {err:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
+
+/// Each hop of a redirect chain has its own connect and handshake timeouts: a chain whose
+/// every step keeps to them opens, however long it takes in all. (Until 2026-12-07 an
+/// outer bound of one connect and one handshake timeout cut it short with
+/// `Timeout(Connect)`, while the handler was told `Aborted`.)
+#[test]
+fn a_slow_redirect_chain_within_each_timeout_opens() {
+    let _g = shared();
+    const SLOW: Duration = Duration::from_millis(700);
+    // Three redirects (the default limit) and the 101: 2.8 s in all, more than one
+    // connect and one handshake timeout and a second (2.3 s).
+    let server = multi_server(4, |i, mut stream| {
+        let head = read_http_head(&mut stream);
+        std::thread::sleep(SLOW); // within the handshake timeout, each time
+        if i < 3 {
+            stream
+                .write_all(redirect_response(302, &format!("/hop{i}")).as_bytes())
+                .unwrap();
+            read_to_end_quietly(&mut stream);
+        } else {
+            let key = head_header(&head, "sec-websocket-key").expect("key");
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            stream
+                .write_all(
+                    format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+            read_to_end_quietly(&mut stream);
+        }
+    });
+    let (ws, events) = WebSocket::builder()
+        .connect_timeout(Duration::from_millis(300))
+        .handshake_timeout(Duration::from_secs(1))
+        .connect_pull(&server.url_with("/"))
+        .expect("every hop kept to its timeouts");
+    assert!(matches!(next_event(&events), Event::Open));
+    drop(ws);
+    server.join();
+}
