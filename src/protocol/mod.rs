@@ -314,7 +314,7 @@ impl Connection {
     }
 
     /// An emptied buffer of small frames, for the outbox to reuse.
-    pub fn take_spare(&mut self) -> Option<Vec<u8>> {
+    pub fn take_spare(&mut self) -> Option<outgoing::Spare> {
         self.out.take_spare()
     }
 
