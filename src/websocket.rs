@@ -621,14 +621,11 @@ impl WebSocketRef {
 
     /// Pull style: runs `handler` for every event already waiting in `events`, on this
     /// thread, and returns how many there were. It never blocks, so a CPU-bound loop can
-    /// call it between chunks of work. The handler need not be `Send`.
+    /// call it between chunks of work. The handler need not be `Send`. Events that come
+    /// while it runs wait for the next call: under a flood that never stops it still
+    /// returns.
     pub fn dispatch_pending<H: Handler + ?Sized>(&self, events: &Events, handler: &mut H) -> usize {
-        let mut n = 0;
-        while let Ok(event) = events.try_recv() {
-            dispatch(self, handler, event);
-            n += 1;
-        }
-        n
+        self.dispatch_some(events, handler, usize::MAX, None)
     }
 
     /// As [`dispatch_pending`](Self::dispatch_pending), for at most `max` events: a
@@ -639,15 +636,7 @@ impl WebSocketRef {
         handler: &mut H,
         max: usize,
     ) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Ok(event) = events.try_recv() else {
-                break;
-            };
-            dispatch(self, handler, event);
-            n += 1;
-        }
-        n
+        self.dispatch_some(events, handler, max, None)
     }
 
     /// As [`dispatch_pending`](Self::dispatch_pending), for about `budget` of time: it
@@ -660,11 +649,26 @@ impl WebSocketRef {
         budget: Duration,
     ) -> usize {
         let deadline = crate::protocol::saturating_deadline(Instant::now(), budget);
+        self.dispatch_some(events, handler, usize::MAX, Some(deadline))
+    }
+
+    /// Runs `handler` for at most `max` of the events waiting now, until `deadline`.
+    fn dispatch_some<H: Handler + ?Sized>(
+        &self,
+        events: &Events,
+        handler: &mut H,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> usize {
+        let max = max.min(events.len());
         let mut n = 0;
-        while let Ok(event) = events.try_recv() {
+        while n < max {
+            let Ok(event) = events.try_recv() else {
+                break;
+            };
             dispatch(self, handler, event);
             n += 1;
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
         }
@@ -673,14 +677,18 @@ impl WebSocketRef {
 
     /// [`dispatch_pending`](Self::dispatch_pending) for [`EventBatches`]: runs `handler`
     /// for every event of the batches already waiting, on this thread, recycles the
-    /// batches, and returns how many events there were. It never blocks.
+    /// batches, and returns how many events there were. It never blocks; batches that
+    /// come while it runs wait for the next call.
     pub fn dispatch_batches<H: Handler + ?Sized>(
         &self,
         batches: &EventBatches,
         handler: &mut H,
     ) -> usize {
         let mut n = 0;
-        while let Ok(mut batch) = batches.try_recv() {
+        for _ in 0..batches.receiver().len() {
+            let Ok(mut batch) = batches.try_recv() else {
+                break;
+            };
             n += batch.len();
             for event in batch.drain(..) {
                 dispatch(self, handler, event);
