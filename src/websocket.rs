@@ -43,7 +43,9 @@ use crate::url::Target;
 /// Dropping the last `WebSocket` handle closes the connection with 1001 (going away),
 /// waits for the closing handshake up to the close timeout, and joins the I/O and
 /// callback threads: no thread outlives the handle (unless a callback of yours is still
-/// blocked after the timeout, which is logged). A [`WebSocketRef`] does not keep the
+/// blocked after the timeout, which is logged). Messages still queued for the handler a
+/// close timeout after the drop are not handed to it (a warning says how many); its
+/// `onclose` still runs. A [`WebSocketRef`] does not keep the
 /// connection alive; once it is gone, its sends return [`SendError::Closed`].
 pub struct WebSocket<H = ()> {
     owner: Arc<Owner<H>>,
@@ -139,6 +141,9 @@ pub(crate) struct Shared {
     pub callback_mode: bool,
     /// The callback thread, when there is one: `Drop` on it must not join it.
     callback_thread: OnceLock<ThreadId>,
+    /// Set when the last handle is dropped: after this, the callback thread hands the
+    /// handler only the end (`onerror`, `onclose`), so that the drop can join it.
+    callbacks_until: OnceLock<Instant>,
     /// The thread holding the [`HandlerGuard`], if one does.
     handler_holder: Mutex<Option<ThreadId>>,
 }
@@ -1007,6 +1012,13 @@ impl<H> fmt::Debug for WebSocket<H> {
 impl<H> Drop for Owner<H> {
     fn drop(&mut self) {
         let shared = &self.ws.shared;
+        let now = Instant::now();
+        let _ = shared
+            .callbacks_until
+            .set(crate::protocol::saturating_deadline(
+                now,
+                shared.config.close_timeout,
+            ));
         shared.enqueue(Command::Drop);
         let threads = std::mem::take(
             self.threads
@@ -1058,11 +1070,16 @@ fn refused(state: ReadyState) -> Option<fn(Message) -> SendError> {
 /// publishes CLOSED, so that `wait_closed` returns with the handler's state final.
 fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &HandlerCell<H>, batches: &Batches) {
     let mut last = None;
+    let mut skipped = 0;
     while let Some(mut batch) = batches.next() {
         let mut held = None;
         for event in batch.drain(..) {
             if let Event::Close(c) = &event {
                 last = Some(c.clone());
+            }
+            if !matches!(event, Event::Error(_) | Event::Close(_)) && past_callbacks(ws) {
+                skipped += 1;
+                continue;
             }
             if held.is_some() && handler.is_wanted() {
                 held = None;
@@ -1080,8 +1097,24 @@ fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &HandlerCell<H>, batche
         drop(held); // never held while waiting for events
         batches.recycle(batch);
     }
+    if skipped > 0 {
+        log::warn!(
+            "{}: {skipped} events were not handed to the handler: the last handle was \
+             dropped, and the close timeout passed",
+            ws.url()
+        );
+    }
     ws.shared
         .set_closed(last.unwrap_or_else(CloseEvent::abnormal));
+}
+
+/// Whether the last handle was dropped a close timeout ago: the handler gets only the
+/// end from now on (see `Shared::callbacks_until`).
+fn past_callbacks(ws: &WebSocketRef) -> bool {
+    ws.shared
+        .callbacks_until
+        .get()
+        .is_some_and(|until| Instant::now() >= *until)
 }
 
 /// A spawned thread and the channel that disconnects when it has finished.
@@ -1123,6 +1156,7 @@ fn start(
         next_request_id: AtomicU64::new(1),
         callback_mode,
         callback_thread: OnceLock::new(),
+        callbacks_until: OnceLock::new(),
         handler_holder: Mutex::new(None),
     });
     // Boxed: on the I/O thread's stack, under the handshake's deep frames, its 1.2 KiB

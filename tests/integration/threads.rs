@@ -488,6 +488,57 @@ fn dropping_all_handles_leaves_no_thread_behind() {
     assert!(left().is_empty(), "{:?}", left());
 }
 
+/// Dropping the last handle joins the callback thread within its bound even while a slow
+/// handler has thousands of messages queued: once the close timeout has passed since the
+/// drop, the rest of the messages are not handed to it (a warning says how many), only
+/// the end. (Until 2026-12-07 the drop gave up after the close timeout and a second, and
+/// left the callback thread running `onmessage` for seconds more.)
+#[test]
+fn dropping_the_last_handle_with_a_slow_handler_behind_a_flood_joins_its_threads() {
+    let _g = exclusive();
+    struct Slow {
+        messages: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+    }
+    impl Handler for Slow {
+        fn onmessage(&mut self, _ws: &WebSocketRef, _msg: Message) {
+            self.messages.fetch_add(1, Ordering::SeqCst);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(2) {} // busy, not blocked
+        }
+        fn onclose(&mut self, _ws: &WebSocketRef, _event: CloseEvent) {
+            self.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (server, _blocked) = flooding_server(5_000, 64);
+    let before = crate_threads();
+    let (messages, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let ws = WebSocket::builder()
+        .close_timeout(Duration::from_millis(300))
+        .connect(
+            &server.url(),
+            Slow {
+                messages: Arc::clone(&messages),
+                closed: Arc::clone(&closed),
+            },
+        )
+        .expect("connect");
+    let ours = new_crate_threads(&before, 2);
+    assert!(eventually(WAIT, || messages.load(Ordering::SeqCst) > 0));
+    let started = Instant::now();
+    drop(ws);
+    let took = started.elapsed();
+    let alive: Vec<_> = ours.iter().filter(|(t, _)| thread_alive(*t)).collect();
+    assert!(
+        alive.is_empty(),
+        "alive after the drop returned ({took:?}): {alive:?}"
+    );
+    assert!(took < Duration::from_millis(1300), "the drop took {took:?}");
+    assert!(messages.load(Ordering::SeqCst) < 5_000);
+    assert_eq!(closed.load(Ordering::SeqCst), 1, "onclose once");
+    let _ = server.join();
+}
+
 /// An idle connection (no ping interval) does not wake up: its threads use no CPU and
 /// are not scheduled at all over 2 s.
 #[test]
