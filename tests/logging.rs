@@ -2,8 +2,8 @@
 //! Its own test binary: it installs a logger, which a process can do once.
 
 use std::net::TcpListener;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+use std::time::{Duration, Instant};
 
 use nwebsocket::{Event, WebSocket};
 
@@ -28,10 +28,36 @@ impl log::Log for Recorder {
 
 static RECORDER: Recorder = Recorder(Mutex::new(Vec::new()));
 
+/// One test at a time (they share the logger): installs it the first time, and starts
+/// each test with no records.
+fn recording() -> MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    static INSTALL: Once = Once::new();
+    let guard = ONE.lock().unwrap_or_else(PoisonError::into_inner);
+    INSTALL.call_once(|| {
+        log::set_logger(&RECORDER).expect("the only logger");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    RECORDER
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
+    guard
+}
+
+/// The warnings recorded so far that contain `text`.
+fn warnings(text: &str) -> usize {
+    let records = RECORDER.0.lock().unwrap_or_else(PoisonError::into_inner);
+    records
+        .iter()
+        .filter(|(l, _, m)| *l == log::Level::Warn && m.contains(text))
+        .count()
+}
+
 #[test]
 fn a_session_logs_state_changes_at_debug_and_frames_at_trace() {
-    log::set_logger(&RECORDER).expect("the only logger");
-    log::set_max_level(log::LevelFilter::Trace);
+    let _one = recording();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = std::thread::spawn(move || {
@@ -85,4 +111,78 @@ fn a_session_logs_state_changes_at_debug_and_frames_at_trace() {
         records.iter().all(|(l, _, _)| *l > log::Level::Warn),
         "{records:#?}"
     );
+}
+
+const FULL: &str = "the event queue has been full";
+
+/// A server that sends `n` messages, then pings every 100 ms until the client goes.
+fn pinging_server(n: usize) -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}/", listener.local_addr().expect("addr"));
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut ws = tungstenite::accept(stream).expect("handshake");
+        for i in 0..n {
+            ws.send(tungstenite::Message::text(format!("m{i}")))
+                .expect("send");
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+            if ws
+                .send(tungstenite::Message::Ping(Vec::new().into()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (url, server)
+}
+
+/// The consumer takes nothing: a few events wait behind a full queue and the socket is
+/// not read, so the warning comes once the ping interval has passed, and only once.
+/// (Until 2026-12-07 it never came unless the I/O thread's own list of events waiting
+/// was full too, which it is not while the socket goes unwatched.)
+#[test]
+fn a_full_queue_is_warned_of_once_after_the_ping_interval() {
+    let _one = recording();
+    let (url, server) = pinging_server(74);
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(64)
+        .ping_interval(Duration::from_millis(300))
+        .pong_timeout(Duration::from_secs(30))
+        .close_timeout(Duration::from_millis(200))
+        .connect_pull(&url)
+        .expect("connect");
+    let until = Instant::now() + Duration::from_secs(10);
+    while warnings(FULL) == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(warnings(FULL), 1);
+    drop(events);
+    drop(ws);
+    server.join().expect("server");
+    assert_eq!(warnings(FULL), 1, "once");
+}
+
+/// Without a ping interval the warning comes after 10 s: a timer of its own wakes the
+/// I/O thread for it. (Until 2026-12-07 nothing did: it never came.)
+#[test]
+fn a_full_queue_is_warned_of_without_a_ping_interval() {
+    let _one = recording();
+    let (url, server) = pinging_server(74);
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(64)
+        .close_timeout(Duration::from_millis(200))
+        .connect_pull(&url)
+        .expect("connect");
+    let until = Instant::now() + Duration::from_secs(20);
+    while warnings(FULL) == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(warnings(FULL), 1);
+    drop(events);
+    drop(ws);
+    server.join().expect("server");
 }

@@ -822,15 +822,16 @@ impl Io {
 
     /// Warns once per connection when the consumer has held reading back for longer than
     /// the ping interval (10 s without one): the server's keepalive may give up soon.
+    /// Reading is held back while events wait that the outlet has no room for (this
+    /// thread then does not watch the socket), unless it reads past the consumer.
     fn watch_full(&mut self) {
-        if !self.pending_full() || self.draining {
+        if self.pending.is_empty() || self.reads_past_consumer() {
             self.full_since = None;
             return;
         }
         let now = Instant::now();
         let since = *self.full_since.get_or_insert(now);
-        let patience = self.shared.config.ping_interval.unwrap_or(FULL_PATIENCE);
-        if !self.warned_full && now.saturating_duration_since(since) > patience {
+        if !self.warned_full && now.saturating_duration_since(since) > self.full_patience() {
             self.warned_full = true;
             log::warn!(
                 "{}: the event queue has been full for {:?}: the socket is not read, so the \
@@ -839,6 +840,18 @@ impl Io {
                 now - since
             );
         }
+    }
+
+    fn full_patience(&self) -> Duration {
+        self.shared.config.ping_interval.unwrap_or(FULL_PATIENCE)
+    }
+
+    /// When [`watch_full`](Self::watch_full) is due to warn, if it is to: a timer of its
+    /// own, so that it comes without a ping interval too.
+    fn full_warning_due(&self) -> Option<Instant> {
+        let since = self.full_since.filter(|_| !self.warned_full)?;
+        // Just past the patience: the check is `>`.
+        after(since, Some(self.full_patience() + Duration::from_millis(1)))
     }
 
     fn discard(&mut self, events: Vec<Event>) {
@@ -953,10 +966,14 @@ impl Io {
             Phase::Handshaking(_) | Phase::Tunneling { .. } => self.handshake_deadline,
             Phase::Open(open) => {
                 let judging = self.judging();
-                [open.conn.poll_timeout(judging), self.drop_deadline]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                [
+                    open.conn.poll_timeout(judging),
+                    self.drop_deadline,
+                    self.full_warning_due(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
             Phase::Done => None,
         }
