@@ -396,7 +396,8 @@ pub enum SendError {
     /// `close` was called, or the connection is CLOSING or CLOSED.
     #[error("the connection is closing or closed")]
     Closed(Message),
-    /// The outgoing buffer is above its high-water mark (from `try_send`).
+    /// The outgoing buffer is above its high-water mark (from `try_send`, or from `send`
+    /// inside a callback, which does not wait there).
     #[error("the outgoing buffer is full")]
     Full(Message),
     /// The outgoing buffer stayed above its high-water mark for the whole timeout (from

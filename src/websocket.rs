@@ -180,6 +180,10 @@ impl Shared {
         (self.handler_holder() == Some(me)).then_some(Holder::ThisThread)
     }
 
+    fn on_callback_thread(&self) -> bool {
+        self.callback_thread.get() == Some(&thread::current().id())
+    }
+
     /// The thread that holds the [`HandlerGuard`], if one does.
     fn handler_holder(&self) -> Option<ThreadId> {
         *self
@@ -314,6 +318,10 @@ impl Shared {
 impl WebSocketRef {
     /// Sends a message (text from `&str`/`String`, binary from `&[u8]`/`Vec<u8>`), blocking
     /// only while [`buffered_amount()`](Self::buffered_amount) is above the high-water mark.
+    /// Inside a callback it does not block: above the mark it returns
+    /// [`SendError::Full`] at once, as [`try_send`](Self::try_send) does (the callback
+    /// thread takes the events a server may be waiting on us to read before it reads what
+    /// we send; [`send_timeout`](Self::send_timeout) there waits as asked).
     ///
     /// The message is queued for the I/O thread, which writes it at once: there is no
     /// polling interval. Messages sent from one thread go out in that order.
@@ -353,6 +361,12 @@ impl WebSocketRef {
     fn send_inner(&self, msg: Message, wait: Wait) -> Result<(), SendError> {
         let shared = &*self.shared;
         if shared.buffered.load(SeqCst) > shared.config.high_water_mark {
+            // On the callback thread, `send` does not wait: that thread takes the events a
+            // server may be blocked on before it reads our data again (rule 13).
+            let wait = match wait {
+                Wait::Forever if shared.on_callback_thread() => Wait::Never,
+                wait => wait,
+            };
             let waited = match wait {
                 Wait::Never => Err(Waited::TimedOut),
                 Wait::Forever => self.wait_for_room(None),

@@ -365,3 +365,67 @@ fn a_blocked_callback_pushes_back_on_the_server() {
     drop(ws);
     assert_eq!(server.join(), Some(blocked_at));
 }
+
+/// Rule 13: `send` on the callback thread does not wait for room under the high-water
+/// mark (that thread is the one that takes the events a server may be blocked on before
+/// it reads again): above the mark it hands the message back with `Full` at once, as
+/// `try_send` does. (Until 2026-12-07 it waited: a handler answering each message of a
+/// server that sends 400 × 64 KiB before it reads stopped for good after 66 answers.)
+#[test]
+fn send_on_the_callback_thread_above_the_high_water_mark_does_not_wait() {
+    let _g = shared();
+    use nwebsocket::{Handler, Message, WebSocketRef};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    const N: usize = 400;
+    const LEN: usize = 64 << 10;
+    let server = raw_server(move |stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        cap_receive_buffer(ws.get_ref(), 64 << 10);
+        for i in 0..N {
+            ws.send(tungstenite::Message::binary(flood_payload(i, LEN)))
+                .expect("server: send");
+        }
+        read_until_close(&mut ws);
+    });
+    struct Answers {
+        longest: Arc<Mutex<Duration>>,
+        full: Arc<AtomicUsize>,
+        seen: Arc<AtomicUsize>,
+    }
+    impl Handler for Answers {
+        fn onmessage(&mut self, ws: &WebSocketRef, msg: Message) {
+            let started = Instant::now();
+            if let Err(SendError::Full(back)) = ws.send(msg) {
+                assert_eq!(back.len(), LEN, "the message comes back");
+                self.full.fetch_add(1, Ordering::SeqCst);
+            }
+            let took = started.elapsed();
+            let mut longest = self.longest.lock().unwrap();
+            *longest = (*longest).max(took);
+            self.seen.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (longest, full, seen) = Default::default();
+    let answers = Answers {
+        longest: Arc::clone(&longest),
+        full: Arc::clone(&full),
+        seen: Arc::clone(&seen),
+    };
+    let ws = WebSocket::builder()
+        .high_water_mark(64 << 10)
+        .connect(&server.url(), answers)
+        .expect("connect");
+    assert!(
+        eventually(WAIT, || seen.load(Ordering::SeqCst) == N),
+        "{} of {N} messages handled",
+        seen.load(Ordering::SeqCst)
+    );
+    assert!(full.load(Ordering::SeqCst) > 0, "above the mark at times");
+    let longest = *longest.lock().unwrap();
+    assert!(longest < Duration::from_secs(2), "a send took {longest:?}");
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    drop(ws);
+    server.join();
+}
