@@ -67,7 +67,8 @@ impl Proxy {
         } else {
             format!("http://{url}")
         };
-        let parsed = url::Url::parse(&with_scheme).map_err(|e| invalid(url, &e.to_string()))?;
+        let parsed =
+            url::Url::parse(&with_scheme).map_err(|e| invalid(&with_scheme, &e.to_string()))?;
         let (kind, default_port) = match parsed.scheme() {
             "http" => (ProxyKind::Http, 80),
             "socks5" => (ProxyKind::Socks5 { remote_dns: false }, 1080),
@@ -477,6 +478,24 @@ pub(crate) fn parse_connect_response(buf: &[u8]) -> Result<Option<()>, Error> {
 #[cfg(feature = "proxy")]
 mod tests {
     use super::*;
+
+    /// A bare `user:password@host:port` with a bad port: neither the user nor the password
+    /// shows in the error (the user was taken for a scheme until 2026-12-07).
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn a_bad_proxy_url_shows_no_credentials() {
+        for url in [
+            "pu:proxypw@127.0.0.1:99999",
+            "http://pu:proxypw@127.0.0.1:99999",
+        ] {
+            let e = Proxy::parse(url).map(drop).expect_err("a bad port");
+            let shown = format!("{e} {e:?}");
+            assert!(
+                !shown.contains("pu:") && !shown.contains("proxypw"),
+                "{shown}"
+            );
+        }
+    }
 
     fn target(url: &str) -> Target {
         crate::url::parse(url).unwrap()
