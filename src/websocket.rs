@@ -534,6 +534,12 @@ impl WebSocketRef {
                     shared.enqueue(Command::Close(None));
                     return;
                 }
+                // A closing handshake under way (the server's, or ours): this close adds
+                // nothing to it, but still ends reconnecting.
+                ReadyState::Closing if shared.config.reconnect.is_some() => {
+                    shared.enqueue(Command::Close(None));
+                    return;
+                }
                 // The next attempt began between the two looks (CLOSED, then CONNECTING):
                 // close that one.
                 ReadyState::Connecting | ReadyState::Open => {}

@@ -615,6 +615,19 @@ impl Io {
     /// After the end: takes the commands still queued (a close or drop ends reconnecting)
     /// and empties the outbox, whose messages will not go out on this connection.
     fn drain_after_end(&mut self) {
+        // CLOSED first: senders are refused from here on (the outbox lock orders them),
+        // so what is emptied below is all this connection had, and nothing lands in the
+        // outbox between connections. (Emptied while the state still said OPEN, a send
+        // could slip in after it and stay there, with no wake-up, into the next
+        // connection.)
+        self.shared.transition(
+            &[
+                ReadyState::Connecting,
+                ReadyState::Open,
+                ReadyState::Closing,
+            ],
+            ReadyState::Closed,
+        );
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Close(_) => self.stopped = true,
@@ -710,16 +723,9 @@ impl Io {
     /// Reports the end of one connection: state CLOSED, the held-back event, `Error` if
     /// any, then `Close`.
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
+    /// Reports the end (the state is CLOSED already: see `drain_after_end`).
     fn finish(&mut self, end: End, last: bool) {
         let shared = Arc::clone(&self.shared);
-        shared.transition(
-            &[
-                ReadyState::Connecting,
-                ReadyState::Open,
-                ReadyState::Closing,
-            ],
-            ReadyState::Closed,
-        );
         let (error, close) = match end {
             End::Clean(close) => (None, close),
             End::Failed(e) => {

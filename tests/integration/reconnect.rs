@@ -13,7 +13,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nwebsocket::crossbeam_channel::{self, Receiver, RecvTimeoutError};
-use nwebsocket::{Error, Message, ReadyState, Reconnect, SendError, WebSocket};
+use nwebsocket::{Error, Event, Message, ReadyState, Reconnect, SendError, WebSocket};
 use tungstenite::handshake::server::{Request, Response};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
@@ -687,4 +687,146 @@ fn header_provider_runs_on_every_attempt_and_each_response_is_readable() {
     assert!(ws.wait_closed_timeout(WAIT).is_some());
     assert_eq!(server.join(), ["Bearer token-1", "Bearer token-2"]);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A thread sends all the time while the server drops each connection after 40 ms: every
+/// connection gets messages, a send that raced the end of one never stalls the next, and
+/// `buffered_amount` stays sane. (Until 2026-12-07 a send accepted while a connection was
+/// being torn down, after its outbox was emptied and before the state said CLOSED, stayed
+/// in the outbox with no wake-up: the next connections sent nothing until `close()`,
+/// which wrote the stale frame and took its bytes off twice: `buffered_amount` wrapped.)
+#[test]
+fn sends_racing_lost_connections_never_stall_the_next_one() {
+    let _g = shared();
+    use std::sync::atomic::AtomicU64;
+    const N: usize = 20;
+    let server = multi_server(N + 1, |i, stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        let mut got = Vec::new();
+        if i < N {
+            ws.get_ref()
+                .set_read_timeout(Some(Duration::from_millis(5)))
+                .unwrap();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(40) {
+                match ws.read() {
+                    Ok(tungstenite::Message::Text(t)) => got.push(t.to_string()),
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+        } else {
+            got = read_until_close(&mut ws)
+                .0
+                .into_iter()
+                .filter_map(|m| m.into_text().ok().map(|t| t.to_string()))
+                .collect();
+        }
+        got
+    });
+    let (ws, events) = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_millis(2))
+                .jitter(0.0),
+        )
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (ws, stop, sent) = (ws.clone(), Arc::clone(&stop), Arc::clone(&sent));
+        thread::spawn(move || {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                seq += 1;
+                match ws.send_timeout(format!("m{seq}"), Duration::from_millis(200)) {
+                    Ok(()) => {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => thread::yield_now(),
+                }
+            }
+        })
+    };
+    let mut opens = 0;
+    while opens < N + 1 {
+        match events.recv_timeout(WAIT) {
+            Ok(Event::Open) => opens += 1,
+            Ok(_) => {}
+            Err(e) => panic!("{opens} connections opened: {e}"),
+        }
+    }
+    // The last connection lasts: some of the sender's messages go out on it.
+    let on_last = sent.load(Ordering::SeqCst);
+    assert!(eventually(WAIT, || sent.load(Ordering::SeqCst) > on_last + 10));
+    stop.store(true, Ordering::SeqCst);
+    sender.join().expect("sender");
+    ws.send("final").expect("the last connection is open");
+    assert!(
+        eventually(WAIT, || ws.buffered_amount() == 0),
+        "stalled: {} bytes waiting",
+        ws.buffered_amount()
+    );
+    ws.close();
+    ws.wait_closed_timeout(WAIT).expect("closed");
+    assert!(ws.buffered_amount() < 1 << 20, "{}", ws.buffered_amount());
+    drop(ws);
+    let got = server.join();
+    let empty: Vec<usize> = (0..N).filter(|&i| got[i].is_empty()).collect();
+    assert!(empty.is_empty(), "connections that got nothing: {empty:?}");
+    assert_eq!(got[N].last().map(String::as_str), Some("final"));
+}
+
+/// `close()` while the server's closing handshake is under way (CLOSING) still ends
+/// reconnecting. (Until 2026-12-07 it was a no-op there, and the client connected again.)
+#[test]
+fn close_while_the_server_is_closing_ends_reconnecting() {
+    let _g = shared();
+    let (closing_tx, closing_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = multi_server(2, move |i, stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        if i == 0 {
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "".into(),
+            }))
+            .expect("server: close");
+            ws.flush().expect("server: flush");
+            // Keeps the TCP connection open: the client stays CLOSING meanwhile.
+            let _ = closing_rx.recv_timeout(WAIT);
+        }
+        read_until_close(&mut ws);
+    });
+    let (ws, events) = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_millis(10))
+                .jitter(0.0)
+                .stop_on_clean_close(false),
+        )
+        .close_timeout(Duration::from_secs(5))
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    assert!(eventually(WAIT, || ws.ready_state() == ReadyState::Closing));
+    ws.close();
+    closing_tx.send(()).unwrap();
+    assert!(
+        ws.wait_closed_timeout(WAIT).is_some(),
+        "still reconnecting: {:?}",
+        ws.ready_state()
+    );
+    let opens = leftover_events(&events)
+        .iter()
+        .filter(|e| matches!(e, Event::Open))
+        .count();
+    assert_eq!(opens, 1, "one connection");
+    drop(ws);
+    assert_eq!(server.join().len(), 1, "no second attempt");
 }
