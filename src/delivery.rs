@@ -556,7 +556,11 @@ impl Drop for Events {
     /// made room.
     fn drop(&mut self) {
         drop(std::mem::replace(&mut self.rx, crossbeam_channel::never()));
-        if self.room.below.swap(usize::MAX, SeqCst) != usize::MAX {
+        let waited = self.room.below.swap(usize::MAX, SeqCst) != usize::MAX;
+        // The last receiver (this one's `room` and the I/O thread's are all that is
+        // left): an I/O thread waiting to reconnect learns at once that nobody takes
+        // events any more (see `Outlet::receiver_gone`).
+        if waited || Arc::strong_count(&self.room) <= 2 {
             self.shared.enqueue(Command::Room);
         }
     }
@@ -859,6 +863,22 @@ impl Outlet {
     }
 
     /// Whether the consumer has taken everything handed over so far.
+    /// Whether the consumer's end is gone for good: every `Events` dropped (pull style),
+    /// or the batches' receiver (its `spare` sender with it). Nobody would take another
+    /// connection's events.
+    pub fn receiver_gone(&mut self) -> bool {
+        match self {
+            Outlet::Events(pull) => Arc::strong_count(&pull.room) == 1,
+            Outlet::Batches { spare, .. } => loop {
+                match spare.try_recv() {
+                    Ok(_) => {} // an emptied vector, not needed any more
+                    Err(TryRecvError::Empty) => return false,
+                    Err(TryRecvError::Disconnected) => return true,
+                }
+            },
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         match self {
             Outlet::Events(pull) => pull.tx.is_empty(),

@@ -644,6 +644,13 @@ impl Io {
         if self.stopped || (matches!(end, End::Clean(_)) && policy.stop_on_clean_close) {
             return None;
         }
+        if self.receiver_gone || self.outlet.receiver_gone() {
+            log::debug!(
+                "{}: the event receiver is gone: no reconnecting",
+                self.url()
+            );
+            return None;
+        }
         if self.opened {
             self.failures = 0;
         }
@@ -692,8 +699,18 @@ impl Io {
                     self.dropped();
                     return false;
                 }
+                // The last event receiver was dropped (or the consumer made room).
+                Ok(Command::Room) => {
+                    if self.outlet.receiver_gone() {
+                        log::debug!(
+                            "{}: the event receiver is gone: no reconnecting",
+                            self.url()
+                        );
+                        return false;
+                    }
+                }
                 // Sends and pings are refused while CLOSED (checked under the outbox lock).
-                Ok(Command::Flush | Command::Ping | Command::Room) => {}
+                Ok(Command::Flush | Command::Ping) => {}
             }
         }
     }
@@ -713,7 +730,6 @@ impl Io {
         self.draining = false;
         self.full_since = None;
         self.warned_full = false;
-        self.receiver_gone = false;
         self.connect_deadline = after(Instant::now(), Some(self.shared.config.connect_timeout));
         self.handshake_deadline = None;
         self.shared

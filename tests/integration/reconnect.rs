@@ -830,3 +830,41 @@ fn close_while_the_server_is_closing_ends_reconnecting() {
     drop(ws);
     assert_eq!(server.join().len(), 1, "no second attempt");
 }
+
+/// Dropping the pull receiver while waiting to reconnect ends reconnecting: nobody would
+/// take the next connection's events. (Until 2026-12-07 it went on connecting, each
+/// new connection closed with 1001 as soon as it opened.)
+#[test]
+fn dropping_the_receiver_while_waiting_to_reconnect_ends_reconnecting() {
+    let _g = shared();
+    let server = multi_server(3, |_, stream| {
+        drop(tungstenite::accept(stream).expect("server: handshake"));
+    });
+    let (ws, events) = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_secs(2))
+                .jitter(0.0),
+        )
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    loop {
+        match events
+            .recv_timeout(WAIT)
+            .expect("the first connection's events")
+        {
+            Event::Close(_) => break,
+            _ => continue,
+        }
+    }
+    let t = Instant::now();
+    drop(events); // in the 2 s wait
+    assert!(ws.wait_closed_timeout(WAIT).is_some(), "still reconnecting");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(ws);
+    assert_eq!(server.join().len(), 1, "no second attempt");
+}
