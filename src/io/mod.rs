@@ -130,6 +130,10 @@ struct Io {
     /// (see [`Io::await_drain`]) rather than block or nap.
     consumer_keeps_up: bool,
     receiver_gone: bool,
+    /// A pong is overdue while the consumer holds reading back: the socket is read past
+    /// the consumer's bound to look for it, and once it is drained the server is judged
+    /// (see `Io::judging`).
+    pong_overdue: bool,
     /// Set by `Command::Drop`: the time by which everything must be over.
     drop_deadline: Option<Instant>,
     /// Edge-triggered readiness, remembered until a read returns `WouldBlock`.
@@ -193,6 +197,7 @@ impl IoThread {
                 nap: NAP_MIN,
                 consumer_keeps_up: true,
                 receiver_gone: false,
+                pong_overdue: false,
                 drop_deadline: None,
                 readable: false,
                 read_closed: false,
@@ -725,6 +730,7 @@ impl Io {
         self.burst_nth = 0;
         self.write_blocked = false;
         self.write_failed = false;
+        self.pong_overdue = false;
         self.output_waiting = false;
         self.outbox_waiting = false;
         self.draining = false;
@@ -784,7 +790,7 @@ impl Io {
     /// and while a `request` waits, since its reply may come behind more messages than
     /// the consumer has room for, and the thread that waits may be the consumer.
     fn reads_past_consumer(&self) -> bool {
-        self.draining || self.shared.pending_requests.load(SeqCst) > 0
+        self.draining || self.pong_overdue || self.shared.pending_requests.load(SeqCst) > 0
     }
 
     fn pending_full(&self) -> bool {
@@ -992,6 +998,9 @@ impl Io {
                     open.conn.poll_timeout(judging),
                     self.drop_deadline,
                     self.full_warning_due(),
+                    // Not judged while the consumer holds reading back, but looked for
+                    // once due (see `pong_overdue`).
+                    open.conn.pong_deadline().filter(|_| !self.pong_overdue),
                 ]
                 .into_iter()
                 .flatten()
@@ -1003,9 +1012,11 @@ impl Io {
 
     /// Whether the server may be blamed for a late pong or Close now. While the consumer
     /// holds the I/O thread back, the socket is not read, so the answer may be there,
-    /// unread: those timers wait, unless the last handle is gone.
+    /// unread: those timers wait, unless the last handle is gone, or a pong is overdue and
+    /// the socket has been read to its end past the consumer's bound.
     fn judging(&self) -> bool {
-        (self.pending.is_empty() || self.drop_deadline.is_some()) && !self.readable
+        (self.pending.is_empty() || self.drop_deadline.is_some() || self.pong_overdue)
+            && !self.readable
     }
 }
 

@@ -37,6 +37,14 @@ impl Io {
                 .transition(&[ReadyState::Open], ReadyState::Closing);
             self.close(open, Some((1001, String::new())));
         }
+        let overdue = open.conn.pong_deadline().is_some_and(|d| now >= d);
+        if overdue && !self.pong_overdue && !self.judging() {
+            // The consumer holds reading back, and a pong is due: the answer may wait in
+            // the socket, behind what the consumer has not taken. Read for it, past the
+            // consumer's bound, until the socket is drained; then judge.
+            self.readable = true;
+        }
+        self.pong_overdue = overdue;
         self.read(open, now)?;
         // Write first: a server that took data while this thread waited to run (a loaded
         // machine) is credited before the timers judge it.

@@ -108,6 +108,9 @@ pub(crate) struct Connection {
     close_deadline: Option<Instant>,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
+    /// The ping that `pong_deadline` waits on is not all written yet: while it waits
+    /// behind a frame the server is taking, its time runs from each write.
+    timed_ping_unwritten: bool,
     ping_seq: u64,
     /// A write failed (see [`Connection::write_failed`]): the error the connection fails
     /// with, unless the server's Close is still read.
@@ -140,6 +143,7 @@ impl Connection {
             close_deadline: None,
             next_ping: after(now, timers.ping_interval),
             pong_deadline: None,
+            timed_ping_unwritten: false,
             ping_seq: 0,
             write_error: None,
         }
@@ -369,6 +373,12 @@ impl Connection {
     /// application bytes whose frames are now all out.
     pub fn advance(&mut self, n: usize, now: Instant) -> usize {
         let (app_bytes, close_written) = self.out.advance(n, now);
+        if n > 0 && self.timed_ping_unwritten && self.pong_deadline.is_some() {
+            // The ping waits behind a frame the server is taking (or just went out): the
+            // server cannot answer it yet, and is alive. Its time runs from its write.
+            self.pong_deadline = after(now, self.timers.pong_timeout);
+            self.timed_ping_unwritten = self.out.ping_waiting();
+        }
         if n > 0 && self.out.close_queued() {
             // The server takes data: it is alive. Our Close (when it is out) starts its
             // time to answer.
@@ -378,6 +388,11 @@ impl Connection {
             log::trace!("our Close is out");
         }
         app_bytes
+    }
+
+    /// When a pong is due, if one is (whether or not the driver judges it now).
+    pub fn pong_deadline(&self) -> Option<Instant> {
+        self.pong_deadline.filter(|_| self.closing != Closing::Over)
     }
 
     /// "Fail the WebSocket connection" (RFC 6455 §7.1.7): tell the server why if there is
@@ -462,6 +477,7 @@ impl Connection {
             self.next_ping = after(now, self.timers.ping_interval);
             if self.pong_deadline.is_none() {
                 self.pong_deadline = after(now, self.timers.pong_timeout);
+                self.timed_ping_unwritten = true;
             }
         }
     }

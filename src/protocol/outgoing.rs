@@ -377,6 +377,11 @@ impl Output {
     }
 
     /// Whether a pong the peer is owed waits.
+    /// Whether a ping of ours waits to be written, or is being written.
+    pub fn ping_waiting(&self) -> bool {
+        !self.pings.is_empty() || self.staged_kind == Some(Staged::Ping)
+    }
+
     fn owes_pong(&self) -> bool {
         !self.pongs.is_empty() || self.staged_kind == Some(Staged::Pong)
     }

@@ -388,3 +388,176 @@ fn keepalive_and_manual_pongs_arrive_as_pong_events() {
     drop(ws);
     assert!(server.join(), "server: the client's Close");
 }
+
+/// A server that sends `flood` messages, answers pings for `alive`, then goes silent
+/// (no reading, no writing, the socket open) until told to go; sends the time it went
+/// silent.
+fn silent_after(
+    alive: Duration,
+    flood: usize,
+) -> (Server<()>, crossbeam_channel::Receiver<Instant>, Sender<()>) {
+    let (silent_tx, silent_rx) = crossbeam_channel::bounded::<Instant>(1);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        for i in 0..flood {
+            ws.send(tungstenite::Message::text(format!("flood {i}")))
+                .unwrap();
+        }
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < alive {
+            match ws.read() {
+                Ok(_) => {}
+                Err(e) if timed_out(&e) => {}
+                Err(e) => panic!("server: {e}"),
+            }
+        }
+        let _ = ws.flush();
+        silent_tx.send(Instant::now()).unwrap();
+        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT);
+    });
+    (server, silent_rx, done_tx)
+}
+
+/// Rule 9 whatever the consumer does: a peer that stops answering is found within the
+/// ping interval and the pong timeout even while the consumer holds reading back (a full
+/// queue, a blocked callback). The overdue pong is looked for past the consumer's bound
+/// (as while closing); the events that came first are all delivered, then the failure.
+/// (Until 2026-12-07 the pong was not judged while reading was held back: the dead peer
+/// stayed OPEN for as long as the consumer was behind.)
+#[test]
+fn a_half_open_peer_is_found_while_the_consumer_holds_reading_back() {
+    let _g = shared();
+    const INTERVAL: Duration = Duration::from_millis(200);
+    const PONG_TIMEOUT: Duration = Duration::from_millis(300);
+    const SLACK: Duration = Duration::from_secs(2);
+    // Pull style: 2,000 messages behind a queue of 16, and the consumer takes nothing.
+    let (server, silent_rx, done_tx) = silent_after(Duration::from_millis(300), 2_000);
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(16)
+        .ping_interval(INTERVAL)
+        .pong_timeout(PONG_TIMEOUT)
+        .connect_pull(&server.url())
+        .expect("connect");
+    let silent_at = silent_rx
+        .recv_timeout(WAIT)
+        .expect("the server went silent");
+    assert!(
+        eventually(INTERVAL + PONG_TIMEOUT + SLACK, || ws.ready_state()
+            == ReadyState::Closed),
+        "still {:?} {:?} after the silence",
+        ws.ready_state(),
+        silent_at.elapsed()
+    );
+    let evs = events_until_close(&events);
+    let messages = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Message(_)))
+        .count();
+    assert_eq!(messages, 2_000);
+    assert!(
+        matches!(&evs[evs.len() - 2..], [Event::Error(Error::Timeout(Timeout::Pong)), Event::Close(c)] if c.code == 1006),
+        "{:?}",
+        &evs[evs.len() - 2..]
+    );
+    done_tx.send(()).unwrap();
+    drop(ws);
+    server.join();
+
+    // Callback style: the first callback blocks for 3 s.
+    struct Blocks(Sender<()>);
+    impl Handler for Blocks {
+        fn onmessage(&mut self, _ws: &WebSocketRef, _msg: Message) {
+            if self.0.send(()).is_ok() {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        }
+    }
+    let (server, silent_rx, done_tx) = silent_after(Duration::from_millis(300), 3_000);
+    let (entered_tx, entered_rx) = crossbeam_channel::bounded(0);
+    let ws = WebSocket::builder()
+        .ping_interval(INTERVAL)
+        .pong_timeout(PONG_TIMEOUT)
+        .connect(&server.url(), Blocks(entered_tx))
+        .expect("connect");
+    entered_rx.recv_timeout(WAIT).expect("the callback blocks");
+    silent_rx
+        .recv_timeout(WAIT)
+        .expect("the server went silent");
+    assert!(
+        eventually(INTERVAL + PONG_TIMEOUT + SLACK, || ws.ready_state()
+            == ReadyState::Closed),
+        "still {:?} with the callback blocked",
+        ws.ready_state()
+    );
+    done_tx.send(()).unwrap();
+    drop(ws);
+    server.join();
+}
+
+/// A reader that takes at most 16 KiB every 5 ms (about 3 MiB/s).
+struct Throttled(std::net::TcpStream);
+
+impl std::io::Read for Throttled {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(5));
+        let n = buf.len().min(16 << 10);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+impl std::io::Write for Throttled {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Rule 9 blames a peer for its pong only: while our ping waits behind a large frame of
+/// ours that a live, slow server is still taking, its time runs from when it goes out.
+/// (Until 2026-12-07 it ran from when it was queued: `Timeout(Pong)` 0.7 s into an 8 MiB
+/// send to a server reading 3 MiB/s.)
+#[test]
+fn a_ping_behind_our_large_frame_is_timed_from_its_write() {
+    let _g = shared();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        cap_receive_buffer(&stream, 64 << 10);
+        stream.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+        let mut ws = tungstenite::accept(Throttled(stream)).expect("server: handshake");
+        let mut got = Vec::new();
+        while let Ok(m) = ws.read() {
+            if let tungstenite::Message::Binary(b) = m {
+                got.push(b.len());
+            }
+        }
+        got
+    });
+    let (ws, events) = WebSocket::builder()
+        .ping_interval(Duration::from_millis(200))
+        .pong_timeout(Duration::from_millis(500))
+        .connect_pull(&url)
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    ws.send(vec![7u8; 8 << 20]).unwrap();
+    let out = eventually(Duration::from_secs(20), || {
+        ws.buffered_amount() == 0 || ws.ready_state() != ReadyState::Open
+    });
+    assert!(out, "8 MiB not written in 20 s");
+    assert_eq!(
+        ws.ready_state(),
+        ReadyState::Open,
+        "{:?}",
+        leftover_events(&events)
+    );
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some_and(|c| c.was_clean));
+    drop(ws);
+    assert_eq!(server.join().unwrap(), [8 << 20]);
+}
