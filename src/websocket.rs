@@ -243,8 +243,12 @@ impl Shared {
     }
 
     /// The pings `ping` asked for, in order.
-    pub fn take_pings(&self) -> VecDeque<Bytes> {
-        std::mem::take(&mut *self.ping.lock().unwrap_or_else(PoisonError::into_inner))
+    /// At most `max` of the pings `ping` queued, oldest first, and whether more wait.
+    pub fn take_pings(&self, max: usize) -> (Vec<Bytes>, bool) {
+        let mut waiting = self.ping.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = max.min(waiting.len());
+        let taken = waiting.drain(..n).collect();
+        (taken, !waiting.is_empty())
     }
 
     /// The I/O thread handed `bytes` of application data to the OS.
@@ -458,8 +462,9 @@ impl WebSocketRef {
     /// # Errors
     ///
     /// [`Error::InvalidPingPayload`] for more than 125 bytes; [`Error::InvalidState`] when
-    /// the connection is not OPEN; [`Error::PingsWaiting`] when 16 pings already wait to
-    /// be written (a server that does not read cannot make them pile up).
+    /// the connection is not OPEN; [`Error::PingsWaiting`] when 16 pings already wait for
+    /// the I/O thread, which itself holds at most 16 unwritten (a server that does not
+    /// read cannot make them pile up; none accepted is dropped).
     pub fn ping(&self, payload: impl Into<Vec<u8>>) -> Result<()> {
         let payload = payload.into();
         if payload.len() > 125 {

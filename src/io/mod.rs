@@ -130,6 +130,9 @@ struct Io {
     /// (see [`Io::await_drain`]) rather than block or nap.
     consumer_keeps_up: bool,
     receiver_gone: bool,
+    /// Pings asked for by `ping` wait in the handle's queue for room in the core's (see
+    /// `Io::take_pings`).
+    pings_left: bool,
     /// A pong is overdue while the consumer holds reading back: the socket is read past
     /// the consumer's bound to look for it, and once it is drained the server is judged
     /// (see `Io::judging`).
@@ -197,6 +200,7 @@ impl IoThread {
                 nap: NAP_MIN,
                 consumer_keeps_up: true,
                 receiver_gone: false,
+                pings_left: false,
                 pong_overdue: false,
                 drop_deadline: None,
                 readable: false,
@@ -348,11 +352,8 @@ impl IoThread {
                 Ok(())
             }
             Command::Ping => {
-                let pings = io.shared.take_pings();
                 if let Phase::Open(open) = &mut self.phase {
-                    for payload in pings {
-                        open.conn.ping(payload);
-                    }
+                    io.take_pings(open);
                 }
                 Ok(())
             }
@@ -731,6 +732,7 @@ impl Io {
         self.write_blocked = false;
         self.write_failed = false;
         self.pong_overdue = false;
+        self.pings_left = false;
         self.output_waiting = false;
         self.outbox_waiting = false;
         self.draining = false;

@@ -272,7 +272,21 @@ impl Io {
                 Ok(()) => {}
             }
         }
+        if wrote && self.pings_left {
+            self.take_pings(open); // room made for them: the next turn writes them
+        }
         self.output_waiting = open.conn.has_output() && !self.write_failed;
+    }
+
+    /// Moves the pings `ping` asked for into the core, as many as it has room for: the
+    /// rest stay in the handle's queue, which `ping` refuses to fill past 16, so none is
+    /// dropped. Looked at again after each write (see `flush`).
+    pub(super) fn take_pings(&mut self, open: &mut Open) {
+        let (pings, left) = self.shared.take_pings(open.conn.ping_room());
+        for payload in pings {
+            open.conn.ping(payload);
+        }
+        self.pings_left = left;
     }
 
     /// A write failed. The server may have sent more before it went away, its Close

@@ -329,6 +329,15 @@ impl Connection {
         }
     }
 
+    /// How many more pings can wait to be written without one being dropped.
+    pub fn ping_room(&self) -> usize {
+        if self.closing == Closing::Open {
+            self.out.ping_room()
+        } else {
+            0
+        }
+    }
+
     /// Starts the closing handshake with our Close (`None`: no status code), behind the
     /// data queued so far; or, after the server's Close, echoes its code. Once only.
     pub fn close(&mut self, frame: Option<(u16, &str)>, now: Instant) {
@@ -473,7 +482,10 @@ impl Connection {
         if due(self.next_ping) {
             self.ping_seq += 1;
             let payload = Bytes::copy_from_slice(&self.ping_seq.to_be_bytes());
-            self.out.queue_ping(payload);
+            if self.out.ping_room() > 0 {
+                // (Else 16 pings wait unwritten already: a pong to any of them will do.)
+                self.out.queue_ping(payload);
+            }
             self.next_ping = after(now, self.timers.ping_interval);
             if self.pong_deadline.is_none() {
                 self.pong_deadline = after(now, self.timers.pong_timeout);

@@ -253,7 +253,7 @@ pub(crate) struct Output {
     /// then the end of the frame in progress (where the write stops).
     boundary: usize,
     /// At most [`PONGS`] pongs (the answers to the latest pings: RFC 6455 §5.5.3 allows
-    /// answering only the latest) and [`PINGS`] pings (the latest asked for) wait: a peer
+    /// answering only the latest) and [`PINGS`] pings (no more are taken in) wait: a peer
     /// that pings and never reads cannot make this queue grow.
     pongs: VecDeque<Bytes>,
     pings: VecDeque<Bytes>,
@@ -320,7 +320,8 @@ impl Output {
         }
     }
 
-    /// Queues a ping (dropping the oldest unsent one past [`PINGS`]).
+    /// Queues a ping. Its callers look at [`ping_room`](Self::ping_room) first; past
+    /// [`PINGS`] the oldest unsent one would be dropped.
     pub fn queue_ping(&mut self, payload: Bytes) {
         if self.accepts_control() {
             if self.pings.len() == PINGS {
@@ -377,6 +378,15 @@ impl Output {
     }
 
     /// Whether a pong the peer is owed waits.
+    /// How many more pings can wait to be written.
+    pub fn ping_room(&self) -> usize {
+        if self.accepts_control() {
+            PINGS - self.pings.len()
+        } else {
+            0
+        }
+    }
+
     /// Whether a ping of ours waits to be written, or is being written.
     pub fn ping_waiting(&self) -> bool {
         !self.pings.is_empty() || self.staged_kind == Some(Staged::Ping)

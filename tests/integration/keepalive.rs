@@ -561,3 +561,40 @@ fn a_ping_behind_our_large_frame_is_timed_from_its_write() {
     drop(ws);
     assert_eq!(server.join().unwrap(), [8 << 20]);
 }
+
+/// `ping` refuses (`PingsWaiting`) once 16 pings wait for the I/O thread, which takes at
+/// most 16 unwritten ones: none it accepted is dropped. Against a server that reads
+/// nothing, with our writes stuck behind a large message: at most 32 accepted, then
+/// refused. (Until 2026-12-07 the I/O thread took them all over at once and dropped the
+/// oldest past 16: 200 calls, 200 `Ok`.)
+#[test]
+fn pings_past_sixteen_waiting_are_refused_not_dropped() {
+    let _g = shared();
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |ws| {
+        cap_receive_buffer(ws.get_ref(), 64 << 10);
+        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT); // reads nothing meanwhile
+    });
+    let (ws, events) = WebSocket::builder()
+        .close_timeout(Duration::from_millis(300))
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    ws.send(vec![0u8; 16 << 20]).unwrap();
+    let mut accepted = 0;
+    let mut refused = 0;
+    for i in 0..200u32 {
+        match ws.ping(i.to_be_bytes()) {
+            Ok(()) => accepted += 1,
+            Err(Error::PingsWaiting(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+        // Give the I/O thread its chance to take them over.
+        std::thread::yield_now();
+    }
+    assert!(accepted <= 32, "{accepted} accepted, {refused} refused");
+    assert_eq!(accepted + refused, 200);
+    done_tx.send(()).unwrap();
+    drop(ws);
+    server.join();
+}
