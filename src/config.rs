@@ -248,14 +248,17 @@ impl Builder {
         self
     }
 
-    /// Bounds DNS resolution and the TCP connect, over all resolved addresses.
-    /// Defaults to 10 s.
+    /// Bounds the TCP connect, over all resolved addresses (and the connect to a proxy).
+    /// DNS resolution runs on the I/O thread with the system resolver, whose own timeouts
+    /// apply; `connect` still returns within the connect and handshake timeouts, per
+    /// redirect, and a second. Defaults to 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
     }
 
-    /// Bounds the TLS and WebSocket opening handshake, once TCP is connected.
+    /// Bounds the proxy's tunnel, the TLS and the WebSocket opening handshake, once TCP is
+    /// connected.
     /// Defaults to 10 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
@@ -454,8 +457,9 @@ impl Builder {
         self
     }
 
-    /// Tunnels through this HTTP proxy (`http://[user:password@]host:port`) with
-    /// `CONNECT`, for `ws://` and `wss://` alike (TLS then runs end to end through the
+    /// Tunnels through this proxy: HTTP (`http://[user:password@]host:port`, with
+    /// `CONNECT`) or SOCKS5 (`socks5://`, or `socks5h://` to resolve names at the proxy),
+    /// for `ws://` and `wss://` alike (TLS then runs end to end through the
     /// tunnel). Credentials in the proxy URL are sent as `Proxy-Authorization: Basic`.
     /// Defaults to the environment, as curl does (but, as Go does, never for loopback hosts):
     /// `https_proxy` for `wss://`, `http_proxy` for `ws://`, else `all_proxy` (lower or

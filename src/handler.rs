@@ -8,7 +8,8 @@ use crate::websocket::WebSocketRef;
 
 /// Receives a connection's events, with the browser's method names.
 ///
-/// Every method has a default body that only logs, so implement the ones you need.
+/// Every method has a default body (logging, or nothing for `onping` and `onpong`), so
+/// implement the ones you need.
 /// They are called in order, one at a time: `onopen` once, then `onmessage` for each
 /// message, then, if the connection failed, `onerror` once, and always `onclose` once,
 /// last. Nothing is called after `onclose`.

@@ -50,7 +50,7 @@
 //! socket, sleeps in a readiness poller until the socket, a `send`, or a timer you set
 //! needs it, answers pings, runs the closing handshake, and turns what arrives into
 //! [`Event`]s: `Open`, then `Message`s, then, on failure, `Error`, and always `Close`, last.
-//! It never runs your code, so a slow callback or a busy main thread cannot stall pongs,
+//! It never runs your callbacks (only a header provider, before each attempt), so a slow callback or a busy main thread cannot stall pongs,
 //! keepalive or the close. An idle connection costs no CPU at all.
 //!
 //! You take the events one of three ways:
@@ -143,7 +143,8 @@
 //! which writes it at once (many queued messages go out in one write). Messages from one
 //! thread keep their order. [`buffered_amount`](WebSocketRef::buffered_amount) counts the
 //! bytes accepted and not yet handed to the OS; above the
-//! [high-water mark](Builder::high_water_mark) `send` blocks,
+//! [high-water mark](Builder::high_water_mark) `send` blocks (inside a callback it
+//! returns [`SendError::Full`] instead),
 //! [`try_send`](WebSocketRef::try_send) returns [`SendError::Full`] and
 //! [`send_timeout`](WebSocketRef::send_timeout) waits a bounded time. A send that cannot be
 //! taken (not yet OPEN, closing, closed) returns the message in its [`SendError`]: nothing
@@ -159,7 +160,7 @@
 //! start the closing handshake (messages sent before go out first) and return at once;
 //! [`wait_closed`](WebSocketRef::wait_closed) blocks until CLOSED and returns the
 //! [`CloseEvent`]. Dropping the last [`WebSocket`] handle closes with 1001 (going away) and
-//! joins both threads within the [close timeout](Builder::close_timeout). Callbacks get a
+//! joins both threads within the [close timeout](Builder::close_timeout) and a second. Callbacks get a
 //! [`WebSocketRef`], which does not keep the connection alive.
 //!
 //! # Errors
@@ -191,8 +192,10 @@
 //! # Features
 //!
 //! - `rustls` (default): `wss://` with rustls (*ring*) and the Mozilla roots of
-//!   `webpki-roots`. Without it, `wss://` fails with
+//!   `webpki-roots`. Without it (and without `native-tls`), `wss://` fails with
 //!   [`TlsErrorKind::Unsupported`], whose message names this feature.
+//! - `deflate` (default): permessage-deflate (RFC 7692), offered as browsers do, on
+//!   flate2.
 //! - `json` (default): `send_json`, `Message::json`, `Router` and `request`, on serde and
 //!   serde_json.
 //! - `rustls-native-certs`: `Builder::os_root_certificates`, rustls with the operating

@@ -2,8 +2,9 @@
 
 /// Where a connection is in its life, as in the browser's `WebSocket.readyState`.
 ///
-/// It only moves forward: CONNECTING → OPEN → CLOSING → CLOSED (CONNECTING may go straight
-/// to CLOSED when the connection fails).
+/// Within one connection it only moves forward: CONNECTING → OPEN → CLOSING → CLOSED
+/// (CONNECTING may go straight to CLOSED when the connection fails). With reconnect on,
+/// CLOSED goes back to CONNECTING for the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum ReadyState {
