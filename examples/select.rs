@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::Duration;
 
-use nwebsocket::crossbeam_channel::{select, tick, unbounded};
+use nwebsocket::crossbeam_channel::{never, select, tick, unbounded};
 use nwebsocket::{Event, WebSocket};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (ws, events) = WebSocket::connect_pull(&format!("ws://{addr}/"))?;
 
     // A producer thread hands us jobs; results go out over the WebSocket.
-    let (jobs_tx, jobs) = unbounded::<u64>();
+    let (jobs_tx, mut jobs) = unbounded::<u64>();
     thread::spawn(move || {
         for n in 1..=5 {
             let _ = jobs_tx.send(n);
@@ -29,11 +29,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     loop {
         select! {
-            recv(jobs) -> job => {
-                // `Err` once the producer is done.
-                if let Ok(n) = job {
-                    ws.send(format!("job {n}: {n} squared is {}", n * n))?;
-                }
+            recv(jobs) -> job => match job {
+                Ok(n) => ws.send(format!("job {n}: {n} squared is {}", n * n))?,
+                // The producer is done: a disconnected channel is always ready, so stop
+                // selecting on it (else this loop would spin).
+                Err(_) => jobs = never::<u64>(),
             },
             recv(ticker) -> _ => {
                 ticks += 1;
