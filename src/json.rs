@@ -254,7 +254,8 @@ impl WebSocketRef {
     /// [`Error::Json`] if `value` is not a JSON object, already has the id field (it is
     /// never overwritten: a caller's own `"id"` would otherwise vanish silently), or the
     /// reply does not fit `R`;
-    /// [`Error::Send`] if it cannot be sent; [`Error::Timeout`] ([`Timeout::Request`]) when
+    /// [`Error::Send`] if it cannot be sent (with [`SendError::TimedOut`] when the
+    /// outgoing buffer stays above its high-water mark for the whole timeout); [`Error::Timeout`] ([`Timeout::Request`]) when
     /// no reply came in time; [`Error::InvalidState`] if the connection closed first.
     pub fn request<T, R>(&self, value: &T, timeout: Duration) -> Result<R>
     where
@@ -288,7 +289,9 @@ impl WebSocketRef {
         let (tx, rx) = crossbeam_channel::bounded(1);
         shared.requests().insert(id, tx);
         shared.pending_requests.fetch_add(1, SeqCst);
-        let sent = self.send(text);
+        // The timeout bounds the whole call: the wait for room under the high-water mark
+        // too.
+        let sent = self.send_timeout(text, timeout);
         let reply = match sent {
             Ok(()) => rx.recv_deadline(deadline).ok(),
             Err(e) => {
@@ -364,9 +367,12 @@ impl crate::websocket::Shared {
 }
 
 /// Reads `field` of a JSON object as a `u64` without building the rest of the document.
+/// `None` unless the text is one JSON document (nothing after it) whose field appears once.
 fn extract_id(text: &str, field: &str) -> Option<u64> {
     let mut de = serde_json::Deserializer::from_str(text);
-    IdSeed(field).deserialize(&mut de).ok().flatten()
+    let id = IdSeed(field).deserialize(&mut de).ok().flatten()?;
+    de.end().ok()?;
+    Some(id)
 }
 
 struct IdSeed<'f>(&'f str);
@@ -387,14 +393,18 @@ impl<'de> Visitor<'de> for IdSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
         let mut found = None;
+        let mut seen = 0;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == self.0 && found.is_none() {
+            if key == self.0 {
+                seen += 1;
                 found = map.next_value::<Value>()?.as_u64();
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(found)
+        // The field twice: which one counts is anybody's guess (serde_json's `Value` keeps
+        // the last), so it is nobody's reply.
+        Ok(found.filter(|_| seen == 1))
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {

@@ -432,3 +432,109 @@ fn many_concurrent_timeouts_leave_nothing_pending() {
     ws.close();
     server.join();
 }
+
+/// Answers the first request with each text `answers(id)` makes, in order, then reads
+/// until the client closes.
+fn answering_server(answers: fn(u64) -> Vec<String>) -> Server<()> {
+    server(move |mut ws| {
+        loop {
+            let Ok(msg) = ws.read() else { return };
+            let Some(id) = msg
+                .to_text()
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                .and_then(|v| v["id"].as_u64())
+            else {
+                continue;
+            };
+            for text in answers(id) {
+                ws.send(tungstenite::Message::text(text))
+                    .expect("server: send");
+            }
+            break;
+        }
+        read_until_close(&mut ws);
+    })
+}
+
+/// A text that is not one JSON document (a valid object followed by more) is not a reply,
+/// whatever its first object says: it reaches the event channel as it came, and the
+/// request times out. So is an object with its id field twice. (Until 2026-12-07 the
+/// first went to the requester, which failed to read it, and the message was lost.)
+#[test]
+fn only_a_whole_json_object_with_one_id_is_a_reply() {
+    let _g = shared();
+    for answers in [
+        (|id| vec![format!(r#"{{"id":{id}}} trailing"#)]) as fn(u64) -> Vec<String>,
+        |id| vec![format!(r#"{{"id":{id}}}{{"id":{id}}}"#)],
+        |id| vec![format!(r#"{{"id":{id},"id":"other"}}"#)],
+    ] {
+        let server = answering_server(answers);
+        let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+        let r = ws.request::<_, Value>(&json!({"q": 1}), Duration::from_millis(300));
+        assert!(matches!(r, Err(Error::Timeout(Timeout::Request))), "{r:?}");
+        let sent = answers(1).remove(0);
+        loop {
+            match next_event(&events) {
+                Event::Open => {}
+                Event::Message(m) => {
+                    assert_eq!(m.as_text(), Some(sent.as_str()));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        ws.close();
+        drop(ws);
+        server.join();
+    }
+}
+
+/// `request`'s timeout bounds the whole call, the send included: above the high-water
+/// mark, with a server that reads nothing, it returns within it. (Until 2026-12-07 its
+/// send waited for room without a bound.)
+#[test]
+fn a_requests_timeout_bounds_its_send() {
+    let _g = shared();
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = raw_server(move |stream| {
+        cap_receive_buffer(&stream, 4096);
+        let ws = tungstenite::accept(stream).expect("server: handshake");
+        let _ = stop_rx.recv_timeout(SOCKET_TIMEOUT); // reads nothing
+        drop(ws);
+    });
+    let (ws, _events) = WebSocket::builder()
+        .high_water_mark(16 << 10)
+        .no_deflate()
+        .connect_pull(&server.url())
+        .expect("connect");
+    // Above the mark for good, the kernel's buffers full too: `Full` 40 times running,
+    // 5 ms apart.
+    let chunk = "x".repeat(64 << 10);
+    let mut fulls = 0;
+    for _ in 0..4000 {
+        match ws.try_send(chunk.clone()) {
+            Ok(()) => fulls = 0,
+            Err(nwebsocket::SendError::Full(_)) => {
+                fulls += 1;
+                if fulls == 40 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(fulls, 40, "never stayed above the high-water mark");
+    let started = Instant::now();
+    let r = ws.request::<_, Value>(&json!({"q": 1}), Duration::from_millis(300));
+    let took = started.elapsed();
+    assert!(
+        matches!(r, Err(Error::Send(nwebsocket::SendError::TimedOut(_)))),
+        "{r:?}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    stop_tx.send(()).unwrap();
+    drop(ws);
+    server.join();
+}
