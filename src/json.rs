@@ -254,9 +254,11 @@ impl WebSocketRef {
     /// [`Error::Json`] if `value` is not a JSON object, already has the id field (it is
     /// never overwritten: a caller's own `"id"` would otherwise vanish silently), or the
     /// reply does not fit `R`;
-    /// [`Error::Send`] if it cannot be sent (with [`SendError::TimedOut`](crate::SendError::TimedOut) when the
-    /// outgoing buffer stays above its high-water mark for the whole timeout); [`Error::Timeout`] ([`Timeout::Request`]) when
-    /// no reply came in time; [`Error::InvalidState`] if the connection closed first.
+    /// [`Error::Send`] if it cannot be sent (with
+    /// [`SendError::TimedOut`](crate::SendError::TimedOut) when the outgoing buffer stays
+    /// above its high-water mark for the whole timeout); [`Error::Timeout`]
+    /// ([`Timeout::Request`]) when no reply came in time; [`Error::InvalidState`] if the
+    /// connection closed first.
     pub fn request<T, R>(&self, value: &T, timeout: Duration) -> Result<R>
     where
         T: Serialize + ?Sized,
