@@ -474,7 +474,7 @@ impl Reader {
                     self.partial = Some(partial);
                     return Ok(None);
                 }
-                (partial.text, Bytes::from(partial.data))
+                (partial.text, Bytes::from(trimmed(partial.data)))
             }
             (Data::Text | Data::Binary, None) if !is_final => {
                 let mut partial = Partial {
@@ -525,12 +525,7 @@ impl Reader {
             self.partial = Some(partial);
             return Ok(None);
         }
-        let mut out = partial.data;
-        let spare = out.capacity() - out.len();
-        if spare > 4096 && spare > out.len() / 4 {
-            out.shrink_to_fit();
-        }
-        message(partial.text, Bytes::from(out)).map(Some)
+        message(partial.text, Bytes::from(trimmed(partial.data))).map(Some)
     }
 
     /// When the buffers kept for reuse should be dropped, if any are kept.
@@ -591,5 +586,36 @@ fn close(payload: &[u8]) -> Result<Incoming, Violation> {
                 }),
             }
         }
+    }
+}
+
+/// A message assembled in `buf` (grown by doubling), let go of the room it does not use
+/// when that is much: a message kept holds about its own size, not up to twice it.
+fn trimmed(mut buf: Vec<u8>) -> Vec<u8> {
+    let spare = buf.capacity() - buf.len();
+    if spare > 4096 && spare > buf.len() / 4 {
+        buf.shrink_to_fit();
+    }
+    buf
+}
+
+#[cfg(test)]
+mod trim_tests {
+    /// A fragmented message of 10 MiB assembled by doubling held 16 MiB until 2026-12-07.
+    #[test]
+    fn an_assembled_message_keeps_little_room() {
+        let mut buf = Vec::new();
+        for _ in 0..160 {
+            buf.extend_from_slice(&[7u8; 64 << 10]);
+        }
+        buf.extend_from_slice(&[1u8; 12_345]);
+        let len = buf.len();
+        assert!(buf.capacity() > len * 5 / 4);
+        let buf = super::trimmed(buf);
+        assert!(buf.capacity() <= len + 4096, "{} for {len}", buf.capacity());
+        // A small one with a little room is left alone (no copy for nothing).
+        let mut small = Vec::with_capacity(128);
+        small.extend_from_slice(&[1u8; 100]);
+        assert_eq!(super::trimmed(small).capacity(), 128);
     }
 }
