@@ -212,8 +212,9 @@
 //!
 //! # Log levels
 //!
-//! Through the `log` crate: state changes at `debug`, frames at `trace`, dropped data and
-//! detached threads at `warn`, caught callback panics at `error`. Nothing is printed.
+//! Through the `log` crate: state changes at `debug`, frames at `trace`, redirects and
+//! reconnects at `info`, dropped data, a full queue and detached threads at `warn`, caught
+//! callback panics at `error`. Nothing is printed.
 //! tungstenite's own `trace` output includes handshake headers; keep the `tungstenite`
 //! target below `trace` where requests carry credentials.
 //!
