@@ -295,25 +295,12 @@ impl Pull {
     }
 
     /// Moves events from the front of `pending` into the channel, in order: as many as
-    /// fit if `bounded`, else all. `Err` carries the events dropped because the receiver
-    /// is gone.
+    /// fit if `bounded`, else all. Returns their payload bytes; `Err` carries the events
+    /// dropped because the receiver is gone.
     #[inline(never)] // one copy of the loop (see below)
-    fn push(&mut self, pending: &mut VecDeque<Event>, bounded: bool) -> Result<(), Vec<Event>> {
-        if !pending.is_empty() {
-            // The caller's takes since the first delivery it has not touched (the count
-            // taken does not change with what this thread sends).
-            let taken = self.taken();
-            match &mut self.unread {
-                Some(unread) if unread.taken == taken => unread.again = true,
-                _ => {
-                    self.unread = Some(Unread {
-                        taken,
-                        since: Instant::now(),
-                        again: false,
-                    })
-                }
-            }
-        }
+    fn push(&mut self, pending: &mut VecDeque<Event>, bounded: bool) -> Result<usize, Vec<Event>> {
+        let sent_before = self.sent;
+        let sent_bytes_before = self.sent_bytes;
         let (mut room, mut bytes, bytes_limit) = if bounded {
             let (events, bytes) = self.waiting();
             (self.limit.saturating_sub(events), bytes, self.bytes_limit)
@@ -335,7 +322,23 @@ impl Pull {
             bytes += len;
             room -= 1;
         }
-        Ok(())
+        if self.sent > sent_before {
+            // A delivery: the caller's takes since the first one it has not touched (the
+            // count taken does not change with what this thread sends). Nothing that fit
+            // is no delivery: a full channel is not a caller falling behind again.
+            let taken = self.taken();
+            match &mut self.unread {
+                Some(unread) if unread.taken == taken => unread.again = true,
+                _ => {
+                    self.unread = Some(Unread {
+                        taken,
+                        since: Instant::now(),
+                        again: false,
+                    })
+                }
+            }
+        }
+        Ok((self.sent_bytes - sent_bytes_before) as usize)
     }
 
     /// Counts an event of `len` payload bytes just sent.
@@ -895,22 +898,23 @@ impl Outlet {
         }
     }
 
-    /// Moves events from the front of `pending` over, in order, as many as fit now.
-    /// `Err` carries the events dropped because the consumer is gone.
-    pub fn push(&mut self, pending: &mut VecDeque<Event>) -> Result<(), Vec<Event>> {
+    /// Moves events from the front of `pending` over, in order, as many as fit now, and
+    /// returns their payload bytes (in batches all go, or none: then 0, and `pending` is
+    /// empty or as it was). `Err` carries the events dropped because the consumer is gone.
+    pub fn push(&mut self, pending: &mut VecDeque<Event>) -> Result<usize, Vec<Event>> {
         match self {
             Outlet::Events(pull) => pull.push(pending, true),
             Outlet::Batches { tx, spare, .. } => {
                 // Only this thread sends: once there is room, `try_send` cannot find it full.
                 if pending.is_empty() || tx.is_full() {
-                    return Ok(());
+                    return Ok(0);
                 }
                 let batch = take_batch(spare, pending);
                 match tx.try_send(batch) {
-                    Ok(()) => Ok(()),
+                    Ok(()) => Ok(0),
                     Err(TrySendError::Full(batch)) => {
                         put_back(pending, batch);
-                        Ok(())
+                        Ok(0)
                     }
                     Err(TrySendError::Disconnected(mut batch)) => {
                         batch.extend(pending.drain(..));
@@ -933,7 +937,7 @@ impl Outlet {
     /// `Err` carries the events dropped because the receiver is gone.
     pub fn push_last(&mut self, pending: &mut VecDeque<Event>) -> Result<(), Vec<Event>> {
         match self {
-            Outlet::Events(pull) => pull.push(pending, false),
+            Outlet::Events(pull) => pull.push(pending, false).map(drop),
             Outlet::Batches {
                 tx, spare, tail, ..
             } => {
@@ -963,7 +967,7 @@ impl Outlet {
     ) -> Waited {
         match self {
             Outlet::Events(pull) => match pull.push(pending, false) {
-                Ok(()) => Waited::Sent,
+                Ok(_) => Waited::Sent,
                 Err(gone) => Waited::Gone(gone),
             },
             Outlet::Batches { tx, spare, .. } => {
@@ -1268,7 +1272,7 @@ mod tests {
         );
         match outlet.push(&mut pending) {
             Err(events) => assert_eq!(events.len(), 2, "the two that were pending"),
-            Ok(()) => panic!("the receiver is gone"),
+            Ok(_) => panic!("the receiver is gone"),
         }
         let (commands_tx, commands) = crossbeam_channel::unbounded();
         drop(commands_tx);

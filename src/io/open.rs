@@ -37,14 +37,20 @@ impl Io {
                 .transition(&[ReadyState::Open], ReadyState::Closing);
             self.close(open, Some((1001, String::new())));
         }
-        let overdue = open.conn.pong_deadline().is_some_and(|d| now >= d);
-        if overdue && !self.pong_overdue && !self.judging() {
-            // The consumer holds reading back, and a pong is due: the answer may wait in
-            // the socket, behind what the consumer has not taken. Read for it, past the
-            // consumer's bound, until the socket is drained; then judge.
-            self.readable = true;
+        match open.conn.pong_deadline() {
+            None => self.looking_for_pong = false,
+            Some(due) if now >= due && !self.looking_for_pong && !self.judging() => {
+                // The consumer holds reading back, and a pong is due: the answer may wait
+                // in the socket, behind what the consumer has not taken, or not be written
+                // yet (the server could not write while nothing was read). Read for it
+                // past the consumer's bound, give it a pong timeout from now, and judge
+                // once the socket is drained.
+                self.looking_for_pong = true;
+                self.readable = true;
+                open.conn.restart_pong_timer(now);
+            }
+            Some(_) => {}
         }
-        self.pong_overdue = overdue;
         self.read(open, now)?;
         // Write first: a server that took data while this thread waited to run (a loaded
         // machine) is credited before the timers judge it.
@@ -180,14 +186,15 @@ impl Io {
             for event in self.pending.split_off(first) {
                 match event {
                     Event::Message(m) => {
-                        if let Some(m) = crate::json::route_reply(&self.shared, m) {
-                            self.pending.push_back(Event::Message(m));
+                        let len = m.len();
+                        match crate::json::route_reply(&self.shared, m) {
+                            Some(m) => self.pending.push_back(Event::Message(m)),
+                            None => self.pending_bytes -= len, // to its requester
                         }
                     }
                     other => self.pending.push_back(other),
                 }
             }
-            self.recount_pending();
         }
         taken
     }

@@ -399,6 +399,14 @@ impl Connection {
         app_bytes
     }
 
+    /// The driver held reading back past the pong's deadline: the server gets a pong
+    /// timeout from now (see `Io::looking_for_pong`).
+    pub fn restart_pong_timer(&mut self, now: Instant) {
+        if self.pong_deadline.is_some() {
+            self.pong_deadline = after(now, self.timers.pong_timeout);
+        }
+    }
+
     /// When a pong is due, if one is (whether or not the driver judges it now).
     pub fn pong_deadline(&self) -> Option<Instant> {
         self.pong_deadline.filter(|_| self.closing != Closing::Over)

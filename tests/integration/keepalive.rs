@@ -598,3 +598,41 @@ fn pings_past_sixteen_waiting_are_refused_not_dropped() {
     drop(ws);
     server.join();
 }
+
+/// Looking for an overdue pong past the consumer's bound stops at that bound (65,536
+/// events): a server that far ahead is alive, and the I/O thread then waits for the
+/// consumer instead of looking for room every 5 ms for as long as it stalls. (Until
+/// 2026-12-07 it went on waking 200 times a second.)
+#[test]
+fn looking_for_a_pong_past_the_bound_does_not_make_the_io_thread_tick() {
+    let _g = exclusive();
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        // Far more than the bound, tiny, and never a pong (nothing is read).
+        for _ in 0..200_000 {
+            if ws.write(tungstenite::Message::binary(vec![1u8])).is_err() {
+                return;
+            }
+        }
+        let _ = ws.flush();
+        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT);
+    });
+    let before = crate_threads();
+    let (ws, _events) = WebSocket::builder()
+        .incoming_queue(16)
+        .ping_interval(Duration::from_millis(100))
+        .pong_timeout(Duration::from_millis(100))
+        .close_timeout(Duration::from_millis(200))
+        .connect_pull(&server.url())
+        .expect("connect");
+    let io = new_crate_threads(&before, 1)[0].0;
+    // The pong falls due, the thread reads up to the bound, then waits.
+    std::thread::sleep(Duration::from_millis(1500));
+    let switches0 = thread_switches(io);
+    std::thread::sleep(Duration::from_millis(1000));
+    let switches = thread_switches(io) - switches0;
+    assert!(switches < 50, "{switches} switches in 1 s");
+    done_tx.send(()).unwrap();
+    drop(ws);
+    server.join();
+}

@@ -944,3 +944,48 @@ fn a_busy_pull_caller_with_sparse_messages_does_not_make_the_io_thread_tick() {
     drop(ws);
     server.join();
 }
+
+/// A `request` waits while the consumer takes nothing and the server keeps sending, one
+/// message a millisecond: the I/O thread reads past the consumer's bound for the reply,
+/// waking for the socket and to look for room every 5 ms, not every millisecond. (Until
+/// 2026-12-07 the busy-caller moderation ran in that state too: 860 switches a second.)
+#[cfg(feature = "json")]
+#[test]
+fn a_waiting_request_with_the_consumer_stalled_does_not_make_the_io_thread_tick() {
+    let _g = exclusive();
+    let server = server(|mut ws| {
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            if ws.send(tungstenite::Message::text("tick")).is_err() {
+                return;
+            }
+            match ws.read() {
+                Ok(m) if m.is_close() => return,
+                _ => {}
+            }
+        }
+    });
+    let before = crate_threads();
+    let (ws, _events) = WebSocket::builder()
+        .incoming_queue(16)
+        .close_timeout(Duration::from_millis(300))
+        .connect_pull(&server.url())
+        .expect("connect");
+    let io = new_crate_threads(&before, 1)[0].0;
+    let switches0 = thread_switches(io);
+    let t = Instant::now();
+    // Nobody answers: the request runs its whole timeout.
+    let r = ws
+        .request::<_, serde_json::Value>(&serde_json::json!({"q": 1}), Duration::from_millis(1000));
+    let took = t.elapsed();
+    let switches = thread_switches(io) - switches0;
+    assert!(matches!(r, Err(nwebsocket::Error::Timeout(_))), "{r:?}");
+    // Measured: about 240 a second; with the moderation, about 840.
+    let per_s = switches as f64 / took.as_secs_f64();
+    assert!(per_s < 500.0, "{switches} switches in {took:?}");
+    drop(ws);
+    server.join();
+}
