@@ -409,8 +409,24 @@ fn vanishing_server(n: usize, close: bool) -> Server<()> {
 #[test]
 fn a_failed_write_loses_nothing_the_server_sent_before_it_closed() {
     let _g = shared();
+    let (messages, tail) = writes_after_the_server_went(true);
+    for (i, e) in messages.iter().enumerate() {
+        assert!(
+            matches!(e, Event::Message(m) if m.as_text() == Some(&format!("m{i}"))),
+            "message {i}: {e:?}"
+        );
+    }
+    assert!(
+        matches!(tail[..], [Event::Close(ref c)] if c.code == 4001 && c.reason == "server bye"),
+        "{tail:?}"
+    );
+}
+
+/// The client of a [`vanishing_server`] of 2,000 messages takes nothing while it sends,
+/// until its writes fail; then it takes all. Returns the messages and what came after.
+fn writes_after_the_server_went(close: bool) -> (Vec<Event>, Vec<Event>) {
     const N: usize = 2000;
-    let server = vanishing_server(N, true);
+    let server = vanishing_server(N, close);
     let (ws, events) = WebSocket::builder()
         .incoming_queue(2)
         .connect_pull(&server.url())
@@ -422,26 +438,12 @@ fn a_failed_write_loses_nothing_the_server_sent_before_it_closed() {
         std::thread::sleep(Duration::from_millis(20));
         let _ = ws.send(format!("client {i}"));
     }
-    let evs = events_until_close(&events);
-    let messages = evs
-        .iter()
-        .filter(|e| matches!(e, Event::Message(_)))
-        .count();
-    let tail: Vec<&Event> = evs
-        .iter()
-        .filter(|e| !matches!(e, Event::Message(_) | Event::Open))
-        .collect();
-    assert_eq!(messages, N, "then {tail:?}");
-    for (i, e) in evs[1..=N].iter().enumerate() {
-        assert!(
-            matches!(e, Event::Message(m) if m.as_text() == Some(&format!("m{i}"))),
-            "message {i}: {e:?}"
-        );
-    }
-    assert!(
-        matches!(tail[..], [Event::Close(c)] if c.code == 4001 && c.reason == "server bye"),
-        "{tail:?}"
-    );
+    let (messages, tail): (Vec<Event>, Vec<Event>) = events_until_close(&events)
+        .into_iter()
+        .filter(|e| !matches!(e, Event::Open))
+        .partition(|e| matches!(e, Event::Message(_)));
+    assert_eq!(messages.len(), N, "then {tail:?}");
+    (messages, tail)
 }
 
 /// The same in callback style, where only the keepalive's pings write: the callback is
@@ -493,29 +495,9 @@ fn a_failed_ping_loses_nothing_the_server_sent_before_it_closed() {
 #[test]
 fn a_failed_write_without_a_close_delivers_what_came_then_fails() {
     let _g = shared();
-    const N: usize = 2000;
-    let server = vanishing_server(N, false);
-    let (ws, events) = WebSocket::builder()
-        .incoming_queue(2)
-        .connect_pull(&server.url())
-        .expect("connect");
-    server.join();
-    for i in 0..10 {
-        std::thread::sleep(Duration::from_millis(20));
-        let _ = ws.send(format!("client {i}"));
-    }
-    let evs = events_until_close(&events);
-    let messages = evs
-        .iter()
-        .filter(|e| matches!(e, Event::Message(_)))
-        .count();
-    let tail: Vec<&Event> = evs
-        .iter()
-        .filter(|e| !matches!(e, Event::Message(_) | Event::Open))
-        .collect();
-    assert_eq!(messages, N, "then {tail:?}");
+    let (_, tail) = writes_after_the_server_went(false);
     assert!(
-        matches!(tail[..], [Event::Error(Error::Io(_)), Event::Close(c)] if c.code == 1006 && !c.was_clean),
+        matches!(tail[..], [Event::Error(Error::Io(_)), Event::Close(ref c)] if c.code == 1006 && !c.was_clean),
         "{tail:?}"
     );
 }
