@@ -857,7 +857,7 @@ impl Io {
             // (Walking all of `pending` to count its bytes again cost a turn up to 0.3 ms
             // with 65,536 events waiting past the consumer's bound.)
             Ok(_) if self.pending.is_empty() => self.pending_bytes = 0,
-            Ok(delivered) => self.pending_bytes -= delivered,
+            Ok(delivered) => self.pending_bytes = self.pending_bytes.saturating_sub(delivered),
             Err(gone) => {
                 self.discard(gone);
                 self.recount_pending();

@@ -189,7 +189,7 @@ impl Io {
                         let len = m.len();
                         match crate::json::route_reply(&self.shared, m) {
                             Some(m) => self.pending.push_back(Event::Message(m)),
-                            None => self.pending_bytes -= len, // to its requester
+                            None => self.pending_bytes = self.pending_bytes.saturating_sub(len), // to its requester
                         }
                     }
                     other => self.pending.push_back(other),

@@ -494,7 +494,7 @@ impl Output {
             self.at += n;
             if self.at >= front.bytes.len() {
                 if let Some(chunk) = self.data.pop_front() {
-                    done.0 = chunk.app_bytes - self.credited;
+                    done.0 = chunk.app_bytes.saturating_sub(self.credited);
                     if chunk.open {
                         self.spare = Some(Spare {
                             bytes: chunk.bytes,
