@@ -145,6 +145,8 @@ pub(crate) struct Room {
     below: AtomicUsize,
     /// The caller used the raw receiver, whose takes wake nobody.
     raw: AtomicBool,
+    /// The caller's `Events` (clones count): the last one's drop tells the I/O thread.
+    receivers: AtomicUsize,
 }
 
 impl Default for Room {
@@ -152,6 +154,7 @@ impl Default for Room {
         Room {
             below: AtomicUsize::new(usize::MAX),
             raw: AtomicBool::new(false),
+            receivers: AtomicUsize::new(1), // the one `Events` made with it
         }
     }
 }
@@ -423,7 +426,6 @@ fn missed(event: Event, pending: &mut VecDeque<Event>) -> Vec<Event> {
 /// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone)]
 pub struct Events {
     rx: Receiver<Event>,
     room: Arc<Room>,
@@ -544,6 +546,17 @@ impl Events {
     }
 }
 
+impl Clone for Events {
+    fn clone(&self) -> Self {
+        self.room.receivers.fetch_add(1, SeqCst);
+        Events {
+            rx: self.rx.clone(),
+            room: Arc::clone(&self.room),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
 impl Deref for Events {
     type Target = Receiver<Event>;
 
@@ -560,10 +573,11 @@ impl Drop for Events {
     fn drop(&mut self) {
         drop(std::mem::replace(&mut self.rx, crossbeam_channel::never()));
         let waited = self.room.below.swap(usize::MAX, SeqCst) != usize::MAX;
-        // The last receiver (this one's `room` and the I/O thread's are all that is
-        // left): an I/O thread waiting to reconnect learns at once that nobody takes
-        // events any more (see `Outlet::receiver_gone`).
-        if waited || Arc::strong_count(&self.room) <= 2 {
+        // The last receiver: an I/O thread waiting to reconnect learns at once that
+        // nobody takes events any more (see `Outlet::receiver_gone`). Counted down before
+        // the command goes, so the thread it wakes sees it.
+        let last = self.room.receivers.fetch_sub(1, SeqCst) == 1;
+        if waited || last {
             self.shared.enqueue(Command::Room);
         }
     }
@@ -865,13 +879,12 @@ impl Outlet {
         }
     }
 
-    /// Whether the consumer has taken everything handed over so far.
     /// Whether the consumer's end is gone for good: every `Events` dropped (pull style),
     /// or the batches' receiver (its `spare` sender with it). Nobody would take another
     /// connection's events.
     pub fn receiver_gone(&mut self) -> bool {
         match self {
-            Outlet::Events(pull) => Arc::strong_count(&pull.room) == 1,
+            Outlet::Events(pull) => pull.room.receivers.load(SeqCst) == 0,
             Outlet::Batches { spare, .. } => loop {
                 match spare.try_recv() {
                     Ok(_) => {} // an emptied vector, not needed any more
@@ -882,6 +895,7 @@ impl Outlet {
         }
     }
 
+    /// Whether the consumer has taken everything handed over so far.
     pub fn is_empty(&self) -> bool {
         match self {
             Outlet::Events(pull) => pull.tx.is_empty(),

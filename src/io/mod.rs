@@ -369,18 +369,21 @@ impl IoThread {
     fn wait(&mut self, events: &mut Events) -> Result<(), End> {
         let busy = self.io.has_work(&self.phase);
         let mut deadline = self.io.next_deadline(&self.phase);
+        if let Phase::Open(open) = &self.phase {
+            if open.conn.pong_deadline().is_none() {
+                self.io.looking_for_pong = false; // the pong came
+            }
+        }
         let held = !busy && !self.io.pending.is_empty();
-        if held && (self.io.draining || self.io.requests_waiting()) {
-            // Closing, or a request waits: the socket is read whatever the consumer does
-            // (the server's answer must be seen), and the events wait; look for room for
-            // them now and then (both end within their own timeouts).
+        let pong_watch = self.io.looking_for_pong && !self.io.pending_full();
+        if held && (self.io.draining || self.io.requests_waiting() || pong_watch) {
+            // Closing, a request waits, or a pong is looked for (the socket drained, short
+            // of the bound): the socket is read whatever the consumer does (the answer
+            // must be seen), and the events wait; look for room for them now and then
+            // (each ends within its own timeout).
             self.io.deliver_pending();
             let soon = Instant::now() + RETRY;
             deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
-        } else if held && self.io.looking_for_pong && !self.io.pending_full() {
-            // Looking for a pong past the consumer's bound, the socket drained: watch it
-            // for the pong until its deadline (no naps: it is the socket that matters).
-            self.io.deliver_pending();
         } else if held {
             // The outlet is full: it takes no more until the consumer makes room.
             if self.io.consumer_keeps_up {
@@ -738,6 +741,9 @@ impl Io {
         self.write_blocked = false;
         self.write_failed = false;
         self.looking_for_pong = false;
+        // Pings asked for on the last connection, not taken before it ended: not this
+        // one's (and `ping` would find the queue full, or never wake this thread).
+        let _ = self.shared.take_pings(usize::MAX);
         self.pings_left = false;
         self.output_waiting = false;
         self.outbox_waiting = false;
@@ -750,10 +756,9 @@ impl Io {
             .transition(&[ReadyState::Closed], ReadyState::Connecting);
     }
 
-    /// Reports the end of one connection: state CLOSED, the held-back event, `Error` if
-    /// any, then `Close`.
+    /// Reports the end of one connection (the state is CLOSED already: see
+    /// `drain_after_end`): the held-back events, `Error` if any, then `Close`.
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
-    /// Reports the end (the state is CLOSED already: see `drain_after_end`).
     fn finish(&mut self, end: End, last: bool) {
         let shared = Arc::clone(&self.shared);
         let (error, close) = match end {

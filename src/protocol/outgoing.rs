@@ -377,7 +377,6 @@ impl Output {
         self.close == CloseOut::Written
     }
 
-    /// Whether a pong the peer is owed waits.
     /// How many more pings can wait to be written.
     pub fn ping_room(&self) -> usize {
         if self.accepts_control() {
@@ -392,6 +391,7 @@ impl Output {
         !self.pings.is_empty() || self.staged_kind == Some(Staged::Ping)
     }
 
+    /// Whether a pong the peer is owed waits.
     fn owes_pong(&self) -> bool {
         !self.pongs.is_empty() || self.staged_kind == Some(Staged::Pong)
     }

@@ -636,3 +636,100 @@ fn looking_for_a_pong_past_the_bound_does_not_make_the_io_thread_tick() {
     drop(ws);
     server.join();
 }
+
+/// Once a pong looked for past the consumer's bound has come, the events already read
+/// reach the consumer as it takes them: nothing waits for a timer. (Until 2026-12-07 the
+/// look's wait watched the socket only, and a take waited up to the ping interval for
+/// events already read.)
+#[test]
+fn events_read_while_looking_for_a_pong_are_not_held_back_after_it() {
+    let _g = shared();
+    const INTERVAL: Duration = Duration::from_millis(1500);
+    let server = server(|mut ws| {
+        for i in 0..40 {
+            ws.send(tungstenite::Message::text(format!("m{i}")))
+                .unwrap();
+        }
+        // The pong goes out late, after the ping's deadline, within the timeout the client
+        // gives it again from then.
+        while let Ok(m) = ws.read() {
+            if m.is_close() {
+                break;
+            }
+            if m.is_ping() {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        }
+    });
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(4)
+        .ping_interval(INTERVAL)
+        .pong_timeout(Duration::from_millis(300))
+        .connect_pull(&server.url())
+        .expect("connect");
+    // Reading held back through the ping (1.5 s) and its deadline (1.8 s).
+    std::thread::sleep(Duration::from_millis(2300));
+    let mut worst = Duration::ZERO;
+    let mut messages = 0;
+    while messages < 40 {
+        let t = Instant::now();
+        match events.recv_timeout(WAIT) {
+            Ok(Event::Message(_)) => messages += 1,
+            Ok(Event::Open) => {}
+            other => panic!("{other:?}"),
+        }
+        worst = worst.max(t.elapsed());
+    }
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    drop(ws);
+    server.join();
+    assert!(
+        worst < Duration::from_millis(250),
+        "a take waited {worst:?}"
+    );
+}
+
+/// Pings queued for a connection that ended before they could be written are not the
+/// next connection's: `ping` works on it. (Until 2026-12-07 they stayed in the handle's
+/// queue: `PingsWaiting` for the rest of the handle's life.)
+#[test]
+fn pings_left_from_a_lost_connection_do_not_block_the_next() {
+    let _g = shared();
+    let (kill_tx, kill_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = crate::reconnect::multi_server(2, move |i, stream| {
+        if i == 0 {
+            cap_receive_buffer(&stream, 4096);
+            let ws = tungstenite::accept(stream).unwrap();
+            let _ = kill_rx.recv_timeout(WAIT);
+            drop(ws); // unread data: a reset
+        } else {
+            let mut ws = tungstenite::accept(stream).unwrap();
+            read_until_close(&mut ws);
+        }
+    });
+    let (ws, events) = WebSocket::builder()
+        .high_water_mark(64 << 20)
+        .reconnect(nwebsocket::Reconnect::new().initial_delay(Duration::from_millis(10)))
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    ws.send(vec![7u8; 8 << 20]).unwrap(); // stuck: the server reads nothing
+    let mut accepted = 0;
+    while accepted < 32 && ws.ping(b"a".to_vec()).is_ok() {
+        accepted += 1;
+        std::thread::yield_now();
+    }
+    assert!(accepted > 16, "{accepted}");
+    kill_tx.send(()).unwrap();
+    loop {
+        match next_event(&events) {
+            Event::Open => break,
+            _ => continue,
+        }
+    }
+    let result = ws.ping(b"c".to_vec());
+    assert!(result.is_ok(), "ping on the next connection: {result:?}");
+    ws.close();
+    drop(ws);
+    server.join();
+}
