@@ -170,14 +170,15 @@ impl Shared {
     /// until `onclose` has run) would never return, because this thread holds the handler
     /// `onclose` needs.
     fn close_wait_deadlock(&self) -> Option<Holder> {
-        if !self.callback_mode {
-            return None;
-        }
-        let me = thread::current().id();
-        if self.callback_thread.get() == Some(&me) {
+        self.callback_mode.then(|| self.held_here()).flatten()
+    }
+
+    /// Whether this thread holds the handler, and why.
+    fn held_here(&self) -> Option<Holder> {
+        if self.on_callback_thread() {
             return Some(Holder::CallbackThread);
         }
-        (self.handler_holder() == Some(me)).then_some(Holder::ThisThread)
+        (self.handler_holder() == Some(thread::current().id())).then_some(Holder::ThisThread)
     }
 
     fn on_callback_thread(&self) -> bool {
@@ -926,17 +927,18 @@ impl<H> WebSocket<H> {
     /// As [`handler`](Self::handler), with [`Error::WouldDeadlock`] where that would
     /// wait for itself (on the callback thread, or on a thread that holds the guard).
     pub fn try_handler(&self) -> Result<HandlerGuard<'_, H>> {
-        let shared = &self.owner.ws.shared;
-        let me = thread::current().id();
-        if shared.callback_thread.get() == Some(&me) {
-            return Err(Error::WouldDeadlock(
-                "WebSocket::handler on the callback thread (which holds the handler)",
-            ));
-        }
-        if shared.handler_holder() == Some(me) {
-            return Err(Error::WouldDeadlock(
-                "WebSocket::handler on a thread that holds the handler already",
-            ));
+        match self.owner.ws.shared.held_here() {
+            Some(Holder::CallbackThread) => {
+                return Err(Error::WouldDeadlock(
+                    "WebSocket::handler on the callback thread (which holds the handler)",
+                ))
+            }
+            Some(Holder::ThisThread) => {
+                return Err(Error::WouldDeadlock(
+                    "WebSocket::handler on a thread that holds the handler already",
+                ))
+            }
+            None => {}
         }
         let cell = &*self.owner.handler;
         cell.wanted.fetch_add(1, SeqCst);

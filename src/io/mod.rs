@@ -369,11 +369,6 @@ impl IoThread {
     fn wait(&mut self, events: &mut Events) -> Result<(), End> {
         let busy = self.io.has_work(&self.phase);
         let mut deadline = self.io.next_deadline(&self.phase);
-        if let Phase::Open(open) = &self.phase {
-            if open.conn.pong_deadline().is_none() {
-                self.io.looking_for_pong = false; // the pong came
-            }
-        }
         let held = !busy && !self.io.pending.is_empty();
         let pong_watch = self.io.looking_for_pong && !self.io.pending_full();
         if held && (self.io.draining || self.io.requests_waiting() || pong_watch) {
@@ -655,15 +650,12 @@ impl Io {
 
     /// How long to wait before reconnecting, or `None` when this was the last connection.
     fn retry_delay(&mut self, end: &End) -> Option<Duration> {
-        let policy = self.shared.config.reconnect.as_ref()?;
+        let shared = Arc::clone(&self.shared);
+        let policy = shared.config.reconnect.as_ref()?;
         if self.stopped || (matches!(end, End::Clean(_)) && policy.stop_on_clean_close) {
             return None;
         }
-        if self.receiver_gone || self.outlet.receiver_gone() {
-            log::debug!(
-                "{}: the event receiver is gone: no reconnecting",
-                self.url()
-            );
+        if self.receiver_gone || self.consumer_gone() {
             return None;
         }
         if self.opened {
@@ -684,6 +676,19 @@ impl Io {
         // The jitter: `rand`, which also makes the frames' masks.
         let unit: f64 = rand::random();
         Some(policy.delay(self.failures - 1, unit))
+    }
+
+    /// Whether nobody takes events any more (see `Outlet::receiver_gone`): then there is
+    /// no reconnecting.
+    fn consumer_gone(&mut self) -> bool {
+        let gone = self.outlet.receiver_gone();
+        if gone {
+            log::debug!(
+                "{}: the event receiver is gone: no reconnecting",
+                self.url()
+            );
+        }
+        gone
     }
 
     /// Waits out the reconnect delay; `false` if `close` or the last handle's drop ended it.
@@ -716,11 +721,7 @@ impl Io {
                 }
                 // The last event receiver was dropped (or the consumer made room).
                 Ok(Command::Room) => {
-                    if self.outlet.receiver_gone() {
-                        log::debug!(
-                            "{}: the event receiver is gone: no reconnecting",
-                            self.url()
-                        );
+                    if self.consumer_gone() {
                         return false;
                     }
                 }

@@ -37,19 +37,16 @@ impl Io {
                 .transition(&[ReadyState::Open], ReadyState::Closing);
             self.close(open, Some((1001, String::new())));
         }
-        match open.conn.pong_deadline() {
-            None => self.looking_for_pong = false,
-            Some(due) if now >= due && !self.looking_for_pong && !self.judging() => {
-                // The consumer holds reading back, and a pong is due: the answer may wait
-                // in the socket, behind what the consumer has not taken, or not be written
-                // yet (the server could not write while nothing was read). Read for it
-                // past the consumer's bound, give it a pong timeout from now, and judge
-                // once the socket is drained.
-                self.looking_for_pong = true;
-                self.readable = true;
-                open.conn.restart_pong_timer(now);
-            }
-            Some(_) => {}
+        let pong_due = open.conn.pong_deadline().is_some_and(|due| now >= due);
+        if pong_due && !self.looking_for_pong && !self.judging() {
+            // The consumer holds reading back, and a pong is due: the answer may wait in
+            // the socket, behind what the consumer has not taken, or not be written yet
+            // (the server could not write while nothing was read). Read for it past the
+            // consumer's bound, give it a pong timeout from now, and judge once the
+            // socket is drained. Until the pong comes (see `events`).
+            self.looking_for_pong = true;
+            self.readable = true;
+            open.conn.restart_pong_timer(now);
         }
         self.read(open, now)?;
         // Write first: a server that took data while this thread waited to run (a loaded
@@ -144,10 +141,13 @@ impl Io {
                 protocol::Event::Ping(p) if self.shared.config.ping_events => {
                     self.emit(Event::Ping(Binary(p)));
                 }
-                protocol::Event::Pong(p) if self.shared.config.ping_events => {
-                    self.emit(Event::Pong(Binary(p)));
+                protocol::Event::Pong(p) => {
+                    self.looking_for_pong = false; // (any pong answers the keepalive)
+                    if self.shared.config.ping_events {
+                        self.emit(Event::Pong(Binary(p)));
+                    }
                 }
-                protocol::Event::Ping(_) | protocol::Event::Pong(_) => {}
+                protocol::Event::Ping(_) => {}
                 protocol::Event::PeerClose(close) => {
                     log::debug!("{}: the server closed: {close:?}", self.url());
                     // Stop the senders first: what they sent before goes out before the echo.

@@ -600,7 +600,7 @@ fn trimmed(mut buf: Vec<u8>) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod trim_tests {
+mod tests {
     /// A fragmented message of 10 MiB assembled by doubling held 16 MiB until 2026-12-07.
     #[test]
     fn an_assembled_message_keeps_little_room() {
