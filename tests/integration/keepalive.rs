@@ -564,16 +564,22 @@ fn a_ping_behind_our_large_frame_is_timed_from_its_write() {
 
 /// `ping` refuses (`PingsWaiting`) once 16 pings wait for the I/O thread, which takes at
 /// most 16 unwritten ones: none it accepted is dropped. Against a server that reads
-/// nothing, with our writes stuck behind a large message: at most 32 accepted, then
-/// refused. (Until 2026-12-07 the I/O thread took them all over at once and dropped the
-/// oldest past 16: 200 calls, 200 `Ok`.)
+/// nothing past the first byte of a large message, so that every ping waits behind its
+/// frame: at most 32 accepted, then refused. (Until 2026-12-07 the I/O thread took them
+/// all over at once and dropped the oldest past 16: 200 calls, 200 `Ok`.)
 #[test]
 fn pings_past_sixteen_waiting_are_refused_not_dropped() {
     let _g = shared();
+    let (started_tx, started_rx) = crossbeam_channel::bounded::<u8>(1);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-    let server = server(move |ws| {
+    let server = server(move |mut ws| {
         cap_receive_buffer(ws.get_ref(), 64 << 10);
-        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT); // reads nothing meanwhile
+        // The large frame's first byte: its writing has begun, and a ping can no longer
+        // go ahead of it.
+        let mut first = [0u8; 1];
+        std::io::Read::read_exact(ws.get_mut(), &mut first).unwrap();
+        started_tx.send(first[0]).unwrap();
+        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT); // reads nothing more meanwhile
     });
     let (ws, events) = WebSocket::builder()
         .close_timeout(Duration::from_millis(300))
@@ -581,6 +587,10 @@ fn pings_past_sixteen_waiting_are_refused_not_dropped() {
         .expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
     ws.send(vec![0u8; 16 << 20]).unwrap();
+    let first = started_rx
+        .recv_timeout(WAIT)
+        .expect("the large frame begins");
+    assert_eq!(first, 0x82, "a final binary frame first");
     let mut accepted = 0;
     let mut refused = 0;
     for i in 0..200u32 {
@@ -714,12 +724,22 @@ fn pings_left_from_a_lost_connection_do_not_block_the_next() {
         .expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
     ws.send(vec![7u8; 8 << 20]).unwrap(); // stuck: the server reads nothing
+                                          // Fill the handle's queue: ping until one is refused (the I/O thread takes up to 16
+                                          // of them meanwhile, which then wait behind the stuck message).
     let mut accepted = 0;
-    while accepted < 32 && ws.ping(b"a".to_vec()).is_ok() {
-        accepted += 1;
+    let refused = loop {
+        match ws.ping(b"a".to_vec()) {
+            Ok(()) if accepted < 64 => accepted += 1,
+            Ok(()) => break false,
+            Err(Error::PingsWaiting(_)) => break true,
+            Err(e) => panic!("{e}"),
+        }
         std::thread::yield_now();
-    }
-    assert!(accepted > 16, "{accepted}");
+    };
+    assert!(
+        refused && accepted >= 16,
+        "{accepted} accepted, none refused"
+    );
     kill_tx.send(()).unwrap();
     loop {
         match next_event(&events) {
