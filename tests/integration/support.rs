@@ -116,20 +116,18 @@ pub fn thread_cpu_ticks(tid: u32) -> u64 {
     utime + stime
 }
 
-/// voluntary + non-voluntary context switches of thread `tid`: how often it woke up.
+/// The voluntary context switches of thread `tid`: how often it blocked, so how often it
+/// woke up. (Not the non-voluntary ones: those count how often a busy machine took the
+/// core from it while it ran, and a loaded CI machine made a thread woken 25 times show
+/// 211.)
 pub fn thread_switches(tid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
         .unwrap_or_else(|e| panic!("reading status of thread {tid}: {e}"));
     status
         .lines()
-        .filter(|l| l.contains("ctxt_switches"))
-        .map(|l| {
-            l.split_whitespace()
-                .last()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no voluntary_ctxt_switches for thread {tid}"))
 }
 
 /// Retries `check` until it holds or `timeout` passes; returns whether it held.
