@@ -64,6 +64,7 @@ pub(crate) struct Config {
     pub incoming_queue: Option<usize>,
     pub incoming_queue_bytes: usize,
     pub high_water_mark: usize,
+    pub send_timeout: Duration,
     pub nodelay: bool,
     pub ping_events: bool,
     pub read_buffer_size: usize,
@@ -100,6 +101,7 @@ impl Default for Config {
             incoming_queue: None,
             incoming_queue_bytes: crate::delivery::BATCH_BYTES,
             high_water_mark: 8 << 20,
+            send_timeout: Duration::from_secs(10),
             nodelay: true,
             ping_events: false,
             // Bytes per read call at most; tungstenite grows the buffer only as frames need.
@@ -151,6 +153,7 @@ impl std::fmt::Debug for Config {
             .field("incoming_queue", &self.incoming_queue)
             .field("incoming_queue_bytes", &self.incoming_queue_bytes)
             .field("high_water_mark", &self.high_water_mark)
+            .field("send_timeout", &self.send_timeout)
             .field("nodelay", &self.nodelay)
             .field("ping_events", &self.ping_events)
             .field("request_id_field", &self.request_id_field)
@@ -242,7 +245,10 @@ impl Builder {
 
     /// Adds a cookie to the opening handshake (all cookies go in one `Cookie` header, in
     /// the order given, followed by the value of a [`header`](Self::header) named
-    /// `Cookie`). Defaults to none.
+    /// `Cookie`). The name must be an HTTP token and the value RFC 6265's cookie octets
+    /// (no spaces, `"`, `,`, `;`, `\\` or control characters; the whole value may be in
+    /// double quotes), or connecting fails at once with
+    /// [`Error::InvalidHeader`](crate::Error::InvalidHeader). Defaults to none.
     pub fn cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.cookies.push((name.into(), value.into()));
         self
@@ -280,9 +286,10 @@ impl Builder {
 
     /// Sends a keepalive ping this often; a pong missing for [`pong_timeout`](Self::pong_timeout)
     /// fails the connection with [`Timeout::Pong`](crate::Timeout::Pong). Defaults to off:
-    /// an idle connection then wakes the process for nothing at all.
+    /// an idle connection then wakes the process for nothing at all. `Duration::ZERO`
+    /// turns it off, as `ping_interval=0` does in Python's `websocket-client`.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.config.ping_interval = Some(interval);
+        self.config.ping_interval = (!interval.is_zero()).then_some(interval);
         self
     }
 
@@ -365,6 +372,18 @@ impl Builder {
     /// waits up to its timeout. Defaults to 8 MiB.
     pub fn high_water_mark(mut self, bytes: usize) -> Self {
         self.config.high_water_mark = bytes;
+        self
+    }
+
+    /// How long [`send`](crate::WebSocketRef::send) (and `send_json`) waits for room under
+    /// the [high-water mark](Self::high_water_mark) before it hands the message back with
+    /// [`SendError::TimedOut`](crate::SendError::TimedOut): a server that stays connected
+    /// but reads nothing cannot block a sending thread for good. The connection stays
+    /// open; what was accepted goes out once the server reads again.
+    /// [`send_timeout`](crate::WebSocketRef::send_timeout) sets a bound per call instead.
+    /// `Duration::MAX` waits for as long as it takes. Defaults to 10 s.
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.config.send_timeout = timeout;
         self
     }
 
@@ -547,7 +566,8 @@ impl Builder {
     /// Connects and blocks until OPEN or failure; events are yours to take from the
     /// returned channel (`recv`, `recv_timeout`, `try_recv`, `select!`), or to run through
     /// a handler on your own thread with
-    /// [`dispatch_pending`](crate::WebSocketRef::dispatch_pending).
+    /// [`dispatch_pending`](crate::WebSocketRef::dispatch_pending). Keep the [`Events`]:
+    /// dropping it closes the connection with 1001.
     ///
     /// # Errors
     ///
@@ -597,6 +617,9 @@ impl Builder {
             // Refuse a bad proxy URL now rather than on the I/O thread.
             crate::io::proxy::check_url(url)?;
         }
+        for (name, value) in &self.config.cookies {
+            check_cookie(name, value)?;
+        }
         for (name, value) in &self.config.headers {
             let bad = |reason: &str| Error::InvalidHeader {
                 name: name.clone(),
@@ -609,6 +632,34 @@ impl Builder {
         }
         Ok(self.config)
     }
+}
+
+/// A cookie for the `Cookie` header (RFC 6265 §4.1.1): the name an HTTP token, the value
+/// cookie octets, optionally in double quotes. Anything else could end the cookie early
+/// and add another (`x; admin=1`). The error names the cookie, never its value.
+fn check_cookie(name: &str, value: &str) -> Result<()> {
+    let refuse = |reason: &str| {
+        Err(Error::InvalidHeader {
+            name: "Cookie".to_owned(),
+            reason: format!("the cookie named {name:?}: {reason}"),
+        })
+    };
+    if !crate::url::is_token(name) {
+        return refuse("a cookie name must be a non-empty HTTP token");
+    }
+    let octets = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    let cookie_octet =
+        |b: u8| matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E);
+    if !octets.bytes().all(cookie_octet) {
+        return refuse(
+            "a cookie value may not hold spaces, '\"', ',', ';', '\\' or control characters \
+             (RFC 6265; percent-encode them)",
+        );
+    }
+    Ok(())
 }
 
 /// permessage-deflate settings (RFC 7692), for [`Builder::deflate`].
@@ -781,13 +832,16 @@ impl Reconnect {
         }
     }
 
-    /// The delay before the first reconnect. Defaults to 0.5 s.
+    /// The delay before the first reconnect. Zero reconnects at once the first time, then
+    /// backs off from 10 ms. Defaults to 0.5 s.
     pub fn initial_delay(mut self, delay: Duration) -> Self {
         self.initial_delay = delay;
         self
     }
 
-    /// The longest delay. Defaults to 30 s.
+    /// The longest delay. Zero retries at once every time: set
+    /// [`max_attempts`](Self::max_attempts) then, or a server that refuses is hammered.
+    /// Defaults to 30 s.
     pub fn max_delay(mut self, delay: Duration) -> Self {
         self.max_delay = delay;
         self
@@ -833,7 +887,13 @@ impl Reconnect {
     /// Saturates at `Duration::MAX` (no limit: the next attempt waits for nothing but
     /// `close`).
     pub(crate) fn delay(&self, n: u32, unit: f64) -> Duration {
-        let grown = self.initial_delay.as_secs_f64() * self.multiplier.powi(n.min(64) as i32);
+        // A zero initial delay: at once the first time, then backing off from 10 ms (zero
+        // would never grow).
+        let base = match n {
+            1.. if self.initial_delay.is_zero() => Duration::from_millis(10),
+            _ => self.initial_delay,
+        };
+        let grown = base.as_secs_f64() * self.multiplier.powi(n.min(64) as i32);
         let capped = grown.min(self.max_delay.as_secs_f64());
         Duration::try_from_secs_f64(capped * (1.0 - self.jitter * unit)).unwrap_or(Duration::MAX)
     }
@@ -892,6 +952,19 @@ mod tests {
         assert_eq!(r.delay(3, 0.5), Duration::MAX);
         let r = Reconnect::new().multiplier(f64::NAN).jitter(0.0);
         assert_eq!(r.delay(5, 0.5), Duration::from_millis(500));
+    }
+
+    /// A zero initial delay retries at once the first time, then backs off from 10 ms: a
+    /// delay of zero times the multiplier would stay zero, a reconnect loop hammering the
+    /// server (until 2026-12-07: 218 attempts in 300 ms against a server answering 503).
+    #[test]
+    fn a_zero_initial_delay_still_backs_off() {
+        let r = Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0);
+        let ms = |n| r.delay(n, 0.0).as_millis();
+        assert_eq!(
+            [ms(0), ms(1), ms(2), ms(3), ms(20)],
+            [0, 20, 40, 80, 30_000]
+        );
     }
 
     #[test]

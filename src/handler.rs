@@ -65,7 +65,9 @@ pub trait Handler {
         log::debug!("onerror {}: {err}", ws.url());
     }
 
-    /// The connection is CLOSED. The last call.
+    /// The connection is CLOSED. The connection's last call (with
+    /// [`reconnect`](crate::Builder::reconnect) on, a new connection's `onopen` may follow;
+    /// after the last connection's, nothing does).
     fn onclose(&mut self, ws: &WebSocketRef, event: CloseEvent) {
         log::debug!("onclose {}: {event:?}", ws.url());
     }

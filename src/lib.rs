@@ -49,7 +49,8 @@
 //! Each connection has one background **I/O thread** (named `nwebsocket-io`). It owns the
 //! socket, sleeps in a readiness poller until the socket, a `send`, or a timer you set
 //! needs it, answers pings, runs the closing handshake, and turns what arrives into
-//! [`Event`]s: `Open`, then `Message`s, then, on failure, `Error`, and always `Close`, last.
+//! [`Event`]s: `Open`, then `Message`s, then, on failure, `Error`, and always `Close`, last
+//! (per connection, with reconnect on).
 //! It never runs your callbacks (only a header provider, before each attempt), so a slow callback or a busy main thread cannot stall pongs,
 //! keepalive or the close. An idle connection costs no CPU at all.
 //!

@@ -129,6 +129,12 @@ impl From<Vec<u8>> for Message {
     }
 }
 
+impl From<&Vec<u8>> for Message {
+    fn from(b: &Vec<u8>) -> Self {
+        Message::from(b.as_slice())
+    }
+}
+
 impl From<Text> for Message {
     fn from(t: Text) -> Self {
         Message::Text(t)
@@ -304,7 +310,9 @@ pub enum Event {
     Message(Message),
     /// The connection failed; a `Close` with code 1006 follows.
     Error(Error),
-    /// The connection is CLOSED. The last event.
+    /// The connection is CLOSED. The connection's last event (with
+    /// [`reconnect`](crate::Builder::reconnect) on, a new connection's `Open` may follow;
+    /// after the last connection's, nothing does).
     Close(CloseEvent),
     /// A ping arrived (already answered). Only with
     /// [`Builder::ping_events`](crate::Builder::ping_events).

@@ -88,13 +88,18 @@ pub(crate) fn percent_decode(s: &str) -> String {
 
 /// RFC 7230 `token`: what a subprotocol name must be (RFC 6455 §4.1).
 pub(crate) fn check_subprotocols(protocols: &[String]) -> Result<(), Error> {
-    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     for (i, p) in protocols.iter().enumerate() {
-        if p.is_empty() || !p.chars().all(tchar) || protocols[..i].contains(p) {
+        if !is_token(p) || protocols[..i].contains(p) {
             return Err(Error::InvalidSubprotocol(p.clone()));
         }
     }
     Ok(())
+}
+
+/// Whether `s` is an HTTP token (RFC 9110 §5.6.2): one or more tchars.
+pub(crate) fn is_token(s: &str) -> bool {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    !s.is_empty() && s.chars().all(tchar)
 }
 
 /// Standard base64 with padding, for `Authorization: Basic` (`data-encoding`, which

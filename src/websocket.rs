@@ -322,7 +322,9 @@ impl Shared {
 
 impl WebSocketRef {
     /// Sends a message (text from `&str`/`String`, binary from `&[u8]`/`Vec<u8>`), blocking
-    /// only while [`buffered_amount()`](Self::buffered_amount) is above the high-water mark.
+    /// only while [`buffered_amount()`](Self::buffered_amount) is above the high-water mark,
+    /// and then for at most the builder's
+    /// [`send_timeout`](crate::Builder::send_timeout) (10 s by default).
     /// Inside a callback it does not block: above the mark it returns
     /// [`SendError::Full`] at once, as [`try_send`](Self::try_send) does (the callback
     /// thread takes the events a server may be waiting on us to read before it reads what
@@ -334,9 +336,10 @@ impl WebSocketRef {
     /// # Errors
     ///
     /// [`SendError::NotOpen`] in CONNECTING, [`SendError::Closed`] after `close` or once the
-    /// connection is closing or gone. Each hands the message back.
+    /// connection is closing or gone, [`SendError::TimedOut`] when the server took nothing
+    /// for the send timeout. Each hands the message back.
     pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
-        self.send_inner(msg.into(), Wait::Forever)
+        self.send_inner(msg.into(), Wait::Configured)
     }
 
     /// Sends without blocking.
@@ -369,11 +372,13 @@ impl WebSocketRef {
             // On the callback thread, `send` does not wait: that thread takes the events a
             // server may be blocked on before it reads our data again (rule 13).
             let wait = match wait {
-                Wait::Forever if shared.on_callback_thread() => Wait::Never,
+                Wait::Configured if shared.on_callback_thread() => Wait::Never,
+                Wait::Configured => after(Instant::now(), Some(shared.config.send_timeout))
+                    .map_or(Wait::Forever, Wait::Until),
                 wait => wait,
             };
             let waited = match wait {
-                Wait::Never => Err(Waited::TimedOut),
+                Wait::Never | Wait::Configured => Err(Waited::TimedOut),
                 Wait::Forever => self.wait_for_room(None),
                 Wait::Until(deadline) => self.wait_for_room(Some(deadline)),
             };
@@ -501,7 +506,9 @@ impl WebSocketRef {
     }
 
     /// Starts the closing handshake with `code` (1000 or 3000–4999) and `reason` (at most
-    /// 123 UTF-8 bytes), as the browser's `close(code, reason)`.
+    /// 123 UTF-8 bytes), as the browser's `close(code, reason)`. The codes 1001–2999 are
+    /// the protocol's own, refused here as by the browser (Python's `websocket-client`
+    /// lets you send them): 1001 (going away) goes out when the last handle is dropped.
     ///
     /// From OPEN the state becomes CLOSING; every message sent before this call goes out
     /// before the Close frame; `onclose` follows when the server's Close arrives (or the
@@ -588,7 +595,9 @@ impl WebSocketRef {
     }
 
     /// Blocks until the connection is CLOSED and returns how it ended. In callback style
-    /// it returns after `onclose` has run.
+    /// it returns after `onclose` has run. With [`reconnect`](crate::Builder::reconnect)
+    /// on, that is once reconnecting has ended (a `close`, a clean server close when the
+    /// policy stops on one, or the attempts running out): the last connection's end.
     ///
     /// # Errors
     ///
@@ -734,6 +743,9 @@ impl WebSocketRef {
 #[derive(Clone, Copy)]
 enum Wait {
     Never,
+    /// The builder's `send_timeout` (not at all on the callback thread), counted from when
+    /// the wait starts.
+    Configured,
     Forever,
     Until(Instant),
 }
@@ -760,7 +772,9 @@ impl WebSocket {
     }
 
     /// Pull style: connects, blocks until OPEN or failure, and returns the handle with the
-    /// channel of [`Event`]s. Defaults as in [`Builder`].
+    /// channel of [`Event`]s. Defaults as in [`Builder`]. Keep the [`Events`]: dropping it
+    /// (`let (ws, _) = …` drops it at once) closes the connection with 1001, since nobody
+    /// would take what the server sends.
     ///
     /// # Errors
     ///

@@ -132,6 +132,90 @@ fn try_send_returns_full_above_the_high_water_mark() {
     );
 }
 
+/// DESIGN: every wait has a default bound. `send` waits for room under the high-water
+/// mark for at most the builder's `send_timeout`, then hands the message back with
+/// `TimedOut`; the connection stays open, and what was accepted goes out once the server
+/// reads. (Until 2026-12-07 `send` waited for as long as the server read nothing.)
+#[test]
+fn send_waits_for_room_at_most_the_send_timeout() {
+    let _g = shared();
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        cap_receive_buffer(ws.get_ref(), 16 << 10);
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
+        read_until_close(&mut ws).0
+    });
+    let (ws, events) = WebSocket::builder()
+        .high_water_mark(64 << 10)
+        .send_timeout(Duration::from_millis(300))
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let chunk = |i: usize| vec![(i % 251) as u8; 32 << 10];
+    let mut accepted = 0;
+    let (refused, waited) = loop {
+        assert!(accepted < 4000, "never refused after {accepted} chunks");
+        let start = Instant::now();
+        match ws.send(chunk(accepted)) {
+            Ok(()) => accepted += 1,
+            Err(e) => break (e, start.elapsed()),
+        }
+    };
+    assert!(
+        matches!(&refused, SendError::TimedOut(m) if m.len() == 32 << 10),
+        "{refused:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(250),
+        "gave up after {waited:?}"
+    );
+    assert_eq!(ws.ready_state(), nwebsocket::ReadyState::Open);
+    go_tx.send(()).unwrap();
+    assert!(
+        eventually(WAIT, || ws.buffered_amount() == 0),
+        "{}",
+        ws.buffered_amount()
+    );
+    ws.close();
+    drop(ws);
+    assert_eq!(server.join().len(), accepted);
+}
+
+/// The default bound of `send` is 10 s (`Duration::MAX` would wait for as long as it
+/// takes).
+#[test]
+fn send_gives_up_after_ten_seconds_by_default() {
+    let _g = shared();
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |ws| {
+        cap_receive_buffer(ws.get_ref(), 16 << 10);
+        let _ = go_rx.recv_timeout(Duration::from_secs(30)); // reads nothing
+    });
+    let (ws, events) = WebSocket::builder()
+        .high_water_mark(64 << 10)
+        .close_timeout(Duration::from_millis(200))
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let mut accepted = 0;
+    let (refused, waited) = loop {
+        assert!(accepted < 4000, "never refused after {accepted} chunks");
+        let start = Instant::now();
+        match ws.send(vec![0u8; 32 << 10]) {
+            Ok(()) => accepted += 1,
+            Err(e) => break (e, start.elapsed()),
+        }
+    };
+    assert!(matches!(refused, SendError::TimedOut(_)), "{refused:?}");
+    assert!(
+        (Duration::from_millis(9_900)..Duration::from_secs(13)).contains(&waited),
+        "gave up after {waited:?}"
+    );
+    go_tx.send(()).unwrap();
+    drop(ws);
+    server.join();
+}
+
 /// Takes Open, the `n` messages of `flooding_server(n, len)` in order, and its clean close.
 fn assert_whole_flood_then_close(events: &nwebsocket::Events, n: usize, len: usize) {
     assert!(matches!(next_event(events), Event::Open));

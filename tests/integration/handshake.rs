@@ -469,6 +469,55 @@ fn cookies_go_in_one_header() {
     assert_eq!(seen.all("cookie"), ["session=abc123; theme=dark"]);
 }
 
+/// A cookie is a name (an HTTP token) and a value of RFC 6265's cookie octets, optionally
+/// in double quotes: anything else is refused when connecting with `InvalidHeader`, whose
+/// message names the cookie but not its value. (Until 2026-12-07 neither part was checked:
+/// `cookie("session", "x; admin=1")` went out as `Cookie: session=x; admin=1`, a second
+/// cookie smuggled in.)
+#[test]
+fn a_cookie_that_would_change_the_cookie_header_is_refused() {
+    let _g = shared();
+    let bad = [
+        ("session", "x; admin=1"),
+        ("session", "a,b"),
+        ("session", "two words"),
+        ("session", "back\\slash"),
+        ("session", "half\"quoted"),
+        ("session", "line\r\nX-Evil: 1"),
+        ("a=b", "v4lue"),
+        ("", "v4lue"),
+        ("semi;colon", "v4lue"),
+        ("sp ace", "v4lue"),
+    ];
+    for (name, value) in bad {
+        let r = WebSocket::builder()
+            .cookie(name, value)
+            .open_pull("ws://127.0.0.1:9/");
+        match r {
+            Err(e @ Error::InvalidHeader { .. }) => {
+                let shown = e.to_string();
+                assert!(shown.contains(&format!("{name:?}")), "{shown}");
+                assert!(!shown.contains(value), "the value is shown: {shown}");
+            }
+            other => panic!("cookie({name:?}, {value:?}): {other:?}"),
+        }
+    }
+    // Quotes around the whole value, and the octets RFC 6265 allows, go out as given.
+    let server = request_capturing_server();
+    let (ws, _events) = WebSocket::builder()
+        .cookie("q", "\"a-b\"")
+        .cookie("t", "!#$%&'()*+-./0:<=>?@[]^_`{|}~")
+        .cookie("e", "")
+        .connect_pull(&server.url())
+        .expect("connect");
+    drop(ws);
+    let seen = server.join();
+    assert_eq!(
+        seen.all("cookie"),
+        ["q=\"a-b\"; t=!#$%&'()*+-./0:<=>?@[]^_`{|}~; e="]
+    );
+}
+
 /// The header provider may not set what the handshake sets itself, as `header` may not:
 /// the attempt fails with `Error::InvalidHeader` (once, then Close 1006).
 #[test]

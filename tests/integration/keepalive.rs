@@ -753,3 +753,40 @@ fn pings_left_from_a_lost_connection_do_not_block_the_next() {
     drop(ws);
     server.join();
 }
+
+/// `ping_interval(Duration::ZERO)` turns keepalive off, as `ping_interval=0` does in
+/// Python's `websocket-client`. (Until 2026-12-07 a ping fell due on every turn of the I/O
+/// thread: over 20,000 pings in 300 ms.)
+#[test]
+fn a_zero_ping_interval_means_no_keepalive() {
+    let _g = shared();
+    let server = server(|mut ws| {
+        ws.get_mut()
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let start = Instant::now();
+        let mut pings = 0;
+        while start.elapsed() < Duration::from_millis(300) {
+            match ws.read() {
+                Ok(m) if m.is_ping() => pings += 1,
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        pings
+    });
+    let (ws, events) = WebSocket::builder()
+        .ping_interval(Duration::ZERO)
+        .pong_timeout(Duration::from_millis(50))
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let pings = server.join();
+    assert_eq!(pings, 0, "pings sent with ping_interval(0)");
+    drop(ws);
+}

@@ -1019,3 +1019,28 @@ fn a_quiet_connections_small_messages_do_not_pin_the_read_buffer() {
     drop(ws);
     server.join();
 }
+
+/// `send` takes text from `&str`, `String` and `&String`, binary from `&[u8]`, arrays,
+/// `Vec<u8>` and `&Vec<u8>` (until 2026-12-07 `ws.send(&vec)` did not compile, while
+/// `ws.send(&string)` did).
+#[test]
+fn send_takes_text_and_binary_by_value_and_by_reference() {
+    let text = String::from("t");
+    let bytes = vec![1u8, 2];
+    let all = [
+        Message::from("t"),
+        Message::from(text.clone()),
+        Message::from(&text),
+        Message::from(&bytes[..]),
+        Message::from(&[1u8, 2]),
+        Message::from(bytes.clone()),
+        Message::from(&bytes),
+    ];
+    for m in &all[..3] {
+        assert_eq!(m.as_text(), Some("t"));
+    }
+    for m in &all[3..] {
+        assert_eq!(m.as_bytes(), [1, 2]);
+        assert!(m.as_text().is_none());
+    }
+}
