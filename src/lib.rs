@@ -144,8 +144,9 @@
 //! which writes it at once (many queued messages go out in one write). Messages from one
 //! thread keep their order. [`buffered_amount`](WebSocketRef::buffered_amount) counts the
 //! bytes accepted and not yet handed to the OS; above the
-//! [high-water mark](Builder::high_water_mark) `send` blocks (inside a callback it
-//! returns [`SendError::Full`] instead),
+//! [high-water mark](Builder::high_water_mark) `send` blocks, for at most the builder's
+//! [`send_timeout`](Builder::send_timeout) (inside a callback it returns
+//! [`SendError::Full`] instead),
 //! [`try_send`](WebSocketRef::try_send) returns [`SendError::Full`] and
 //! [`send_timeout`](WebSocketRef::send_timeout) waits a bounded time. A send that cannot be
 //! taken (not yet OPEN, closing, closed) returns the message in its [`SendError`]: nothing
