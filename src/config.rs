@@ -246,7 +246,7 @@ impl Builder {
     /// Adds a cookie to the opening handshake (all cookies go in one `Cookie` header, in
     /// the order given, followed by the value of a [`header`](Self::header) named
     /// `Cookie`). The name must be an HTTP token and the value RFC 6265's cookie octets
-    /// (no spaces, `"`, `,`, `;`, `\\` or control characters; the whole value may be in
+    /// (no spaces, `"`, `,`, `;`, `\` or control characters; the whole value may be in
     /// double quotes), or connecting fails at once with
     /// [`Error::InvalidHeader`](crate::Error::InvalidHeader). Defaults to none.
     pub fn cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {

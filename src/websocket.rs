@@ -336,8 +336,8 @@ impl WebSocketRef {
     /// # Errors
     ///
     /// [`SendError::NotOpen`] in CONNECTING, [`SendError::Closed`] after `close` or once the
-    /// connection is closing or gone, [`SendError::TimedOut`] when the server took nothing
-    /// for the send timeout. Each hands the message back.
+    /// connection is closing or gone, [`SendError::TimedOut`] when no room was made within
+    /// the send timeout. Each hands the message back.
     pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
         self.send_inner(msg.into(), Wait::Configured)
     }
