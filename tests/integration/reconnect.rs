@@ -689,12 +689,13 @@ fn header_provider_runs_on_every_attempt_and_each_response_is_readable() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-/// A thread sends all the time while the server drops each connection after 40 ms: every
-/// connection gets messages, a send that raced the end of one never stalls the next, and
-/// `buffered_amount` stays sane. (Until 2026-12-07 a send accepted while a connection was
-/// being torn down, after its outbox was emptied and before the state said CLOSED, stayed
-/// in the outbox with no wake-up: the next connections sent nothing until `close()`,
-/// which wrote the stale frame and took its bytes off twice: `buffered_amount` wrapped.)
+/// A thread sends all the time while the server drops each connection after 40 ms (or
+/// at its first message, if that comes later): every connection gets messages, a send
+/// that raced the end of one never stalls the next, and `buffered_amount` stays sane.
+/// (Until 2026-12-07 a send accepted while a connection was being torn down, after its
+/// outbox was emptied and before the state said CLOSED, stayed in the outbox with no
+/// wake-up: the next connections sent nothing until `close()`, which wrote the stale
+/// frame and took its bytes off twice: `buffered_amount` wrapped.)
 #[test]
 fn sends_racing_lost_connections_never_stall_the_next_one() {
     let _g = shared();
@@ -707,8 +708,14 @@ fn sends_racing_lost_connections_never_stall_the_next_one() {
             ws.get_ref()
                 .set_read_timeout(Some(Duration::from_millis(5)))
                 .unwrap();
+            // 40 ms of reading, and on until a first message (at most 2 s): a server thread
+            // that waited 40 ms for a core (a loaded machine) before its first read would
+            // otherwise hang up having read nothing, with the client's messages in its
+            // socket. A connection stalled by the bug gets nothing in 2 s either.
             let start = Instant::now();
-            while start.elapsed() < Duration::from_millis(40) {
+            while start.elapsed() < Duration::from_millis(40)
+                || (got.is_empty() && start.elapsed() < Duration::from_secs(2))
+            {
                 match ws.read() {
                     Ok(tungstenite::Message::Text(t)) => got.push(t.to_string()),
                     Ok(_) => {}
