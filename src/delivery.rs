@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{
-    AtomicBool, AtomicUsize,
+    fence, AtomicBool, AtomicUsize,
     Ordering::{Relaxed, SeqCst},
 };
 use std::sync::{Arc, Mutex, PoisonError};
@@ -69,6 +69,10 @@ pub(crate) enum Outlet {
         /// consumer finds them once `tx` has disconnected (see [`Batches::next`]), so the
         /// end never waits for the consumer.
         tail: Arc<Mutex<Vec<Event>>>,
+        /// Set while a batch waits in `tx` and the I/O thread gathers the next one, reading
+        /// the socket on: the consumer's next take wakes it (see
+        /// [`wake_on_take`](Outlet::wake_on_take)).
+        take_wanted: Arc<AtomicBool>,
     },
 }
 
@@ -654,6 +658,10 @@ pub(crate) struct Batches {
     last: AtomicUsize,
     /// See [`Outlet::Batches`]: taken once `rx` has disconnected.
     tail: Arc<Mutex<Vec<Event>>>,
+    /// See [`Outlet::Batches`]: the I/O thread asks to be woken at the next take.
+    take_wanted: Arc<AtomicBool>,
+    /// Where that wake-up goes; set once the connection is made.
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// A batch of at least this many events means a flood (see [`Batches::next`]).
@@ -820,6 +828,14 @@ impl Batches {
 
     fn took(&self, batch: Vec<Event>) -> Vec<Event> {
         self.last.store(batch.len(), Relaxed);
+        // Pairs with the fence in `Outlet::wake_on_take`: either this sees the request, or
+        // the I/O thread sees the room this take made.
+        fence(SeqCst);
+        if self.take_wanted.load(Relaxed) && self.take_wanted.swap(false, SeqCst) {
+            if let Some(shared) = &self.shared {
+                shared.enqueue(Command::Room);
+            }
+        }
         batch
     }
 
@@ -836,12 +852,14 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let (spare_tx, spare) = crossbeam_channel::bounded(1);
     let tail = Arc::new(Mutex::new(Vec::new()));
+    let take_wanted = Arc::new(AtomicBool::new(false));
     let outlet = Outlet::Batches {
         tx,
         spare,
         limit: limit.max(1),
         bytes_limit: bytes_limit.max(1),
         tail: Arc::clone(&tail),
+        take_wanted: Arc::clone(&take_wanted),
     };
     (
         outlet,
@@ -850,6 +868,8 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
             spare: spare_tx,
             last: AtomicUsize::new(0),
             tail,
+            take_wanted,
+            shared: None,
         },
     )
 }
@@ -893,6 +913,27 @@ impl Outlet {
                 }
             },
         }
+    }
+
+    /// In batches, while a batch waits untaken and the next is being gathered with room
+    /// to spare (so the socket is read on): asks the consumer to wake this thread with
+    /// [`Command::Room`] at its next take. `false` when there is room already (the batch
+    /// was taken meanwhile): then nothing is asked, and the caller hands over at once.
+    pub fn wake_on_take(&self) -> bool {
+        let Outlet::Batches {
+            tx, take_wanted, ..
+        } = self
+        else {
+            return false;
+        };
+        take_wanted.store(true, SeqCst);
+        // Pairs with the fence in `Batches::took` (see there).
+        fence(SeqCst);
+        if tx.is_full() {
+            return true;
+        }
+        take_wanted.store(false, Relaxed);
+        false
     }
 
     /// Whether the consumer has taken everything handed over so far.

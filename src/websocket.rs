@@ -718,14 +718,18 @@ impl WebSocketRef {
     /// [`dispatch_pending`](Self::dispatch_pending) for [`EventBatches`]: runs `handler`
     /// for every event of the batches already waiting, on this thread, recycles the
     /// batches, and returns how many events there were. It never blocks; batches that
-    /// come while it runs wait for the next call.
+    /// come while it runs wait for the next call (but one). Once the connection has
+    /// ended, that includes its last events, set aside when a batch still waited.
     pub fn dispatch_batches<H: Handler + ?Sized>(
         &self,
         batches: &EventBatches,
         handler: &mut H,
     ) -> usize {
         let mut n = 0;
-        for _ in 0..batches.receiver().len() {
+        // One more `try_recv` than the channel holds: after the end it finds the events
+        // set aside (see `EventBatches::receiver`); before, it finds nothing or a batch
+        // that just came.
+        for _ in 0..=batches.receiver().len() {
             let Ok(mut batch) = batches.try_recv() else {
                 break;
             };
@@ -805,8 +809,9 @@ impl WebSocket {
 
     pub(crate) fn start_batches(config: Config, url: &str) -> Result<(WebSocket, EventBatches)> {
         let limit = config.incoming_queue.unwrap_or(CALLBACK_QUEUE);
-        let (outlet, batches) = crate::delivery::batches(limit, config.incoming_queue_bytes);
+        let (outlet, mut batches) = crate::delivery::batches(limit, config.incoming_queue_bytes);
         let (ws, io) = start(config, url, outlet, false)?;
+        batches.shared = Some(Arc::clone(&ws.shared));
         Ok((WebSocket::without_handler(ws, io), EventBatches(batches)))
     }
 
@@ -849,11 +854,12 @@ impl<H: Handler + Send + 'static> WebSocket<H> {
     }
 
     pub(crate) fn start_with_handler(config: Config, url: &str, handler: H) -> Result<Self> {
-        let (outlet, batches) = crate::delivery::batches(
+        let (outlet, mut batches) = crate::delivery::batches(
             config.incoming_queue.unwrap_or(CALLBACK_QUEUE),
             config.incoming_queue_bytes,
         );
         let (ws, io) = start(config, url, outlet, true)?;
+        batches.shared = Some(Arc::clone(&ws.shared));
         let handler = Arc::new(HandlerCell::new(handler));
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let cb_ws = ws.clone();

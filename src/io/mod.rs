@@ -371,7 +371,16 @@ impl IoThread {
         let mut deadline = self.io.next_deadline(&self.phase);
         let held = !busy && !self.io.pending.is_empty();
         let pong_watch = self.io.looking_for_pong && !self.io.pending_full();
-        if held && (self.io.draining || self.io.requests_waiting() || pong_watch) {
+        let mut take_wanted = false;
+        if held && !self.io.holds_reading() {
+            // Batches: one waits untaken, and the next has room: the socket is read on,
+            // and the consumer's take wakes this thread to hand the next one over.
+            if !self.io.outlet.wake_on_take() {
+                self.io.deliver_pending(); // taken meanwhile
+                return Ok(());
+            }
+            take_wanted = true;
+        } else if held && (self.io.draining || self.io.requests_waiting() || pong_watch) {
             // Closing, a request waits, or a pong is looked for (the socket drained, short
             // of the bound): the socket is read whatever the consumer does (the answer
             // must be seen), and the events wait; look for room for them now and then
@@ -430,6 +439,10 @@ impl IoThread {
             polled = self.io.poll.poll(events, timeout);
         }
         shared.io_sleeping.store(false, SeqCst);
+        if take_wanted {
+            // Woken by the take, or by anything else: the next turn hands over what it can.
+            self.io.deliver_pending();
+        }
         if moderated.is_some() {
             self.io.end_moderation(&mut self.phase)?;
         }
@@ -803,6 +816,17 @@ impl Io {
     /// [`DRAIN_BYTES`] waiting): while closing, since the server's answer must be seen,
     /// and while a `request` waits, since its reply may come behind more messages than
     /// the consumer has room for, and the thread that waits may be the consumer.
+    /// Whether the consumer holds reading back: events wait that it has no room for, and
+    /// (in batches, where one batch may wait while the next is gathered) the next batch is
+    /// full too.
+    fn holds_reading(&self) -> bool {
+        !self.pending.is_empty()
+            && match self.outlet {
+                Outlet::Events(_) => true,
+                Outlet::Batches { .. } => self.pending_full(),
+            }
+    }
+
     fn reads_past_consumer(&self) -> bool {
         self.draining || self.looking_for_pong || self.requests_waiting()
     }
@@ -877,7 +901,7 @@ impl Io {
     /// Reading is held back while events wait that the outlet has no room for (this
     /// thread then does not watch the socket), unless it reads past the consumer.
     fn watch_full(&mut self) {
-        if self.pending.is_empty() || self.reads_past_consumer() {
+        if !self.holds_reading() || self.reads_past_consumer() {
             self.full_since = None;
             return;
         }
@@ -1041,7 +1065,7 @@ impl Io {
     /// unread: those timers wait, unless the last handle is gone, or a pong is overdue and
     /// the socket has been read to its end past the consumer's bound.
     fn judging(&self) -> bool {
-        (self.pending.is_empty() || self.drop_deadline.is_some() || self.looking_for_pong)
+        (!self.holds_reading() || self.drop_deadline.is_some() || self.looking_for_pong)
             && !self.readable
     }
 }

@@ -153,6 +153,63 @@ fn dispatch_batches_runs_the_handler_on_the_callers_thread() {
     server.join();
 }
 
+/// The connection ends while a batch still waits untaken: its last events are set aside,
+/// and `dispatch_batches` hands them over too (the messages, then `onclose`). (Until
+/// 2026-12-07 it looked only at the channel, which had disconnected: the last 99 messages
+/// and the Close were never dispatched, and each call returned 0.)
+#[test]
+fn dispatch_batches_hands_over_the_events_set_aside_at_the_end() {
+    #[derive(Default)]
+    struct Seen {
+        texts: Vec<String>,
+        closes: Vec<nwebsocket::CloseEvent>,
+    }
+    impl Handler for Seen {
+        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+            self.texts
+                .push(msg.as_text().unwrap_or_default().to_owned());
+        }
+        fn onclose(&mut self, _ws: &WebSocketRef, c: nwebsocket::CloseEvent) {
+            self.closes.push(c);
+        }
+    }
+    let _g = exclusive();
+    let (go_tx, go_rx) = nwebsocket::crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        ws.send(tungstenite::Message::text("0")).unwrap();
+        go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
+        for i in 1..100 {
+            ws.send(tungstenite::Message::text(i.to_string())).unwrap();
+        }
+        ws.close(None).unwrap();
+        read_until_close(&mut ws);
+    });
+    let before = crate_threads();
+    let (ws, batches) = WebSocket::builder()
+        .connect_batches(&server.url())
+        .expect("connect");
+    let io = new_crate_threads(&before, 1)[0].0;
+    // A batch (Open, perhaps the first message) waits untaken when the rest comes.
+    assert!(eventually(WAIT, || batches.receiver().len() == 1));
+    go_tx.send(()).unwrap();
+    assert!(ws.wait_closed_timeout(WAIT).is_some(), "never closed");
+    // The I/O thread has set the rest aside and gone.
+    assert!(
+        eventually(WAIT, || !thread_alive(io)),
+        "the I/O thread lives on"
+    );
+    let mut seen = Seen::default();
+    for _ in 0..3 {
+        ws.dispatch_batches(&batches, &mut seen);
+    }
+    let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(seen.texts, want);
+    assert_eq!(seen.closes.len(), 1, "{:?}", seen.closes);
+    assert_eq!(seen.closes[0].code, 1005);
+    drop(ws);
+    server.join();
+}
+
 /// A failure reaches a batch consumer as it reaches a pull consumer: `Error`, then
 /// `Close` 1006, then the end of the channel.
 #[test]

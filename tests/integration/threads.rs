@@ -395,6 +395,72 @@ fn a_blocked_callback_does_not_stall_pongs() {
     server.join();
 }
 
+/// A callback that blocks while a batch waits for it and more messages come (far fewer than
+/// the incoming queue): the socket is still read, and pings answered. (Until 2026-12-07 the
+/// I/O thread stopped reading once one batch waited and a single event more was pending,
+/// so a slow callback stalled pongs with a nearly empty queue.)
+#[test]
+fn a_blocked_callback_with_a_batch_waiting_does_not_stall_pongs() {
+    struct Slow {
+        entered: crossbeam_channel::Sender<()>,
+        release: crossbeam_channel::Receiver<()>,
+    }
+    impl Handler for Slow {
+        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+            if msg.as_text() == Some("slow") {
+                self.entered.send(()).unwrap();
+                let _ = self.release.recv_timeout(WAIT);
+            }
+        }
+    }
+    let _g = shared();
+    let (ping_tx, ping_rx) = crossbeam_channel::bounded::<()>(1);
+    let (pong_tx, pong_rx) = crossbeam_channel::bounded(1);
+    let server = server(move |mut ws| {
+        ws.send(tungstenite::Message::text("slow")).unwrap();
+        ping_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go on");
+        // A batch for the blocked callback thread, then an event more, each read on its
+        // own (the pauses only let the I/O thread read them apart), then the ping.
+        for text in ["waits in a batch", "pending"] {
+            ws.send(tungstenite::Message::text(text)).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ws.send(tungstenite::Message::Ping(b"still there?".to_vec().into()))
+            .unwrap();
+        let started = Instant::now();
+        let pong = ws.read().expect("server: pong");
+        pong_tx.send((pong, started.elapsed())).unwrap();
+        read_until_close(&mut ws);
+    });
+    let (entered_tx, entered_rx) = crossbeam_channel::bounded(1);
+    let (release_tx, release_rx) = crossbeam_channel::bounded(1);
+    let ws = WebSocket::connect(
+        &server.url(),
+        Slow {
+            entered: entered_tx,
+            release: release_rx,
+        },
+    )
+    .expect("connect");
+    entered_rx.recv_timeout(WAIT).expect("the callback started");
+    ping_tx.send(()).unwrap();
+    // The callback stays blocked until the server has its pong (or gives up waiting).
+    let pong = pong_rx.recv_timeout(Duration::from_secs(3));
+    release_tx.send(()).unwrap();
+    let (pong, after) = pong.expect("no pong while a callback was blocked");
+    assert!(
+        matches!(&pong, tungstenite::Message::Pong(p) if &p[..] == b"still there?"),
+        "{pong:?}"
+    );
+    assert!(
+        after < Duration::from_secs(2),
+        "the pong came after {after:?}"
+    );
+    ws.close();
+    drop(ws);
+    server.join();
+}
+
 /// Dropping every handle stops and joins the connection's threads (callback style: I/O and
 /// callback thread; pull style: I/O thread), for open and for failed connections.
 #[test]
