@@ -363,11 +363,17 @@ impl IoThread {
             (_, _, d) => d,
         };
         let mut events = mio::Events::with_capacity(4);
-        while !complete(&body) && self.io.commands.is_empty() {
+        let mut done = complete(&body);
+        while !done && self.io.commands.is_empty() {
             let mut chunk = [0u8; 4096];
             match transport.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    body.extend_from_slice(&chunk[..n]);
+                    // A chunked body can only end at a line end: a server trickling bytes
+                    // does not make each one decode the whole body again.
+                    done = body.len() >= wanted || (chunk[..n].contains(&b'\n') && complete(&body));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let now = Instant::now();
                     let timeout = match deadline {
@@ -758,24 +764,34 @@ pub(super) fn map_error(e: tungstenite::Error, handshake: bool, config: &Config)
 /// How long a rejection's body without a length may take to end.
 const NO_LENGTH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A whole chunked body, decoded; `None` while its last chunk has not arrived.
+/// A whole chunked body, decoded; `None` while its last chunk has not arrived. A chunk
+/// that would take the body past [`MAX_BODY`], or a size line that is not one, ends it
+/// with what arrived: a server's numbers are never trusted for arithmetic.
 fn decode_chunked(mut raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
+        let size = std::str::from_utf8(&raw[..line_end])
+            .ok()
+            .and_then(|line| {
+                let size_text = line.split(';').next().unwrap_or("").trim();
+                usize::from_str_radix(size_text, 16).ok()
+            });
+        let Some(size) = size else {
+            return Some(out); // not a chunk: the body is what came before
+        };
         raw = &raw[line_end + 2..];
         if size == 0 {
             return Some(out);
         }
-        if raw.len() < size + 2 || out.len() + size > MAX_BODY {
-            // Not all here yet; or more than is kept: what arrived is enough.
-            return (out.len() + size > MAX_BODY).then(|| {
-                out.extend_from_slice(&raw[..size.min(raw.len())]);
-                out
-            });
+        let room = MAX_BODY - out.len();
+        if size > room {
+            // More than is kept: what arrived is enough.
+            out.extend_from_slice(&raw[..room.min(raw.len())]);
+            return Some(out);
+        }
+        if raw.len() < size + 2 {
+            return None; // not all here yet (`size` is at most MAX_BODY: no overflow)
         }
         out.extend_from_slice(&raw[..size]);
         raw = &raw[size + 2..];
@@ -791,4 +807,38 @@ pub(super) fn redirect_location(
     }
     let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
     Some(location.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_whole_partial_and_hostile() {
+        assert_eq!(
+            decode_chunked(b"2\r\nab\r\n3;x=y\r\ncde\r\n0\r\n\r\n").as_deref(),
+            Some(&b"abcde"[..])
+        );
+        assert_eq!(decode_chunked(b"2\r\nab\r\n3\r\ncd"), None); // more to come
+        assert_eq!(decode_chunked(b"2\r\nab"), None);
+        // Sizes a server made up: no arithmetic on them overflows.
+        for huge in ["ffffffffffffffff", "fffffffffffffffe", "10000"] {
+            let raw = format!("2\r\nab\r\n{huge}\r\nxyz");
+            assert_eq!(
+                decode_chunked(raw.as_bytes()).as_deref(),
+                Some(&b"abxyz"[..]),
+                "{huge}"
+            );
+        }
+        // A size line that is not one ends the body.
+        assert_eq!(
+            decode_chunked(b"2\r\nab\r\nzz\r\n").as_deref(),
+            Some(&b"ab"[..])
+        );
+        // At most MAX_BODY bytes are kept.
+        let big = format!("{:x}\r\n{}", MAX_BODY, "a".repeat(MAX_BODY));
+        let mut raw = b"1\r\nb\r\n".to_vec();
+        raw.extend_from_slice(big.as_bytes());
+        assert_eq!(decode_chunked(&raw).map(|b| b.len()), Some(MAX_BODY));
+    }
 }

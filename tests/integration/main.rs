@@ -9,6 +9,8 @@
 //! - `flow`: backpressure both ways, `buffered_amount`, send latency, JSON.
 //! - `threads`: concurrent senders, callback threads, handler state, thread and CPU cost.
 //! - `faults`: peers that break the protocol after the handshake (1002 on the wire).
+//! - `hostile`: raw servers found by a review of hostile peers: chunked rejection bodies,
+//!   token lists and repeated headers in the 101, lengths not in their shortest form.
 //! - `json`: `send_json`, `Message::json`, `Router`, `request` among unrelated traffic.
 //! - `protocol`: issue 15's I/O-core defects (data after Close, bare-LF 101, panics, close codes, bounds).
 //! - `load`: 16 senders × 100,000 messages; 1,000 connect/close cycles leak nothing.
@@ -36,6 +38,7 @@ mod failures;
 mod faults;
 mod flow;
 mod handshake;
+mod hostile;
 mod json;
 mod keepalive;
 mod load;
