@@ -526,7 +526,34 @@ impl Write for Memory<'_> {
     }
 }
 
+/// Where the contract departs from tungstenite's reading (RFC 6455 §5.2, as browsers do):
+/// a frame whose length is not in its shortest form fails the connection, as soon as its
+/// header is there. The offset of the first such header in `input`, walking whole frames
+/// from the start (one within the frame limit and unmasked: a larger or masked one fails
+/// for that first).
+fn first_long_length(input: &[u8], limits: Limits) -> Option<usize> {
+    use tungstenite::protocol::frame::FrameHeader;
+    let mut at = 0;
+    loop {
+        let mut cursor = io::Cursor::new(&input[at..]);
+        let (header, len) = FrameHeader::parse(&mut cursor).ok()??;
+        let head = cursor.position() as usize;
+        let long = (head == 4 && len < 126) || (head == 10 && len <= 0xFFFF);
+        if long && header.mask.is_none() && len as usize <= limits.max_frame {
+            return Some(at);
+        }
+        at = at
+            .checked_add(head)?
+            .checked_add(usize::try_from(len).ok()?)?;
+        if at >= input.len() {
+            return None;
+        }
+    }
+}
+
 fn reference(input: &[u8], limits: Limits) -> Reference {
+    // The stream as read up to such a frame, which then ends it as a protocol error.
+    let input = &input[..first_long_length(input, limits).unwrap_or(input.len())];
     let config = WebSocketConfig::default()
         .max_frame_size(Some(limits.max_frame))
         .max_message_size(Some(limits.max_message));

@@ -14,6 +14,7 @@ use mio::Interest;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::handshake::client::{ClientHandshake, Request, Response};
+use tungstenite::handshake::derive_accept_key;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::http::{header, HeaderName, HeaderValue};
 use tungstenite::protocol::WebSocketConfig;
@@ -234,6 +235,11 @@ impl IoThread {
         let Some(request) = io.request.take() else {
             return Err(Error::Internal("handshake request already used".into()).into());
         };
+        io.accept_key = request
+            .headers()
+            .get("Sec-WebSocket-Key")
+            .map(|key| derive_accept_key(key.as_bytes()))
+            .unwrap_or_default();
         let shaking = Shaking::new(transport);
         let result =
             tungstenite::client::client_with_config(request, shaking.clone(), Some(io.ws_config()));
@@ -260,25 +266,10 @@ impl IoThread {
         match result {
             Ok((ws, response)) => {
                 drop(shaking);
-                let Some(mut transport) = ws.into_inner().into_inner() else {
+                let Some(transport) = ws.into_inner().into_inner() else {
                     return Err(Error::Internal("the handshake kept its stream".into()).into());
                 };
-                #[cfg(feature = "deflate")]
-                let negotiated = self.io.opened(&response)?;
-                #[cfg(not(feature = "deflate"))]
-                self.io.opened(&response)?;
-                let tail = transport.handshake_tail();
-                let now = Instant::now();
-                #[allow(unused_mut)] // without deflate
-                let mut conn = Connection::new(self.io.limits(), self.io.timers(), &tail, now);
-                #[cfg(feature = "deflate")]
-                if let Some(params) = negotiated {
-                    conn.inflate_with(&params);
-                }
-                self.phase = Phase::Open(Box::new(Open { conn, transport }));
-                // The handshake's reads consumed the readiness edges: look once.
-                self.io.readable = true;
-                Ok(())
+                self.open_with(transport, &response)
             }
             Err(HandshakeError::Interrupted(mid)) => {
                 self.phase = Phase::Handshaking(mid);
@@ -292,9 +283,73 @@ impl IoThread {
             }
             Err(HandshakeError::Failure(e)) => {
                 let transport = shaking.into_inner();
-                Err(self.handshake_failure(e, transport).into())
+                let token_list = matches!(
+                    e,
+                    tungstenite::Error::Protocol(ProtocolError::MissingConnectionUpgradeHeader)
+                );
+                let response = transport
+                    .as_ref()
+                    .filter(|_| token_list)
+                    .and_then(|t| self.upgrade_in_a_token_list(t.recorded()));
+                match (response, transport) {
+                    (Some(response), Some(transport)) => self.open_with(transport, &response),
+                    (_, transport) => Err(self.handshake_failure(e, transport).into()),
+                }
             }
         }
+    }
+
+    /// The upgrade is done: check what the server chose and go OPEN.
+    fn open_with(&mut self, mut transport: Transport, response: &Response) -> Result<(), End> {
+        #[cfg(feature = "deflate")]
+        let negotiated = self.io.opened(response)?;
+        #[cfg(not(feature = "deflate"))]
+        self.io.opened(response)?;
+        let tail = transport.handshake_tail();
+        let now = Instant::now();
+        #[allow(unused_mut)] // without deflate
+        let mut conn = Connection::new(self.io.limits(), self.io.timers(), &tail, now);
+        #[cfg(feature = "deflate")]
+        if let Some(params) = negotiated {
+            conn.inflate_with(&params);
+        }
+        self.phase = Phase::Open(Box::new(Open { conn, transport }));
+        // The handshake's reads consumed the readiness edges: look once.
+        self.io.readable = true;
+        Ok(())
+    }
+
+    /// tungstenite refuses a 101 whose `Connection` is anything but `Upgrade`; RFC 6455
+    /// §4.1 (step 3) asks for a `Connection` that contains the token `Upgrade`, as in
+    /// `Connection: keep-alive, Upgrade` (or on lines of their own), which browsers
+    /// accept. Such a response (`recorded`, the bytes the handshake read) is checked here
+    /// as tungstenite checks the rest of it (steps 2, 4 and 6), and returned if it passes.
+    fn upgrade_in_a_token_list(&self, recorded: &[u8]) -> Option<Response> {
+        use tungstenite::handshake::machine::TryParse;
+        let (_, response) = Response::try_parse(recorded).ok()??;
+        let headers = response.headers();
+        let one = |name: &str| {
+            let mut all = headers.get_all(name).iter();
+            let first = all.next()?.to_str().ok()?.trim().to_owned();
+            all.next().is_none().then_some(first)
+        };
+        let upgrade_token = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+        let offered = &self.io.shared.config.subprotocols;
+        let protocol_ok = match headers.get("Sec-WebSocket-Protocol") {
+            None => offered.is_empty(),
+            Some(_) => one("Sec-WebSocket-Protocol").is_some_and(|p| offered.contains(&p)),
+        };
+        let valid = response.status() == tungstenite::http::StatusCode::SWITCHING_PROTOCOLS
+            && upgrade_token
+            && one("Upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+            && one("Sec-WebSocket-Accept").is_some_and(|a| a == self.io.accept_key)
+            && protocol_ok;
+        valid.then_some(response)
     }
 
     /// A failed opening handshake, explained with what the transport saw: a rejection
@@ -455,6 +510,23 @@ impl Io {
     /// The handshake succeeded: check what the server chose, go OPEN, report `Open`.
     /// Returns the permessage-deflate parameters, if negotiated.
     fn opened(&mut self, response: &Response) -> Result<Negotiated, End> {
+        // Headers read as one value come once: tungstenite looks at the first line only,
+        // and repeated lines are one comma-joined value (RFC 7230 §3.2.2), which is no
+        // accept key and no single subprotocol (RFC 6455 §4.1, steps 4 and 6). Browsers
+        // fail these too.
+        for (name, kind) in [
+            ("Upgrade", HandshakeErrorKind::InvalidUpgrade),
+            ("Sec-WebSocket-Accept", HandshakeErrorKind::InvalidUpgrade),
+            ("Sec-WebSocket-Protocol", HandshakeErrorKind::Negotiation),
+        ] {
+            if response.headers().get_all(name).iter().count() > 1 {
+                return Err(Error::handshake(
+                    kind,
+                    format!("the server's 101 has more than one {name} header"),
+                )
+                .into());
+            }
+        }
         let header = |name: &str| {
             response
                 .headers()
@@ -771,12 +843,10 @@ fn decode_chunked(mut raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size = std::str::from_utf8(&raw[..line_end])
-            .ok()
-            .and_then(|line| {
-                let size_text = line.split(';').next().unwrap_or("").trim();
-                usize::from_str_radix(size_text, 16).ok()
-            });
+        let size = std::str::from_utf8(&raw[..line_end]).ok().and_then(|line| {
+            let size_text = line.split(';').next().unwrap_or("").trim();
+            usize::from_str_radix(size_text, 16).ok()
+        });
         let Some(size) = size else {
             return Some(out); // not a chunk: the body is what came before
         };

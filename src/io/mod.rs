@@ -108,6 +108,9 @@ struct Io {
     /// The proxy this attempt tunnels through.
     proxy: Option<Proxy>,
     request: Option<Request>,
+    /// The `Sec-WebSocket-Accept` this attempt's key asks for (see
+    /// `IoThread::upgrade_in_a_token_list`).
+    accept_key: String,
     /// `close` was called or the last handle dropped: no more reconnecting.
     stopped: bool,
     /// This attempt reached OPEN.
@@ -191,6 +194,7 @@ impl IoThread {
                 redirects: 0,
                 proxy: None,
                 request: None,
+                accept_key: String::new(),
                 stopped: false,
                 opened: false,
                 failures: 0,

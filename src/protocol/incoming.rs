@@ -256,7 +256,7 @@ impl Reader {
                 Err(e) => return Err(protocol(e.to_string())),
             };
             let head = cursor.position() as usize;
-            let len = self.check(&header, len)?;
+            let len = self.check(&header, head, len)?;
             log::trace!(
                 "frame in: {:?} fin={} len={len}",
                 header.opcode,
@@ -329,7 +329,8 @@ impl Reader {
             let plain = header.is_final
                 && !(header.rsv1 || header.rsv2 || header.rsv3) // rsv1: `next` inflates
                 && header.mask.is_none()
-                && len <= limit;
+                && len <= limit
+                && shortest_length(head, len);
             let text = match header.opcode {
                 OpCode::Data(Data::Text) if plain => true,
                 OpCode::Data(Data::Binary) if plain => false,
@@ -363,8 +364,9 @@ impl Reader {
         Ok(taken)
     }
 
-    /// Checks a frame's header against RFC 6455 §5.2 and the limits; returns its length.
-    fn check(&self, header: &FrameHeader, len: u64) -> Result<usize, Violation> {
+    /// Checks a frame's header (`head` bytes long) against RFC 6455 §5.2 and the limits;
+    /// returns its length.
+    fn check(&self, header: &FrameHeader, head: usize, len: u64) -> Result<usize, Violation> {
         if len > i64::MAX as u64 {
             return Err(protocol("frame length with the most significant bit set"));
         }
@@ -384,6 +386,11 @@ impl Reader {
         }
         if header.mask.is_some() {
             return Err(protocol("the server sent a masked frame"));
+        }
+        if !shortest_length(head, len) {
+            return Err(protocol(format!(
+                "a length of {len} not in its shortest form (RFC 6455 §5.2)"
+            )));
         }
         if header.rsv2 || header.rsv3 || (header.rsv1 && !self.deflates()) {
             return Err(protocol("reserved bits set with no extension negotiated"));
@@ -597,6 +604,17 @@ fn trimmed(mut buf: Vec<u8>) -> Vec<u8> {
         buf.shrink_to_fit();
     }
     buf
+}
+
+/// Whether a frame header of `head` bytes (an unmasked one: the server's) gives its
+/// payload length `len` in the shortest form: RFC 6455 §5.2, "the minimal number of bytes
+/// MUST be used to encode the length" (browsers fail such frames too).
+fn shortest_length(head: usize, len: u64) -> bool {
+    match head {
+        4 => len >= 126,
+        10 => len > 0xFFFF,
+        _ => true,
+    }
 }
 
 #[cfg(test)]

@@ -317,3 +317,54 @@ fn a_non_minimal_length_encoding_fails_with_1002() {
         assert_eq!(code, Some(1002), "{evs:?}");
     }
 }
+
+/// The token list is the only thing let through: a `Connection` with no `Upgrade` token,
+/// or a list with a wrong accept key, is refused as before; and after a list is accepted,
+/// a frame sent with the 101 in one write is the first message.
+#[test]
+fn a_connection_token_list_is_checked_like_the_rest_of_the_101() {
+    let _g = shared();
+    let answer = |connection: &'static str, accept_ok: bool| {
+        raw_server(move |mut stream| {
+            let head = read_http_head(&mut stream);
+            let mut a = answer_101_with(&head, connection, "");
+            if !accept_ok {
+                let key = derive_accept_key(key_of(&head).as_bytes());
+                a = a.replace(&key, "AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+            }
+            let mut wire = a.into_bytes();
+            wire.extend_from_slice(&[0x81, 2, b'h', b'i']);
+            stream.write_all(&wire).unwrap();
+            read_to_end_quietly(&mut stream);
+        })
+    };
+    for (connection, accept_ok) in [
+        ("Connection: keep-alive\r\n", true),
+        ("Connection: keep-alive, Upgrade\r\n", false),
+        ("Connection: keep-alive, Upgraded\r\n", true),
+    ] {
+        let server = answer(connection, accept_ok);
+        let r = WebSocket::builder()
+            .no_deflate()
+            .connect_pull(&server.url());
+        assert!(
+            matches!(&r, Err(Error::Handshake { .. })),
+            "{connection:?}, accept ok {accept_ok}: {r:?}"
+        );
+        drop(r);
+        server.join();
+    }
+    let server = answer("Connection: keep-alive, Upgrade\r\n", true);
+    let (ws, events) = WebSocket::builder()
+        .no_deflate()
+        .close_timeout(Duration::from_secs(1))
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    match next_event(&events) {
+        Event::Message(m) => assert_eq!(m.as_text(), Some("hi")),
+        other => panic!("{other:?}"),
+    }
+    drop(ws);
+    server.join();
+}
