@@ -378,7 +378,17 @@ impl IoThread {
         let mut take_wanted = false;
         if held && !self.io.holds_reading() {
             // Batches: one waits untaken, and the next has room: the socket is read on,
-            // and the consumer's take wakes this thread to hand the next one over.
+            // and the consumer's take wakes this thread to hand the next one over. A
+            // consumer that keeps up takes it within microseconds (see `await_drain`);
+            // one that does not is busy elsewhere, and the socket is read for it at most
+            // once per `MODERATE` until it takes (see `moderation`).
+            if self.io.consumer_keeps_up {
+                if self.io.await_drain() {
+                    self.io.deliver_pending();
+                    return Ok(());
+                }
+                self.io.consumer_keeps_up = false;
+            }
             if !self.io.outlet.wake_on_take() {
                 self.io.deliver_pending(); // taken meanwhile
                 return Ok(());
@@ -444,7 +454,8 @@ impl IoThread {
         }
         shared.io_sleeping.store(false, SeqCst);
         if take_wanted {
-            // Woken by the take, or by anything else: the next turn hands over what it can.
+            // Woken by the take, or by anything else: hand over what can go now.
+            self.io.outlet.stop_waking_on_take();
             self.io.deliver_pending();
         }
         if moderated.is_some() {
@@ -980,44 +991,59 @@ impl Io {
     /// ours waits to be written (the socket's write readiness is not watched either), nor
     /// while the socket is read past the consumer (closing, a request or a pong looked
     /// for: each of its turns would end in a wait without the socket, every millisecond).
+    ///
+    /// In batches (callback style, `connect_batches`), the same once a batch has waited
+    /// untaken for [`MODERATE_AFTER`]: a callback thread that computing threads keep off
+    /// the cores, or a caller that takes batches between chunks of work.
     fn moderation(&mut self, phase: &mut Phase) -> Option<Instant> {
         let Phase::Open(open) = phase else {
-            return None;
-        };
-        let past_consumer = self.reads_past_consumer();
-        let Outlet::Events(pull) = &mut self.outlet else {
             return None;
         };
         let now = Instant::now();
         let quiet = !self.readable
             && !self.buffered
-            && !past_consumer
+            && !self.reads_past_consumer()
             && !self.write_blocked
             && !self.outbox_waiting
             && !open.conn.has_output();
-        let busy = pull
-            .busy_since()
-            .is_some_and(|since| now - since >= MODERATE_AFTER);
-        if !(quiet && busy) {
+        if !quiet {
+            return None;
+        }
+        let busy = match &mut self.outlet {
+            Outlet::Events(pull) => pull
+                .busy_since()
+                .is_some_and(|since| now - since >= MODERATE_AFTER),
+            // A batch untaken for that long, or one untaken with more events behind it:
+            // the consumer did not take it while this thread gave it the CPU (`wait`).
+            Outlet::Batches { .. } => self
+                .outlet
+                .batch_waiting_since()
+                .is_some_and(|since| !self.pending.is_empty() || now - since >= MODERATE_AFTER),
+        };
+        if !busy {
             return None;
         }
         let tcp = open.transport.tcp()?;
-        if !pull.wake_on_take() {
+        let asked = match &mut self.outlet {
+            Outlet::Events(pull) => pull.wake_on_take(),
+            Outlet::Batches { .. } => self.outlet.wake_on_take(),
+        };
+        if !asked {
             return None;
         }
         if self.poll.registry().deregister(tcp).is_err() {
-            pull.stop_waiting();
+            self.outlet.stop_waking_on_take();
             return None;
         }
-        pull.moderating();
+        if let Outlet::Events(pull) = &mut self.outlet {
+            pull.moderating();
+        }
         Some(now + MODERATE)
     }
 
     /// Watches the socket again after [`Io::moderation`], and reads what came meanwhile.
     fn end_moderation(&mut self, phase: &mut Phase) -> Result<(), End> {
-        if let Outlet::Events(pull) = &self.outlet {
-            pull.stop_waiting();
-        }
+        self.outlet.stop_waking_on_take();
         let Phase::Open(open) = phase else {
             return Ok(());
         };
