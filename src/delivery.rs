@@ -687,6 +687,9 @@ const FLOOD_YIELDS: usize = 64;
 /// A batch holds up to [`incoming_queue`](crate::Builder::incoming_queue) events (512 by
 /// default) or 2 MiB of payload; one batch waits while the I/O thread gathers the next,
 /// and while both are full it stops reading the socket, so TCP slows the server down.
+/// Until then it reads on (pongs and the server's Close do not wait for you), and while
+/// you leave a batch untaken it reads at most once a millisecond, and at your next take,
+/// all that came in one go, rather than waking for each message.
 /// Handing an emptied batch back with [`recycle`](Self::recycle) lets the I/O thread reuse
 /// its allocation.
 ///
