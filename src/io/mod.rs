@@ -1013,12 +1013,13 @@ impl Io {
             Outlet::Events(pull) => pull
                 .busy_since()
                 .is_some_and(|since| now - since >= MODERATE_AFTER),
-            // A batch untaken for that long, or one untaken with more events behind it:
-            // the consumer did not take it while this thread gave it the CPU (`wait`).
-            Outlet::Batches { .. } => self
-                .outlet
-                .batch_waiting_since()
-                .is_some_and(|since| !self.pending.is_empty() || now - since >= MODERATE_AFTER),
+            // A batch untaken with events behind it: the consumer did not take it while
+            // this thread gave it the CPU (`wait`). Not while nothing new waits: a batch
+            // left untaken (an `Open` nobody takes while sending, say) would make every
+            // wait stop and start watching the socket again, for nothing.
+            Outlet::Batches { .. } => {
+                !self.pending.is_empty() && self.outlet.batch_waiting_since().is_some()
+            }
         };
         if !busy {
             return None;
