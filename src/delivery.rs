@@ -73,9 +73,6 @@ pub(crate) enum Outlet {
         /// the socket on: the consumer's next take wakes it (see
         /// [`wake_on_take`](Outlet::wake_on_take)).
         take_wanted: Arc<AtomicBool>,
-        /// When the batch in `tx` went over: a consumer that leaves it there for long is
-        /// busy elsewhere (see `Io::moderation`).
-        sent_at: Instant,
     },
 }
 
@@ -866,7 +863,6 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
         bytes_limit: bytes_limit.max(1),
         tail: Arc::clone(&tail),
         take_wanted: Arc::clone(&take_wanted),
-        sent_at: Instant::now(),
     };
     (
         outlet,
@@ -951,12 +947,9 @@ impl Outlet {
         }
     }
 
-    /// In batches: since when the consumer has left a batch untaken, if it has.
-    pub fn batch_waiting_since(&self) -> Option<Instant> {
-        match self {
-            Outlet::Batches { tx, sent_at, .. } if tx.is_full() => Some(*sent_at),
-            _ => None,
-        }
+    /// In batches: whether the consumer has yet to take the batch handed over last.
+    pub fn batch_untaken(&self) -> bool {
+        matches!(self, Outlet::Batches { tx, .. } if tx.is_full())
     }
 
     /// Whether the consumer has taken everything handed over so far.
@@ -982,19 +975,14 @@ impl Outlet {
     pub fn push(&mut self, pending: &mut VecDeque<Event>) -> Result<usize, Vec<Event>> {
         match self {
             Outlet::Events(pull) => pull.push(pending, true),
-            Outlet::Batches {
-                tx, spare, sent_at, ..
-            } => {
+            Outlet::Batches { tx, spare, .. } => {
                 // Only this thread sends: once there is room, `try_send` cannot find it full.
                 if pending.is_empty() || tx.is_full() {
                     return Ok(0);
                 }
                 let batch = take_batch(spare, pending);
                 match tx.try_send(batch) {
-                    Ok(()) => {
-                        *sent_at = Instant::now();
-                        Ok(0)
-                    }
+                    Ok(()) => Ok(0),
                     Err(TrySendError::Full(batch)) => {
                         put_back(pending, batch);
                         Ok(0)
@@ -1053,18 +1041,13 @@ impl Outlet {
                 Ok(_) => Waited::Sent,
                 Err(gone) => Waited::Gone(gone),
             },
-            Outlet::Batches {
-                tx, spare, sent_at, ..
-            } => {
+            Outlet::Batches { tx, spare, .. } => {
                 if pending.is_empty() {
                     return Waited::Sent;
                 }
                 let batch = take_batch(spare, pending);
                 match select_send(tx, commands, batch, deadline) {
-                    Selected::Sent => {
-                        *sent_at = Instant::now();
-                        Waited::Sent
-                    }
+                    Selected::Sent => Waited::Sent,
                     Selected::Disconnected(mut batch) => {
                         batch.extend(pending.drain(..));
                         Waited::Gone(batch)

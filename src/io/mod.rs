@@ -827,10 +827,6 @@ impl Io {
         self.pending.push_back(event);
     }
 
-    /// Whether the socket is read whatever the consumer does (up to [`DRAIN_EVENTS`] and
-    /// [`DRAIN_BYTES`] waiting): while closing, since the server's answer must be seen,
-    /// and while a `request` waits, since its reply may come behind more messages than
-    /// the consumer has room for, and the thread that waits may be the consumer.
     /// Whether the consumer holds reading back: events wait that it has no room for, and
     /// (in batches, where one batch may wait while the next is gathered) the next batch is
     /// full too.
@@ -842,6 +838,10 @@ impl Io {
             }
     }
 
+    /// Whether the socket is read whatever the consumer does (up to [`DRAIN_EVENTS`] and
+    /// [`DRAIN_BYTES`] waiting): while closing, since the server's answer must be seen,
+    /// and while a `request` waits, since its reply may come behind more messages than
+    /// the consumer has room for, and the thread that waits may be the consumer.
     fn reads_past_consumer(&self) -> bool {
         self.draining || self.looking_for_pong || self.requests_waiting()
     }
@@ -992,8 +992,8 @@ impl Io {
     /// while the socket is read past the consumer (closing, a request or a pong looked
     /// for: each of its turns would end in a wait without the socket, every millisecond).
     ///
-    /// In batches (callback style, `connect_batches`), the same once a batch has waited
-    /// untaken for [`MODERATE_AFTER`]: a callback thread that computing threads keep off
+    /// In batches (callback style, `connect_batches`), the same while a batch waits
+    /// untaken with events behind it: a callback thread that computing threads keep off
     /// the cores, or a caller that takes batches between chunks of work.
     fn moderation(&mut self, phase: &mut Phase) -> Option<Instant> {
         let Phase::Open(open) = phase else {
@@ -1017,9 +1017,7 @@ impl Io {
             // this thread gave it the CPU (`wait`). Not while nothing new waits: a batch
             // left untaken (an `Open` nobody takes while sending, say) would make every
             // wait stop and start watching the socket again, for nothing.
-            Outlet::Batches { .. } => {
-                !self.pending.is_empty() && self.outlet.batch_waiting_since().is_some()
-            }
+            Outlet::Batches { .. } => !self.pending.is_empty() && self.outlet.batch_untaken(),
         };
         if !busy {
             return None;
