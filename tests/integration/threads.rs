@@ -341,21 +341,25 @@ fn handler_is_handed_over_between_callbacks_during_a_flood() {
     server.join();
 }
 
+/// A handler whose `onmessage` blocks on the message "slow" until released (bounded by
+/// `WAIT`), saying when it has started.
+struct Slow {
+    entered: crossbeam_channel::Sender<()>,
+    release: crossbeam_channel::Receiver<()>,
+}
+
+impl Handler for Slow {
+    fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
+        if msg.as_text() == Some("slow") {
+            self.entered.send(()).unwrap();
+            let _ = self.release.recv_timeout(WAIT);
+        }
+    }
+}
+
 /// A callback that blocks does not stall the I/O thread: pings are still answered.
 #[test]
 fn a_blocked_callback_does_not_stall_pongs() {
-    struct Slow {
-        entered: crossbeam_channel::Sender<()>,
-        release: crossbeam_channel::Receiver<()>,
-    }
-    impl Handler for Slow {
-        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
-            if msg.as_text() == Some("slow") {
-                self.entered.send(()).unwrap();
-                let _ = self.release.recv_timeout(WAIT);
-            }
-        }
-    }
     let _g = shared();
     let (ping_tx, ping_rx) = crossbeam_channel::bounded::<()>(1);
     let (pong_tx, pong_rx) = crossbeam_channel::bounded(1);
@@ -401,18 +405,6 @@ fn a_blocked_callback_does_not_stall_pongs() {
 /// so a slow callback stalled pongs with a nearly empty queue.)
 #[test]
 fn a_blocked_callback_with_a_batch_waiting_does_not_stall_pongs() {
-    struct Slow {
-        entered: crossbeam_channel::Sender<()>,
-        release: crossbeam_channel::Receiver<()>,
-    }
-    impl Handler for Slow {
-        fn onmessage(&mut self, _ws: &WebSocketRef, msg: Message) {
-            if msg.as_text() == Some("slow") {
-                self.entered.send(()).unwrap();
-                let _ = self.release.recv_timeout(WAIT);
-            }
-        }
-    }
     let _g = shared();
     let (ping_tx, ping_rx) = crossbeam_channel::bounded::<()>(1);
     let (pong_tx, pong_rx) = crossbeam_channel::bounded(1);
