@@ -22,7 +22,7 @@ mod open;
 pub(crate) mod proxy;
 mod transport;
 
-pub(crate) mod low_water;
+pub(crate) mod sockopt;
 
 pub(crate) use connect::build_request;
 pub use transport::TlsBackend;
@@ -141,6 +141,9 @@ struct Io {
     /// (it could not write while nothing was read), and judged once the socket is drained
     /// (see `Io::judging`). Until the pong comes or the connection ends.
     looking_for_pong: bool,
+    /// While the ping a pong is awaited for may still wait in the socket's send queue:
+    /// the bytes in that queue at the last look (see `Io::ping_on_its_way`).
+    ping_unsent: Option<usize>,
     /// Set by `Command::Drop`: the time by which everything must be over.
     drop_deadline: Option<Instant>,
     /// Edge-triggered readiness, remembered until a read returns `WouldBlock`.
@@ -207,6 +210,7 @@ impl IoThread {
                 receiver_gone: false,
                 pings_left: false,
                 looking_for_pong: false,
+                ping_unsent: None,
                 drop_deadline: None,
                 readable: false,
                 read_closed: false,
@@ -770,6 +774,7 @@ impl Io {
         self.write_blocked = false;
         self.write_failed = false;
         self.looking_for_pong = false;
+        self.ping_unsent = None;
         // Pings asked for on the last connection, not taken before it ended: not this
         // one's (and `ping` would find the queue full, or never wake this thread).
         let _ = self.shared.take_pings(usize::MAX);

@@ -38,7 +38,11 @@ impl Io {
             self.close(open, Some((1001, String::new())));
         }
         let pong_due = open.conn.pong_deadline().is_some_and(|due| now >= due);
-        if pong_due && !self.looking_for_pong && !self.judging() {
+        if pong_due && self.ping_on_its_way(open) {
+            // The server is still taking what we wrote before the ping: it cannot answer
+            // yet, and it is alive. A pong timeout from now.
+            open.conn.restart_pong_timer(now);
+        } else if pong_due && !self.looking_for_pong && !self.judging() {
             // The consumer holds reading back, and a pong is due: the answer may wait in
             // the socket, behind what the consumer has not taken, or not be written yet
             // (the server could not write while nothing was read). Read for it past the
@@ -54,12 +58,45 @@ impl Io {
         self.flush(open);
         let now = Instant::now();
         open.conn.handle_timeout(now, self.judging());
+        match open.conn.pong_deadline() {
+            None => self.ping_unsent = None,
+            // A ping just queued: what the send queue holds in front of it.
+            Some(_) if self.ping_unsent.is_none() => self.ping_unsent = open.transport.unsent(),
+            Some(_) => {}
+        }
         if self.drop_deadline.is_some_and(|d| now >= d) {
             return Err(Error::Timeout(Timeout::Close).into());
         }
         // A ping the timers queued; then the end, if a timer or a failed write found it.
         self.flush(open);
         self.events(open, now, 0).map(drop)
+    }
+
+    /// Whether the ping a pong is due for has yet to reach the server (it waits to be
+    /// written behind a large frame of ours, or in the socket's send queue), while the
+    /// server has taken some of what we wrote since the last look (the ping's queueing,
+    /// a write while it waited, or the last time this answered `true`).
+    ///
+    /// A server reading a large message at 1 MiB/s takes seconds to get through the
+    /// 4 MiB a Linux send queue holds, and this thread cannot write again until a third
+    /// of it is gone: such a server is alive, and not to be blamed for a ping it has not
+    /// received. One that takes nothing for a pong timeout is. (Where the queue cannot be
+    /// read, not Linux, the pong's time runs from the ping's last write, as
+    /// `Connection::advance` has it.)
+    fn ping_on_its_way(&mut self, open: &mut Open) -> bool {
+        let Some(unsent) = open.transport.unsent() else {
+            return false;
+        };
+        let taken = self.ping_unsent.is_some_and(|last| unsent < last);
+        self.ping_unsent = Some(unsent);
+        let not_there = match open.conn.written_since_ping() {
+            // Not written yet.
+            None => true,
+            // Unacknowledged bytes are the last ones written: more than were written
+            // after the ping, and the ping is among them.
+            Some(after) => unsent as u64 > after,
+        };
+        not_there && taken
     }
 
     /// Reads while the socket has bytes and the consumer has room; turns them into events.
@@ -258,6 +295,16 @@ impl Io {
                 Ok(n) => {
                     let now = Instant::now();
                     self.shared.sent(open.conn.advance(n, now));
+                    if open.conn.pong_deadline().is_some()
+                        && open
+                            .conn
+                            .written_since_ping()
+                            .is_none_or(|after| after == 0)
+                    {
+                        // The ping a pong is awaited for waits behind this write, or just
+                        // went: what the send queue holds now (see `ping_on_its_way`).
+                        self.ping_unsent = open.transport.unsent();
+                    }
                     self.wrote_at = now;
                     wrote = true;
                     // Senders that found the outbox busy did not say so again.

@@ -20,7 +20,7 @@ use rustls::{
     StreamOwned,
 };
 
-use super::low_water;
+use super::sockopt;
 use crate::error::{Error, TlsErrorKind};
 
 /// The byte stream under the WebSocket: plain TCP or rustls over TCP, always
@@ -146,6 +146,12 @@ impl Transport {
         )) && matches!(self.stream, Stream::Plain(_))
     }
 
+    /// The bytes in the socket's send queue that the server has not acknowledged (see
+    /// `sockopt::unsent`); `None` where that cannot be known.
+    pub fn unsent(&mut self) -> Option<usize> {
+        self.tcp().and_then(|tcp| sockopt::unsent(tcp).ok())
+    }
+
     /// Whether this is a TLS stream (which may hold decrypted bytes no readiness event
     /// announces).
     pub fn is_tls(&self) -> bool {
@@ -199,7 +205,7 @@ impl Transport {
                 if self.low_water_max == 0 {
                     let buffer = self
                         .tcp()
-                        .map_or(0, |tcp| low_water::receive_buffer(tcp).unwrap_or(0));
+                        .map_or(0, |tcp| sockopt::receive_buffer(tcp).unwrap_or(0));
                     self.low_water_max = (buffer / 4).max(1);
                 }
                 left.min(LOW_WATER_MAX).min(self.low_water_max).max(1)
@@ -208,7 +214,7 @@ impl Transport {
         if mark != self.low_water.max(1)
             && self
                 .tcp()
-                .is_some_and(|tcp| low_water::set(tcp, mark).is_ok())
+                .is_some_and(|tcp| sockopt::set_low_water(tcp, mark).is_ok())
         {
             self.low_water = mark;
         }

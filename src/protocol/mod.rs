@@ -111,6 +111,11 @@ pub(crate) struct Connection {
     /// The ping that `pong_deadline` waits on is not all written yet: while it waits
     /// behind a frame the server is taking, its time runs from each write.
     timed_ping_unwritten: bool,
+    /// Bytes handed to the stream so far ([`advance`](Self::advance)).
+    written: u64,
+    /// `written` when that ping's last byte went: from there on it may still wait in the
+    /// operating system's send queue (see [`written_since_ping`](Self::written_since_ping)).
+    ping_end: Option<u64>,
     ping_seq: u64,
     /// A write failed (see [`Connection::write_failed`]): the error the connection fails
     /// with, unless the server's Close is still read.
@@ -144,6 +149,8 @@ impl Connection {
             next_ping: after(now, timers.ping_interval),
             pong_deadline: None,
             timed_ping_unwritten: false,
+            written: 0,
+            ping_end: None,
             ping_seq: 0,
             write_error: None,
         }
@@ -382,11 +389,16 @@ impl Connection {
     /// application bytes whose frames are now all out.
     pub fn advance(&mut self, n: usize, now: Instant) -> usize {
         let (app_bytes, close_written) = self.out.advance(n, now);
+        self.written += n as u64;
         if n > 0 && self.timed_ping_unwritten && self.pong_deadline.is_some() {
             // The ping waits behind a frame the server is taking (or just went out): the
             // server cannot answer it yet, and is alive. Its time runs from its write.
             self.pong_deadline = after(now, self.timers.pong_timeout);
             self.timed_ping_unwritten = self.out.ping_waiting();
+            if !self.timed_ping_unwritten {
+                // (A control frame is written on its own: this write ended with it.)
+                self.ping_end = Some(self.written);
+            }
         }
         if n > 0 && self.out.close_queued() {
             // The server takes data: it is alive. Our Close (when it is out) starts its
@@ -405,6 +417,14 @@ impl Connection {
         if self.pong_deadline.is_some() {
             self.pong_deadline = after(now, self.timers.pong_timeout);
         }
+    }
+
+    /// While a pong is awaited and the ping is written: the bytes written after it. The
+    /// stream (the operating system's send queue) may still hold the ping: it has
+    /// reached the server only once fewer than this many bytes are left unacknowledged.
+    pub fn written_since_ping(&self) -> Option<u64> {
+        let end = self.ping_end.filter(|_| self.pong_deadline.is_some())?;
+        Some(self.written - end)
     }
 
     /// When a pong is due, if one is (whether or not the driver judges it now).
@@ -498,6 +518,7 @@ impl Connection {
             if self.pong_deadline.is_none() {
                 self.pong_deadline = after(now, self.timers.pong_timeout);
                 self.timed_ping_unwritten = true;
+                self.ping_end = None;
             }
         }
     }

@@ -727,6 +727,66 @@ fn the_write_stall_counts_from_the_pong_not_from_data_waiting_before_it() {
     );
 }
 
+/// What the driver needs to tell whether the keepalive ping can have reached the server:
+/// none while it waits behind data, then the bytes written after it, until its pong.
+#[test]
+fn the_bytes_written_after_the_keepalive_ping_are_counted_until_its_pong() {
+    let t0 = Instant::now();
+    let timers = Timers {
+        close_timeout: Some(Duration::from_secs(10)),
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Some(Duration::from_secs(3)),
+    };
+    let mut c = Connection::new(limits(), timers, &[], t0);
+    let mut outbox = Outbox::default();
+    push(
+        &Message::from(vec![0u8; 100_000]),
+        &SendDeflate::default(),
+        || true,
+        |append| append(&mut outbox),
+    );
+    c.queue_data(outbox.take(None)).unwrap();
+    // Part of the frame is out when the ping is queued behind it.
+    let n = c.transmit().unwrap().len().min(1000);
+    c.advance(n, t0);
+    c.handle_timeout(t0 + Duration::from_secs(1), true);
+    assert!(c.pong_deadline().is_some());
+    assert_eq!(
+        c.written_since_ping(),
+        None,
+        "the ping waits behind the frame"
+    );
+    // The rest of the frame, then the ping: written after it, nothing.
+    let mut wrote_ping = false;
+    while let Some(bytes) = c.transmit() {
+        let n = bytes.len();
+        let ping = bytes[0] == 0x89;
+        c.advance(n, t0 + Duration::from_secs(1));
+        if ping {
+            wrote_ping = true;
+            break;
+        }
+    }
+    assert!(wrote_ping);
+    assert_eq!(c.written_since_ping(), Some(0));
+    // A message after it counts.
+    let mut outbox = Outbox::default();
+    push(
+        &Message::from("after"),
+        &SendDeflate::default(),
+        || true,
+        |append| append(&mut outbox),
+    );
+    c.queue_data(outbox.take(None)).unwrap();
+    let after = written(&mut c);
+    assert_eq!(after.len(), 1);
+    assert_eq!(c.written_since_ping(), Some(6 + 5)); // a masked header, "after"
+                                                     // Its pong: nothing awaited, nothing counted.
+    feed(&mut c, &frame(0x8A, &1u64.to_be_bytes()));
+    let _ = events(&mut c);
+    assert_eq!(c.written_since_ping(), None);
+}
+
 /// permessage-deflate in the core: the server's side is flate2, as a server would use it.
 #[cfg(feature = "deflate")]
 mod deflate {

@@ -563,17 +563,58 @@ fn a_ping_behind_our_large_frame_is_timed_from_its_write() {
 }
 
 /// The same for a slower reader and a shorter pong timeout: 1 MiB/s, 500 ms. The server
-/// takes data all along, yet the I/O thread credits it only when it writes again, and it
-/// cannot write until about a third of the socket's send buffer (4 MiB on Linux loopback)
-/// has drained: 1.4 s here, so the pong timer runs out at 0.7 s, with the server reading
-/// steadily (`Timeout(Pong)` in every run). Rule 9 does not blame a live peer: the
-/// timer would have to see the kernel's queue go down (`TIOCOUTQ`), not only the I/O
-/// thread's writes.
+/// takes data all along, yet the I/O thread cannot write again until about a third of the
+/// socket's send buffer (4 MiB on Linux loopback) has drained: 1.4 s here. Until
+/// 2026-12-07 the pong timer ran only from the I/O thread's writes, and ran out at 0.7 s
+/// with the server reading steadily (`Timeout(Pong)` in every run); it now also sees the
+/// kernel's send queue go down (`SIOCOUTQ`) while the ping waits behind data.
 #[test]
-#[ignore = "core bug: a live reader slower than a third of the send buffer per pong timeout gets Timeout(Pong)"]
 fn a_slow_reader_of_our_large_frame_is_not_blamed_for_the_pong() {
     let _g = shared();
     large_frame_to_a_slow_reader(6 << 20, 1 << 20, Duration::from_millis(500));
+}
+
+/// The other side of the two tests above: a server that stops reading while our large
+/// frame is on its way (a dead peer with data in flight) is still failed for the pong,
+/// about a ping interval and a pong timeout after it stopped: the ping waits behind data
+/// nobody takes, which is no reason to wait for it.
+#[test]
+fn a_peer_that_stops_reading_our_large_frame_is_failed_for_the_pong() {
+    let _g = shared();
+    const INTERVAL: Duration = Duration::from_millis(200);
+    const PONG_TIMEOUT: Duration = Duration::from_millis(500);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        cap_receive_buffer(&stream, 64 << 10);
+        let ws = tungstenite::accept(stream).expect("server: handshake");
+        // Reads nothing more; keeps the socket open until the test is over.
+        let _ = done_rx.recv_timeout(SOCKET_TIMEOUT);
+        drop(ws);
+    });
+    let (ws, events) = WebSocket::builder()
+        .ping_interval(INTERVAL)
+        .pong_timeout(PONG_TIMEOUT)
+        .connect_pull(&url)
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    let sent_at = Instant::now();
+    ws.send(vec![7u8; 8 << 20]).unwrap();
+    let first = next_event(&events);
+    let failed_after = sent_at.elapsed();
+    done_tx.send(()).unwrap();
+    assert!(
+        matches!(first, Event::Error(Error::Timeout(Timeout::Pong))),
+        "{first:?}"
+    );
+    assert!(
+        failed_after < INTERVAL + PONG_TIMEOUT + Duration::from_secs(2),
+        "failed only {failed_after:?} after the send"
+    );
+    assert!(matches!(next_event(&events), Event::Close(c) if c.code == 1006));
+    server.join().unwrap();
 }
 
 /// Sends `len` bytes in one message to a server reading `rate` bytes a second with a
