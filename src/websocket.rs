@@ -168,7 +168,8 @@ struct Status {
 impl Shared {
     /// Whether waiting on this thread for the end of the connection (callback style:
     /// until `onclose` has run) would never return, because this thread holds the handler
-    /// `onclose` needs.
+    /// `onclose` needs. Then the callback thread takes no events either, so neither can a
+    /// `send` wait for room (see `send_inner`).
     fn close_wait_deadlock(&self) -> Option<Holder> {
         self.callback_mode.then(|| self.held_here()).flatten()
     }
@@ -325,10 +326,11 @@ impl WebSocketRef {
     /// only while [`buffered_amount()`](Self::buffered_amount) is above the high-water mark,
     /// and then for at most the builder's
     /// [`send_timeout`](crate::Builder::send_timeout) (10 s by default).
-    /// Inside a callback it does not block: above the mark it returns
-    /// [`SendError::Full`] at once, as [`try_send`](Self::try_send) does (the callback
-    /// thread takes the events a server may be waiting on us to read before it reads what
-    /// we send; [`send_timeout`](Self::send_timeout) there waits as asked).
+    /// Inside a callback, or while this thread holds the [`HandlerGuard`], it does not
+    /// block: above the mark it returns [`SendError::Full`] at once, as
+    /// [`try_send`](Self::try_send) does (the callback thread takes the events a server may
+    /// be waiting on us to read before it reads what we send, and it cannot while the
+    /// handler is held; [`send_timeout`](Self::send_timeout) there waits as asked).
     ///
     /// The message is queued for the I/O thread, which writes it at once: there is no
     /// polling interval. Messages sent from one thread go out in that order.
@@ -370,9 +372,10 @@ impl WebSocketRef {
         let shared = &*self.shared;
         if shared.buffered.load(SeqCst) > shared.config.high_water_mark {
             // On the callback thread, `send` does not wait: that thread takes the events a
-            // server may be blocked on before it reads our data again (rule 13).
+            // server may be blocked on before it reads our data again (rule 13). Nor on a
+            // thread that holds the handler: the callback thread waits for it meanwhile.
             let wait = match wait {
-                Wait::Configured if shared.on_callback_thread() => Wait::Never,
+                Wait::Configured if shared.close_wait_deadlock().is_some() => Wait::Never,
                 Wait::Configured => after(Instant::now(), Some(shared.config.send_timeout))
                     .map_or(Wait::Forever, Wait::Until),
                 wait => wait,
@@ -747,8 +750,8 @@ impl WebSocketRef {
 #[derive(Clone, Copy)]
 enum Wait {
     Never,
-    /// The builder's `send_timeout` (not at all on the callback thread), counted from when
-    /// the wait starts.
+    /// The builder's `send_timeout` (not at all on the callback thread, nor while this
+    /// thread holds the handler), counted from when the wait starts.
     Configured,
     Forever,
     Until(Instant),

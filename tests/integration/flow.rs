@@ -513,3 +513,52 @@ fn send_on_the_callback_thread_above_the_high_water_mark_does_not_wait() {
     drop(ws);
     server.join();
 }
+
+/// Rule 13: as on the callback thread, `send` on a thread that holds the `HandlerGuard`
+/// does not wait for room above the high-water mark: the callback thread waits for the
+/// handler meanwhile, so the events the server may be blocked on are not taken, and the
+/// wait could only end in the send timeout (for ever with `Duration::MAX`). Until this
+/// review it waited the whole `send_timeout` against a server that sends 400 × 64 KiB
+/// before it reads, then returned `TimedOut`.
+#[test]
+fn send_while_holding_the_handler_above_the_high_water_mark_does_not_wait() {
+    let _g = shared();
+    const N: usize = 400;
+    const LEN: usize = 64 << 10;
+    let server = raw_server(move |stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        cap_receive_buffer(ws.get_ref(), 64 << 10);
+        for i in 0..N {
+            ws.send(tungstenite::Message::binary(flood_payload(i, LEN)))
+                .expect("server: send");
+        }
+        read_until_close(&mut ws);
+    });
+    let ws = WebSocket::builder()
+        .high_water_mark(64 << 10)
+        .send_timeout(Duration::from_secs(5))
+        .connect(&server.url(), ())
+        .expect("connect");
+    let guard = ws.handler();
+    let mut longest = Duration::ZERO;
+    let mut outcome = None;
+    for i in 0..N {
+        let started = Instant::now();
+        let r = ws.send(vec![7u8; LEN]);
+        longest = longest.max(started.elapsed());
+        if let Err(e) = r {
+            outcome = Some((i, e));
+            break;
+        }
+    }
+    drop(guard);
+    assert!(
+        matches!(&outcome, Some((_, SendError::Full(m))) if m.len() == LEN),
+        "{outcome:?}"
+    );
+    assert!(longest < Duration::from_secs(2), "a send took {longest:?}");
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    drop(ws);
+    server.join();
+}
