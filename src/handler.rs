@@ -1,10 +1,12 @@
 //! The `Handler` trait: the browser's `onopen` / `onmessage` / `onerror` / `onclose`.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use crate::error::Error;
 use crate::message::{Binary, CloseEvent, Event, Message};
-use crate::websocket::WebSocketRef;
+use crate::websocket::{Shared, WebSocketRef};
 
 /// Receives a connection's events, with the browser's method names.
 ///
@@ -96,8 +98,47 @@ where
 /// Pull style with no callbacks: the unit handler only logs.
 impl Handler for () {}
 
+/// Which events a callback runs for, as far as the state it sees goes (see
+/// [`WebSocketRef::ready_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dispatching {
+    /// `Open`, a message, a ping or a pong: the connection is OPEN (or CLOSING).
+    Live,
+    /// `Error` or `Close`: it is CLOSED.
+    Ended,
+}
+
+thread_local! {
+    /// While this thread runs a callback: the connection (its `Shared`, by address) and
+    /// the kind of event.
+    static DISPATCHING: Cell<Option<(*const Shared, Dispatching)>> = const { Cell::new(None) };
+}
+
+/// What this thread is running a callback for, if it runs one for `shared`'s connection.
+pub(crate) fn dispatching(shared: &Arc<Shared>) -> Option<Dispatching> {
+    match DISPATCHING.get() {
+        Some((at, kind)) if std::ptr::eq(at, Arc::as_ptr(shared)) => Some(kind),
+        _ => None,
+    }
+}
+
+/// Puts back what [`DISPATCHING`] said before a callback (a callback may dispatch events
+/// of another connection, or of this one through `dispatch_pending`).
+struct Restore(Option<(*const Shared, Dispatching)>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        DISPATCHING.set(self.0);
+    }
+}
+
 /// Runs the callback for `event`, catching a panic and reporting it to `onerror`.
 pub(crate) fn dispatch<H: Handler + ?Sized>(ws: &WebSocketRef, handler: &mut H, event: Event) {
+    let kind = match event {
+        Event::Error(_) | Event::Close(_) => Dispatching::Ended,
+        _ => Dispatching::Live,
+    };
+    let _restore = Restore(DISPATCHING.replace(Some((Arc::as_ptr(&ws.shared), kind))));
     let last = matches!(event, Event::Close(_));
     let result = catch_unwind(AssertUnwindSafe(|| match event {
         Event::Open => handler.onopen(ws),

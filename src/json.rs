@@ -306,7 +306,7 @@ impl WebSocketRef {
             // Timed out, or the I/O thread ended. If the entry is still ours, nobody will
             // answer; otherwise the I/O thread took it and its reply is in the channel.
             None if self.forget_request(id) => {
-                return Err(if self.ready_state() == ReadyState::Closed {
+                return Err(if self.shared.ready_state() == ReadyState::Closed {
                     Error::InvalidState(ReadyState::Closed)
                 } else {
                     Error::Timeout(Timeout::Request)

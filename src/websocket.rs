@@ -16,7 +16,7 @@ use tungstenite::Bytes;
 use crate::config::{Builder, Config, CALLBACK_QUEUE, PULL_QUEUE};
 use crate::delivery::{Batches, EventBatches, Events, Outlet, Pull, Room};
 use crate::error::{Error, Result, SendError, Timeout};
-use crate::handler::{dispatch, Handler};
+use crate::handler::{dispatch, Dispatching, Handler};
 use crate::io::{Command, IoThread};
 use crate::message::{CloseEvent, Event, Message};
 use crate::protocol::{self, after, Outbox};
@@ -146,6 +146,9 @@ pub(crate) struct Shared {
     callbacks_until: OnceLock<Instant>,
     /// The thread holding the [`HandlerGuard`], if one does.
     handler_holder: Mutex<Option<ThreadId>>,
+    /// `close` or `close_with` was called (or the last handle dropped): what a callback
+    /// then sees as CLOSING (see [`WebSocketRef::ready_state`]).
+    close_requested: AtomicBool,
 }
 
 /// A value on a cache line (pair) of its own.
@@ -536,6 +539,7 @@ impl WebSocketRef {
 
     pub(crate) fn request_close(&self, frame: Option<(u16, String)>) {
         let shared = &*self.shared;
+        shared.close_requested.store(true, SeqCst);
         loop {
             if shared.transition(
                 &[ReadyState::Connecting, ReadyState::Open],
@@ -565,8 +569,23 @@ impl WebSocketRef {
     }
 
     /// The connection's state, as the browser's `readyState`.
+    ///
+    /// Inside a callback for this connection it is the state the event belongs to, as in
+    /// a browser, where `readyState` changes in the task that fires the event: OPEN in
+    /// `onopen`, `onmessage`, `onping` and `onpong` (CLOSING once you called
+    /// [`close`](Self::close)), CLOSED in `onerror` and `onclose`. The I/O thread may be
+    /// further on by then: the connection ended while the events waited for you, or,
+    /// with reconnect, the next connection is on its way. Anywhere else it is the
+    /// current state.
     pub fn ready_state(&self) -> ReadyState {
-        self.shared.ready_state()
+        match crate::handler::dispatching(&self.shared) {
+            None => self.shared.ready_state(),
+            Some(Dispatching::Ended) => ReadyState::Closed,
+            Some(Dispatching::Live) if self.shared.close_requested.load(SeqCst) => {
+                ReadyState::Closing
+            }
+            Some(Dispatching::Live) => ReadyState::Open,
+        }
     }
 
     /// Bytes of application data accepted by `send` and not yet handed to the operating
@@ -1208,6 +1227,7 @@ fn start(
         callback_thread: OnceLock::new(),
         callbacks_until: OnceLock::new(),
         handler_holder: Mutex::new(None),
+        close_requested: AtomicBool::new(false),
     });
     // Boxed: on the I/O thread's stack, under the handshake's deep frames, its 1.2 KiB
     // would keep one more stack page resident for the connection's life.

@@ -343,10 +343,9 @@ fn onopen_fires_once_before_messages_with_state_open_and_protocol_known() {
 /// CLOSED in `onopen` (and, in callback style, so does a callback thread that the I/O
 /// thread outruns when the server hangs up at once). A browser changes `readyState` in the
 /// task that fires the event, so its `onopen` always sees OPEN. Found by the contract audit
-/// of 2026-12: fixing it needs a state as seen by the consumer, advanced by the events it
-/// takes (a design change, not made here).
+/// of 2026-12-07; now `ready_state()` inside a callback is the state of its event (see
+/// `WebSocketRef::ready_state`).
 #[test]
-#[ignore = "core bug: ready_state() in onopen is the current state, not the state at Open"]
 fn onopen_sees_open_even_when_taken_after_the_connection_ended() {
     let _g = shared();
     let server = server(|mut ws| {

@@ -875,3 +875,115 @@ fn dropping_the_receiver_while_waiting_to_reconnect_ends_reconnecting() {
     drop(ws);
     assert_eq!(server.join().len(), 1, "no second attempt");
 }
+
+// ---------------------------------------------------------------------------------------
+// The state a callback sees.
+// ---------------------------------------------------------------------------------------
+
+/// Records, for each callback, its name and `ready_state()` as the callback sees it.
+struct States(Vec<(&'static str, ReadyState)>);
+
+impl nwebsocket::Handler for States {
+    fn onopen(&mut self, ws: &nwebsocket::WebSocketRef) {
+        self.0.push(("open", ws.ready_state()));
+    }
+    fn onmessage(&mut self, ws: &nwebsocket::WebSocketRef, _msg: Message) {
+        self.0.push(("message", ws.ready_state()));
+    }
+    fn onerror(&mut self, ws: &nwebsocket::WebSocketRef, _err: Error) {
+        self.0.push(("error", ws.ready_state()));
+    }
+    fn onclose(&mut self, ws: &nwebsocket::WebSocketRef, _event: nwebsocket::CloseEvent) {
+        self.0.push(("close", ws.ready_state()));
+    }
+}
+
+/// Rule 2 and the browser's `readyState` under reconnect: the events of a lost connection,
+/// taken once the next one is OPEN, show that connection's states: OPEN in `onopen` and
+/// `onmessage`, CLOSED in `onerror` and `onclose` (until 2026-12-07 they all showed the
+/// I/O thread's state, OPEN: the next connection's).
+#[test]
+fn callbacks_see_the_state_of_their_connection_not_the_next_ones() {
+    let _g = shared();
+    let server = multi_server(2, |i, stream| {
+        let mut ws = tungstenite::accept(stream).expect("server: handshake");
+        if i == 0 {
+            ws.send(tungstenite::Message::text("m0")).unwrap();
+            ws.flush().unwrap();
+            drop(ws); // lost: no Close frame
+        } else {
+            read_until_close(&mut ws);
+        }
+    });
+    let (ws, events) = WebSocket::builder()
+        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    for i in 0..2 {
+        assert!(server.next_accept(WAIT).is_some(), "connection {i}");
+    }
+    assert!(eventually(WAIT, || events.len() >= 5
+        && ws.ready_state() == ReadyState::Open));
+    let mut states = States(Vec::new());
+    ws.dispatch_pending(&events, &mut states);
+    assert_eq!(
+        states.0,
+        [
+            ("open", ReadyState::Open),
+            ("message", ReadyState::Open),
+            ("error", ReadyState::Closed),
+            ("close", ReadyState::Closed),
+            ("open", ReadyState::Open),
+        ]
+    );
+    // Outside a callback: the current state.
+    assert_eq!(ws.ready_state(), ReadyState::Open);
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    drop(ws);
+    server.join();
+}
+
+/// `close()` inside a callback: from then on the callbacks see CLOSING (as in a browser,
+/// where `close()` sets it at once), then CLOSED in `onclose`.
+#[test]
+fn a_callback_that_closes_sees_closing_at_once() {
+    let _g = shared();
+    struct CloseOnFirst(Vec<(&'static str, ReadyState)>);
+    impl nwebsocket::Handler for CloseOnFirst {
+        fn onmessage(&mut self, ws: &nwebsocket::WebSocketRef, _msg: Message) {
+            self.0.push(("message", ws.ready_state()));
+            if self.0.len() == 1 {
+                ws.close();
+                self.0.push(("closed", ws.ready_state()));
+            }
+        }
+        fn onclose(&mut self, ws: &nwebsocket::WebSocketRef, _event: nwebsocket::CloseEvent) {
+            self.0.push(("close", ws.ready_state()));
+        }
+    }
+    let server = server(|mut ws| {
+        for m in ["a", "b"] {
+            ws.send(tungstenite::Message::text(m)).unwrap();
+        }
+        read_until_close(&mut ws)
+    });
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(eventually(WAIT, || events.len() >= 3));
+    let mut handler = CloseOnFirst(Vec::new());
+    while !matches!(handler.0.last(), Some(("close", _))) {
+        let event = events.recv_timeout(WAIT).expect("an event");
+        ws.dispatch(&mut handler, event);
+    }
+    assert_eq!(
+        handler.0,
+        [
+            ("message", ReadyState::Open),
+            ("closed", ReadyState::Closing),
+            ("message", ReadyState::Closing),
+            ("close", ReadyState::Closed),
+        ]
+    );
+    drop(ws);
+    server.join();
+}
