@@ -482,7 +482,8 @@ impl Builder {
     /// tunnel). Credentials in the proxy URL are sent as `Proxy-Authorization: Basic`.
     /// Defaults to the environment, as curl does (but, as Go does, never for loopback hosts):
     /// `https_proxy` for `wss://`, `http_proxy` for `ws://`, else `all_proxy` (lower or
-    /// upper case), except for hosts listed in `no_proxy`.
+    /// upper case; but not `HTTP_PROXY` in a CGI program, where a request's `Proxy:`
+    /// header arrives under that name), except for hosts listed in `no_proxy`.
     pub fn proxy(mut self, url: impl Into<String>) -> Self {
         self.config.proxy = ProxyChoice::Url(url.into());
         self

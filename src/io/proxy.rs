@@ -11,7 +11,8 @@ use crate::url::Target;
 /// Where the proxy setting comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) enum ProxyChoice {
-    /// `https_proxy` / `http_proxy` / `all_proxy` and `no_proxy`, either case.
+    /// `https_proxy` / `http_proxy` / `all_proxy` and `no_proxy`, either case (but
+    /// `HTTP_PROXY` in a CGI program: see [`resolve`]).
     #[default]
     Environment,
     /// No proxy, whatever the environment says.
@@ -368,14 +369,21 @@ fn resolve(
             if bypassed(&no_proxy, &target.host, target.port) {
                 return Ok(None);
             }
-            let scheme_var = if target.tls {
-                "https_proxy"
+            let scheme_proxy = if target.tls {
+                either("https_proxy")
+            } else if env("REQUEST_METHOD").is_some() {
+                // httpoxy (CVE-2016-5385): in a CGI program a request's `Proxy:` header
+                // arrives as `HTTP_PROXY`. As curl and Go, that one is not trusted there.
+                if env("HTTP_PROXY").is_some() && env("http_proxy").is_none() {
+                    log::warn!("HTTP_PROXY ignored in a CGI program (REQUEST_METHOD is set)");
+                }
+                env("http_proxy")
             } else {
-                "http_proxy"
+                either("http_proxy")
             };
             // As curl: the scheme of the value picks the protocol (`socks5h://` in
             // `HTTPS_PROXY` works too).
-            match either(scheme_var).or_else(|| either("all_proxy")) {
+            match scheme_proxy.or_else(|| either("all_proxy")) {
                 Some(url) => Proxy::parse(&url).map(Some),
                 None => Ok(None),
             }
@@ -546,6 +554,41 @@ mod tests {
         let env = env_of(&[("ALL_PROXY", "http://p3:1")]);
         let got = resolve(&ProxyChoice::Environment, &target("ws://example.com/"), env);
         assert_eq!(got.unwrap().unwrap().host, "p3");
+    }
+
+    /// httpoxy (CVE-2016-5385): in a CGI program (`REQUEST_METHOD` set) the server turns a
+    /// request's `Proxy:` header into `HTTP_PROXY`, so any client of the CGI program could
+    /// route its `ws://` connections through a proxy of its choosing. That variable used to
+    /// be used; as curl and Go, it is not trusted there now.
+    #[test]
+    fn upper_case_http_proxy_is_not_trusted_in_a_cgi_program() {
+        let t = target("ws://example.com/");
+        let cgi = env_of(&[
+            ("HTTP_PROXY", "http://evil:8080"),
+            ("REQUEST_METHOD", "GET"),
+        ]);
+        assert!(resolve(&ProxyChoice::Environment, &t, &cgi)
+            .unwrap()
+            .is_none());
+        // The lower-case one (no request header can set it) and the others still count.
+        let cgi = env_of(&[
+            ("HTTP_PROXY", "http://evil:8080"),
+            ("http_proxy", "http://good:3128"),
+            ("REQUEST_METHOD", "GET"),
+        ]);
+        let p = resolve(&ProxyChoice::Environment, &t, &cgi)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.host, "good");
+        let cgi = env_of(&[("HTTPS_PROXY", "http://corp:1"), ("REQUEST_METHOD", "GET")]);
+        let p = resolve(&ProxyChoice::Environment, &target("wss://e.com/"), &cgi);
+        assert_eq!(p.unwrap().unwrap().host, "corp");
+        // Outside CGI, upper case as before.
+        let plain = env_of(&[("HTTP_PROXY", "http://p:8080")]);
+        let p = resolve(&ProxyChoice::Environment, &t, &plain)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.host, "p");
     }
 
     #[test]

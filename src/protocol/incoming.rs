@@ -72,6 +72,8 @@ struct Large {
     rsv1: bool,
     /// Initialized up to its length, which runs ahead of `filled` by at most a read.
     payload: Vec<u8>,
+    /// The payload's length; of a compressed frame, what is left of it after what was
+    /// inflated so far.
     len: usize,
     filled: usize,
 }
@@ -238,6 +240,8 @@ impl Reader {
         loop {
             if let Some(large) = &self.large {
                 if large.filled < large.len {
+                    #[cfg(feature = "deflate")]
+                    self.inflate_arrived()?;
                     return Ok(None);
                 }
                 if let Some(large) = self.large.take() {
@@ -444,8 +448,12 @@ impl Reader {
     ) {
         self.input.advance(head);
         let here = self.input.len();
+        // A compressed frame is inflated as it comes (see `inflate_arrived`): its buffer
+        // holds a read at a time, not the frame.
+        let compressed = header.rsv1 || self.partial.as_ref().is_some_and(|p| p.compressed);
+        let prealloc = if compressed { LARGE_READ } else { PREALLOC_MAX };
         let pool = self.pool.get_or_insert_with(|| Pool::new(now));
-        let mut payload = pool.take(len.min(PREALLOC_MAX), now);
+        let mut payload = pool.take(len.min(prealloc), now);
         // A reused buffer is initialized (to old bytes) as far as its length.
         let init = payload.len().min(here);
         payload[..init].copy_from_slice(&self.input[..init]);
@@ -533,6 +541,43 @@ impl Reader {
             return Ok(None);
         }
         message(partial.text, Bytes::from(trimmed(partial.data))).map(Some)
+    }
+
+    /// Inflates what arrived of a large compressed frame, and makes room for the rest in
+    /// the same buffer: the message limit applies to what came so far (1009 without
+    /// waiting for the rest of a frame that already inflates past it, as an uncompressed
+    /// frame's header does), and no more than a read's worth of compressed bytes is held,
+    /// whatever the frame's size. The frame's last bytes are left to
+    /// [`data`](Self::data), with the frame's end.
+    #[cfg(feature = "deflate")]
+    fn inflate_arrived(&mut self) -> Result<(), Violation> {
+        let Some(large) = self.large.as_mut() else {
+            return Ok(());
+        };
+        let compressed = large.rsv1 || self.partial.as_ref().is_some_and(|p| p.compressed);
+        if !compressed || large.filled == 0 {
+            return Ok(());
+        }
+        let Some(inflater) = self.inflater.as_mut() else {
+            return Err(protocol("RSV1 set with no extension negotiated"));
+        };
+        let partial = self.partial.get_or_insert_with(|| Partial {
+            text: large.data == Data::Text,
+            data: Vec::new(),
+            checked: 0,
+            compressed: true,
+        });
+        inflater.inflate(
+            &large.payload[..large.filled],
+            false,
+            &mut partial.data,
+            self.limits.max_message,
+        )?;
+        partial.check_text()?;
+        // What is left of the frame is read from the start of the buffer again.
+        large.len -= large.filled;
+        large.filled = 0;
+        Ok(())
     }
 
     /// When the buffers kept for reuse should be dropped, if any are kept.

@@ -508,3 +508,122 @@ fn a_fragmented_bomb_fails_with_1009_too() {
     drop(ws);
     server.join();
 }
+
+/// A compressed frame announced at 4 MiB whose first MiB, sent at once, inflates to 16
+/// times the message limit; the rest never comes. An uncompressed frame that size fails
+/// at its header (rule 10).
+///
+/// Before: a compressed frame was inflated only once all of it was here, so the
+/// client held up to `max_frame_size` (16 MiB) of compressed bytes whatever the message
+/// limit, and waited for the rest of the frame (forever, against this server) before its
+/// 1009.
+#[test]
+fn a_compressed_frame_over_the_limit_fails_before_all_of_it_came() {
+    let _g = shared();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let server = raw_server(move |tcp| {
+        let mut peer = handshake(tcp, Some("permessage-deflate"));
+        let mut f = header(0xC2, 4 << 20);
+        for _ in 0..16 {
+            // A stored block of 65,535 bytes: BFINAL 0, BTYPE 00, LEN, NLEN.
+            f.extend_from_slice(&[0x00, 0xff, 0xff, 0x00, 0x00]);
+            f.extend_from_slice(&[7u8; 0xffff]);
+        }
+        peer.write(&f);
+        // The client's Close, while the frame is still unfinished.
+        let (_, opcode, payload) = peer.read_message();
+        let _ = done_rx.recv_timeout(WAIT);
+        (opcode, payload)
+    });
+    let (ws, events) = WebSocket::builder()
+        .max_message_size(64 << 10)
+        .close_timeout(Duration::from_millis(500))
+        .connect_pull(&server.url())
+        .expect("connect");
+    opened(&events);
+    let evs = events_until_close(&events);
+    assert!(
+        matches!(
+            evs.as_slice(),
+            [Event::Error(Error::Capacity { limit: 65536, .. }), Event::Close(c)] if c.code == 1006
+        ),
+        "{evs:?}"
+    );
+    done_tx.send(()).unwrap();
+    drop(ws);
+    let (opcode, payload) = server.join();
+    assert_eq!(opcode, 0x8);
+    assert_eq!(payload.get(..2), Some(&1009u16.to_be_bytes()[..]));
+}
+
+/// Large compressed messages, each frame larger than a read (so inflated as it comes,
+/// in pieces that split characters and deflate blocks anywhere), one of them fragmented
+/// and one exactly at the message limit, with context takeover: all arrive whole.
+#[test]
+fn large_compressed_frames_arriving_in_pieces_inflate_whole() {
+    let _g = shared();
+    // Text of 1-, 2-, 3- and 4-byte characters in a pseudo-random order: it compresses
+    // to about half, so each frame is far larger than a read.
+    let mut seed = 0x2545_f491_u32;
+    let mut text = String::new();
+    while text.len() < (3 << 20) - 8 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        text.push(['a', 'é', '✓', '𝄞', ' ', '7', 'ß', '中'][(seed >> 16) as usize % 8]);
+    }
+    let binary: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) as u8
+        })
+        .collect();
+    let limit = text.len();
+    let sent = (text.clone(), binary.clone());
+    let server = raw_server(move |tcp| {
+        let (text, binary) = sent;
+        let mut peer = handshake(tcp, Some("permessage-deflate"));
+        let mut wire = Vec::new();
+        for (first, data, frames) in [
+            (0x41, text.as_bytes(), 1),
+            (0x42, &binary[..], 3),
+            (0x41, text.as_bytes(), 1),
+        ] {
+            let mut z = deflate(&mut peer.compress, data);
+            z.truncate(z.len() - 4);
+            assert!(z.len() / frames > 64 << 10, "{} compressed bytes", z.len());
+            let parts: Vec<&[u8]> = z.chunks(z.len() / frames + 1).collect();
+            for (i, part) in parts.iter().enumerate() {
+                let op = if i == 0 { first } else { 0x00 };
+                let fin = if i + 1 == parts.len() { 0x80 } else { 0 };
+                wire.extend_from_slice(&header(op | fin, part.len()));
+                wire.extend_from_slice(part);
+            }
+        }
+        for piece in wire.chunks(4093) {
+            peer.write(piece);
+        }
+        peer.finish();
+    });
+    let (ws, events) = WebSocket::builder()
+        .max_message_size(limit)
+        .connect_pull(&server.url())
+        .expect("connect");
+    opened(&events);
+    for (i, want) in [text.as_bytes(), &binary[..], text.as_bytes()]
+        .into_iter()
+        .enumerate()
+    {
+        match next_event(&events) {
+            Event::Message(m) => {
+                assert_eq!(m.is_text(), i != 1, "message {i}");
+                assert!(
+                    m.as_bytes() == want,
+                    "message {i}: {} bytes",
+                    m.as_bytes().len()
+                );
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    close_cleanly(&ws, &events);
+    server.join();
+}

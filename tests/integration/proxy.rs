@@ -522,3 +522,29 @@ fn microsocks_refuses_wrong_credentials_with_a_typed_error() {
         "{result:?}"
     );
 }
+
+/// `wss://` through the in-process CONNECT proxy (the tinyproxy test needs tinyproxy): the
+/// tunnel is asked for the target's name and port, and TLS is made with the target, by
+/// name, through it.
+#[test]
+fn wss_through_a_connect_proxy() {
+    let _g = shared();
+    let tls = crate::tls::pki();
+    let server = crate::tls::tls_echo_server(crate::tls::server_config(&tls.localhost, false));
+    let (proxy, seen) = connect_proxy(server.addr, None);
+    let (ws, events) = WebSocket::builder()
+        .proxy(format!("http://{proxy}"))
+        .add_root_certificate(&tls.ca_pem)
+        .connect_pull(&crate::tls::wss_url(server.port()))
+        .expect("wss through the proxy");
+    let seen = seen.recv_timeout(WAIT).expect("the proxy was asked");
+    assert_eq!(
+        seen.request_line,
+        format!("CONNECT localhost:{} HTTP/1.1", server.port())
+    );
+    echo_once(&ws, &events, "through TLS in the tunnel");
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).expect("closed").was_clean);
+    drop(ws);
+    assert_eq!(server.join().expect("server").echoed, 1);
+}

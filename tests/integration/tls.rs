@@ -546,3 +546,90 @@ fn the_system_store_is_used_when_asked() {
     echo_round_trip(ws, &events);
     assert_eq!(server.join().expect("server").echoed, 2);
 }
+
+/// A server that takes the TCP connection and never answers the ClientHello: the
+/// handshake timeout ends it, with its typed error.
+#[test]
+fn a_server_that_never_answers_the_client_hello_hits_the_handshake_timeout() {
+    let _g = shared();
+    let silent = raw_server(|mut s| read_to_end_quietly(&mut s));
+    let t = Instant::now();
+    let r = WebSocket::builder()
+        .handshake_timeout(Duration::from_millis(300))
+        .connect_pull(&wss_url(silent.port()));
+    assert!(
+        matches!(r, Err(Error::Timeout(nwebsocket::Timeout::Handshake))),
+        "{:?}",
+        r.err()
+    );
+    assert!(t.elapsed() < WAIT, "took {:?}", t.elapsed());
+    silent.join();
+}
+
+/// The 101 over TLS (read up to its blank line), then `tail`, then the end of the TLS
+/// stream: with a close_notify, or a bare TCP close.
+fn tls_101_then(tail: &'static [u8], close_notify: bool) -> Server<()> {
+    tls_server(server_config(&pki().localhost, false), move |mut tls| {
+        let head = read_http_head(&mut tls);
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| v.trim().to_owned())
+            })
+            .expect("server: no key");
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            tungstenite::handshake::derive_accept_key(key.as_bytes())
+        );
+        tls.write_all(answer.as_bytes()).unwrap();
+        tls.write_all(tail).unwrap();
+        if close_notify {
+            tls.conn.send_close_notify();
+        }
+        tls.flush().unwrap();
+        let _ = tls.sock.shutdown(std::net::Shutdown::Write);
+        let _ = tls.sock.read(&mut [0u8; 256]);
+    })
+}
+
+/// The TLS stream ends in the middle of a frame, or after a message with no Close frame,
+/// with or without a close_notify: what came whole is delivered, then the failure
+/// (rule 4). After the server's Close frame the same ending is a clean close (rule 6).
+#[test]
+fn a_tls_stream_ending_without_a_closing_handshake_fails_either_way() {
+    let _g = shared();
+    for close_notify in [true, false] {
+        for tail in [
+            &b"\x81\x05hello\x81\x05he"[..],
+            &b"\x81\x05hello"[..],
+            &b"\x81\x05hello\x88\x02\x03\xe8"[..],
+        ] {
+            let server = tls_101_then(tail, close_notify);
+            let (ws, events) = WebSocket::builder()
+                .add_root_certificate(&pki().ca_pem)
+                .connect_pull(&wss_url(server.port()))
+                .expect("connect");
+            let evs = events_until_close(&events);
+            let clean = tail.ends_with(b"\x88\x02\x03\xe8");
+            let ok = match evs.as_slice() {
+                [Event::Open, rest @ ..] => match (rest, clean) {
+                    ([Event::Message(m), Event::Close(c)], true) => {
+                        m.as_text() == Some("hello") && c.code == 1000 && c.was_clean
+                    }
+                    ([Event::Message(m), Event::Error(_), Event::Close(c)], false) => {
+                        m.as_text() == Some("hello") && c.code == 1006 && !c.was_clean
+                    }
+                    _ => false,
+                },
+                _ => false,
+            };
+            assert!(ok, "close_notify {close_notify}, {tail:?}: {evs:?}");
+            drop(ws);
+            server.join();
+        }
+    }
+}
