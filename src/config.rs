@@ -591,7 +591,9 @@ impl Builder {
     /// Pull style in batches: connects and blocks until OPEN or failure; the events come
     /// as whole read bursts through the returned [`EventBatches`], one channel operation
     /// per burst instead of per event. For consumers of floods of small messages; see
-    /// [`EventBatches`].
+    /// [`EventBatches`]. Keep it: as with [`Events`](crate::Events), dropping it closes
+    /// the connection with 1001 (and ends reconnecting), since nobody would take what the
+    /// server sends.
     ///
     /// # Errors
     ///

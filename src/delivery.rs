@@ -73,6 +73,8 @@ pub(crate) enum Outlet {
         /// the socket on: the consumer's next take wakes it (see
         /// [`wake_on_take`](Outlet::wake_on_take)).
         take_wanted: Arc<AtomicBool>,
+        /// Set when the consumer's end ([`Batches`]) is dropped.
+        gone: Arc<AtomicBool>,
     },
 }
 
@@ -662,6 +664,22 @@ pub(crate) struct Batches {
     take_wanted: Arc<AtomicBool>,
     /// Where that wake-up goes; set once the connection is made.
     pub shared: Option<Arc<Shared>>,
+    /// See [`Outlet::Batches`]: set when this is dropped.
+    gone: Arc<AtomicBool>,
+}
+
+impl Drop for Batches {
+    /// The I/O thread learns at once that nobody takes the events any more (the last
+    /// connection closes with 1001, and reconnecting ends), as when the last [`Events`]
+    /// is dropped, rather than at its next delivery: an idle connection has none.
+    /// (Only a dropped [`EventBatches`]: the callback thread's drops its own once the I/O
+    /// thread has ended.)
+    fn drop(&mut self) {
+        self.gone.store(true, SeqCst);
+        if let Some(shared) = &self.shared {
+            shared.enqueue(Command::Room);
+        }
+    }
 }
 
 /// A batch of at least this many events means a flood (see [`Batches::next`]).
@@ -856,6 +874,7 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
     let (spare_tx, spare) = crossbeam_channel::bounded(1);
     let tail = Arc::new(Mutex::new(Vec::new()));
     let take_wanted = Arc::new(AtomicBool::new(false));
+    let gone = Arc::new(AtomicBool::new(false));
     let outlet = Outlet::Batches {
         tx,
         spare,
@@ -863,6 +882,7 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
         bytes_limit: bytes_limit.max(1),
         tail: Arc::clone(&tail),
         take_wanted: Arc::clone(&take_wanted),
+        gone: Arc::clone(&gone),
     };
     (
         outlet,
@@ -873,6 +893,7 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
             tail,
             take_wanted,
             shared: None,
+            gone,
         },
     )
 }
@@ -903,18 +924,12 @@ impl Outlet {
     }
 
     /// Whether the consumer's end is gone for good: every `Events` dropped (pull style),
-    /// or the batches' receiver (its `spare` sender with it). Nobody would take another
-    /// connection's events.
-    pub fn receiver_gone(&mut self) -> bool {
+    /// or the batches' receiver. Nobody would take this or another connection's events.
+    /// Each drop sends `Command::Room` after it counts here.
+    pub fn receiver_gone(&self) -> bool {
         match self {
             Outlet::Events(pull) => pull.room.receivers.load(SeqCst) == 0,
-            Outlet::Batches { spare, .. } => loop {
-                match spare.try_recv() {
-                    Ok(_) => {} // an emptied vector, not needed any more
-                    Err(TryRecvError::Empty) => return false,
-                    Err(TryRecvError::Disconnected) => return true,
-                }
-            },
+            Outlet::Batches { gone, .. } => gone.load(SeqCst),
         }
     }
 

@@ -436,7 +436,7 @@ impl IoThread {
                         Some(d) => Some(d - now),
                         None => None,
                     };
-                    if self.io.poll.poll(&mut events, timeout).is_err() {
+                    if self.io.sleep(&mut events, timeout).is_err() {
                         break;
                     }
                 }

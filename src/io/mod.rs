@@ -368,6 +368,14 @@ impl IoThread {
             }
             Command::Room => {
                 io.deliver_pending();
+                if !io.receiver_gone && io.outlet.receiver_gone() {
+                    // The last receiver was dropped: an open connection closes with 1001
+                    // (see `drive`) even when it has nothing to deliver. (Until
+                    // 2026-12-07 only a delivery found out: an idle connection whose
+                    // receiver was dropped stayed open, pinging, for as long as its
+                    // `WebSocket` lived.)
+                    io.discard(Vec::new());
+                }
                 Ok(())
             }
         }
@@ -645,6 +653,24 @@ const RETRY: Duration = Duration::from_millis(5);
 impl Io {
     fn url(&self) -> &str {
         self.target.url.as_str()
+    }
+
+    /// Sleeps in `poll` (on the socket and the waker) for at most `timeout`, outside the
+    /// main loop's one place ([`IoThread::wait`]) and wakeable as there: a command queued
+    /// meanwhile (`close`, the last handle's drop) wakes it, or it does not sleep at all.
+    /// (Until 2026-12-07 the wait for a rejection's body polled without `io_sleeping`
+    /// set, so no command woke it: a drop there gave up joining the threads after the
+    /// close timeout and a second, and they lived on until the handshake timeout.)
+    fn sleep(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        self.shared.io_sleeping.store(true, SeqCst);
+        fence(SeqCst);
+        let polled = if self.commands.is_empty() {
+            self.poll.poll(events, timeout)
+        } else {
+            Ok(())
+        };
+        self.shared.io_sleeping.store(false, SeqCst);
+        polled
     }
 
     fn dropped(&mut self) {

@@ -156,6 +156,53 @@ fn dropping_the_pull_receiver_closes_the_connection_with_1001() {
     assert_eq!(closed.code, 1001);
 }
 
+/// A server that sends nothing and waits for the client's Close; returns its code.
+fn silent_until_close() -> Server<Option<u16>> {
+    server(|mut ws| read_until_close(&mut ws).1.map(|f| u16::from(f.code)))
+}
+
+/// The same with nothing to deliver: an idle connection whose last receiver is dropped
+/// closes with 1001 at once. (Until 2026-12-07 only a delivery found the receiver gone:
+/// the connection stayed OPEN, pinging if asked to, for as long as its `WebSocket` lived.)
+#[test]
+fn dropping_the_pull_receiver_of_an_idle_connection_closes_it_with_1001() {
+    let _g = shared();
+    let server = silent_until_close();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    drop(events);
+    let closed = ws.wait_closed_timeout(WAIT);
+    assert_eq!(
+        closed.map(|c| c.code),
+        Some(1001),
+        "still {:?}",
+        ws.ready_state()
+    );
+    assert_eq!(server.join(), Some(1001), "the server saw Close 1001");
+}
+
+/// In batches too: dropping the [`nwebsocket::EventBatches`] of an idle connection closes
+/// it with 1001 (until 2026-12-07 it stayed OPEN).
+#[test]
+fn dropping_the_batches_receiver_of_an_idle_connection_closes_it_with_1001() {
+    let _g = shared();
+    let server = silent_until_close();
+    let (ws, batches) = WebSocket::builder()
+        .connect_batches(&server.url())
+        .expect("connect");
+    let first = batches.recv_timeout(WAIT).expect("the Open");
+    assert!(matches!(first.as_slice(), [Event::Open]), "{first:?}");
+    drop(batches);
+    let closed = ws.wait_closed_timeout(WAIT);
+    assert_eq!(
+        closed.map(|c| c.code),
+        Some(1001),
+        "still {:?}",
+        ws.ready_state()
+    );
+    assert_eq!(server.join(), Some(1001), "the server saw Close 1001");
+}
+
 /// A server that echoes until the client closes.
 fn echo() -> Server<usize> {
     echo_server()

@@ -876,6 +876,45 @@ fn dropping_the_receiver_while_waiting_to_reconnect_ends_reconnecting() {
     assert_eq!(server.join().len(), 1, "no second attempt");
 }
 
+/// The same in batches: dropping the `EventBatches` while waiting to reconnect ends
+/// reconnecting at once. (Until 2026-12-07 nothing told the I/O thread: it waited out
+/// the delay, connected again, and only then found nobody to take the events.)
+#[test]
+fn dropping_the_batches_receiver_while_waiting_to_reconnect_ends_reconnecting() {
+    let _g = shared();
+    let server = multi_server(3, |_, stream| {
+        drop(tungstenite::accept(stream).expect("server: handshake"));
+    });
+    let (ws, batches) = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_secs(2))
+                .jitter(0.0),
+        )
+        .connect_batches(&server.url_with("/"))
+        .expect("connect");
+    'first: loop {
+        let batch = batches
+            .recv_timeout(WAIT)
+            .expect("the first connection's events");
+        for event in batch {
+            if matches!(event, Event::Close(_)) {
+                break 'first;
+            }
+        }
+    }
+    let t = Instant::now();
+    drop(batches); // in the 2 s wait
+    assert!(ws.wait_closed_timeout(WAIT).is_some(), "still reconnecting");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(ws);
+    assert_eq!(server.join().len(), 1, "no second attempt");
+}
+
 // ---------------------------------------------------------------------------------------
 // The state a callback sees.
 // ---------------------------------------------------------------------------------------

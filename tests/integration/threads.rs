@@ -858,6 +858,65 @@ fn drop_returns_after_the_threads_are_joined() {
     }
 }
 
+/// A server rejects the handshake with a body it announces and never sends: dropping
+/// the last handle (or `close`) while the I/O thread waits for that body ends the
+/// connection at once, and the drop joins both threads. (Until 2026-12-07 that wait
+/// slept in `poll` without the waker armed: the drop gave up joining after the close
+/// timeout and a second, and the threads lived on until the handshake timeout, 30 s
+/// here; `close` came to `onclose` only then too.)
+#[test]
+fn dropping_while_a_rejection_body_is_awaited_joins_the_threads_at_once() {
+    let _g = exclusive();
+    for close_first in [false, true] {
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+        let (head_tx, head_rx) = crossbeam_channel::bounded::<()>(1);
+        let server = raw_server(move |mut tcp| {
+            let _ = read_http_head(&mut tcp);
+            tcp.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100000\r\n\r\nthe start")
+                .unwrap();
+            head_tx.send(()).unwrap();
+            let _ = done_rx.recv_timeout(SOCKET_TIMEOUT);
+        });
+        let before = crate_threads();
+        let (rec, rx) = recorder();
+        let ws = WebSocket::builder()
+            .handshake_timeout(Duration::from_secs(30))
+            .close_timeout(Duration::from_millis(300))
+            .open(&server.url(), rec)
+            .expect("open");
+        let ours = new_crate_threads(&before, 2);
+        head_rx.recv_timeout(WAIT).expect("the server answered");
+        // Asleep (on the rest of the body), the head read.
+        let tids: Vec<u32> = ours.iter().map(|(tid, _)| *tid).collect();
+        assert!(settled(&tids, Duration::from_millis(100)), "never slept");
+        assert_eq!(ws.ready_state(), ReadyState::Connecting);
+        let started = Instant::now();
+        if close_first {
+            ws.close();
+            let recs = recs_until_close(&rx);
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "onclose {took:?} after close: {recs:?}"
+            );
+            assert_failure_tail(&recs, |_| true);
+        }
+        drop(ws);
+        let took = started.elapsed();
+        let alive: Vec<_> = ours.iter().filter(|(tid, _)| thread_alive(*tid)).collect();
+        assert!(
+            alive.is_empty(),
+            "close first: {close_first}: alive after the drop returned ({took:?}): {alive:?}"
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "close first: {close_first}: the drop took {took:?}"
+        );
+        done_tx.send(()).unwrap();
+        server.join();
+    }
+}
+
 /// A consumer that computes for a while on every message, with the server sending faster:
 /// the I/O thread waits for room in the event channel asleep. (It does give the CPU away
 /// for up to 50 µs when the channel fills, hoping the consumer drains it; once that fails
