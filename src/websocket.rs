@@ -476,7 +476,8 @@ impl WebSocketRef {
     /// [`Error::InvalidPingPayload`] for more than 125 bytes; [`Error::InvalidState`] when
     /// the connection is not OPEN; [`Error::PingsWaiting`] when 16 pings already wait for
     /// the I/O thread, which itself holds at most 16 unwritten (a server that does not
-    /// read cannot make them pile up; none accepted is dropped).
+    /// read cannot make them pile up; none accepted is dropped: those still waiting when
+    /// the closing handshake begins go out before our Close).
     pub fn ping(&self, payload: impl Into<Vec<u8>>) -> Result<()> {
         let payload = payload.into();
         if payload.len() > 125 {
@@ -617,9 +618,12 @@ impl WebSocketRef {
     }
 
     /// Blocks until the connection is CLOSED and returns how it ended. In callback style
-    /// it returns after `onclose` has run. With [`reconnect`](crate::Builder::reconnect)
-    /// on, that is once reconnecting has ended (a `close`, a clean server close when the
-    /// policy stops on one, or the attempts running out): the last connection's end.
+    /// it returns after `onclose` has run; in pull style and with batches, once every
+    /// event of the connection, its `Close` last, waits in the channel (so
+    /// `dispatch_pending` or `try_recv` right after finds them all). With
+    /// [`reconnect`](crate::Builder::reconnect) on, that is once reconnecting has ended (a
+    /// `close`, a clean server close when the policy stops on one, or the attempts running
+    /// out): the last connection's end.
     ///
     /// # Errors
     ///

@@ -234,8 +234,17 @@ impl IoThread {
 
     /// Runs the connection under a guard: a panic here is a bug, but the user still gets
     /// `Error`, then `Close` 1006, CLOSED, and every blocked call released.
+    ///
+    /// Without a callback thread (pull style, batches), `wait_closed` is released only
+    /// once this thread has let go of the consumer's channel: the connection's last
+    /// events are all there by then (batches set aside behind a waiting one are found
+    /// once the channel disconnects), so a caller that takes what waits without blocking
+    /// after `wait_closed` finds its `Close`, as callback style's `wait_closed` returns
+    /// after `onclose` ran.
     pub fn run(mut self: Box<Self>) {
         let result = catch_unwind(AssertUnwindSafe(|| self.run_connections()));
+        let shared = Arc::clone(&self.io.shared);
+        let panicked = result.is_err();
         if let Err(panic) = result {
             let what = panic
                 .downcast_ref::<&str>()
@@ -249,7 +258,6 @@ impl IoThread {
                 self.io.finish(End::Failed(Error::Internal(what)), true);
             }));
             // Whatever happened above, every waiter is released.
-            let shared = &self.io.shared;
             shared.transition(
                 &[
                     ReadyState::Connecting,
@@ -259,7 +267,19 @@ impl IoThread {
                 ReadyState::Closed,
             );
             shared.set_open(Err(Error::Aborted));
-            shared.set_closed(CloseEvent::abnormal());
+            self.io.last_close.get_or_insert_with(CloseEvent::abnormal);
+        }
+        let last = self
+            .io
+            .last_close
+            .take()
+            .unwrap_or_else(CloseEvent::abnormal);
+        // The consumer's channel disconnects: its last events are visible.
+        drop(self);
+        // (Callback style: the callback thread, once `onclose` ran; after a panic here,
+        // this thread too, whatever happened to that one.)
+        if !shared.callback_mode || panicked {
+            shared.set_closed(last);
         }
     }
 
@@ -279,14 +299,6 @@ impl IoThread {
                 Some(delay) if self.io.backoff(delay) => self.io.new_attempt(),
                 _ => break,
             }
-        }
-        if !self.io.shared.callback_mode {
-            let last = self
-                .io
-                .last_close
-                .take()
-                .unwrap_or_else(CloseEvent::abnormal);
-            self.io.shared.set_closed(last);
         }
     }
 
@@ -841,9 +853,8 @@ impl Io {
         }
         crate::json::fail_requests(&shared);
         shared.set_open(Err(error.clone().unwrap_or(Error::Aborted)));
-        if last && !shared.callback_mode {
-            shared.set_closed(close.clone());
-        }
+        // (`wait_closed` without a callback thread is released once this thread has let
+        // go of the consumer's channel: see `IoThread::run`.)
         log::debug!("{}: closed {close:?}", self.url());
         self.last_close = Some(close.clone());
         self.pending.extend(error.map(Event::Error));

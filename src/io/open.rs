@@ -250,6 +250,11 @@ impl Io {
     pub(super) fn close(&mut self, open: &mut Open, frame: Option<(u16, String)>) {
         self.draining = true;
         self.take_outbox(open);
+        // The pings `ping` accepted (while OPEN) that wait for room in the core: theirs
+        // is now, before our Close, or never (the core takes none after it).
+        let (pings, _) = self.shared.take_pings(usize::MAX);
+        open.conn.last_pings(pings);
+        self.pings_left = false;
         let frame = frame
             .as_ref()
             .map(|(code, reason)| (*code, reason.as_str()));

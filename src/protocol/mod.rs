@@ -336,6 +336,14 @@ impl Connection {
         }
     }
 
+    /// The pings accepted before the closing handshake began, all of them (see
+    /// [`Output::queue_last_pings`]): they go before our Close. Not once it is queued.
+    pub fn last_pings(&mut self, payloads: Vec<Bytes>) {
+        if matches!(self.closing, Closing::Open | Closing::Received(_)) {
+            self.out.queue_last_pings(payloads);
+        }
+    }
+
     /// How many more pings can wait to be written without one being dropped.
     pub fn ping_room(&self) -> usize {
         if self.closing == Closing::Open {

@@ -331,6 +331,15 @@ impl Output {
         }
     }
 
+    /// Queues the pings `ping` accepted that still wait, just before our Close is
+    /// queued: past [`PINGS`] this once (none accepted is dropped). Bounded all the same:
+    /// `ping` holds at most [`PINGS`] and refuses more once the connection is closing.
+    pub fn queue_last_pings(&mut self, payloads: Vec<Bytes>) {
+        if self.accepts_control() {
+            self.pings.extend(payloads);
+        }
+    }
+
     /// Queues our Close frame (its payload) behind everything queued so far. Once only.
     pub fn queue_close(&mut self, payload: Vec<u8>) {
         if self.close == CloseOut::NotQueued {

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::thread;
 use std::time::Duration;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
@@ -626,4 +627,126 @@ fn large_compressed_frames_arriving_in_pieces_inflate_whole() {
     }
     close_cleanly(&ws, &events);
     server.join();
+}
+
+/// Three threads send compressed (and, every third, short uncompressed) messages without
+/// a pause while the server closes each connection cleanly after a different number of
+/// them and the client reconnects: with context takeover, every accepted message inflates
+/// on the server as sent, exactly once, in its thread's order, on one connection; every
+/// refused one is handed back and never arrives. A message compressed with one
+/// connection's context and appended to the next would break the server's inflater.
+#[test]
+fn compressed_sends_racing_server_closes_and_reconnects_stay_in_step() {
+    use nwebsocket::{Reconnect, SendError};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    let _g = shared();
+    const THREADS: usize = 3;
+    const CONNECTIONS: usize = 6;
+    let body = |t: usize, seq: usize| {
+        if seq % 3 == 2 {
+            format!("{t}:{seq}:")
+        } else {
+            format!("{t}:{seq}:{}", ticker(seq))
+        }
+    };
+    let server = crate::reconnect::multi_server(CONNECTIONS, move |i, tcp| {
+        let mut peer = handshake(tcp, Some("permessage-deflate"));
+        let mut got = Vec::new();
+        let mut sent_close = false;
+        loop {
+            let (rsv1, opcode, data) = peer.read_message();
+            if opcode == 0x8 {
+                if !sent_close {
+                    let mut f = header(0x88, data.len());
+                    f.extend_from_slice(&data);
+                    peer.write(&f);
+                }
+                let _ = peer.tcp.shutdown(std::net::Shutdown::Write);
+                let mut rest = Vec::new();
+                let _ = peer.tcp.read_to_end(&mut rest);
+                assert!(
+                    rest.is_empty(),
+                    "connection {i}: bytes after the client's Close"
+                );
+                return got;
+            }
+            let text = String::from_utf8(data).expect("server: inflated text");
+            assert_eq!(rsv1, !text.ends_with(':'), "connection {i}: {text:.40}");
+            got.push(text);
+            if i + 1 < CONNECTIONS && got.len() == 40 + 61 * i {
+                sent_close = true;
+                peer.write(&[0x88, 0x02, 0x03, 0xe8]);
+            }
+        }
+    });
+    let (ws, events) = WebSocket::builder()
+        .reconnect(
+            Reconnect::new()
+                .initial_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_millis(2))
+                .jitter(0.0)
+                .stop_on_clean_close(false),
+        )
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let ws = ws.downgrade();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut accepted = Vec::new();
+                let mut seq = 0;
+                while !stop.load(SeqCst) {
+                    let text = body(t, seq);
+                    match ws.send(text.clone()) {
+                        Ok(()) => accepted.push(text),
+                        Err(SendError::Closed(m) | SendError::NotOpen(m)) => {
+                            assert_eq!(m.as_text(), Some(text.as_str()));
+                            thread::yield_now();
+                        }
+                        Err(e) => panic!("thread {t}: {e:?}"),
+                    }
+                    seq += 1;
+                }
+                accepted
+            })
+        })
+        .collect();
+    let mut opens = 0;
+    while opens < CONNECTIONS {
+        match events.recv_timeout(WAIT) {
+            Ok(Event::Open) => opens += 1,
+            Ok(Event::Error(e)) => panic!("after {opens} opens: {e:?}"),
+            Ok(_) => {}
+            Err(e) => panic!("{opens} connections opened: {e}"),
+        }
+    }
+    thread::sleep(Duration::from_millis(50));
+    ws.close();
+    let c = ws.wait_closed_timeout(WAIT).expect("closed");
+    stop.store(true, SeqCst);
+    let accepted: Vec<Vec<String>> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    assert!(c.was_clean, "{c:?}");
+    drop(events);
+    drop(ws);
+    let wires = server.join();
+    assert_eq!(wires.len(), CONNECTIONS);
+    let mut got = vec![Vec::new(); THREADS];
+    for text in wires.into_iter().flatten() {
+        let t: usize = text.split(':').next().unwrap().parse().unwrap();
+        got[t].push(text);
+    }
+    for t in 0..THREADS {
+        assert_eq!(
+            got[t].len(),
+            accepted[t].len(),
+            "thread {t}: accepted vs received"
+        );
+        assert!(
+            got[t] == accepted[t],
+            "thread {t}: not the accepted messages, in order"
+        );
+    }
 }

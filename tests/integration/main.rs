@@ -13,6 +13,8 @@
 //!   token lists and repeated headers in the 101, lengths not in their shortest form.
 //! - `json`: `send_json`, `Message::json`, `Router`, `request` among unrelated traffic.
 //! - `protocol`: issue 15's I/O-core defects (data after Close, bare-LF 101, panics, close codes, bounds).
+//! - `races`: several threads on one connection (close, server close, drop, reconnect,
+//!   pings, requests, two consumers) against a raw server that records the wire.
 //! - `load`: 16 senders × 100,000 messages; 1,000 connect/close cycles leak nothing.
 //! - `proxy`: HTTP CONNECT through an in-process proxy.
 //! - `deflate`: permessage-deflate against a raw server using flate2 (issue 16).
@@ -45,6 +47,7 @@ mod load;
 mod messages;
 mod protocol;
 mod proxy;
+mod races;
 mod reconnect;
 mod redirect;
 mod support;
