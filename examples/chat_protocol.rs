@@ -220,7 +220,7 @@ fn run_demo(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let waited = asked.elapsed();
     let handled_meanwhile = users[0].ws.handler().unrelated - handled_before;
     println!(
-        "  answer in {:.1} ms; onmessage handled {handled_meanwhile} unrelated messages while the request waited \
+        "  answer in {:.1} ms; by then onmessage had handled {handled_meanwhile} of them \
          (the answer goes straight to the asking thread, so it can overtake messages still queued for onmessage)",
         waited.as_secs_f64() * 1e3,
     );

@@ -293,7 +293,11 @@ impl Builder {
         self
     }
 
-    /// How long to wait for a pong after a keepalive ping. Defaults to 10 s.
+    /// How long to wait for a pong after a keepalive ping, counted from the ping's write.
+    /// A ping that waits behind a large frame of ours is not held against a server that
+    /// is still taking what came before it (on Linux, while the socket's send queue goes
+    /// down), and a pong that may wait unread behind events you have not taken gets one
+    /// more timeout while the socket is read for it. Defaults to 10 s.
     pub fn pong_timeout(mut self, timeout: Duration) -> Self {
         self.config.pong_timeout = timeout;
         self
@@ -320,11 +324,11 @@ impl Builder {
     ///
     /// - Pull style: how many events may wait in your [`Events`], plus the events
     ///   of one read burst (256) not yet in it. The channel is unbounded to crossbeam (its
-    ///   `capacity()` is `None`); the bound is the I/O thread's. Its slots (64 bytes each)
+    ///   `capacity()` is `None`); the bound is the I/O thread's. Its slots (72 bytes each)
     ///   are allocated in blocks while events wait and freed as you take them, so an idle
     ///   connection holds none. Payload is bounded too: the I/O thread puts no more
     ///   messages in while 2 MiB of payload waits there, and reads no more while its burst
-    ///   holds 2 MiB. What waits stays below `incoming_queue` × 64 bytes plus about 4 MiB
+    ///   holds 2 MiB. What waits stays below `incoming_queue` × 72 bytes plus about 4 MiB
     ///   and two messages of `max_message_size`. While the channel is full the I/O thread
     ///   sleeps; the take that brings it down to half wakes it. Defaults to
     ///   4096: on a shared core your thread and the I/O thread then take turns once per
@@ -523,10 +527,11 @@ impl Builder {
     /// Reconnects after a lost connection, with the given backoff policy. Each lost
     /// connection gives its own `onclose`, each new one its own `onopen` (where an
     /// application re-subscribes); `ready_state()` goes CLOSED → CONNECTING → OPEN, and
-    /// sends in between return [`SendError::Closed`](crate::SendError::Closed) with the
-    /// message. [`close`](crate::WebSocketRef::close) ends reconnecting, and so does a
-    /// clean close from the server unless
-    /// [`Reconnect::stop_on_clean_close`] says otherwise.
+    /// sends in between hand the message back: with
+    /// [`SendError::Closed`](crate::SendError::Closed) while CLOSED, with
+    /// [`SendError::NotOpen`](crate::SendError::NotOpen) while CONNECTING.
+    /// [`close`](crate::WebSocketRef::close) ends reconnecting, and so does a clean close
+    /// from the server unless [`Reconnect::stop_on_clean_close`] says otherwise.
     /// [`connect`](Self::connect) still returns the first attempt's error; use
     /// [`open`](Self::open) to keep trying in the background from the start.
     /// Defaults to off.
@@ -556,7 +561,8 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// Only synchronous ones: a bad URL or subprotocol, or a thread that cannot be spawned.
+    /// Only synchronous ones: a bad URL, subprotocol, header, cookie, proxy URL or PEM
+    /// (root or client certificate), or a thread that cannot be spawned.
     pub fn open<H>(self, url: &str, handler: H) -> Result<WebSocket<H>>
     where
         H: Handler + Send + 'static,
@@ -836,7 +842,8 @@ impl Reconnect {
     }
 
     /// The delay before the first reconnect. Zero reconnects at once the first time, then
-    /// backs off from 10 ms. Defaults to 0.5 s.
+    /// backs off as if it had been 10 ms (20 ms, 40 ms, … with the default multiplier).
+    /// Defaults to 0.5 s.
     pub fn initial_delay(mut self, delay: Duration) -> Self {
         self.initial_delay = delay;
         self

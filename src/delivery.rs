@@ -573,9 +573,10 @@ impl Deref for Events {
 }
 
 impl Drop for Events {
-    /// A full queue's I/O thread learns at once that this receiver is gone (if it was the
-    /// last, the connection closes with 1001), rather than when the caller would have
-    /// made room.
+    /// The I/O thread learns at once that this receiver is gone: a full queue's, rather
+    /// than when the caller would have made room; and if it was the last, the connection
+    /// closes with 1001 (and reconnecting ends) even when it is idle, rather than at the
+    /// next delivery.
     fn drop(&mut self) {
         drop(std::mem::replace(&mut self.rx, crossbeam_channel::never()));
         let waited = self.room.below.swap(usize::MAX, SeqCst) != usize::MAX;

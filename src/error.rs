@@ -397,12 +397,15 @@ pub enum SendError {
     #[error("the connection is closing or closed")]
     Closed(Message),
     /// The outgoing buffer is above its high-water mark (from `try_send`, or from `send`
-    /// inside a callback, which does not wait there).
+    /// on the callback thread or while this thread holds the
+    /// [`HandlerGuard`](crate::HandlerGuard), where it does not wait).
     #[error("the outgoing buffer is full")]
     Full(Message),
     /// The outgoing buffer stayed above its high-water mark for the whole timeout (from
-    /// `send_timeout`). Named `TimedOut`, not `Timeout`, because [`Timeout`] names *which*
-    /// wait ran out in [`Error::Timeout`]; this is the outcome, with the message.
+    /// `send_timeout`, or from `send` after the builder's
+    /// [`send_timeout`](crate::Builder::send_timeout)). Named `TimedOut`, not `Timeout`,
+    /// because [`Timeout`] names *which* wait ran out in [`Error::Timeout`]; this is the
+    /// outcome, with the message.
     #[error("timed out waiting for room in the outgoing buffer")]
     TimedOut(Message),
 }

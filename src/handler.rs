@@ -29,7 +29,8 @@ use crate::websocket::{Shared, WebSocketRef};
 /// on your thread, when you choose; then the handler need not be `Send`.
 ///
 /// A panic in a callback is caught, logged, and reported to `onerror` as
-/// [`Error::CallbackPanic`]; the connection carries on.
+/// [`Error::CallbackPanic`]; the connection carries on. A panic in `onclose` is only
+/// logged: nothing is called after `onclose`.
 ///
 /// The `ws` argument can send, close and inspect the connection but does not keep it
 /// alive; store a [`WebSocketRef`] (clone it), never a [`WebSocket`](crate::WebSocket),

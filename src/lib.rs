@@ -145,8 +145,8 @@
 //! thread keep their order. [`buffered_amount`](WebSocketRef::buffered_amount) counts the
 //! bytes accepted and not yet handed to the OS; above the
 //! [high-water mark](Builder::high_water_mark) `send` blocks, for at most the builder's
-//! [`send_timeout`](Builder::send_timeout) (inside a callback it returns
-//! [`SendError::Full`] instead),
+//! [`send_timeout`](Builder::send_timeout) (on the callback thread, or while holding the
+//! [`HandlerGuard`], it returns [`SendError::Full`] instead),
 //! [`try_send`](WebSocketRef::try_send) returns [`SendError::Full`] and
 //! [`send_timeout`](WebSocketRef::send_timeout) waits a bounded time. A send that cannot be
 //! taken (not yet OPEN, closing, closed) returns the message in its [`SendError`]: nothing
@@ -162,7 +162,8 @@
 //! start the closing handshake (messages sent before go out first) and return at once;
 //! [`wait_closed`](WebSocketRef::wait_closed) blocks until CLOSED and returns the
 //! [`CloseEvent`]. Dropping the last [`WebSocket`] handle closes with 1001 (going away) and
-//! joins both threads within the [close timeout](Builder::close_timeout) and a second. Callbacks get a
+//! joins its threads within the [close timeout](Builder::close_timeout) and a second;
+//! dropping the [`Events`] or [`EventBatches`] closes with 1001 too. Callbacks get a
 //! [`WebSocketRef`], which does not keep the connection alive.
 //!
 //! # Errors
@@ -183,7 +184,8 @@
 //! Every wait is bounded: connect 10 s, opening handshake 10 s, closing handshake 10 s.
 //! Incoming messages and frames are limited to 16 MiB each; the incoming queue to 4,096
 //! events in pull style (allocated only while they wait) and to batches of 512 events in
-//! callback style (and 2 MiB of payload in both); the outgoing high-water mark is 8 MiB.
+//! callback style and batches (and 2 MiB of payload in all); the outgoing high-water mark
+//! is 8 MiB, and `send` waits at most 10 s for room under it.
 //! `TCP_NODELAY` is on. No keepalive pings unless you set
 //! [`ping_interval`](Builder::ping_interval). `wss://` uses rustls with the Mozilla root
 //! certificates from `webpki-roots`, compiled in. permessage-deflate is offered as browsers

@@ -14,8 +14,9 @@ use crate::error::Error;
 /// on its way from the socket to you: its [`Text`] or [`Binary`] shares the I/O thread's
 /// read buffer (16 KiB or more), and so do the small ones of a flood past the first few of
 /// each read burst. Every other payload, which is every message of a connection that is
-/// not flooded, is copied once into an allocation of its own size. A message you keep
-/// holds on to what it shares: to keep a few messages out of a flood for long, keep
+/// not flooded, is copied once into an allocation of its own size. (A fragmented or
+/// compressed message is assembled or inflated into a buffer of its own.) A message you
+/// keep holds on to what it shares: to keep a few messages out of a flood for long, keep
 /// copies (`to_vec`, `to_owned`).
 ///
 /// ```

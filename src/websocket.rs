@@ -146,7 +146,7 @@ pub(crate) struct Shared {
     callbacks_until: OnceLock<Instant>,
     /// The thread holding the [`HandlerGuard`], if one does.
     handler_holder: Mutex<Option<ThreadId>>,
-    /// `close` or `close_with` was called (or the last handle dropped): what a callback
+    /// `close` or `close_with` was called: what a callback
     /// then sees as CLOSING (see [`WebSocketRef::ready_state`]).
     close_requested: AtomicBool,
 }
@@ -329,11 +329,14 @@ impl WebSocketRef {
     /// only while [`buffered_amount()`](Self::buffered_amount) is above the high-water mark,
     /// and then for at most the builder's
     /// [`send_timeout`](crate::Builder::send_timeout) (10 s by default).
-    /// Inside a callback, or while this thread holds the [`HandlerGuard`], it does not
-    /// block: above the mark it returns [`SendError::Full`] at once, as
-    /// [`try_send`](Self::try_send) does (the callback thread takes the events a server may
-    /// be waiting on us to read before it reads what we send, and it cannot while the
-    /// handler is held; [`send_timeout`](Self::send_timeout) there waits as asked).
+    /// On the callback thread (inside a callback of callback style), or while this thread
+    /// holds the [`HandlerGuard`], it does not block: above the mark it returns
+    /// [`SendError::Full`] at once, as [`try_send`](Self::try_send) does (the callback
+    /// thread takes the events a server may be waiting on us to read before it reads what
+    /// we send, and it cannot while the handler is held;
+    /// [`send_timeout`](Self::send_timeout) there waits as asked). Inside
+    /// [`dispatch_pending`](Self::dispatch_pending) on your own thread it waits as
+    /// anywhere else.
     ///
     /// The message is queued for the I/O thread, which writes it at once: there is no
     /// polling interval. Messages sent from one thread go out in that order.
@@ -342,7 +345,8 @@ impl WebSocketRef {
     ///
     /// [`SendError::NotOpen`] in CONNECTING, [`SendError::Closed`] after `close` or once the
     /// connection is closing or gone, [`SendError::TimedOut`] when no room was made within
-    /// the send timeout. Each hands the message back.
+    /// the send timeout, [`SendError::Full`] where it does not wait (above). Each hands the
+    /// message back.
     pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
         self.send_inner(msg.into(), Wait::Configured)
     }
@@ -622,8 +626,8 @@ impl WebSocketRef {
     /// event of the connection, its `Close` last, waits in the channel (so
     /// `dispatch_pending` or `try_recv` right after finds them all). With
     /// [`reconnect`](crate::Builder::reconnect) on, that is once reconnecting has ended (a
-    /// `close`, a clean server close when the policy stops on one, or the attempts running
-    /// out): the last connection's end.
+    /// `close`, a clean server close when the policy stops on one, the attempts running
+    /// out, or your [`Events`] or [`EventBatches`] dropped): the last connection's end.
     ///
     /// # Errors
     ///
@@ -817,7 +821,7 @@ impl WebSocket {
     ///
     /// # Errors
     ///
-    /// Synchronous ones only: a bad URL.
+    /// Synchronous ones only: a bad URL, or a thread that cannot be spawned.
     pub fn open_pull(url: &str) -> Result<(WebSocket, Events)> {
         Builder::new().open_pull(url)
     }
@@ -864,8 +868,9 @@ impl<H: Handler + Send + 'static> WebSocket<H> {
     ///
     /// A bad URL at once ([`Error::Url`]); otherwise what made the connection fail:
     /// [`Error::Dns`], [`Error::Connect`], [`Error::Tls`], [`Error::HandshakeRejected`],
-    /// [`Error::Handshake`], [`Error::Timeout`]. The handler also gets `onerror` and
-    /// `onclose` for it.
+    /// [`Error::Handshake`], [`Error::Proxy`] (a proxy from the environment),
+    /// [`Error::TooManyRedirects`], [`Error::Timeout`]. The handler also gets `onerror`
+    /// and `onclose` for it.
     pub fn connect(url: &str, handler: H) -> Result<Self> {
         Builder::new().connect(url, handler)
     }

@@ -1026,3 +1026,67 @@ fn a_callback_that_closes_sees_closing_at_once() {
     drop(ws);
     server.join();
 }
+
+/// Rule 2 under reconnect, for `protocol()` and `extensions()` as for `ready_state()`:
+/// when `onopen` runs, they hold what *its* server chose, however late the consumer takes
+/// it (`protocol()`'s doc: "each `onopen` sees its own"). Here the first connection's
+/// `onopen` is taken only once the second connection is OPEN, with another subprotocol
+/// and no extension.
+#[test]
+#[ignore = "core bug: protocol() and extensions() are the latest connection's, not those of the connection whose onopen runs (rule 2)"]
+fn a_late_onopen_sees_its_own_connections_protocol_and_extensions() {
+    let _g = shared();
+    let server = multi_server(2, |i, stream| {
+        let answer = move |_: &Request, mut response: Response| {
+            let headers = response.headers_mut();
+            if i == 0 {
+                headers.insert("Sec-WebSocket-Protocol", "alpha".parse().unwrap());
+                headers.insert(
+                    "Sec-WebSocket-Extensions",
+                    "permessage-deflate".parse().unwrap(),
+                );
+            } else {
+                headers.insert("Sec-WebSocket-Protocol", "beta".parse().unwrap());
+            }
+            Ok(response)
+        };
+        let mut ws = tungstenite::accept_hdr(stream, answer).expect("server: handshake");
+        if i == 0 {
+            drop(ws); // lost: no Close frame
+        } else {
+            read_until_close(&mut ws);
+        }
+    });
+    struct Opened(Vec<(String, String)>);
+    impl nwebsocket::Handler for Opened {
+        fn onopen(&mut self, ws: &nwebsocket::WebSocketRef) {
+            self.0.push((ws.protocol(), ws.extensions()));
+        }
+    }
+    let (ws, events) = WebSocket::builder()
+        .subprotocol("alpha")
+        .subprotocol("beta")
+        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    for i in 0..2 {
+        assert!(server.next_accept(WAIT).is_some(), "connection {i}");
+    }
+    // Open, Error, Close of the first connection, Open of the second; nothing taken yet.
+    assert!(eventually(WAIT, || events.len() >= 4
+        && ws.ready_state() == ReadyState::Open));
+    let mut opened = Opened(Vec::new());
+    ws.dispatch_pending(&events, &mut opened);
+    assert_eq!(
+        opened.0,
+        [
+            ("alpha".to_owned(), "permessage-deflate".to_owned()),
+            ("beta".to_owned(), String::new()),
+        ],
+        "each onopen should see its own connection's handshake"
+    );
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    drop(ws);
+    server.join();
+}
