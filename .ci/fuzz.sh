@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A bounded fuzzing pass over both cargo-fuzz targets in fuzz/ (see fuzz/README.md):
-#   after_handshake     arbitrary bytes from the server after a valid opening handshake
-#   handshake_response  arbitrary responses to the opening handshake
+# A bounded fuzzing pass over the three cargo-fuzz targets in fuzz/ (see fuzz/README.md):
+#   after_handshake          arbitrary bytes from the server after a valid opening handshake
+#   handshake_response       arbitrary responses to the opening handshake
+#   after_deflate_handshake  arbitrary bytes after a handshake that negotiated
+#                            permessage-deflate (its parameters from the first byte)
 # Each runs for FUZZ_SECONDS (default 30), starting from the saved corpus, which stays
 # untouched (new inputs go to a temporary directory). A crash or contract violation fails
 # the script and prints the reproducer. Where cargo-fuzz cannot run, it says why and
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-30}
 sanitizer=${FUZZ_SANITIZER:-none}
-targets=(after_handshake handshake_response)
+targets=(after_handshake handshake_response after_deflate_handshake)
 
 skip() {
   echo "fuzz: skipped: $*"
@@ -51,10 +53,13 @@ for t in "${targets[@]}"; do
   mkdir -p "$work/$t/new" "$work/$t/artifacts"
   dict=()
   [ -f "fuzz/dicts/$t.dict" ] && dict=(-dict="fuzz/dicts/$t.dict")
+  # The deflate target's limits let frames reach the 16 KiB large-frame path.
+  max_len=8192
+  [ "$t" = after_deflate_handshake ] && max_len=32768
   echo "fuzz: $t for ${seconds}s"
   # -timeout: one input may take at most this long (the harness bounds a connection to 10 s).
   timeout $((seconds + 120)) cargo fuzz run -s "$sanitizer" "$t" "$work/$t/new" "fuzz/corpus/$t" -- \
-    -max_total_time="$seconds" -max_len=8192 -timeout=30 -rss_limit_mb=4096 \
+    -max_total_time="$seconds" -max_len="$max_len" -timeout=30 -rss_limit_mb=4096 \
     -artifact_prefix="$work/$t/artifacts/" -print_final_stats=1 "${dict[@]}" \
     >"$work/$t/log" 2>&1
   status=$?

@@ -102,9 +102,29 @@ fn corpus_handshake_response() {
     assert!(outcomes.iter().any(|o| !matches!(o, Outcome::Refused(_))));
 }
 
+/// (Needs permessage-deflate, the default feature `deflate`.)
+#[cfg(feature = "deflate")]
+#[test]
+fn corpus_after_deflate_handshake() {
+    let outcomes = replay_dir(
+        "after_deflate_handshake",
+        "corpus",
+        harness::after_deflate_handshake,
+    );
+    assert!(outcomes.len() >= 10, "the saved corpus is missing");
+    assert!(outcomes.iter().any(|o| matches!(o, Outcome::Clean { .. })));
+    assert!(outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. })));
+}
+
 #[test]
 fn regressions() {
     replay_dir("after_handshake", "regressions", harness::after_handshake);
+    #[cfg(feature = "deflate")]
+    replay_dir(
+        "after_deflate_handshake",
+        "regressions",
+        harness::after_deflate_handshake,
+    );
     replay_dir(
         "handshake_response",
         "regressions",
