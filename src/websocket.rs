@@ -146,8 +146,8 @@ pub(crate) struct Shared {
     callbacks_until: OnceLock<Instant>,
     /// The thread holding the [`HandlerGuard`], if one does.
     handler_holder: Mutex<Option<ThreadId>>,
-    /// `close` or `close_with` was called: what a callback
-    /// then sees as CLOSING (see [`WebSocketRef::ready_state`]).
+    /// `close` or `close_with` was called: a callback then sees CLOSING (see
+    /// [`WebSocketRef::ready_state`]).
     close_requested: AtomicBool,
 }
 
