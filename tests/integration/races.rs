@@ -262,6 +262,39 @@ fn send_until_refused(ws: &WebSocketRef, t: usize, mut hook: impl FnMut(usize)) 
     accepted
 }
 
+/// `threads` threads each sending `nth(t, seq)` for seq = 0, 1, … until `stop`, across
+/// reconnects: a refusal (between connections) must hand back the very message, which
+/// is then skipped for good. Each returns the accepted sequence numbers.
+fn send_across_reconnects(
+    ws: &WebSocket,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Vec<usize>>> {
+    (0..threads)
+        .map(|t| {
+            let ws = ws.downgrade();
+            let stop = Arc::clone(stop);
+            thread::spawn(move || {
+                let mut accepted = Vec::new();
+                let mut seq = 0;
+                while !stop.load(SeqCst) {
+                    let msg = nth(t, seq);
+                    match ws.send(msg.clone()) {
+                        Ok(()) => accepted.push(seq),
+                        Err(SendError::Closed(m) | SendError::NotOpen(m)) => {
+                            assert_eq!(m, msg, "thread {t}: handed back");
+                            thread::yield_now();
+                        }
+                        Err(e) => panic!("thread {t}: {e:?}"),
+                    }
+                    seq += 1;
+                }
+                accepted
+            })
+        })
+        .collect()
+}
+
 /// The server closes after a different number of messages each round while four threads
 /// send as fast as they can, and (in odd rounds) one of them calls `close()` at about the
 /// same moment: the two closing handshakes race. Every accepted message arrives once, in
@@ -433,29 +466,7 @@ fn sends_racing_clean_reconnects_each_go_out_once_or_come_back() {
         .expect("connect");
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_buffered(ws.downgrade(), Arc::clone(&stop));
-    let senders: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let ws = ws.downgrade();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut accepted = Vec::new();
-                let mut seq = 0;
-                while !stop.load(SeqCst) {
-                    let msg = nth(t, seq);
-                    match ws.send(msg.clone()) {
-                        Ok(()) => accepted.push(seq),
-                        Err(SendError::Closed(m) | SendError::NotOpen(m)) => {
-                            assert_eq!(m, msg, "thread {t}: handed back");
-                            thread::yield_now();
-                        }
-                        Err(e) => panic!("thread {t}: {e:?}"),
-                    }
-                    seq += 1;
-                }
-                accepted
-            })
-        })
-        .collect();
+    let senders = send_across_reconnects(&ws, THREADS, &stop);
     let mut opens = 0;
     while opens < CONNECTIONS {
         match events.recv_timeout(WAIT) {
@@ -828,29 +839,7 @@ fn sends_racing_lost_connections_never_go_out_twice_or_after_a_refusal() {
         .expect("connect");
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_buffered(ws.downgrade(), Arc::clone(&stop));
-    let senders: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let ws = ws.downgrade();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut accepted = Vec::new();
-                let mut seq = 0;
-                while !stop.load(SeqCst) {
-                    let msg = nth(t, seq);
-                    match ws.send(msg.clone()) {
-                        Ok(()) => accepted.push(seq),
-                        Err(SendError::Closed(m) | SendError::NotOpen(m)) => {
-                            assert_eq!(m, msg, "thread {t}: handed back");
-                            thread::yield_now();
-                        }
-                        Err(e) => panic!("thread {t}: {e:?}"),
-                    }
-                    seq += 1;
-                }
-                accepted
-            })
-        })
-        .collect();
+    let senders = send_across_reconnects(&ws, THREADS, &stop);
     let mut opens = 0;
     while opens < CONNECTIONS {
         match events.recv_timeout(WAIT) {
