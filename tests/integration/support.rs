@@ -84,6 +84,18 @@ pub fn thread_alive(tid: u32) -> bool {
     std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
 }
 
+/// The threads of `tids` still alive after a join returned, allowing for the kernel's
+/// exit: `pthread_join` returns once the exiting thread clears its tid (in `exit_mm`),
+/// before the kernel removes its `/proc/self/task` entry, so a joined thread can show
+/// for a few microseconds more (seen once in CI, 2026-12-07). A thread that was not
+/// joined is still there after the 100 ms allowed here.
+pub fn alive_after_join<'a>(tids: &'a [(u32, String)]) -> Vec<&'a (u32, String)> {
+    eventually(Duration::from_millis(100), || {
+        tids.iter().all(|(tid, _)| !thread_alive(*tid))
+    });
+    tids.iter().filter(|(tid, _)| thread_alive(*tid)).collect()
+}
+
 /// Waits until none of the threads `tids` has been scheduled for `quiet` in a row (they
 /// are asleep, their start-up work done), at most [`WAIT`]; false if they never settled.
 /// Tests that count wake-ups over a window start it with this rather than a fixed sleep,

@@ -586,7 +586,7 @@ fn dropping_the_last_handle_with_a_slow_handler_behind_a_flood_joins_its_threads
     let started = Instant::now();
     drop(ws);
     let took = started.elapsed();
-    let alive: Vec<_> = ours.iter().filter(|(t, _)| thread_alive(*t)).collect();
+    let alive = alive_after_join(&ours);
     assert!(
         alive.is_empty(),
         "alive after the drop returned ({took:?}): {alive:?}"
@@ -903,7 +903,7 @@ fn dropping_while_a_rejection_body_is_awaited_joins_the_threads_at_once() {
         }
         drop(ws);
         let took = started.elapsed();
-        let alive: Vec<_> = ours.iter().filter(|(tid, _)| thread_alive(*tid)).collect();
+        let alive = alive_after_join(&ours);
         assert!(
             alive.is_empty(),
             "close first: {close_first}: alive after the drop returned ({took:?}): {alive:?}"
