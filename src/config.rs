@@ -76,6 +76,8 @@ pub(crate) struct Config {
     pub reconnect: Option<Reconnect>,
     pub proxy: ProxyChoice,
     pub header_provider: Option<HeaderProvider>,
+    /// `None`: the system's resolver (`getaddrinfo`).
+    pub resolver: Option<Resolver>,
     /// `None`: permessage-deflate is not offered.
     #[cfg(feature = "deflate")]
     pub deflate: Option<Deflate>,
@@ -83,6 +85,10 @@ pub(crate) struct Config {
 
 /// Computes headers afresh for each attempt (see [`Builder::header_provider`]).
 pub(crate) type HeaderProvider = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
+
+/// Resolves a host name and port to addresses (see [`Builder::resolver`]).
+pub(crate) type Resolver =
+    Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>> + Send + Sync>;
 
 impl Default for Config {
     fn default() -> Self {
@@ -113,6 +119,7 @@ impl Default for Config {
             reconnect: None,
             proxy: ProxyChoice::Environment,
             header_provider: None,
+            resolver: None,
             #[cfg(feature = "deflate")]
             deflate: Some(Deflate::new()),
         }
@@ -172,7 +179,8 @@ impl std::fmt::Debug for Config {
             .field("max_redirects", &self.max_redirects)
             .field("reconnect", &self.reconnect)
             .field("proxy", &proxy)
-            .field("header_provider", &self.header_provider.is_some());
+            .field("header_provider", &self.header_provider.is_some())
+            .field("resolver", &self.resolver.is_some());
         #[cfg(feature = "deflate")]
         f.field("deflate", &self.deflate);
         f.finish()
@@ -236,6 +244,31 @@ impl Builder {
         self
     }
 
+    /// Resolves host names with `resolver` instead of the system's resolver: called with
+    /// the host and port of the URL (or of a redirect's target, or of the proxy; for a
+    /// `socks5://` proxy, of the target too), on a thread of its own, its addresses tried
+    /// in order. An error fails the connection with [`Error::Dns`](crate::Error::Dns);
+    /// the connect timeout bounds the wait. IP addresses are not resolved. For a
+    /// resolver with a cache, or to pin a name to an address (as `curl --resolve` does).
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use nwebsocket::WebSocket;
+    ///
+    /// let builder = WebSocket::builder().resolver(|host: &str, port: u16| match host {
+    ///     "feed.example" => Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]),
+    ///     _ => std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(Iterator::collect),
+    /// });
+    /// # drop(builder);
+    /// ```
+    pub fn resolver<F>(mut self, resolver: F) -> Self
+    where
+        F: Fn(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>> + Send + Sync + 'static,
+    {
+        self.config.resolver = Some(Arc::new(resolver));
+        self
+    }
+
     /// Sets the `Origin` header. Defaults to none (browsers always send one; servers
     /// that check it need this).
     pub fn origin(mut self, origin: impl Into<String>) -> Self {
@@ -254,10 +287,13 @@ impl Builder {
         self
     }
 
-    /// Bounds the TCP connect, over all resolved addresses (and the connect to a proxy).
-    /// DNS resolution runs on the I/O thread with the system resolver, whose own timeouts
-    /// apply; `connect` still returns within the connect and handshake timeouts, per
-    /// redirect, and a second. Defaults to 10 s.
+    /// Bounds reaching the server: resolving its name (or the proxy's) and the TCP
+    /// connect, over all resolved addresses. A resolver still busy when it runs out is
+    /// left to finish on a thread of its own (`nwebsocket-dns`), which ends when the
+    /// resolver returns (the system's, `getaddrinfo`, gives up after its own timeouts,
+    /// 5 s per try by default); the connection fails with
+    /// [`Timeout::Connect`](crate::Timeout::Connect) at once, and `close` or a drop
+    /// meanwhile end it at once too. Defaults to 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self

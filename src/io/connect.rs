@@ -31,7 +31,11 @@ use crate::state::ReadyState;
 use crate::url::Target;
 
 impl IoThread {
-    /// DNS, on this thread (the resolver blocks; the connect timeout bounds the rest).
+    /// Starts an attempt: the request, the proxy, then the names to resolve. A name is
+    /// resolved on a thread of its own (see [`Lookup::spawn`]), whose answer comes back
+    /// as [`Command::Resolved`](super::Command::Resolved); meanwhile this thread waits in
+    /// [`Phase::Resolving`], for it, a command or the connect deadline. Addresses go
+    /// straight on to connecting.
     #[inline(never)] // cold: keeps the steady-state loop's stack frame small
     pub(super) fn resolve(&mut self) -> Result<(), End> {
         // The builder's credentials are for the host of the URL given (a redirect may
@@ -42,49 +46,70 @@ impl IoThread {
         provided_headers(&mut request, &self.io.shared.config, own_host)?;
         self.io.request = Some(request);
         self.io.proxy = super::proxy::for_target(&self.io.shared.config.proxy, &self.io.target)?;
-        if let Some(proxy) = &mut self.io.proxy {
-            let target = &self.io.target;
-            let local_dns = proxy.kind == ProxyKind::Socks5 { remote_dns: false };
-            if local_dns && target.host.parse::<std::net::IpAddr>().is_err() {
-                // `socks5://`: the name is resolved here, the proxy gets an address.
-                let dns = |source| Error::Dns {
-                    host: target.host.clone(),
-                    source: Arc::new(source),
-                };
-                let addr = (target.host.as_str(), target.port)
-                    .to_socket_addrs()
-                    .map_err(dns)?
-                    .next()
-                    .ok_or_else(|| dns(io::Error::new(io::ErrorKind::NotFound, "no addresses")))?;
-                proxy.resolved = Some(addr.ip());
-            }
-        }
-        let (host, port) = match &self.io.proxy {
-            Some(proxy) => {
-                log::debug!(
-                    "{}: through proxy {}:{}",
-                    self.io.url(),
-                    proxy.host,
-                    proxy.port
-                );
-                (proxy.host.clone(), proxy.port)
-            }
-            None => (self.io.target.host.clone(), self.io.target.port),
+        let target = &self.io.target;
+        let lookup = Lookup {
+            resolver: self.io.shared.config.resolver.clone(),
+            // `socks5://`: the name is resolved here, the proxy gets an address.
+            socks_target: self
+                .io
+                .proxy
+                .as_ref()
+                .filter(|proxy| proxy.kind == ProxyKind::Socks5 { remote_dns: false })
+                .map(|_| (target.host.clone(), target.port)),
+            connect: match &self.io.proxy {
+                Some(proxy) => {
+                    log::debug!(
+                        "{}: through proxy {}:{}",
+                        self.io.url(),
+                        proxy.host,
+                        proxy.port
+                    );
+                    (proxy.host.clone(), proxy.port)
+                }
+                None => (target.host.clone(), target.port),
+            },
         };
-        let addrs: VecDeque<SocketAddr> = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| Error::Dns {
-                host: host.clone(),
-                source: Arc::new(e),
-            })?
-            .collect();
-        if addrs.is_empty() {
-            let e = io::Error::new(io::ErrorKind::NotFound, "no addresses");
-            return Err(Error::Dns {
-                host,
-                source: Arc::new(e),
+        if !lookup.needs_names() {
+            return self.resolved(lookup.run());
+        }
+        self.io.lookups += 1;
+        let id = self.io.lookups;
+        let shared = Arc::downgrade(&self.io.shared);
+        let answer = move |answer| {
+            // Gone: the connection ended meanwhile, and nobody waits for this.
+            if let Some(shared) = shared.upgrade() {
+                shared.enqueue(super::Command::Resolved(id, Box::new(answer)));
             }
-            .into());
+        };
+        match lookup.spawn(answer) {
+            Ok(()) => {
+                self.phase = Phase::Resolving { id };
+                Ok(())
+            }
+            Err(lookup) => self.resolved(lookup.run()),
+        }
+    }
+
+    /// The answer of lookup `id`: on to connecting if it is the one awaited. (A lookup
+    /// of an attempt that ended before it answered is ignored.)
+    pub(super) fn lookup_done(
+        &mut self,
+        id: u64,
+        answer: Result<Resolved, Error>,
+    ) -> Result<(), End> {
+        match self.phase {
+            Phase::Resolving { id: awaited } if awaited == id => self.resolved(answer),
+            _ => Ok(()),
+        }
+    }
+
+    fn resolved(&mut self, answer: Result<Resolved, Error>) -> Result<(), End> {
+        let Resolved {
+            socks_target,
+            addrs,
+        } = answer?;
+        if let (Some(proxy), Some(ip)) = (&mut self.io.proxy, socks_target) {
+            proxy.resolved = Some(ip);
         }
         log::debug!("{}: resolved to {addrs:?}", self.io.url());
         self.phase = Phase::Connecting {
@@ -702,6 +727,99 @@ pub(crate) fn build_request(
         }
     }
     Ok(request)
+}
+
+/// The names one attempt must resolve: the host to connect to (the server's, or the
+/// proxy's), and for a `socks5://` proxy the server's too.
+struct Lookup {
+    resolver: Option<crate::config::Resolver>,
+    socks_target: Option<(String, u16)>,
+    connect: (String, u16),
+}
+
+/// What a [`Lookup`] found.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    socks_target: Option<std::net::IpAddr>,
+    addrs: VecDeque<SocketAddr>,
+}
+
+impl Lookup {
+    /// Whether any of the hosts is a name rather than an address.
+    fn needs_names(&self) -> bool {
+        let name = |(host, _): &(String, u16)| host.parse::<std::net::IpAddr>().is_err();
+        self.socks_target.as_ref().is_some_and(name) || name(&self.connect)
+    }
+
+    /// Resolves on a thread of its own, which calls `answer` with the result. That may
+    /// come after the attempt ended: a resolver blocks (the system's for up to its own
+    /// timeouts, 5 s per try by default) and cannot be stopped, so it is left to finish,
+    /// and its thread ends then. The lookup back if no thread could be started.
+    fn spawn(
+        self,
+        answer: impl FnOnce(Result<Resolved, Error>) + Send + 'static,
+    ) -> Result<(), Self> {
+        // Handed over through a slot, to be had back if the thread never starts.
+        let slot = Arc::new(std::sync::Mutex::new(Some(self)));
+        let theirs = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name("nwebsocket-dns".into())
+            .spawn(move || {
+                let lookup = theirs.lock().ok().and_then(|mut slot| slot.take());
+                if let Some(lookup) = lookup {
+                    answer(lookup.run());
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("no thread for DNS ({e}); resolving on the I/O thread");
+            let mut slot = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(lookup) = slot.take() {
+                return Err(lookup);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves, blocking.
+    fn run(self) -> Result<Resolved, Error> {
+        let socks_target = match &self.socks_target {
+            Some((host, port)) => Some(self.addresses(host, *port)?[0].ip()),
+            None => None,
+        };
+        let (host, port) = &self.connect;
+        let addrs = self.addresses(host, *port)?.into();
+        Ok(Resolved {
+            socks_target,
+            addrs,
+        })
+    }
+
+    /// The addresses of `host` (the host itself if it is an address), at least one.
+    fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Error> {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let found = match &self.resolver {
+            Some(resolver) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| resolver(host, port)))
+                    .unwrap_or_else(|_| Err(io::Error::other("the resolver panicked")))
+            }
+            None => (host, port).to_socket_addrs().map(Iterator::collect),
+        };
+        let dns = |source| Error::Dns {
+            host: host.to_owned(),
+            source: Arc::new(source),
+        };
+        match found {
+            Ok(addrs) if addrs.is_empty() => {
+                Err(dns(io::Error::new(io::ErrorKind::NotFound, "no addresses")))
+            }
+            Ok(addrs) => Ok(addrs),
+            Err(e) => Err(dns(e)),
+        }
+    }
 }
 
 /// The builder's header provider, called for this attempt: its headers replace those of

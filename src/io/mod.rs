@@ -70,11 +70,17 @@ pub(crate) enum Command {
     /// Pull style: the caller took half of a full queue, or dropped its receiver (see
     /// `delivery::Room`).
     Room,
+    /// The answer of the DNS lookup with this number (see `IoThread::resolve`).
+    Resolved(u64, Box<Result<connect::Resolved, Error>>),
 }
 
 type Mid = MidHandshake<ClientHandshake<transport::Shaking>>;
 
 enum Phase {
+    /// Waiting for the DNS lookup with this number, which runs on a thread of its own.
+    Resolving {
+        id: u64,
+    },
     Connecting {
         addrs: VecDeque<SocketAddr>,
         tcp: Option<(SocketAddr, TcpStream)>,
@@ -105,6 +111,8 @@ struct Io {
     /// Where this attempt connects: the URL, or where a redirect pointed.
     target: Target,
     redirects: usize,
+    /// DNS lookups started, to know the awaited one's answer (see `Phase::Resolving`).
+    lookups: u64,
     /// The proxy this attempt tunnels through.
     proxy: Option<Proxy>,
     request: Option<Request>,
@@ -195,6 +203,7 @@ impl IoThread {
                 outlet,
                 target,
                 redirects: 0,
+                lookups: 0,
                 proxy: None,
                 request: None,
                 accept_key: String::new(),
@@ -326,11 +335,13 @@ impl IoThread {
             Phase::Tunneling { .. } => self.progress_tunnel()?,
             Phase::Handshaking(_) => self.progress_handshake()?,
             Phase::Open(open) => self.io.drive(open)?,
-            Phase::Done => {}
+            Phase::Resolving { .. } | Phase::Done => {}
         }
         let now = Instant::now();
         match self.phase {
-            Phase::Connecting { .. } if self.io.connect_deadline.is_some_and(|d| now >= d) => {
+            Phase::Resolving { .. } | Phase::Connecting { .. }
+                if self.io.connect_deadline.is_some_and(|d| now >= d) =>
+            {
                 Err(Error::Timeout(Timeout::Connect).into())
             }
             Phase::Handshaking(_) | Phase::Tunneling { .. }
@@ -361,9 +372,10 @@ impl IoThread {
                         Ok(())
                     }
                     Phase::Done => Ok(()),
-                    Phase::Connecting { .. } | Phase::Tunneling { .. } | Phase::Handshaking(_) => {
-                        Err(Error::Aborted.into())
-                    }
+                    Phase::Resolving { .. }
+                    | Phase::Connecting { .. }
+                    | Phase::Tunneling { .. }
+                    | Phase::Handshaking(_) => Err(Error::Aborted.into()),
                 }
             }
             Command::Flush => {
@@ -390,6 +402,7 @@ impl IoThread {
                 }
                 Ok(())
             }
+            Command::Resolved(id, answer) => self.lookup_done(id, *answer),
         }
     }
 
@@ -712,7 +725,7 @@ impl Io {
             match command {
                 Command::Close(_) => self.stopped = true,
                 Command::Drop => self.dropped(),
-                Command::Flush | Command::Ping | Command::Room => {}
+                Command::Flush | Command::Ping | Command::Room | Command::Resolved(..) => {}
             }
         }
         *self.shared.lock_outbox() = Outbox::default();
@@ -795,8 +808,9 @@ impl Io {
                         return false;
                     }
                 }
-                // Sends and pings are refused while CLOSED (checked under the outbox lock).
-                Ok(Command::Flush | Command::Ping) => {}
+                // Sends and pings are refused while CLOSED (checked under the outbox lock);
+                // a lookup of the attempt that ended answers nobody.
+                Ok(Command::Flush | Command::Ping | Command::Resolved(..)) => {}
             }
         }
     }
@@ -1111,7 +1125,7 @@ impl Io {
 
     fn next_deadline(&self, phase: &Phase) -> Option<Instant> {
         match phase {
-            Phase::Connecting { .. } => self.connect_deadline,
+            Phase::Resolving { .. } | Phase::Connecting { .. } => self.connect_deadline,
             Phase::Handshaking(_) | Phase::Tunneling { .. } => self.handshake_deadline,
             Phase::Open(open) => {
                 let judging = self.judging();

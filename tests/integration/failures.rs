@@ -317,3 +317,149 @@ fn a_chunked_rejection_body_is_read_whole() {
     }
     server.join();
 }
+
+/// A resolver that stalls until `release` is sent to, or `STALL` passes: a DNS server
+/// that does not answer.
+fn stalled_resolver(
+    release: crossbeam_channel::Receiver<()>,
+    calls: crossbeam_channel::Sender<(String, u16)>,
+) -> impl Fn(&str, u16) -> std::io::Result<Vec<std::net::SocketAddr>> + Send + Sync + 'static {
+    const STALL: Duration = Duration::from_secs(8);
+    move |host, port| {
+        let _ = calls.send((host.to_owned(), port));
+        let _ = release.recv_timeout(STALL);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the name server did not answer",
+        ))
+    }
+}
+
+/// The connect timeout bounds DNS too: a resolver that never answers fails the connection
+/// with `Timeout::Connect` once the connect timeout has passed, as a TCP connect that
+/// never completes does. (Until 2026-12-07 the I/O thread resolved names itself, in the
+/// resolver's blocking call: `connect` returned only after the connect and handshake
+/// timeouts and a second, and the I/O thread went on waiting for the resolver.)
+#[test]
+fn the_connect_timeout_bounds_a_stalled_resolver() {
+    let _g = shared();
+    let (_release, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let (calls_tx, calls) = crossbeam_channel::unbounded();
+    let started = Instant::now();
+    let result = WebSocket::builder()
+        .resolver(stalled_resolver(release_rx, calls_tx))
+        .connect_timeout(Duration::from_millis(300))
+        .handshake_timeout(Duration::from_secs(10))
+        .connect_pull("ws://stalled.invalid:9/");
+    let took = started.elapsed();
+    assert_eq!(
+        calls.try_recv().ok(),
+        Some(("stalled.invalid".to_owned(), 9)),
+        "the resolver was asked"
+    );
+    match result {
+        Err(Error::Timeout(Timeout::Connect)) => {}
+        other => panic!("expected Timeout(Connect), got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(2), "connect took {took:?}");
+}
+
+/// `close` (and dropping the last handle) while a name is being resolved ends the
+/// connection at once: `onclose` comes, and the drop joins both threads, without waiting
+/// for the resolver.
+#[test]
+fn close_while_resolving_ends_at_once() {
+    let _g = exclusive();
+    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let (calls_tx, calls) = crossbeam_channel::unbounded();
+    let before = crate_threads();
+    let (rec, rx) = recorder();
+    let ws = WebSocket::builder()
+        .resolver(stalled_resolver(release_rx, calls_tx))
+        .connect_timeout(Duration::from_secs(30))
+        .close_timeout(Duration::from_millis(300))
+        .open("ws://stalled.invalid:9/", rec)
+        .expect("open");
+    calls.recv_timeout(WAIT).expect("the resolver was asked");
+    let (ours, dns): (Vec<_>, Vec<_>) = new_crate_threads(&before, 3)
+        .into_iter()
+        .partition(|(_, name)| name != "nwebsocket-dns");
+    assert_eq!(dns.len(), 1, "one DNS thread: {dns:?}");
+    let started = Instant::now();
+    ws.close();
+    let recs = recs_until_close(&rx);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "onclose {took:?} after close"
+    );
+    assert_failure_tail(&recs, |_| true);
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    let started = Instant::now();
+    drop(ws);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "the drop took {took:?}");
+    let alive = alive_after_join(&ours);
+    assert!(alive.is_empty(), "alive after the drop: {alive:?}");
+    // The resolver's thread ends once the resolver returns.
+    let _ = release.send(());
+    assert!(
+        eventually(WAIT, || !thread_alive(dns[0].0)),
+        "the DNS thread lives on"
+    );
+}
+
+/// The resolver given to the builder is asked for host names (the name and port of the
+/// URL), and the connection goes to the addresses it returns; its error is
+/// `Error::Dns` for that host. An IP address in the URL is not resolved.
+#[test]
+fn a_custom_resolver_is_used_for_host_names() {
+    let _g = shared();
+    let server = echo_server();
+    let addr = server.addr;
+    let (calls_tx, calls) = crossbeam_channel::unbounded();
+    let resolver = move |host: &str, port: u16| {
+        let _ = calls_tx.send((host.to_owned(), port));
+        match host {
+            "echo.test" => Ok(vec![addr]),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such host",
+            )),
+        }
+    };
+    let builder = WebSocket::builder().resolver(resolver);
+    let url = format!("ws://echo.test:{}/", addr.port());
+    let (ws, events) = builder.clone().connect_pull(&url).expect("connect");
+    assert_eq!(
+        calls.try_recv().ok(),
+        Some(("echo.test".to_owned(), addr.port()))
+    );
+    ws.send("via the resolver").unwrap();
+    loop {
+        match events.recv_timeout(WAIT).expect("an event") {
+            Event::Open => continue,
+            Event::Message(m) => {
+                assert_eq!(m.as_text(), Some("via the resolver"));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    ws.close();
+    drop(ws);
+    match builder.clone().connect_pull("ws://nowhere.test:80/") {
+        Err(Error::Dns { host, .. }) => assert_eq!(host, "nowhere.test"),
+        other => panic!("expected Error::Dns, got {other:?}"),
+    }
+    assert_eq!(calls.try_recv().ok(), Some(("nowhere.test".to_owned(), 80)));
+    server.join();
+    let server = echo_server();
+    let (ws, _events) = builder
+        .connect_pull(&server.url())
+        .expect("connect by address");
+    assert!(calls.try_recv().is_err(), "an address was resolved");
+    ws.close();
+    drop(ws);
+    server.join();
+}

@@ -89,7 +89,7 @@ pub fn thread_alive(tid: u32) -> bool {
 /// before the kernel removes its `/proc/self/task` entry, so a joined thread can show
 /// for a few microseconds more (seen once in CI, 2026-12-07). A thread that was not
 /// joined is still there after the 100 ms allowed here.
-pub fn alive_after_join<'a>(tids: &'a [(u32, String)]) -> Vec<&'a (u32, String)> {
+pub fn alive_after_join(tids: &[(u32, String)]) -> Vec<&(u32, String)> {
     eventually(Duration::from_millis(100), || {
         tids.iter().all(|(tid, _)| !thread_alive(*tid))
     });
