@@ -9,8 +9,9 @@
 //!
 //! The [`Output`] writes data in whole runs of frames, but control frames (pong, ping,
 //! Close) never wait behind a run: while one waits, the write stops at the end of the
-//! frame in progress and the control frame goes next. Once our Close is queued, nothing
-//! more is accepted, and once it is written, nothing more is written (RFC 6455 §5.5.1).
+//! frame in progress and the control frame goes next. Once our Close is queued, no more
+//! data is accepted, and once it is written, only pongs are: no data frame follows our
+//! Close (RFC 6455 §5.5.1), but the peer's pings are answered until its own (§5.5.2).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -262,6 +263,8 @@ pub(crate) struct Output {
     pongs: VecDeque<Bytes>,
     pings: VecDeque<Bytes>,
     close: CloseOut,
+    /// The connection failed (see [`fail`](Self::fail)): no pong is written any more.
+    failed: bool,
     /// The control frame being written, encoded, and how much of it is out.
     staged: Vec<u8>,
     staged_at: usize,
@@ -286,6 +289,7 @@ impl Output {
             pongs: VecDeque::new(),
             pings: VecDeque::new(),
             close: CloseOut::NotQueued,
+            failed: false,
             staged: Vec::new(),
             staged_at: 0,
             staged_kind: None,
@@ -312,10 +316,12 @@ impl Output {
         Ok(())
     }
 
-    /// Queues the answer to a ping (dropping the oldest unsent one past [`PONGS`]). Not
-    /// once our Close is written.
+    /// Queues the answer to a ping (dropping the oldest unsent one past [`PONGS`]), also
+    /// after our Close: RFC 6455 §5.5.2 answers every ping until the peer's Close (after
+    /// which the reader takes none), and only data frames may not follow our Close
+    /// (§5.5.1). Not once the connection failed.
     pub fn queue_pong(&mut self, payload: Bytes, now: Instant) {
-        if self.accepts_control() {
+        if !self.failed {
             self.owed_since.get_or_insert(now);
             if self.pongs.len() == PONGS {
                 self.pongs.pop_front();
@@ -370,6 +376,7 @@ impl Output {
             }
         }
         dropped += self.data.drain(keep..).map(|c| c.app_bytes).sum::<usize>();
+        self.failed = true;
         self.pongs.clear();
         self.owed_since = None;
         self.pings.clear();
@@ -427,6 +434,7 @@ impl Output {
     /// Whether anything waits to be written.
     pub fn has_output(&self) -> bool {
         self.staged_at < self.staged.len()
+            || !self.pongs.is_empty()
             || (self.close != CloseOut::Written
                 && (!self.data.is_empty()
                     || self.controls_waiting()
@@ -456,7 +464,12 @@ impl Output {
     /// nothing).
     fn stage_next(&mut self) -> bool {
         if self.close == CloseOut::Written {
-            return false;
+            // Only pongs follow our Close.
+            let Some(p) = self.pongs.pop_front() else {
+                return false;
+            };
+            self.stage(Staged::Pong, OpCode::Control(Control::Pong), &p);
+            return true;
         }
         if let Some(front) = self.data.front() {
             if !self.controls_waiting() {
@@ -482,11 +495,15 @@ impl Output {
         } else {
             return false;
         };
+        self.stage(kind, opcode, &payload);
+        true
+    }
+
+    fn stage(&mut self, kind: Staged, opcode: OpCode, payload: &[u8]) {
         self.staged.clear();
         self.staged_at = 0;
-        encode(opcode, &payload, &mut self.staged);
+        encode(opcode, payload, &mut self.staged);
         self.staged_kind = Some(kind);
-        true
     }
 
     /// `n` bytes of what [`transmit`](Self::transmit) returned went out. Returns the
@@ -737,7 +754,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_follows_our_close_and_nothing_is_accepted_after_it() {
+    fn only_pongs_follow_our_close_and_no_data_is_accepted_after_it() {
         let now = Instant::now();
         let mut out = Output::new();
         out.queue_data(outbox_of(&["a".into(), "b".into()]).take(None))
@@ -746,10 +763,13 @@ mod tests {
         assert!(out
             .queue_data(outbox_of(&["late".into()]).take(None))
             .is_err());
-        let wire = drain(&mut out, 5);
-        out.queue_pong(Bytes::from_static(b"x"), now);
+        let mut wire = drain(&mut out, 5);
+        // RFC 6455 §5.5.2: the peer's pings are answered until its Close; ours stop.
         out.queue_ping(Bytes::from_static(b"y"));
-        assert!(out.transmit().is_none(), "nothing after the Close");
+        out.queue_pong(Bytes::from_static(b"x"), now);
+        assert!(out.has_output());
+        wire.extend(drain(&mut out, 5));
+        assert!(out.transmit().is_none(), "nothing else after the Close");
         let got = frames(&wire);
         let ops: Vec<OpCode> = got.iter().map(|(op, _)| *op).collect();
         assert_eq!(
@@ -757,9 +777,15 @@ mod tests {
             [
                 OpCode::Data(Data::Text),
                 OpCode::Data(Data::Text),
-                OpCode::Control(Control::Close)
+                OpCode::Control(Control::Close),
+                OpCode::Control(Control::Pong)
             ]
         );
+        assert_eq!(got[3].1, b"x");
+        // Once the connection failed, not even a pong.
+        out.fail(None);
+        out.queue_pong(Bytes::from_static(b"z"), now);
+        assert!(!out.has_output() && out.transmit().is_none());
     }
 
     #[test]

@@ -258,12 +258,13 @@ fn no_data_frame_follows_our_close() {
         |append| append(&mut outbox),
     );
     assert!(c.queue_data(outbox.take(None)).is_err());
-    // A ping from the server after our Close is not answered after it.
     let ops: Vec<u8> = written(&mut c).into_iter().map(|(op, _)| op).collect();
     assert_eq!(ops, [0x81, 0x88]);
+    // A ping from the server after our Close is answered (RFC 6455 §5.5.2), with a pong:
+    // a control frame, not data.
     feed(&mut c, &frame(0x89, b"p"));
     let _ = events(&mut c);
-    assert!(c.transmit().is_none());
+    assert_eq!(written(&mut c), [(0x8A, b"p".to_vec())]);
 }
 
 #[test]
@@ -352,6 +353,80 @@ fn malformed_frames_fail_with_the_right_code() {
             c.poll_event(Instant::now()).is_none(),
             "{what}: nothing after the end"
         );
+    }
+}
+
+/// Invalid UTF-8 in a text frame fails with 1007 as soon as it has arrived, before the
+/// frame is whole: small and large (own buffer) frames, a message's first frame and a
+/// continuation. The rest of each frame never comes.
+#[test]
+fn invalid_text_fails_before_its_frame_is_whole() {
+    let header = |first: u8, len: usize| -> Vec<u8> {
+        let mut f = frame(first, &vec![b'x'; len]);
+        f.truncate(f.len() - len);
+        f
+    };
+    let bad = b"ok\xC0\xAF and more";
+    for len in [100, 60_000] {
+        for (what, mut wire) in [
+            ("first frame", header(0x81, len)),
+            (
+                "continuation",
+                [frame(0x01, "caf\u{e9}".as_bytes()), header(0x80, len)].concat(),
+            ),
+        ] {
+            wire.extend_from_slice(bad);
+            let mut c = conn();
+            feed(&mut c, &wire);
+            let got = events(&mut c);
+            assert!(
+                matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
+                "{what}, {len} bytes: {got:?}"
+            );
+            assert_eq!(
+                written(&mut c),
+                [(0x88, 1007u16.to_be_bytes().to_vec())],
+                "{what}, {len} bytes"
+            );
+        }
+    }
+}
+
+/// Checking text as it arrives fails nothing valid: characters split between reads, and
+/// between a message's frames (a continuation that starts with the rest of a character),
+/// in small and large frames, fed in pieces of every size here.
+#[test]
+fn valid_text_split_anywhere_is_not_failed_as_it_arrives() {
+    // 10 bytes a repeat, 30,000 in all; 20,002 and 5,002 fall inside an 'é'.
+    let long = "a\u{e9}\u{20ac}\u{1f600}".repeat(3000);
+    let (long_b, smile) = (long.as_bytes(), "\u{1f600}".as_bytes());
+    let wire = [
+        frame(0x01, &[b"x", &smile[..2]].concat()),
+        frame(0x00, &[&smile[2..], b"y"].concat()),
+        frame(0x80, "z\u{e9}".as_bytes()),
+        frame(0x01, &long_b[..20_002]), // large, ends inside a character
+        frame(0x80, &long_b[20_002..]),
+        frame(0x81, long_b),
+        frame(0x01, &long_b[..5_002]),
+        frame(0x80, &long_b[5_002..]), // large, starts inside a character
+    ]
+    .concat();
+    for piece in [1usize, 3, 7, 1000, 16_384, 1 << 20] {
+        let mut c = conn();
+        let mut got = Vec::new();
+        for chunk in wire.chunks(piece) {
+            feed(&mut c, chunk);
+            got.extend(events(&mut c));
+        }
+        let texts: Vec<Option<&str>> = got
+            .iter()
+            .map(|e| match e {
+                Event::Message(m) => m.as_text(),
+                _ => None,
+            })
+            .collect();
+        let expected = ["x\u{1f600}yz\u{e9}", &long, &long, &long];
+        assert_eq!(texts, expected.map(Some), "pieces of {piece}");
     }
 }
 

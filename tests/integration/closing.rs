@@ -781,3 +781,63 @@ fn a_send_blocked_on_the_high_water_mark_returns_closed_after_close() {
         "the blocked send returned {waited:?} after close()"
     );
 }
+
+/// One client frame (masked, at most 125 bytes of payload) read raw: `(opcode, payload)`,
+/// or `None` at EOF, an error or the socket's read timeout.
+fn read_small_client_frame(tcp: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut head = [0u8; 6];
+    tcp.read_exact(&mut head).ok()?;
+    assert_eq!(head[1] & 0x80, 0x80, "server: an unmasked client frame");
+    let len = usize::from(head[1] & 0x7F);
+    assert!(len <= 125, "server: a frame too large for this helper");
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).ok()?;
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= head[2 + i % 4];
+    }
+    Some((head[0] & 0x0F, payload))
+}
+
+/// RFC 6455 §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
+/// response, unless it already received a Close frame." Only data frames are barred after
+/// our own Close (§5.5.1). Here the server pings after reading our Close and answers it
+/// only once the pong came (or 3 s passed).
+///
+/// Now: no Pong is ever sent once our Close is written (`Output::accepts_control` in
+/// src/protocol/outgoing.rs drops pongs from then on). Chromium and tungstenite ignore
+/// such pings too; RFC 6455 does not allow it.
+#[test]
+fn a_ping_after_our_close_is_answered_until_the_servers_close() {
+    use std::io::Write;
+    let _g = shared();
+    let server = server(|mut ws| {
+        let tcp = ws.get_mut();
+        let ours = read_small_client_frame(tcp);
+        tcp.write_all(&[0x89, 2, b'p', b'p']).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let answer = read_small_client_frame(tcp);
+        tcp.write_all(&[0x88, 2, 0x0F, 0xA0]).unwrap(); // Close 4000
+        let _ = tcp.shutdown(std::net::Shutdown::Write);
+        (ours, answer)
+    });
+    let (ws, events) = WebSocket::builder()
+        .no_deflate()
+        .connect_pull(&server.url())
+        .expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    ws.close_with(4000, "bye").unwrap();
+    let evs = events_until_close(&events);
+    drop(ws);
+    let (ours, answer) = server.join();
+    assert_eq!(ours.map(|(op, _)| op), Some(0x8), "our Close first");
+    assert!(
+        matches!(evs.as_slice(), [Event::Close(c)] if c.code == 4000 && c.was_clean),
+        "{evs:?}"
+    );
+    assert_eq!(
+        answer,
+        Some((0xA, b"pp".to_vec())),
+        "the server's ping, sent before its Close, was not answered with a Pong"
+    );
+}

@@ -847,6 +847,64 @@ fn invalid_utf8_text_fails_the_connection_with_1007() {
     assert_eq!(server.join(), Some(CloseCode::Invalid));
 }
 
+/// RFC 6455 §8.1: an endpoint that finds a text payload is not UTF-8 "MUST _Fail the
+/// WebSocket Connection_", and the crate checks fragmented messages "at the fragment that
+/// makes it invalid" (src/protocol/incoming.rs, `Partial`). Within one frame it waits for
+/// the frame's last byte: a text frame whose first bytes are already invalid (0xC0 0xAF,
+/// an overlong '/') and whose rest never comes holds the connection open for ever (the
+/// Autobahn TestSuite's cases 6.4.3 and 6.4.4 grade this NON-STRICT), and a large frame's
+/// garbage is buffered up to `max_message_size` first. Small (100 bytes announced) and
+/// large (60,000 announced, read into a buffer of its own) frames; 20 bytes are sent.
+#[test]
+fn invalid_utf8_fails_as_soon_as_it_arrives_not_at_the_end_of_its_frame() {
+    let _g = shared();
+    let mut wrong = Vec::new();
+    for announced in [100usize, 60_000] {
+        let server = server(move |mut ws| {
+            let mut wire = vec![0x81u8];
+            if announced < 126 {
+                wire.push(announced as u8);
+            } else {
+                wire.push(126);
+                wire.extend_from_slice(&(announced as u16).to_be_bytes());
+            }
+            wire.extend_from_slice(b"ok\xC0\xAF");
+            wire.extend_from_slice(&[b'x'; 16]); // and never the rest
+            ws.get_mut().write_all(&wire).unwrap();
+            read_until_close(&mut ws).1.map(|f| f.code)
+        });
+        let (ws, events) = WebSocket::builder()
+            .no_deflate()
+            .connect_pull(&server.url())
+            .expect("connect");
+        let mut evs = Vec::new();
+        // Detectable at once: a generous bound for a loaded machine, not a guess at a delay.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(e) = events.recv_deadline(deadline) {
+            let done = matches!(e, Event::Close(_));
+            evs.push(e);
+            if done {
+                break;
+            }
+        }
+        drop(ws); // without the failure, this is the client's first Close (1001)
+        let code = server.join();
+        let failed = matches!(evs.as_slice(),
+            [Event::Open, Event::Error(Error::Protocol { .. }), Event::Close(c)]
+                if c.code == 1006 && !c.was_clean);
+        if !failed || code != Some(CloseCode::Invalid) {
+            wrong.push(format!(
+                "{announced} bytes announced: events {evs:?}, close code on the wire {code:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "expected a failure with 1007 within 3 s:\n{}",
+        wrong.join("\n")
+    );
+}
+
 /// Rule 10: the limits have bounded defaults (a 32 MiB + 1 message is refused with no
 /// configuration at all; tungstenite alone would take up to 64 MiB).
 #[test]
