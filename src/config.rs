@@ -288,12 +288,12 @@ impl Builder {
     }
 
     /// Bounds reaching the server: resolving its name (or the proxy's) and the TCP
-    /// connect, over all resolved addresses. A resolver still busy when it runs out is
-    /// left to finish on a thread of its own (`nwebsocket-dns`), which ends when the
-    /// resolver returns (the system's, `getaddrinfo`, gives up after its own timeouts,
-    /// 5 s per try by default); the connection fails with
-    /// [`Timeout::Connect`](crate::Timeout::Connect) at once, and `close` or a drop
-    /// meanwhile end it at once too. Defaults to 10 s.
+    /// connect, over all resolved addresses. Once it runs out the connection fails with
+    /// [`Timeout::Connect`](crate::Timeout::Connect), even while a name is still being
+    /// resolved, and `close` or a drop end it at once too: names are resolved on a
+    /// thread of their own (`nwebsocket-dns`; `localhost` and addresses need none),
+    /// which is left to finish (the system's resolver, `getaddrinfo`, gives up after its
+    /// own timeouts, 5 s per try by default). Defaults to 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self

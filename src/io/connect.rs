@@ -745,9 +745,15 @@ pub(crate) struct Resolved {
 }
 
 impl Lookup {
-    /// Whether any of the hosts is a name rather than an address.
+    /// Whether any of the hosts needs a lookup that may wait on the network: a name
+    /// other than `localhost` (which the system's resolver answers from the hosts file;
+    /// RFC 6761 §6.3) or any name for the builder's resolver.
     fn needs_names(&self) -> bool {
-        let name = |(host, _): &(String, u16)| host.parse::<std::net::IpAddr>().is_err();
+        let custom = self.resolver.is_some();
+        let name = |(host, _): &(String, u16)| {
+            host.parse::<std::net::IpAddr>().is_err()
+                && (custom || !host.eq_ignore_ascii_case("localhost"))
+        };
         self.socks_target.as_ref().is_some_and(name) || name(&self.connect)
     }
 
