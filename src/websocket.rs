@@ -608,7 +608,8 @@ impl WebSocketRef {
     /// The subprotocol the server chose; empty before OPEN, or when none was offered.
     /// (When some were offered, the server must choose one of them, or the connection
     /// fails, as in browsers.) With [`reconnect`](crate::Builder::reconnect), the latest
-    /// connection's: each `onopen` sees its own.
+    /// connection's: an `onopen` sees its own connection's, unless it runs only after the
+    /// next connection has opened (a consumer a whole reconnect behind).
     pub fn protocol(&self) -> String {
         self.shared.negotiated().protocol.clone()
     }

@@ -1029,7 +1029,8 @@ fn a_callback_that_closes_sees_closing_at_once() {
 
 /// Rule 2 under reconnect, for `protocol()` and `extensions()` as for `ready_state()`:
 /// when `onopen` runs, they hold what *its* server chose, however late the consumer takes
-/// it (`protocol()`'s doc: "each `onopen` sees its own"). Here the first connection's
+/// it. (`protocol()`'s doc states the limitation; a fix needs the `Open` event to carry
+/// its connection's values.) Here the first connection's
 /// `onopen` is taken only once the second connection is OPEN, with another subprotocol
 /// and no extension.
 #[test]
