@@ -454,8 +454,8 @@ impl Events {
         // 64-byte event was copied twice through misaligned stack slots (measured: pull
         // stream_small 0.72x raw tungstenite against 0.83x).
         let event = self.rx.recv();
-        if event.is_ok() {
-            self.took();
+        if let Ok(e) = &event {
+            self.took(e);
         }
         event
     }
@@ -476,8 +476,8 @@ impl Events {
             Self::before_blocking();
         }
         let event = self.rx.recv_deadline(deadline);
-        if event.is_ok() {
-            self.took();
+        if let Ok(e) = &event {
+            self.took(e);
         }
         event
     }
@@ -500,8 +500,8 @@ impl Events {
     #[inline]
     pub fn try_recv(&self) -> Result<Event, TryRecvError> {
         let event = self.rx.try_recv();
-        if event.is_ok() {
-            self.took();
+        if let Ok(e) = &event {
+            self.took(e);
         }
         event
     }
@@ -529,7 +529,9 @@ impl Events {
     }
 
     /// The raw crossbeam receiver, for `select!` and the rest of its API. Takes through it
-    /// wake nobody (see above): from now on a full queue is also looked at after naps.
+    /// wake nobody (see above): from now on a full queue is also looked at after naps, and
+    /// with reconnect, callbacks see the latest connection's
+    /// [`protocol`](crate::WebSocketRef::protocol) rather than their own.
     pub fn receiver(&self) -> &Receiver<Event> {
         if !self.room.raw.load(Relaxed) {
             self.first_raw_use();
@@ -542,16 +544,21 @@ impl Events {
     /// this swaps `below` after storing `raw`: either it sees `raw`, or this sees it wait.)
     #[cold]
     fn first_raw_use(&self) {
+        self.shared.untrack_opens();
         self.room.raw.store(true, SeqCst);
         if self.room.below.swap(usize::MAX, SeqCst) != usize::MAX {
             self.shared.enqueue(Command::Room);
         }
     }
 
-    /// After each take: wakes the I/O thread if it waits for the queue to come down this
-    /// far (see [`Room`]). A load and a compare when it does not.
+    /// After each take: notes an `Open` (see [`Shared::open_taken`]), and wakes the I/O
+    /// thread if it waits for the queue to come down this far (see [`Room`]). Two
+    /// compares when neither.
     #[inline]
-    fn took(&self) {
+    fn took(&self, event: &Event) {
+        if matches!(event, Event::Open) {
+            self.shared.open_taken();
+        }
         let below = self.room.below.load(SeqCst);
         if below != usize::MAX {
             self.made_room(below);
@@ -771,13 +778,13 @@ impl EventBatches {
     /// Blocks until a batch arrives; an error once the connection has ended and every
     /// batch was taken.
     pub fn recv(&self) -> Result<Vec<Event>, RecvError> {
-        self.0.next().ok_or(RecvError)
+        self.0.next().map(|b| self.taken(b)).ok_or(RecvError)
     }
 
     /// As [`recv`](Self::recv), for at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<Event>, RecvTimeoutError> {
         let deadline = crate::protocol::saturating_deadline(Instant::now(), timeout);
-        match self.0.look(Some(deadline)) {
+        let batch = match self.0.look(Some(deadline)) {
             Some(Ok(batch)) => Ok(batch),
             Some(Err(RecvError)) => Err(RecvTimeoutError::Disconnected),
             None => match self.0.rx.recv_deadline(deadline) {
@@ -787,22 +794,39 @@ impl EventBatches {
                 }
                 Err(e) => Err(e),
             },
-        }
+        };
+        batch.map(|b| self.taken(b))
     }
 
     /// A batch if one is waiting, without blocking.
     pub fn try_recv(&self) -> Result<Vec<Event>, TryRecvError> {
-        match self.0.rx.try_recv() {
+        let batch = match self.0.rx.try_recv() {
             Ok(batch) => Ok(self.0.took(batch)),
             Err(TryRecvError::Disconnected) => self.0.tail().ok_or(TryRecvError::Disconnected),
             Err(e) => Err(e),
+        };
+        batch.map(|b| self.taken(b))
+    }
+
+    /// Notes the `Open` events of a batch taken (see [`Shared::open_taken`]).
+    fn taken(&self, batch: Vec<Event>) -> Vec<Event> {
+        if let Some(shared) = &self.0.shared {
+            for _ in batch.iter().filter(|e| matches!(e, Event::Open)) {
+                shared.open_taken();
+            }
         }
+        batch
     }
 
     /// The underlying channel, to `select!` on beside your own. When it disconnects, call
     /// [`try_recv`](Self::try_recv) once more: the connection's last events may have
-    /// been set aside for you (when a batch still waited as it ended).
+    /// been set aside for you (when a batch still waited as it ended). With reconnect,
+    /// callbacks then see the latest connection's
+    /// [`protocol`](crate::WebSocketRef::protocol) rather than their own.
     pub fn receiver(&self) -> &Receiver<Vec<Event>> {
+        if let Some(shared) = &self.0.shared {
+            shared.untrack_opens();
+        }
         &self.0.rx
     }
 

@@ -1,7 +1,7 @@
 //! The server's answer to the opening handshake.
 
 use std::fmt;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use crate::websocket::WebSocketRef;
 
@@ -88,13 +88,10 @@ impl HandshakeResponse {
 impl WebSocketRef {
     /// The server's `101` response to the opening handshake of the current connection
     /// (its status and headers; the body is empty): set before `onopen` runs, `None`
-    /// before the first connection opens. With reconnect, each new connection replaces it.
+    /// before the first connection opens. With reconnect, each new connection replaces
+    /// it, and a callback sees its own connection's (as [`protocol`](Self::protocol)).
     pub fn handshake_response(&self) -> Option<Arc<HandshakeResponse>> {
-        self.shared
-            .handshake
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.opened().map(|o| Arc::clone(&o.response))
     }
 }
 

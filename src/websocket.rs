@@ -90,13 +90,33 @@ impl fmt::Display for Holder {
     }
 }
 
-/// What a connection's handshake settled, for [`WebSocketRef::protocol`] and
-/// [`WebSocketRef::extensions`].
-#[derive(Debug, Default)]
-pub(crate) struct Negotiated {
+/// What one connection's opening handshake settled, for [`WebSocketRef::protocol`],
+/// [`WebSocketRef::extensions`] and [`WebSocketRef::handshake_response`].
+#[derive(Debug)]
+pub(crate) struct Opened {
     pub protocol: String,
     pub extensions: String,
+    pub response: Arc<crate::response::HandshakeResponse>,
 }
+
+/// The connections' handshakes: the latest, and, so that a callback sees its own
+/// connection's however late it runs (with reconnect, the next connection may be open
+/// by then), those of the `Open` events in order as the consumer takes them.
+#[derive(Debug, Default)]
+pub(crate) struct Opens {
+    latest: Option<Arc<Opened>>,
+    /// Of the `Open` events handed over and not taken yet, oldest first.
+    untaken: VecDeque<Arc<Opened>>,
+    /// Of the last `Open` taken: what callbacks see.
+    taken: Option<Arc<Opened>>,
+    /// Takes are not all seen (the raw receiver was used, or more than [`UNTAKEN_OPENS`]
+    /// waited): callbacks see the latest connection's.
+    untracked: bool,
+}
+
+/// The most `Open` events of reconnections that may wait untaken with their handshakes
+/// kept (see [`Opens`]).
+const UNTAKEN_OPENS: usize = 64;
 
 /// State shared by the handles, the I/O thread and the callback thread.
 pub(crate) struct Shared {
@@ -124,10 +144,8 @@ pub(crate) struct Shared {
     buffered: Padded<AtomicUsize>,
     drain_waiters: AtomicUsize,
     drained: (Mutex<()>, Condvar),
-    /// The current connection's subprotocol and extensions (replaced by each handshake).
-    pub negotiated: Mutex<Negotiated>,
-    /// The current connection's `101` response (see `response.rs`).
-    pub handshake: Mutex<Option<Arc<crate::response::HandshakeResponse>>>,
+    /// The connections' handshakes.
+    opens: Mutex<Opens>,
     status: Mutex<Status>,
     status_changed: Condvar,
     /// Callers of `request` waiting for a reply, by correlation id.
@@ -197,10 +215,55 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn negotiated(&self) -> MutexGuard<'_, Negotiated> {
-        self.negotiated
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn opens(&self) -> MutexGuard<'_, Opens> {
+        self.opens.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The I/O thread: a connection's handshake succeeded (before it is OPEN).
+    pub fn set_opened(&self, opened: Opened) {
+        self.opens().latest = Some(Arc::new(opened));
+    }
+
+    /// The I/O thread: its `Open` event is being handed over.
+    pub fn open_handed_over(&self) {
+        let mut opens = self.opens();
+        if opens.untracked {
+            return;
+        }
+        if opens.untaken.len() == UNTAKEN_OPENS {
+            opens.untracked = true;
+            opens.untaken.clear();
+            return;
+        }
+        if let Some(latest) = opens.latest.clone() {
+            opens.untaken.push_back(latest);
+        }
+    }
+
+    /// The consumer took an `Open` event: its callbacks see that connection's handshake.
+    #[cold]
+    pub fn open_taken(&self) {
+        let mut opens = self.opens();
+        if let Some(opened) = opens.untaken.pop_front() {
+            opens.taken = Some(opened);
+        }
+    }
+
+    /// Takes may go unseen from now on (the raw receiver is used).
+    pub fn untrack_opens(&self) {
+        let mut opens = self.opens();
+        opens.untracked = true;
+        opens.untaken.clear();
+    }
+
+    /// The handshake a caller sees: in a callback, that of the connection whose events
+    /// it handles; elsewhere the latest connection's.
+    pub fn opened(&self, in_callback: bool) -> Option<Arc<Opened>> {
+        let opens = self.opens();
+        match &opens.taken {
+            Some(taken) if in_callback && !opens.untracked => Some(Arc::clone(taken)),
+            _ => opens.latest.clone(),
+        }
     }
 
     pub fn ready_state(&self) -> ReadyState {
@@ -608,18 +671,29 @@ impl WebSocketRef {
     /// The subprotocol the server chose; empty before OPEN, or when none was offered.
     /// (When some were offered, the server must choose one of them, or the connection
     /// fails, as in browsers.) With [`reconnect`](crate::Builder::reconnect), the latest
-    /// connection's: an `onopen` sees its own connection's, unless it runs only after the
-    /// next connection has opened (a consumer a whole reconnect behind).
+    /// connection's; but inside a callback, that of the connection whose event it handles,
+    /// however late it runs (the next connection may be open by then), as a browser's
+    /// `WebSocket` keeps its own. (Not once the raw receiver of [`Events`] or
+    /// [`EventBatches`] was used, whose takes go unseen; with [`EventBatches`], the last
+    /// `Open` taken decides.)
     pub fn protocol(&self) -> String {
-        self.shared.negotiated().protocol.clone()
+        self.opened()
+            .map_or_else(String::new, |o| o.protocol.clone())
+    }
+
+    /// The handshake this caller sees (see [`protocol`](Self::protocol)).
+    pub(crate) fn opened(&self) -> Option<Arc<Opened>> {
+        let in_callback = crate::handler::dispatching(&self.shared).is_some();
+        self.shared.opened(in_callback)
     }
 
     /// The extensions the server chose (its `Sec-WebSocket-Extensions`), such as
     /// `permessage-deflate; client_max_window_bits=15`; empty before OPEN, when the server
     /// declined, or when none were offered (see [`Builder::deflate`](crate::Builder::deflate)).
-    /// With reconnect, the latest connection's.
+    /// With reconnect, as [`protocol`](Self::protocol).
     pub fn extensions(&self) -> String {
-        self.shared.negotiated().extensions.clone()
+        self.opened()
+            .map_or_else(String::new, |o| o.extensions.clone())
     }
 
     /// Blocks until the connection is CLOSED and returns how it ended. In callback style
@@ -760,7 +834,7 @@ impl WebSocketRef {
         // One more `try_recv` than the channel holds: after the end it finds the events
         // set aside (see `EventBatches::receiver`); before, it finds nothing or a batch
         // that just came.
-        for _ in 0..=batches.receiver().len() {
+        for _ in 0..=batches.0.rx.len() {
             let Ok(mut batch) = batches.try_recv() else {
                 break;
             };
@@ -1153,8 +1227,10 @@ fn callback_loop<H: Handler>(ws: &WebSocketRef, handler: &HandlerCell<H>, batche
     while let Some(mut batch) = batches.next() {
         let mut held = None;
         for event in batch.drain(..) {
-            if let Event::Close(c) = &event {
-                last = Some(c.clone());
+            match &event {
+                Event::Open => ws.shared.open_taken(),
+                Event::Close(c) => last = Some(c.clone()),
+                _ => {}
             }
             if !matches!(event, Event::Error(_) | Event::Close(_)) && past_callbacks(ws) {
                 skipped += 1;
@@ -1223,8 +1299,7 @@ fn start(
         buffered: Padded(AtomicUsize::new(0)),
         drain_waiters: AtomicUsize::new(0),
         drained: (Mutex::new(()), Condvar::new()),
-        negotiated: Mutex::new(Negotiated::default()),
-        handshake: Mutex::new(None),
+        opens: Mutex::new(Opens::default()),
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
         outbox: Padded(Mutex::new(Outbox::default())),

@@ -599,16 +599,11 @@ impl Io {
             .deflate
             .start(negotiated.as_ref().zip(self.shared.config.deflate.as_ref()));
         let protocol = header("Sec-WebSocket-Protocol");
-        *self
-            .shared
-            .handshake
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(Arc::new(HandshakeResponse::new(response, Vec::new())));
-        *self.shared.negotiated() = crate::websocket::Negotiated {
+        self.shared.set_opened(crate::websocket::Opened {
             protocol,
             extensions,
-        };
+            response: Arc::new(HandshakeResponse::new(response, Vec::new())),
+        });
         if !self
             .shared
             .transition(&[ReadyState::Connecting], ReadyState::Open)
@@ -618,6 +613,7 @@ impl Io {
         }
         self.shared.set_open(Ok(()));
         self.opened = true;
+        self.shared.open_handed_over();
         self.emit(Event::Open);
         self.deliver_pending();
         #[cfg(feature = "deflate")]

@@ -1029,15 +1029,75 @@ fn a_callback_that_closes_sees_closing_at_once() {
 
 /// Rule 2 under reconnect, for `protocol()` and `extensions()` as for `ready_state()`:
 /// when `onopen` runs, they hold what *its* server chose, however late the consumer takes
-/// it. (`protocol()`'s doc states the limitation; a fix needs the `Open` event to carry
-/// its connection's values.) Here the first connection's
+/// it (until 2026-12-07 they were the latest connection's). Here the first connection's
 /// `onopen` is taken only once the second connection is OPEN, with another subprotocol
 /// and no extension.
 #[test]
-#[ignore = "core bug: protocol() and extensions() are the latest connection's, not those of the connection whose onopen runs (rule 2)"]
 fn a_late_onopen_sees_its_own_connections_protocol_and_extensions() {
     let _g = shared();
-    let server = multi_server(2, |i, stream| {
+    let server = alpha_then_beta_server();
+    let (ws, events) = WebSocket::builder()
+        .subprotocol("alpha")
+        .subprotocol("beta")
+        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
+        .connect_pull(&server.url_with("/"))
+        .expect("connect");
+    for i in 0..2 {
+        assert!(server.next_accept(WAIT).is_some(), "connection {i}");
+    }
+    // Open, Error, Close of the first connection, Open of the second; nothing taken yet.
+    assert!(eventually(WAIT, || events.len() >= 4
+        && ws.ready_state() == ReadyState::Open));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut opened = SeesItsOwn(tx);
+    ws.dispatch_pending(&events, &mut opened);
+    assert_eq!(
+        rx.try_iter().collect::<Vec<_>>(),
+        alpha_then_beta(),
+        "each onopen should see its own connection's handshake"
+    );
+    // Outside callbacks: the latest connection's.
+    assert_eq!(ws.protocol(), "beta");
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    drop(ws);
+    server.join();
+}
+
+/// As above, in callback style: the callback thread is held back (the handler's guard
+/// is taken) until the second connection is OPEN.
+#[test]
+fn a_late_onopen_on_the_callback_thread_sees_its_own_connections_handshake() {
+    let _g = shared();
+    let server = alpha_then_beta_server();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let ws = WebSocket::builder()
+        .subprotocol("alpha")
+        .subprotocol("beta")
+        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
+        .open(&server.url_with("/"), SeesItsOwn(tx))
+        .expect("open");
+    let guard = ws.handler();
+    for i in 0..2 {
+        assert!(server.next_accept(WAIT).is_some(), "connection {i}");
+    }
+    assert!(eventually(WAIT, || ws.ready_state() == ReadyState::Open
+        && ws.protocol() == "beta"));
+    drop(guard);
+    let seen: Vec<_> = (0..2)
+        .map(|_| rx.recv_timeout(WAIT).expect("onopen"))
+        .collect();
+    assert_eq!(seen, alpha_then_beta());
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    drop(ws);
+    server.join();
+}
+
+/// Two connections: the first chooses "alpha" and permessage-deflate and is then lost,
+/// the second chooses "beta" and no extension.
+fn alpha_then_beta_server() -> MultiServer<()> {
+    multi_server(2, |i, stream| {
         let answer = move |_: &Request, mut response: Response| {
             let headers = response.headers_mut();
             if i == 0 {
@@ -1057,37 +1117,27 @@ fn a_late_onopen_sees_its_own_connections_protocol_and_extensions() {
         } else {
             read_until_close(&mut ws);
         }
-    });
-    struct Opened(Vec<(String, String)>);
-    impl nwebsocket::Handler for Opened {
-        fn onopen(&mut self, ws: &nwebsocket::WebSocketRef) {
-            self.0.push((ws.protocol(), ws.extensions()));
-        }
+    })
+}
+
+/// What each `onopen` saw: protocol(), extensions(), and the handshake response's
+/// `Sec-WebSocket-Protocol`.
+struct SeesItsOwn(crossbeam_channel::Sender<(String, String, String)>);
+
+impl nwebsocket::Handler for SeesItsOwn {
+    fn onopen(&mut self, ws: &nwebsocket::WebSocketRef) {
+        let response = ws.handshake_response().expect("a handshake response");
+        let chosen = response
+            .header("Sec-WebSocket-Protocol")
+            .unwrap_or_default()
+            .to_owned();
+        let _ = self.0.send((ws.protocol(), ws.extensions(), chosen));
     }
-    let (ws, events) = WebSocket::builder()
-        .subprotocol("alpha")
-        .subprotocol("beta")
-        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
-        .connect_pull(&server.url_with("/"))
-        .expect("connect");
-    for i in 0..2 {
-        assert!(server.next_accept(WAIT).is_some(), "connection {i}");
-    }
-    // Open, Error, Close of the first connection, Open of the second; nothing taken yet.
-    assert!(eventually(WAIT, || events.len() >= 4
-        && ws.ready_state() == ReadyState::Open));
-    let mut opened = Opened(Vec::new());
-    ws.dispatch_pending(&events, &mut opened);
-    assert_eq!(
-        opened.0,
-        [
-            ("alpha".to_owned(), "permessage-deflate".to_owned()),
-            ("beta".to_owned(), String::new()),
-        ],
-        "each onopen should see its own connection's handshake"
-    );
-    ws.close();
-    assert!(ws.wait_closed_timeout(WAIT).is_some());
-    drop(ws);
-    server.join();
+}
+
+fn alpha_then_beta() -> Vec<(String, String, String)> {
+    vec![
+        ("alpha".into(), "permessage-deflate".into(), "alpha".into()),
+        ("beta".into(), String::new(), "beta".into()),
+    ]
 }
