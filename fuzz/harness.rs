@@ -1229,6 +1229,14 @@ pub fn deflate_reference(
                 if p.text && invalid_utf8(&p.data) {
                     kinds.push(Kind::Utf8);
                 }
+            } else if data.is_some() {
+                // Uncompressed text is checked as it arrives (RFC 6455 §8.1): invalid
+                // bytes before the cut may fail it first.
+                let text = partial.as_ref().map_or(data == Some(Data::Text), |p| p.text);
+                let so_far = partial.as_ref().map_or(&[][..], |p| &p.data[..]);
+                if text && invalid_utf8(&[so_far, &rest[head..]].concat()) {
+                    kinds.push(Kind::Utf8);
+                }
             }
             break DeflateEnd::Failed(kinds);
         };
