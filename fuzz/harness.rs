@@ -1232,7 +1232,9 @@ pub fn deflate_reference(
             } else if data.is_some() {
                 // Uncompressed text is checked as it arrives (RFC 6455 §8.1): invalid
                 // bytes before the cut may fail it first.
-                let text = partial.as_ref().map_or(data == Some(Data::Text), |p| p.text);
+                let text = partial
+                    .as_ref()
+                    .map_or(data == Some(Data::Text), |p| p.text);
                 let so_far = partial.as_ref().map_or(&[][..], |p| &p.data[..]);
                 if text && invalid_utf8(&[so_far, &rest[head..]].concat()) {
                     kinds.push(Kind::Utf8);
