@@ -758,13 +758,22 @@ fn a_send_blocked_on_the_high_water_mark_returns_closed_after_close() {
     }
     let blocked = {
         let ws = ws.clone();
-        std::thread::spawn(move || {
-            let r = ws.send("blocked");
-            (r, Instant::now())
-        })
+        std::thread::Builder::new()
+            .name("blocked-send".into())
+            .spawn(move || {
+                let r = ws.send("blocked");
+                (r, Instant::now())
+            })
+            .expect("spawn")
     };
-    // Give the sender time to block (if it did not, the assertions below still hold).
-    std::thread::sleep(Duration::from_millis(100));
+    // The sender blocked in `send` (asleep, not woken for 100 ms) when `close()` comes.
+    // (This was a fixed 100 ms, which a loaded machine can make too short: the send then
+    // came after `close()`, and the test no longer tested a blocked one.)
+    let tid = thread_named("blocked-send").expect("the sender started");
+    assert!(
+        blocked_for(tid, Duration::from_millis(100)),
+        "the send never blocked"
+    );
     let closed_at = Instant::now();
     ws.close();
     let (r, returned_at) = blocked.join().unwrap();

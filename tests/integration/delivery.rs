@@ -86,13 +86,26 @@ fn close_then_wait_closed_returns_in_pull_style_with_events_unread() {
 
 #[test]
 fn dropping_the_handle_in_batch_style_with_the_receiver_unread_is_quick() {
-    let _g = shared();
+    // Exclusive: the I/O thread is watched going to sleep behind the unread batch.
+    let _g = exclusive();
     let server = flood_then_answer(5_000);
+    let before = crate_threads();
     let (ws, batches) = WebSocket::builder()
         .close_timeout(Duration::from_secs(10))
         .connect_batches(&server.url())
         .expect("connect");
-    thread::sleep(Duration::from_millis(300));
+    let (io, name) = new_crate_threads(&before, 1).remove(0);
+    // A batch waits untaken and the I/O thread, its next batch full, sleeps until the
+    // consumer takes one: the drop finds it there. (This was a fixed 300 ms, which a loaded
+    // machine can make too short: the drop then came while the thread was still reading.)
+    assert!(
+        eventually(WAIT, || batches.receiver().len() == 1),
+        "no batch waits"
+    );
+    assert!(
+        settled(&[io], Duration::from_millis(100)),
+        "{name} never went to sleep behind the unread batch"
+    );
     let started = Instant::now();
     drop(ws);
     let took = started.elapsed();
@@ -485,7 +498,8 @@ fn dispatch_pending_returns_under_a_flood_that_never_stops() {
 
 #[test]
 fn incoming_queue_bytes_bounds_the_payload_waiting_in_the_channel() {
-    let _g = shared();
+    // Exclusive: the I/O thread is watched going to sleep on the full channel.
+    let _g = exclusive();
     let server = server(|mut ws| {
         for i in 0..2_000u32 {
             let payload = vec![(i % 251) as u8; 1024];
@@ -495,14 +509,20 @@ fn incoming_queue_bytes_bounds_the_payload_waiting_in_the_channel() {
         }
         let _ = read_until_close(&mut ws);
     });
+    let before = crate_threads();
     let (ws, events) = WebSocket::builder()
         .incoming_queue(100_000)
         .incoming_queue_bytes(64 << 10)
         .connect_pull(&server.url())
         .expect("connect");
+    let (io, name) = new_crate_threads(&before, 1).remove(0);
     assert!(eventually(WAIT, || events.len() >= 60));
-    // Give the I/O thread time to (wrongly) put more in.
-    thread::sleep(Duration::from_millis(200));
+    // Whatever the I/O thread (wrongly) puts in, it has put in once it sleeps: asleep for
+    // 100 ms in a row (this was a fixed 200 ms, which a loaded machine can make too short).
+    assert!(
+        settled(&[io], Duration::from_millis(100)),
+        "{name} never went to sleep on the full channel"
+    );
     let waiting = events.len();
     assert!(
         (60..=70).contains(&waiting),

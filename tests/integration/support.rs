@@ -115,6 +115,59 @@ pub fn settled(tids: &[u32], quiet: Duration) -> bool {
     false
 }
 
+/// The id of this process's thread named `name` (as `/proc` shows it: at most 15 bytes),
+/// waiting for it at most [`WAIT`] (a new thread takes its name only once it runs).
+pub fn thread_named(name: &str) -> Option<u32> {
+    let find = || -> Option<u32> {
+        std::fs::read_dir("/proc/self/task")
+            .ok()?
+            .flatten()
+            .find(|entry| {
+                std::fs::read_to_string(entry.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == name)
+            })
+            .and_then(|entry| entry.file_name().to_string_lossy().parse().ok())
+    };
+    let mut found = None;
+    eventually(WAIT, || {
+        found = find();
+        found.is_some()
+    });
+    found
+}
+
+/// Waits until thread `tid` is blocked and has stayed so for `quiet` (asleep, and not
+/// woken once meanwhile), at most [`WAIT`]; false if it never was, or it ended. (A thread
+/// that waits for a core shows as running, not asleep, so load cannot pass for this.)
+pub fn blocked_for(tid: u32, quiet: Duration) -> bool {
+    let look = || -> Option<(char, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let state = field("State:")?.chars().next()?;
+        let switches = field("voluntary_ctxt_switches:")?.parse().ok()?;
+        Some((state, switches))
+    };
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let Some((_, before)) = look() else {
+            return false;
+        };
+        thread::sleep(quiet);
+        let Some((state, after)) = look() else {
+            return false;
+        };
+        if state == 'S' && after == before {
+            return true;
+        }
+    }
+    false
+}
+
 /// utime + stime of thread `tid`, in clock ticks.
 pub fn thread_cpu_ticks(tid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
@@ -271,6 +324,17 @@ pub fn unacked_bytes(tcp: &TcpStream) -> i32 {
         let _ = tcp;
         0
     }
+}
+
+/// Waits until the peer's kernel has acknowledged everything written on `tcp` (see
+/// [`unacked_bytes`]), at most [`WAIT`]: what a server wrote is then in the client's socket,
+/// none of it still on its way. Panics if that takes longer.
+pub fn until_acked(tcp: &TcpStream) {
+    assert!(
+        eventually(WAIT, || unacked_bytes(tcp) == 0),
+        "server: {} bytes still unacknowledged after {WAIT:?}",
+        unacked_bytes(tcp)
+    );
 }
 
 /// Caps the kernel's receive buffer of an accepted socket (`SO_RCVBUF`, which also stops

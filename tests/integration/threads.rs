@@ -650,9 +650,12 @@ fn a_large_message_stalled_halfway_lets_the_io_thread_sleep() {
     let payload = flood_payload(7, 1 << 20);
     let frame = binary_frame(&payload);
     let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let (half_tx, half_rx) = crossbeam_channel::bounded::<()>(1);
     let server = server(move |mut ws| {
         let half = frame.len() / 2;
         ws.get_mut().write_all(&frame[..half]).unwrap();
+        until_acked(ws.get_ref());
+        half_tx.send(()).unwrap();
         go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
         ws.get_mut().write_all(&frame[half..]).unwrap();
         read_until_close(&mut ws)
@@ -661,9 +664,14 @@ fn a_large_message_stalled_halfway_lets_the_io_thread_sleep() {
     let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
     let (tid, name) = new_crate_threads(&before, 1).remove(0);
-    // Time to read the first half (until the thread has slept for 100 ms in a row, rather
-    // than a fixed 100 ms, which a loaded machine can make too short), then a window in
-    // which nothing arrives.
+    // The first half is all in the client's socket (a server thread preempted in the
+    // middle of writing it would otherwise wake the I/O thread inside the window)...
+    half_rx
+        .recv_timeout(WAIT)
+        .expect("the first half reached the client");
+    // ... and read (until the thread has slept for 100 ms in a row, rather than a fixed
+    // 100 ms, which a loaded machine can make too short), then a window in which nothing
+    // arrives.
     assert!(
         settled(&[tid], Duration::from_millis(100)),
         "{name} never went to sleep on the half frame"
@@ -696,23 +704,36 @@ fn a_large_message_stalled_halfway_lets_the_io_thread_sleep() {
 /// still wakes it at once.
 #[test]
 fn a_small_message_after_a_stalled_large_one_arrives_at_once() {
-    let _g = shared();
+    // Exclusive: the I/O thread is watched going to sleep on the half frame.
+    let _g = exclusive();
     let payload = flood_payload(3, 1 << 20);
     let frame = binary_frame(&payload);
     let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(2);
+    let (half_tx, half_rx) = crossbeam_channel::bounded::<()>(1);
     let server = server(move |mut ws| {
         let half = frame.len() / 2;
         ws.get_mut().write_all(&frame[..half]).unwrap();
+        until_acked(ws.get_ref());
+        half_tx.send(()).unwrap();
         go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
         ws.get_mut().write_all(&frame[half..]).unwrap();
         go_rx.recv_timeout(SOCKET_TIMEOUT).expect("server: go");
         ws.send(tungstenite::Message::text("after")).unwrap();
         read_until_close(&mut ws)
     });
+    let before = crate_threads();
     let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
     assert!(matches!(next_event(&events), Event::Open));
-    // Time to read the first half and wait for the rest.
-    thread::sleep(Duration::from_millis(100));
+    let (tid, name) = new_crate_threads(&before, 1).remove(0);
+    // The first half read and the rest waited for, asleep (this was a fixed 100 ms, which
+    // a loaded machine can make too short: the test then no longer raised the mark).
+    half_rx
+        .recv_timeout(WAIT)
+        .expect("the first half reached the client");
+    assert!(
+        settled(&[tid], Duration::from_millis(100)),
+        "{name} never went to sleep on the half frame"
+    );
     go_tx.send(()).unwrap();
     match next_event(&events) {
         Event::Message(m) => assert!(m.as_bytes() == payload.as_slice(), "payload differs"),
@@ -969,21 +990,36 @@ fn the_io_thread_sleeps_while_a_slow_consumer_catches_up() {
     server.join();
 }
 
+/// A server that sends the texts "0" to "{n - 1}", one every 200 µs on a schedule, then
+/// reads until the client closes. A message whose time came late (a sleep overshot, the
+/// thread waited for a core) goes at once, so load does not stretch the sending. (It slept
+/// 100 µs after each message, so the sending took as long as the load made it: with two
+/// CPU burners beside, 574 and 691 switches against a bound of 1,500; and once the sending
+/// of N messages takes N/2 ms, reading once a millisecond is as many wake-ups as the
+/// bound, a correct crate failing.)
+fn paced_server(n: usize) -> Server<()> {
+    server(move |mut ws| {
+        let start = Instant::now();
+        for i in 0..n {
+            let due = start + Duration::from_micros(200) * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait); // the pace, not a wait for anything
+            }
+            ws.send(tungstenite::Message::text(i.to_string())).unwrap();
+        }
+        read_until_close(&mut ws);
+    })
+}
+
 /// Pull style, a caller that computes and takes its events between chunks (every 20 ms)
-/// while the server sends a message every 100 µs or so: the I/O thread reads for it in
+/// while the server sends a message every 200 µs: the I/O thread reads for it in
 /// batches (once a millisecond at most, and at its takes), not once per message, and
 /// every message still arrives, in order.
 #[test]
 fn a_busy_pull_caller_does_not_make_the_io_thread_wake_per_message() {
     let _g = exclusive();
     const N: usize = 3000;
-    let server = server(|mut ws| {
-        for i in 0..N {
-            ws.send(tungstenite::Message::text(i.to_string())).unwrap();
-            thread::sleep(Duration::from_micros(100)); // the pace, not a wait for anything
-        }
-        read_until_close(&mut ws);
-    });
+    let server = paced_server(N);
     let before = crate_threads();
     let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
     let io = new_crate_threads(&before, 1)[0].0;
@@ -1009,8 +1045,8 @@ fn a_busy_pull_caller_does_not_make_the_io_thread_wake_per_message() {
         }
     }
     let switches = thread_switches(io) - switches0;
-    // Over 0.3-0.6 s of sending: waking per message is about N; reading once a
-    // millisecond at most is under 700.
+    // Over 0.6 s of sending (on a schedule: load does not stretch it): waking per message
+    // is about N; reading once a millisecond at most is about 600, and the takes 30.
     assert!(
         switches < N as u64 / 2,
         "the I/O thread was switched {switches} times for {N} messages"
@@ -1036,13 +1072,7 @@ fn a_busy_batches_caller_does_not_make_the_io_thread_wake_per_message() {
     }
     let _g = exclusive();
     const N: usize = 3000;
-    let server = server(|mut ws| {
-        for i in 0..N {
-            ws.send(tungstenite::Message::text(i.to_string())).unwrap();
-            thread::sleep(Duration::from_micros(100)); // the pace, not a wait for anything
-        }
-        read_until_close(&mut ws);
-    });
+    let server = paced_server(N);
     let before = crate_threads();
     let (ws, batches) = WebSocket::builder()
         .connect_batches(&server.url())
