@@ -523,7 +523,9 @@ impl Builder {
     /// Defaults to the environment, as curl does (but, as Go does, never for loopback hosts):
     /// `https_proxy` for `wss://`, `http_proxy` for `ws://`, else `all_proxy` (lower or
     /// upper case; but not `HTTP_PROXY` in a CGI program, where a request's `Proxy:`
-    /// header arrives under that name), except for hosts listed in `no_proxy`.
+    /// header arrives under that name), except for hosts listed in `no_proxy` (names and
+    /// their subdomains, addresses, CIDR ranges such as `10.0.0.0/8` for addresses in the
+    /// URL, optional `:port`, or `*`).
     pub fn proxy(mut self, url: impl Into<String>) -> Self {
         self.config.proxy = ProxyChoice::Url(url.into());
         self

@@ -391,6 +391,31 @@ fn resolve(
     }
 }
 
+/// Whether `host` is an address in the range `net`/`bits` (false for a malformed range).
+fn in_range(net: &str, bits: &str, host: &str) -> bool {
+    use std::net::IpAddr;
+    let (Ok(net), Ok(bits), Ok(host)) = (
+        net.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>(),
+        bits.parse::<u32>(),
+        host.parse::<IpAddr>(),
+    ) else {
+        return false;
+    };
+    let (net, host, width) = match (net, host) {
+        (IpAddr::V4(n), IpAddr::V4(h)) => (u128::from(n.to_bits()), u128::from(h.to_bits()), 32),
+        (IpAddr::V6(n), IpAddr::V6(h)) => (n.to_bits(), h.to_bits(), 128),
+        _ => return false,
+    };
+    if bits > width {
+        return false;
+    }
+    // The top `bits` of the address's `width`, compared.
+    let mask = u128::MAX.checked_shl(width - bits).unwrap_or(0) & (u128::MAX >> (128 - width));
+    net & mask == host & mask
+}
+
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
@@ -399,7 +424,8 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// `no_proxy`: comma-separated host names (matching the name and its subdomains, a leading
-/// `.` or `*.` allowed), IP addresses, optional `:port`, or `*` for everything.
+/// `.` or `*.` allowed), IP addresses, CIDR ranges (`10.0.0.0/8`, `fd00::/8`: addresses in
+/// the URL only, no name is resolved for them), optional `:port`, or `*` for everything.
 fn bypassed(no_proxy: &str, host: &str, port: u16) -> bool {
     no_proxy
         .split(',')
@@ -408,6 +434,9 @@ fn bypassed(no_proxy: &str, host: &str, port: u16) -> bool {
         .any(|pattern| {
             if pattern == "*" {
                 return true;
+            }
+            if let Some((net, bits)) = pattern.split_once('/') {
+                return in_range(net, bits, host);
             }
             let (name, pattern_port) = match pattern.rsplit_once(':') {
                 Some((n, p)) if !n.contains(':') || n.ends_with(']') => (n, p.parse::<u16>().ok()),
@@ -607,6 +636,23 @@ mod tests {
         assert!(via("wss://127.0.0.1:9/").is_none());
         assert!(via("wss://localhost/").is_none());
         assert!(via("wss://[::1]/").is_none());
+        // CIDR ranges (as curl, Go and Python's websocket-client) match addresses only.
+        let env = env_of(&[
+            ("https_proxy", "http://p:1"),
+            (
+                "no_proxy",
+                "192.168.0.0/16, fd00::/8,10.1.2.3/32, bad/99, 1.2.3.4/x",
+            ),
+        ]);
+        let via = |url: &str| resolve(&ProxyChoice::Environment, &target(url), &env).unwrap();
+        assert!(via("wss://192.168.3.4/").is_none());
+        assert!(via("wss://192.169.0.1/").is_some());
+        assert!(via("wss://[fd12::1]:8443/").is_none());
+        assert!(via("wss://[fe80::1]/").is_some());
+        assert!(via("wss://10.1.2.3/").is_none());
+        assert!(via("wss://10.1.2.4/").is_some());
+        assert!(via("wss://1.2.3.4/").is_some());
+        assert!(via("wss://intranet/").is_some());
         let all = env_of(&[("https_proxy", "http://p:1"), ("NO_PROXY", "*")]);
         assert!(
             resolve(&ProxyChoice::Environment, &target("wss://e.com/"), all)
