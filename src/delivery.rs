@@ -800,12 +800,17 @@ impl EventBatches {
 
     /// A batch if one is waiting, without blocking.
     pub fn try_recv(&self) -> Result<Vec<Event>, TryRecvError> {
-        let batch = match self.0.rx.try_recv() {
+        self.try_recv_untracked().map(|b| self.taken(b))
+    }
+
+    /// As [`try_recv`](Self::try_recv), its `Open` events not noted: for a caller that
+    /// notes each as it handles it (`dispatch_batches`).
+    pub(crate) fn try_recv_untracked(&self) -> Result<Vec<Event>, TryRecvError> {
+        match self.0.rx.try_recv() {
             Ok(batch) => Ok(self.0.took(batch)),
             Err(TryRecvError::Disconnected) => self.0.tail().ok_or(TryRecvError::Disconnected),
             Err(e) => Err(e),
-        };
-        batch.map(|b| self.taken(b))
+        }
     }
 
     /// Notes the `Open` events of a batch taken (see [`Shared::open_taken`]).

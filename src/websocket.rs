@@ -674,8 +674,9 @@ impl WebSocketRef {
     /// connection's; but inside a callback, that of the connection whose event it handles,
     /// however late it runs (the next connection may be open by then), as a browser's
     /// `WebSocket` keeps its own. (Not once the raw receiver of [`Events`] or
-    /// [`EventBatches`] was used, whose takes go unseen; with [`EventBatches`], the last
-    /// `Open` taken decides.)
+    /// [`EventBatches`] was used, whose takes go unseen; with batches you take yourself,
+    /// the last `Open` taken decides, while
+    /// [`dispatch_batches`](Self::dispatch_batches) goes event by event.)
     pub fn protocol(&self) -> String {
         self.opened()
             .map_or_else(String::new, |o| o.protocol.clone())
@@ -835,11 +836,16 @@ impl WebSocketRef {
         // set aside (see `EventBatches::receiver`); before, it finds nothing or a batch
         // that just came.
         for _ in 0..=batches.0.rx.len() {
-            let Ok(mut batch) = batches.try_recv() else {
+            // Each `Open` noted as it is handled, not all of a batch's at once: a batch
+            // may hold the end of one connection and the start of the next.
+            let Ok(mut batch) = batches.try_recv_untracked() else {
                 break;
             };
             n += batch.len();
             for event in batch.drain(..) {
+                if matches!(event, Event::Open) {
+                    self.shared.open_taken();
+                }
                 dispatch(self, handler, event);
             }
             batches.recycle(batch);

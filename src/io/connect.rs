@@ -72,6 +72,16 @@ impl IoThread {
         if !lookup.needs_names() {
             return self.resolved(lookup.run());
         }
+        let names = lookup.names();
+        if let Some((id, running)) = &self.io.lookup_running {
+            if *running == names {
+                // An earlier attempt's lookup of the same names still runs (it outlived
+                // that attempt's connect timeout): this attempt waits for it too, rather
+                // than start another thread that a stalled name server would hold as well.
+                self.phase = Phase::Resolving { id: *id };
+                return Ok(());
+            }
+        }
         self.io.lookups += 1;
         let id = self.io.lookups;
         let shared = Arc::downgrade(&self.io.shared);
@@ -83,6 +93,7 @@ impl IoThread {
         };
         match lookup.spawn(answer) {
             Ok(()) => {
+                self.io.lookup_running = Some((id, names));
                 self.phase = Phase::Resolving { id };
                 Ok(())
             }
@@ -97,6 +108,7 @@ impl IoThread {
         id: u64,
         answer: Result<Resolved, Error>,
     ) -> Result<(), End> {
+        self.io.lookup_answered(id);
         match self.phase {
             Phase::Resolving { id: awaited } if awaited == id => self.resolved(answer),
             _ => Ok(()),
@@ -733,6 +745,9 @@ struct Lookup {
     connect: (String, u16),
 }
 
+/// A [`Lookup`]'s hosts: the `socks5://` target's, and the one to connect to.
+pub(super) type LookupNames = (Option<(String, u16)>, (String, u16));
+
 /// What a [`Lookup`] found.
 #[derive(Debug)]
 pub(crate) struct Resolved {
@@ -741,6 +756,11 @@ pub(crate) struct Resolved {
 }
 
 impl Lookup {
+    /// The hosts to resolve, to tell one lookup from another.
+    fn names(&self) -> LookupNames {
+        (self.socks_target.clone(), self.connect.clone())
+    }
+
     /// Whether any of the hosts needs a lookup that may wait on the network: a name
     /// other than `localhost` (which the system's resolver answers from the hosts file;
     /// RFC 6761 §6.3) or any name for the builder's resolver.

@@ -113,6 +113,9 @@ struct Io {
     redirects: usize,
     /// DNS lookups started, to know the awaited one's answer (see `Phase::Resolving`).
     lookups: u64,
+    /// The lookup still running, if one is, and its hosts: a later attempt for the same
+    /// hosts waits for it (see `IoThread::resolve`).
+    lookup_running: Option<(u64, connect::LookupNames)>,
     /// The proxy this attempt tunnels through.
     proxy: Option<Proxy>,
     request: Option<Request>,
@@ -204,6 +207,7 @@ impl IoThread {
                 target,
                 redirects: 0,
                 lookups: 0,
+                lookup_running: None,
                 proxy: None,
                 request: None,
                 accept_key: String::new(),
@@ -698,6 +702,17 @@ impl Io {
         polled
     }
 
+    /// Lookup `id` has answered: it runs no more.
+    fn lookup_answered(&mut self, id: u64) {
+        if self
+            .lookup_running
+            .as_ref()
+            .is_some_and(|(running, _)| *running == id)
+        {
+            self.lookup_running = None;
+        }
+    }
+
     fn dropped(&mut self) {
         if self.drop_deadline.is_none() {
             self.drop_deadline = after(Instant::now(), Some(self.shared.config.close_timeout));
@@ -725,7 +740,8 @@ impl Io {
             match command {
                 Command::Close(_) => self.stopped = true,
                 Command::Drop => self.dropped(),
-                Command::Flush | Command::Ping | Command::Room | Command::Resolved(..) => {}
+                Command::Resolved(id, _) => self.lookup_answered(id),
+                Command::Flush | Command::Ping | Command::Room => {}
             }
         }
         *self.shared.lock_outbox() = Outbox::default();
@@ -808,9 +824,11 @@ impl Io {
                         return false;
                     }
                 }
-                // Sends and pings are refused while CLOSED (checked under the outbox lock);
-                // a lookup of the attempt that ended answers nobody.
-                Ok(Command::Flush | Command::Ping | Command::Resolved(..)) => {}
+                // A lookup of the attempt that ended answers nobody (the next attempt
+                // starts another).
+                Ok(Command::Resolved(id, _)) => self.lookup_answered(id),
+                // Sends and pings are refused while CLOSED (checked under the outbox lock).
+                Ok(Command::Flush | Command::Ping) => {}
             }
         }
     }

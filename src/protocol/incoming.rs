@@ -117,13 +117,26 @@ impl Partial {
 /// whole, which a server that never sends the rest puts off for ever, and a large frame
 /// only after buffering up to the message limit. The whole frame is checked again when
 /// it is complete (with the message's earlier fragments), so this only looks for errors.
-/// `continues`: the frame continues a text message, whose last character may be
-/// incomplete: the bytes that may end it are left to that final check.
-fn check_arriving(arrived: &[u8], checked: &mut usize, continues: bool) -> Result<(), Violation> {
-    if continues {
-        // (Counted again each time: they may arrive one by one.)
-        let ending = arrived.iter().take(3).take_while(|&&b| b & 0xC0 == 0x80);
-        *checked = (*checked).max(ending.count());
+/// `carry`: of a continuation frame, the message's last character so far when it is
+/// incomplete (at most 3 bytes): the frame's first bytes must end it.
+fn check_arriving(arrived: &[u8], checked: &mut usize, carry: &[u8]) -> Result<(), Violation> {
+    if *checked == 0 && !carry.is_empty() {
+        let width: usize = match carry[0] {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            _ => 4,
+        };
+        let want = width.saturating_sub(carry.len()).min(3);
+        let have = arrived.len().min(want);
+        let mut joined = [0u8; 7];
+        joined[..carry.len()].copy_from_slice(carry);
+        joined[carry.len()..carry.len() + have].copy_from_slice(&arrived[..have]);
+        match std::str::from_utf8(&joined[..carry.len() + have]) {
+            Err(e) if e.error_len().is_some() => return Err(invalid_utf8(e)),
+            // Still incomplete: looked at again with more.
+            _ if have < want => return Ok(()),
+            _ => *checked = want,
+        }
     }
     let Some(unchecked) = arrived.get(*checked..) else {
         return Ok(());
@@ -134,6 +147,18 @@ fn check_arriving(arrived: &[u8], checked: &mut usize, continues: bool) -> Resul
         Err(e) => return Err(invalid_utf8(e)),
     }
     Ok(())
+}
+
+/// Whether a data frame of `data` (with RSV1 as `rsv1`), with `partial` in progress, is
+/// uncompressed text: its bytes on the wire are the message's, and can be checked as
+/// they arrive. If so, the message's incomplete last character so far, for
+/// [`check_arriving`].
+fn plain_text(partial: &Option<Partial>, data: Data, rsv1: bool) -> Option<&[u8]> {
+    match (data, partial) {
+        (Data::Text, None) if !rsv1 => Some(&[]),
+        (Data::Continue, Some(p)) if p.text && !p.compressed => Some(&p.data[p.checked..]),
+        _ => None,
+    }
 }
 
 fn invalid_utf8(e: std::str::Utf8Error) -> Violation {
@@ -264,26 +289,15 @@ impl Reader {
         self.arrived_checked = 0;
     }
 
-    /// Whether a data frame of `data` (with RSV1 as `rsv1`) is uncompressed text: its
-    /// bytes on the wire are the message's, and can be checked as they arrive. Returns
-    /// whether it continues a message, if it is.
-    fn plain_text(&self, data: Data, rsv1: bool) -> Option<bool> {
-        match (data, &self.partial) {
-            (Data::Text, None) if !rsv1 => Some(false),
-            (Data::Continue, Some(p)) if p.text && !p.compressed => Some(true),
-            _ => None,
-        }
-    }
-
     /// The next frame or whole message from what was read; `Ok(None)` until more bytes
     /// come.
     pub fn next(&mut self, now: Instant) -> Result<Option<Incoming>, Violation> {
         loop {
             if let Some(large) = &self.large {
                 if large.filled < large.len {
-                    if let Some(continues) = self.plain_text(large.data, large.rsv1) {
+                    if let Some(carry) = plain_text(&self.partial, large.data, large.rsv1) {
                         let arrived = &large.payload[..large.filled];
-                        check_arriving(arrived, &mut self.arrived_checked, continues)?;
+                        check_arriving(arrived, &mut self.arrived_checked, carry)?;
                     }
                     #[cfg(feature = "deflate")]
                     self.inflate_arrived()?;
@@ -318,9 +332,9 @@ impl Reader {
                         self.start_large(&header, data, head, len, now);
                         continue;
                     }
-                    if let Some(continues) = self.plain_text(data, header.rsv1) {
+                    if let Some(carry) = plain_text(&self.partial, data, header.rsv1) {
                         let arrived = &self.input[head..];
-                        check_arriving(arrived, &mut self.arrived_checked, continues)?;
+                        check_arriving(arrived, &mut self.arrived_checked, carry)?;
                     }
                 }
                 self.fill_size = self.fill_size.max(head + len - self.input.len());

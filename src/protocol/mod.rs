@@ -298,6 +298,7 @@ impl Connection {
                 log::debug!("the server sent Close {} {:?}", close.code, close.reason);
                 self.next_ping = None;
                 self.pong_deadline = None;
+                self.out.peer_closed();
                 if self.write_error.is_some() {
                     // Its Close came before it went away; nothing can answer it now.
                     self.end(End::Clean(close));

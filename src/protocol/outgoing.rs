@@ -341,6 +341,19 @@ impl Output {
         }
     }
 
+    /// The server's Close came: if ours is out (or going), the closing handshake is over
+    /// and pongs still waiting are dropped, as tungstenite drops them (the server has
+    /// ended its side; RFC 6455 §5.5.2 answers no ping after its Close). Before ours,
+    /// they go ahead of it, as they did.
+    pub fn peer_closed(&mut self) {
+        if matches!(self.close, CloseOut::Writing | CloseOut::Written) {
+            self.pongs.clear();
+            if self.staged_kind != Some(Staged::Pong) {
+                self.owed_since = None;
+            }
+        }
+    }
+
     /// Queues the pings `ping` accepted that still wait, just before our Close is
     /// queued: past [`PINGS`] this once (none accepted is dropped). Bounded all the same:
     /// `ping` holds at most [`PINGS`] and refuses more once the connection is closing.

@@ -1245,3 +1245,65 @@ fn after_a_failed_write_what_was_read_still_counts() {
     c.write_failed(pipe(), now);
     assert!(matches!(ended(&events(&mut c)), Some(End::Clean(e)) if e.code == 1000));
 }
+
+/// RFC 6455 §5.5.2: a Ping is answered "unless it already received a Close frame". After
+/// our Close, a ping that comes in the same read as the server's Close is not answered
+/// once that Close is in: the server has ended its side (tungstenite drops a pending pong
+/// when the Close arrives). Before pongs were written after our Close, none was.
+#[test]
+fn no_pong_is_written_after_the_servers_close() {
+    let mut c = conn();
+    let now = Instant::now();
+    c.close(Some((1000, "")), now);
+    assert_eq!(written(&mut c), [(0x88, vec![0x03, 0xe8])]);
+    feed(
+        &mut c,
+        &[frame(0x89, b"p"), frame(0x88, &[0x03, 0xe8])].concat(),
+    );
+    let _ = events(&mut c);
+    assert_eq!(written(&mut c), [], "a pong after the server's Close");
+}
+
+/// Invalid UTF-8 at the start of a continuation frame fails as it arrives too, as it
+/// does anywhere else in the frame: `check_arriving` skips up to three leading
+/// continuation bytes of a continuation frame whatever the message's earlier fragments
+/// left incomplete (nothing, or a lead byte that wants one more), so stray bytes there,
+/// followed by valid text, hold the connection until the frame is whole, which a
+/// server that stalls never makes it. Small and large (own buffer) frames.
+#[test]
+fn invalid_bytes_opening_a_continuation_fail_as_they_arrive() {
+    let header = |first: u8, len: usize| -> Vec<u8> {
+        let mut f = frame(first, &vec![b'x'; len]);
+        f.truncate(f.len() - len);
+        f
+    };
+    for len in [100, 60_000] {
+        for (what, first, bad) in [
+            (
+                "after a whole character",
+                &b"ok"[..],
+                &b"\x80\x80 and more"[..],
+            ),
+            (
+                "after a 2-byte lead",
+                &b"caf\xC3"[..],
+                &b"\xA9\x80\x80 and more"[..],
+            ),
+        ] {
+            let mut wire = [frame(0x01, first), header(0x80, len)].concat();
+            wire.extend_from_slice(bad);
+            let mut c = conn();
+            feed(&mut c, &wire);
+            let got = events(&mut c);
+            assert!(
+                matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
+                "{what}, {len} bytes: {got:?}"
+            );
+            assert_eq!(
+                written(&mut c),
+                [(0x88, 1007u16.to_be_bytes().to_vec())],
+                "{what}, {len} bytes"
+            );
+        }
+    }
+}

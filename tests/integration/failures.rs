@@ -463,3 +463,46 @@ fn a_custom_resolver_is_used_for_host_names() {
     drop(ws);
     server.join();
 }
+
+/// With reconnect, a name server that does not answer costs one thread, not one per
+/// attempt: each attempt that times out leaves its lookup running, and the next attempt
+/// for the same name waits for that one instead of starting another (until 2026-12-07
+/// they piled up, 4 after 4 attempts; found by a review helper).
+#[test]
+fn reconnecting_past_a_stalled_resolver_keeps_one_dns_thread() {
+    let _g = exclusive();
+    let (release, release_rx) = crossbeam_channel::bounded::<()>(0);
+    let (calls_tx, calls) = crossbeam_channel::unbounded();
+    let before = crate_threads();
+    let (ws, events) = WebSocket::builder()
+        .resolver(stalled_resolver(release_rx, calls_tx))
+        .connect_timeout(Duration::from_millis(100))
+        .reconnect(
+            nwebsocket::Reconnect::new()
+                .initial_delay(Duration::from_millis(10))
+                .max_delay(Duration::from_millis(10))
+                .jitter(0.0),
+        )
+        .open_pull("ws://stalled.invalid:9/")
+        .expect("open");
+    calls.recv_timeout(WAIT).expect("the resolver was asked");
+    // Four attempts fail on the connect timeout.
+    let mut timeouts = 0;
+    while timeouts < 4 {
+        match events.recv_timeout(WAIT).expect("an event") {
+            Event::Error(Error::Timeout(Timeout::Connect)) => timeouts += 1,
+            Event::Close(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let dns: Vec<_> = crate_threads()
+        .into_iter()
+        .filter(|t| !before.contains(t) && t.1 == "nwebsocket-dns")
+        .collect();
+    let asked = 1 + calls.try_iter().count();
+    ws.close();
+    drop(ws);
+    while release.send_timeout((), Duration::from_millis(200)).is_ok() {}
+    assert!(dns.len() <= 1, "{} DNS threads: {dns:?}", dns.len());
+    assert_eq!(asked, 1, "the resolver was asked {asked} times");
+}

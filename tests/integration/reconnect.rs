@@ -1094,6 +1094,50 @@ fn a_late_onopen_on_the_callback_thread_sees_its_own_connections_handshake() {
     server.join();
 }
 
+/// As above, with batches and `dispatch_batches`: each callback sees its own
+/// connection's handshake, `onclose` of the first included (the `Open`s are noted event
+/// by event as they are handled, in case a batch holds the end of one connection and the
+/// start of the next).
+#[test]
+fn dispatch_batches_sees_each_connections_handshake_event_by_event() {
+    let _g = shared();
+    let server = alpha_then_beta_server();
+    let (ws, batches) = WebSocket::builder()
+        .subprotocol("alpha")
+        .subprotocol("beta")
+        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
+        .connect_batches(&server.url_with("/"))
+        .expect("connect");
+    // (The second connection is made once the consumer has taken the first one's end,
+    // which may come in the batch of its `Open`.)
+    struct Seen(Vec<(&'static str, String)>);
+    impl nwebsocket::Handler for Seen {
+        fn onopen(&mut self, ws: &nwebsocket::WebSocketRef) {
+            self.0.push(("open", ws.protocol()));
+        }
+        fn onclose(&mut self, ws: &nwebsocket::WebSocketRef, _: nwebsocket::CloseEvent) {
+            self.0.push(("close", ws.protocol()));
+        }
+    }
+    let mut seen = Seen(Vec::new());
+    assert!(eventually(WAIT, || {
+        ws.dispatch_batches(&batches, &mut seen);
+        seen.0.len() >= 3
+    }));
+    assert_eq!(
+        seen.0,
+        [
+            ("open", "alpha".to_owned()),
+            ("close", "alpha".to_owned()),
+            ("open", "beta".to_owned())
+        ]
+    );
+    ws.close();
+    assert!(ws.wait_closed_timeout(WAIT).is_some());
+    drop(ws);
+    server.join();
+}
+
 /// Two connections: the first chooses "alpha" and permessage-deflate and is then lost,
 /// the second chooses "beta" and no extension.
 fn alpha_then_beta_server() -> MultiServer<()> {
