@@ -1004,6 +1004,17 @@ impl Outlet {
         false
     }
 
+    /// Asks the consumer's next take to wake this thread, in either style: `Some(false)`
+    /// if it took something meanwhile, `None` if its takes cannot wake anyone (pull
+    /// style's raw receiver was used).
+    pub fn wake_when_taken(&mut self) -> Option<bool> {
+        match self {
+            Outlet::Events(pull) if pull.raw() => None,
+            Outlet::Events(pull) => Some(pull.wake_on_take()),
+            Outlet::Batches { .. } => Some(self.wake_on_take()),
+        }
+    }
+
     /// The wait for the consumer's take is over (woken, or for another reason).
     pub fn stop_waking_on_take(&self) {
         match self {

@@ -171,6 +171,10 @@ pub enum Error {
         /// `serde_json`'s error, if any.
         #[source]
         source: Option<Source>,
+        /// [`request`](crate::WebSocketRef::request)'s reply, whole, when it does not fit
+        /// the type asked for (a server's error answer, say): taken from the stream as the
+        /// reply, it is not delivered as a message.
+        reply: Option<crate::message::Message>,
     },
     /// A callback panicked; the panic was caught and the connection carries on.
     #[error("a callback panicked: {0}")]
@@ -305,6 +309,7 @@ impl Error {
         Error::Json {
             message: message.into(),
             source,
+            reply: None,
         }
     }
 

@@ -253,7 +253,8 @@ impl WebSocketRef {
     ///
     /// [`Error::Json`] if `value` is not a JSON object, already has the id field (it is
     /// never overwritten: a caller's own `"id"` would otherwise vanish silently), or the
-    /// reply does not fit `R`;
+    /// reply does not fit `R` (the reply is then in its `reply` field, whole: a server's
+    /// error answer is not lost);
     /// [`Error::Send`] if it cannot be sent (with
     /// [`SendError::TimedOut`](crate::SendError::TimedOut) when the outgoing buffer stays
     /// above its high-water mark for the whole timeout); [`Error::Timeout`]
@@ -316,7 +317,15 @@ impl WebSocketRef {
                 .recv()
                 .map_err(|_| Error::InvalidState(ReadyState::Closed))?,
         };
-        reply.json()
+        match reply.json() {
+            Ok(value) => Ok(value),
+            Err(Error::Json { source, .. }) => Err(Error::Json {
+                message: "the reply is not the JSON expected".into(),
+                source,
+                reply: Some(reply),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes a pending request; `true` if it was still pending.
@@ -379,6 +388,51 @@ fn extract_id(text: &str, field: &str) -> Option<u64> {
 
 struct IdSeed<'f>(&'f str);
 
+/// The id field's value: a `u64`, or anything else, skipped without being built.
+struct IdField;
+
+impl<'de> DeserializeSeed<'de> for IdField {
+    type Value = Option<u64>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdField {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Option<u64>, E> {
+        Ok(Some(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+}
+
 impl<'de> DeserializeSeed<'de> for IdSeed<'_> {
     type Value = Option<u64>;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
@@ -399,7 +453,9 @@ impl<'de> Visitor<'de> for IdSeed<'_> {
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == self.0 {
                 seen += 1;
-                found = map.next_value::<Value>()?.as_u64();
+                // Read without building it: a huge or deeply nested value here costs no
+                // memory (a `Value` of a 16 MiB id would have cost hundreds of MiB).
+                found = map.next_value_seed(IdField)?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -450,6 +506,12 @@ mod tests {
         assert_eq!(extract_id("[1,2]", "id"), None);
         assert_eq!(extract_id("not json", "id"), None);
         assert_eq!(extract_id(r#""str""#, "id"), None);
+        assert_eq!(extract_id(r#"{"id":[[],[{"a":1}],{}]}"#, "id"), None);
+        assert_eq!(extract_id(r#"{"id":{"id":3}}"#, "id"), None);
+        assert_eq!(extract_id(r#"{"id":-3}"#, "id"), None);
+        assert_eq!(extract_id(r#"{"id":3.5}"#, "id"), None);
+        assert_eq!(extract_id(r#"{"id":null,"x":1}"#, "id"), None);
+        assert_eq!(extract_id(r#"{"id":7,"id":7}"#, "id"), None);
     }
 
     #[test]

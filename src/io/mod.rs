@@ -438,11 +438,25 @@ impl IoThread {
         } else if held && (self.io.draining || self.io.requests_waiting() || pong_watch) {
             // Closing, a request waits, or a pong is looked for (the socket drained, short
             // of the bound): the socket is read whatever the consumer does (the answer
-            // must be seen), and the events wait; look for room for them now and then
-            // (each ends within its own timeout).
+            // must be seen), and the events wait for room, which the consumer's next take
+            // makes and wakes this thread for. (Until 2026-12-07 it looked every 5 ms,
+            // 200 wake-ups a second for as long as a request waited on a consumer busy
+            // elsewhere.) Takes through the raw receiver wake nobody: then it looks again
+            // after `RETRY`.
             self.io.deliver_pending();
-            let soon = Instant::now() + RETRY;
-            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+            if !self.io.pending.is_empty() {
+                match self.io.outlet.wake_when_taken() {
+                    Some(true) => take_wanted = true,
+                    Some(false) => {
+                        self.io.deliver_pending(); // taken meanwhile
+                        return Ok(());
+                    }
+                    None => {
+                        let soon = Instant::now() + RETRY;
+                        deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+                    }
+                }
+            }
         } else if held {
             // The outlet is full: it takes no more until the consumer makes room.
             if self.io.consumer_keeps_up {

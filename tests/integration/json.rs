@@ -538,3 +538,91 @@ fn a_requests_timeout_bounds_its_send() {
     drop(ws);
     server.join();
 }
+
+// Found by an audit of the JSON helpers (2026-12-07); each failed before its fix.
+
+/// Pull style, a caller busy elsewhere (its queue full, nothing taken) while another thread
+/// waits on a `request` the server takes its time to answer: the I/O thread has nothing to
+/// do but wait for the socket, the consumer's take or the request's end. It must not wake
+/// up every few milliseconds meanwhile (DESIGN: no CPU while idle; the README: "It sleeps
+/// meanwhile and is woken when you make room").
+#[test]
+fn a_pending_request_with_the_queue_full_does_not_wake_the_io_thread_every_5_ms() {
+    let _g = exclusive();
+    let (asked_tx, asked) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        for n in 0..100 {
+            let m = json!({"type": "noise", "n": n}).to_string();
+            ws.write(tungstenite::Message::text(m))
+                .expect("server: noise");
+        }
+        ws.flush().expect("server: flush");
+        // Reads the request (the client reads the rest of the flood to send it), then
+        // answers nothing until the client closes.
+        let request = ws.read().expect("server: the request");
+        assert!(request.is_text());
+        asked_tx.send(()).unwrap();
+        read_until_close(&mut ws);
+    });
+    let before = crate_threads();
+    let (ws, events) = WebSocket::builder()
+        .incoming_queue(8)
+        .connect_pull(&server.url())
+        .expect("connect");
+    let (io, name) = new_crate_threads(&before, 1).remove(0);
+    assert!(
+        eventually(WAIT, || events.len() >= 8),
+        "the queue never filled"
+    );
+    let asker = {
+        let ws = ws.downgrade();
+        thread::spawn(move || ws.request::<_, Value>(&json!({"q": 1}), Duration::from_secs(60)))
+    };
+    asked
+        .recv_timeout(WAIT)
+        .expect("the server got the request");
+    let switches0 = thread_switches(io);
+    thread::sleep(Duration::from_secs(1)); // the window measured
+    let switches = thread_switches(io) - switches0;
+    ws.close();
+    let r = asker.join().unwrap();
+    assert!(matches!(r, Err(Error::InvalidState(_))), "{r:?}");
+    // Idle but for the rest of the flood read at the start: a handful. Polling every
+    // 5 ms (`RETRY`): about 200.
+    assert!(
+        switches < 20,
+        "{name} woke up {switches} times in 1 s while a request waited and the consumer took nothing"
+    );
+    drop(events);
+    server.join();
+}
+
+/// A reply that carries the right id but does not fit `R` (a server's error answer, say)
+/// is taken from the stream and turned into `Error::Json`: its text must not vanish (DESIGN:
+/// "nothing is lost"). It is neither in the error nor delivered as a message.
+#[test]
+fn a_reply_that_does_not_fit_r_is_not_lost() {
+    #[derive(Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Users {
+        users: Vec<String>,
+    }
+    let _g = shared();
+    let server =
+        answering_server(|id| vec![format!(r#"{{"id":{id},"error":"forbidden: ask nicely"}}"#)]);
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    let r = ws.request::<_, Users>(&json!({"type": "query"}), WAIT);
+    let err = r.expect_err("the reply does not fit");
+    assert!(matches!(err, Error::Json { .. }), "{err:?}");
+    ws.close();
+    let delivered = events_until_close(&events);
+    let in_error = format!("{err:?} {}", err.chain());
+    let in_events = delivered.iter().any(
+        |e| matches!(e, Event::Message(m) if m.as_text().is_some_and(|t| t.contains("forbidden"))),
+    );
+    assert!(
+        in_error.contains("forbidden") || in_events,
+        "the server's reply is gone: error {in_error}; events {delivered:?}"
+    );
+    server.join();
+}
