@@ -813,9 +813,15 @@ impl EventBatches {
         }
     }
 
-    /// Notes the `Open` events of a batch taken (see [`Shared::open_taken`]).
+    /// Notes the `Open` events of a batch taken (see [`Shared::open_taken`]); none to look
+    /// for unless one was handed over and not taken yet (a flood's batches are not walked).
     fn taken(&self, batch: Vec<Event>) -> Vec<Event> {
-        if let Some(shared) = &self.0.shared {
+        if let Some(shared) = self
+            .0
+            .shared
+            .as_ref()
+            .filter(|s| s.opens_untaken.load(SeqCst) > 0)
+        {
             for _ in batch.iter().filter(|e| matches!(e, Event::Open)) {
                 shared.open_taken();
             }

@@ -146,6 +146,9 @@ pub(crate) struct Shared {
     drained: (Mutex<()>, Condvar),
     /// The connections' handshakes.
     opens: Mutex<Opens>,
+    /// `opens.untaken.len()`, for takes to skip looking for `Open`s when none can be
+    /// there (written under the lock).
+    pub opens_untaken: AtomicUsize,
     status: Mutex<Status>,
     status_changed: Condvar,
     /// Callers of `request` waiting for a reply, by correlation id.
@@ -233,11 +236,10 @@ impl Shared {
         if opens.untaken.len() == UNTAKEN_OPENS {
             opens.untracked = true;
             opens.untaken.clear();
-            return;
-        }
-        if let Some(latest) = opens.latest.clone() {
+        } else if let Some(latest) = opens.latest.clone() {
             opens.untaken.push_back(latest);
         }
+        self.opens_untaken.store(opens.untaken.len(), SeqCst);
     }
 
     /// The consumer took an `Open` event: its callbacks see that connection's handshake.
@@ -247,6 +249,7 @@ impl Shared {
         if let Some(opened) = opens.untaken.pop_front() {
             opens.taken = Some(opened);
         }
+        self.opens_untaken.store(opens.untaken.len(), SeqCst);
     }
 
     /// Takes may go unseen from now on (the raw receiver is used).
@@ -254,6 +257,7 @@ impl Shared {
         let mut opens = self.opens();
         opens.untracked = true;
         opens.untaken.clear();
+        self.opens_untaken.store(0, SeqCst);
     }
 
     /// The handshake a caller sees: in a callback, that of the connection whose events
@@ -1306,6 +1310,7 @@ fn start(
         drain_waiters: AtomicUsize::new(0),
         drained: (Mutex::new(()), Condvar::new()),
         opens: Mutex::new(Opens::default()),
+        opens_untaken: AtomicUsize::new(0),
         status: Mutex::new(Status::default()),
         status_changed: Condvar::new(),
         outbox: Padded(Mutex::new(Outbox::default())),
