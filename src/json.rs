@@ -55,7 +55,8 @@ type OnClose = Box<dyn FnMut(&WebSocketRef, CloseEvent) + Send>;
 /// Each text message that is a JSON object with a string `"type"` goes to the closure
 /// registered for that type, deserialized into the closure's argument type. Everything
 /// else (an unknown type, non-JSON text, binary, or JSON that does not fit the closure's
-/// type) goes to the [fallback](Router::fallback), so nothing is lost.
+/// type) goes to the [fallback](Router::fallback), so nothing is lost (without one it is
+/// logged at `debug`).
 ///
 /// ```
 /// use nwebsocket::{Router, WebSocketRef};
