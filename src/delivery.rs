@@ -75,6 +75,8 @@ pub(crate) enum Outlet {
         take_wanted: Arc<AtomicBool>,
         /// Set when the consumer's end ([`Batches`]) is dropped.
         gone: Arc<AtomicBool>,
+        /// Set once [`EventBatches::receiver`] was used: takes through it wake nobody.
+        raw: Arc<AtomicBool>,
     },
 }
 
@@ -694,6 +696,8 @@ pub(crate) struct Batches {
     pub shared: Option<Arc<Shared>>,
     /// See [`Outlet::Batches`]: set when this is dropped.
     gone: Arc<AtomicBool>,
+    /// See [`Outlet::Batches`]: set once the raw receiver was used.
+    raw: Arc<AtomicBool>,
 }
 
 impl Drop for Batches {
@@ -835,10 +839,25 @@ impl EventBatches {
     /// callbacks then see the latest connection's
     /// [`protocol`](crate::WebSocketRef::protocol) rather than their own.
     pub fn receiver(&self) -> &Receiver<Vec<Event>> {
-        if let Some(shared) = &self.0.shared {
-            shared.untrack_opens();
+        if !self.0.raw.load(Relaxed) {
+            self.first_raw_use();
         }
         &self.0.rx
+    }
+
+    /// From now on takes may wake nobody: an I/O thread waiting for the next take is
+    /// woken to wait again with a timer. (It reads `raw` after arming `take_wanted`, and
+    /// this swaps `take_wanted` after storing `raw`: either it sees `raw`, or this sees it
+    /// wait. As `Events::first_raw_use`.)
+    #[cold]
+    fn first_raw_use(&self) {
+        self.0.raw.store(true, SeqCst);
+        if let Some(shared) = &self.0.shared {
+            shared.untrack_opens();
+            if self.0.take_wanted.swap(false, SeqCst) {
+                shared.enqueue(Command::Room);
+            }
+        }
     }
 
     /// Hands an emptied batch back (its events are dropped if any are left), so that
@@ -931,6 +950,7 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
     let tail = Arc::new(Mutex::new(Vec::new()));
     let take_wanted = Arc::new(AtomicBool::new(false));
     let gone = Arc::new(AtomicBool::new(false));
+    let raw = Arc::new(AtomicBool::new(false));
     let outlet = Outlet::Batches {
         tx,
         spare,
@@ -939,6 +959,7 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
         tail: Arc::clone(&tail),
         take_wanted: Arc::clone(&take_wanted),
         gone: Arc::clone(&gone),
+        raw: Arc::clone(&raw),
     };
     (
         outlet,
@@ -950,6 +971,7 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
             take_wanted,
             shared: None,
             gone,
+            raw,
         },
     )
 }
@@ -1014,11 +1036,20 @@ impl Outlet {
     /// if it took something meanwhile, `None` if its takes cannot wake anyone (pull
     /// style's raw receiver was used).
     pub fn wake_when_taken(&mut self) -> Option<bool> {
-        match self {
-            Outlet::Events(pull) if pull.raw() => None,
-            Outlet::Events(pull) => Some(pull.wake_on_take()),
-            Outlet::Batches { .. } => Some(self.wake_on_take()),
+        // Armed first, `raw` read after (see `Events::first_raw_use`).
+        let armed = match self {
+            Outlet::Events(pull) => pull.wake_on_take(),
+            Outlet::Batches { .. } => self.wake_on_take(),
+        };
+        let raw = match self {
+            Outlet::Events(pull) => pull.raw(),
+            Outlet::Batches { raw, .. } => raw.load(SeqCst),
+        };
+        if raw {
+            self.stop_waking_on_take();
+            return None;
         }
+        Some(armed)
     }
 
     /// The wait for the consumer's take is over (woken, or for another reason).

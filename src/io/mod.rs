@@ -113,6 +113,9 @@ struct Io {
     redirects: usize,
     /// DNS lookups started, to know the awaited one's answer (see `Phase::Resolving`).
     lookups: u64,
+    /// In batches, how many events waited behind the untaken batch when the socket was
+    /// last left unwatched (see `Io::moderation`).
+    moderated_behind: Option<usize>,
     /// The lookup still running, if one is, and its hosts: a later attempt for the same
     /// hosts waits for it (see `IoThread::resolve`).
     lookup_running: Option<(u64, connect::LookupNames)>,
@@ -207,6 +210,7 @@ impl IoThread {
                 target,
                 redirects: 0,
                 lookups: 0,
+                moderated_behind: None,
                 lookup_running: None,
                 proxy: None,
                 request: None,
@@ -868,6 +872,7 @@ impl Io {
         self.draining = false;
         self.full_since = None;
         self.warned_full = false;
+        self.moderated_behind = None;
         self.connect_deadline = after(Instant::now(), Some(self.shared.config.connect_timeout));
         self.handshake_deadline = None;
         self.shared
@@ -1104,8 +1109,16 @@ impl Io {
             // A batch untaken with events behind it: the consumer did not take it while
             // this thread gave it the CPU (`wait`). Not while nothing new waits: a batch
             // left untaken (an `Open` nobody takes while sending, say) would make every
-            // wait stop and start watching the socket again, for nothing.
-            Outlet::Batches { .. } => !self.pending.is_empty() && self.outlet.batch_untaken(),
+            // wait stop and start watching the socket again, for nothing. Nor again once
+            // a wait without the socket brought nothing (the events behind the batch are
+            // as many as then), as pull style's `busy_since`: a caller that takes nothing
+            // from a silent server had this thread wake every `MODERATE`, 800-900 times a
+            // second, until 2026-12-07.
+            Outlet::Batches { .. } => {
+                !self.pending.is_empty()
+                    && self.outlet.batch_untaken()
+                    && self.moderated_behind != Some(self.pending.len())
+            }
         };
         if !busy {
             return None;
@@ -1122,8 +1135,9 @@ impl Io {
             self.outlet.stop_waking_on_take();
             return None;
         }
-        if let Outlet::Events(pull) = &mut self.outlet {
-            pull.moderating();
+        match &mut self.outlet {
+            Outlet::Events(pull) => pull.moderating(),
+            Outlet::Batches { .. } => self.moderated_behind = Some(self.pending.len()),
         }
         Some(now + MODERATE)
     }

@@ -231,3 +231,74 @@ fn a_refused_connection_gives_error_then_close_in_a_batch() {
         "{events:?}"
     );
 }
+
+// Review of 85f641e (2026-12-07): the wake-up that replaced `RETRY` in `IoThread::wait`.
+
+/// Closing while the consumer takes every batch through the raw receiver (`select!`), the
+/// server's Close behind more messages than the I/O thread reads past the consumer
+/// (`DRAIN_EVENTS`, 65,536): the consumer makes room batch after batch, so the server's
+/// Close must be read and the close end cleanly, after every message. Raw takes never send
+/// the `Command::Room` that `Outlet::wake_when_taken` asked for, and nothing else looks
+/// again (no `RETRY` since 85f641e): the I/O thread sleeps until the close timeout.
+#[test]
+fn closing_behind_a_flood_ends_cleanly_when_batches_are_taken_through_the_raw_receiver() {
+    let _g = exclusive();
+    const NOISE: usize = 70_000;
+    let (sent_tx, sent) = nwebsocket::crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        for n in 0..NOISE {
+            ws.write(tungstenite::Message::text(n.to_string()))
+                .expect("server: noise");
+        }
+        ws.flush().expect("server: flush");
+        sent_tx.send(()).unwrap();
+        read_until_close(&mut ws); // answers the client's Close
+    });
+    let before = crate_threads();
+    let (ws, batches) = WebSocket::builder()
+        .close_timeout(Duration::from_secs(5))
+        .connect_batches(&server.url())
+        .expect("connect");
+    let (io, _) = new_crate_threads(&before, 1).remove(0);
+    sent.recv_timeout(WAIT).expect("the server sent the flood");
+    rested_or_gone(io, Duration::from_millis(200), Duration::from_secs(2));
+    let closing = std::time::Instant::now();
+    ws.close();
+    // It reads on past the consumer up to its bound, and sleeps (or, before 85f641e, looks
+    // for room every 5 ms).
+    rested_or_gone(io, Duration::from_millis(200), Duration::from_secs(2));
+    let rx = batches.receiver();
+    let mut messages = 0;
+    let mut close = None;
+    while close.is_none() {
+        let batch = match rx.recv_timeout(WAIT) {
+            Ok(batch) => batch,
+            // The connection's last events, set aside (see `EventBatches::receiver`).
+            Err(nwebsocket::crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                match batches.try_recv() {
+                    Ok(batch) => batch,
+                    Err(_) => break,
+                }
+            }
+            Err(e) => panic!("no batch within {WAIT:?}: {e}"),
+        };
+        for event in batch {
+            match event {
+                Event::Message(_) => {
+                    assert!(close.is_none(), "a message after Close");
+                    messages += 1;
+                }
+                Event::Close(c) => close = Some(c),
+                _ => {}
+            }
+        }
+    }
+    let took = closing.elapsed();
+    let close = close.expect("a Close event");
+    assert!(
+        messages == NOISE && close.was_clean && close.code == 1000,
+        "the server answered the Close behind {NOISE} messages, but the close ended \
+         {close:?} after {took:?}, with {messages} of them delivered"
+    );
+    server.join();
+}

@@ -626,3 +626,79 @@ fn a_reply_that_does_not_fit_r_is_not_lost() {
     );
     server.join();
 }
+
+// Review of 85f641e (2026-12-07): the wake-up that replaced `RETRY` in `IoThread::wait`.
+
+/// Batches taken through the raw receiver (`EventBatches::receiver`, documented for
+/// `select!`) while a `request` waits whose reply comes behind more messages than the I/O
+/// thread reads past the consumer (`DRAIN_EVENTS`, 65,536): each batch the consumer takes
+/// makes room, so the rest, and the reply, must come. Raw takes do not run
+/// `Batches::took`, so they never send the `Command::Room` that `wake_when_taken` asked
+/// for, and since 85f641e nothing else (no `RETRY`) looks again.
+#[test]
+fn a_request_behind_a_flood_is_answered_when_batches_are_taken_through_the_raw_receiver() {
+    let _g = exclusive();
+    const NOISE: usize = 70_000;
+    let (sent_tx, sent) = crossbeam_channel::bounded::<()>(1);
+    let server = server(move |mut ws| {
+        let id = loop {
+            let msg = ws.read().expect("server: the request");
+            if let Some(id) = msg
+                .to_text()
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                .and_then(|v| v["id"].as_u64())
+            {
+                break id;
+            }
+        };
+        for n in 0..NOISE {
+            ws.write(tungstenite::Message::text(n.to_string()))
+                .expect("server: noise");
+        }
+        let reply = json!({"id": id, "ok": true}).to_string();
+        ws.write(tungstenite::Message::text(reply))
+            .expect("server: reply");
+        ws.flush().expect("server: flush");
+        sent_tx.send(()).unwrap();
+        read_until_close(&mut ws);
+    });
+    let before = crate_threads();
+    let (ws, batches) = WebSocket::builder()
+        .connect_batches(&server.url())
+        .expect("connect");
+    let (io, _) = new_crate_threads(&before, 1).remove(0);
+    let asker = {
+        let ws = ws.downgrade();
+        thread::spawn(move || ws.request::<_, Value>(&json!({"q": 1}), Duration::from_secs(30)))
+    };
+    sent.recv_timeout(WAIT)
+        .expect("the server sent the flood and the reply");
+    // The I/O thread reads up to its bound past the consumer, and sleeps (or, before
+    // 85f641e, looks for room every 5 ms).
+    rested_or_gone(io, Duration::from_millis(200), Duration::from_secs(2));
+    let rx = batches.receiver();
+    let deadline = Instant::now() + WAIT;
+    let mut messages = 0;
+    while messages < NOISE {
+        match rx.recv_deadline(deadline) {
+            Ok(batch) => {
+                messages += batch
+                    .iter()
+                    .filter(|e| matches!(e, Event::Message(_)))
+                    .count()
+            }
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        messages, NOISE,
+        "the consumer took every batch through the raw receiver, but only {messages} of \
+         {NOISE} messages came within {WAIT:?}"
+    );
+    let r = asker.join().unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    ws.close();
+    drop(batches);
+    server.join();
+}

@@ -766,3 +766,28 @@ pub fn flooding_server(
     });
     (server, blocked_rx)
 }
+
+/// Waits until thread `tid` has not been scheduled for `quiet` in a row, or has ended, at
+/// most `max`: for a test that must let a thread reach a resting point it cannot observe
+/// otherwise, and that goes on either way (a thread that polls never rests).
+pub fn rested_or_gone(tid: u32, quiet: Duration, max: Duration) {
+    let switches = || {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+    };
+    let deadline = Instant::now() + max;
+    let mut last = switches();
+    while last.is_some() && Instant::now() < deadline {
+        thread::sleep(quiet);
+        let now = switches();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}

@@ -1191,3 +1191,45 @@ fn a_waiting_request_with_the_consumer_stalled_does_not_make_the_io_thread_tick(
     drop(ws);
     server.join();
 }
+
+/// Batches (`connect_batches`), a caller busy elsewhere that takes nothing, not even the
+/// first batch, while a few messages wait behind it and the server then says nothing: the
+/// I/O thread has nothing to do until the caller takes or the server sends. It must not
+/// wake every millisecond meanwhile (DESIGN rule 13: no CPU while idle); pull style stops
+/// once a wait without the socket brought nothing (`Pull::busy_since`), batches do not.
+#[test]
+fn a_batches_caller_that_takes_nothing_does_not_make_an_idle_io_thread_tick() {
+    let _g = exclusive();
+    let (sent_tx, sent) = crossbeam_channel::bounded(1);
+    let server = server(move |mut ws| {
+        for i in 0..3 {
+            ws.send(tungstenite::Message::text(i.to_string())).unwrap();
+        }
+        sent_tx.send(()).unwrap();
+        read_until_close(&mut ws);
+    });
+    let before = crate_threads();
+    let (ws, batches) = WebSocket::builder()
+        .connect_batches(&server.url())
+        .expect("connect");
+    let (io, name) = new_crate_threads(&before, 1).remove(0);
+    sent.recv_timeout(WAIT).expect("the server sent");
+    // A batch waits untaken (its `Debug` shows the channel's length).
+    assert!(
+        eventually(WAIT, || format!("{batches:?}").contains("waiting: 1")),
+        "no batch came"
+    );
+    // Reading the 3 messages behind it: well under this.
+    thread::sleep(Duration::from_millis(200));
+    let switches0 = thread_switches(io);
+    thread::sleep(Duration::from_secs(1)); // the window measured
+    let switches = thread_switches(io) - switches0;
+    // Waking every millisecond (`MODERATE`) is about 1000; idle is a handful.
+    assert!(
+        switches < 20,
+        "{name} woke up {switches} times in 1 s with nothing to do but wait for the caller"
+    );
+    ws.close();
+    drop(batches);
+    server.join();
+}
