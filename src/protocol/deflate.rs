@@ -240,14 +240,15 @@ fn run_inflate(
             out.reserve_exact(room);
         }
         let (before_in, before_out) = (d.total_in(), out.len());
-        let status = d
-            .decompress_vec(input, out, FlushDecompress::Sync)
-            .map_err(corrupt)?;
-        let used = (d.total_in() - before_in) as usize;
-        input = &input[used..];
+        let status = d.decompress_vec(input, out, FlushDecompress::Sync);
+        // What inflated before an error counts first: past the limit, that is the first
+        // violation in the stream (1009), the corrupt data after it the second.
         if out.len() > limit {
             return Err(too_big(out.len(), limit));
         }
+        let status = status.map_err(corrupt)?;
+        let used = (d.total_in() - before_in) as usize;
+        input = &input[used..];
         let stalled = used == 0 && out.len() == before_out;
         if status == Status::StreamEnd {
             // A final block (BFINAL) ended the stream: what follows starts a new one.
@@ -524,6 +525,35 @@ mod tests {
                 out
             })
             .collect()
+    }
+
+    /// Past the limit before corrupt data in the same inflate call: the limit is the
+    /// first violation (1009), as the fuzz harness's reference reads it (found by the CI
+    /// fuzz pass, 2026-12-07: the client reported the corrupt block, 1007).
+    #[test]
+    fn output_past_the_limit_counts_before_corrupt_data_after_it() {
+        let params = Params {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        };
+        // A stored block of 11 bytes, then a block of the reserved type 3: the output
+        // fills the 11 bytes of room (the limit and the byte that shows it passed), and
+        // the inflater reads the next block's header in the same call, needing no room.
+        let mut raw = vec![0x00, 11, 0, !11, 0xff];
+        raw.extend_from_slice(&[b'x'; 11]);
+        raw.push(0x07);
+        let mut out = Vec::new();
+        let err = Inflater::new(&params)
+            .inflate(&raw, false, &mut out, 10)
+            .unwrap_err();
+        assert_eq!(err.code, 1009, "{:?}", err.error);
+        let mut out = Vec::new();
+        let err = Inflater::new(&params)
+            .inflate(&raw, false, &mut out, 100)
+            .unwrap_err();
+        assert_eq!(err.code, 1007, "{:?}", err.error);
     }
 
     #[test]
