@@ -361,35 +361,42 @@ fn malformed_frames_fail_with_the_right_code() {
 /// continuation. The rest of each frame never comes.
 #[test]
 fn invalid_text_fails_before_its_frame_is_whole() {
-    let header = |first: u8, len: usize| -> Vec<u8> {
-        let mut f = frame(first, &vec![b'x'; len]);
-        f.truncate(f.len() - len);
-        f
-    };
     let bad = b"ok\xC0\xAF and more";
     for len in [100, 60_000] {
         for (what, mut wire) in [
-            ("first frame", header(0x81, len)),
+            ("first frame", header_only(0x81, len)),
             (
                 "continuation",
-                [frame(0x01, "caf\u{e9}".as_bytes()), header(0x80, len)].concat(),
+                [frame(0x01, "caf\u{e9}".as_bytes()), header_only(0x80, len)].concat(),
             ),
         ] {
             wire.extend_from_slice(bad);
-            let mut c = conn();
-            feed(&mut c, &wire);
-            let got = events(&mut c);
-            assert!(
-                matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
-                "{what}, {len} bytes: {got:?}"
-            );
-            assert_eq!(
-                written(&mut c),
-                [(0x88, 1007u16.to_be_bytes().to_vec())],
-                "{what}, {len} bytes"
-            );
+            fails_with_1007(&wire, &format!("{what}, {len} bytes"));
         }
     }
+}
+
+/// A frame's header announcing `len` bytes of payload, without them.
+fn header_only(first: u8, len: usize) -> Vec<u8> {
+    let mut f = frame(first, &vec![b'x'; len]);
+    f.truncate(f.len() - len);
+    f
+}
+
+/// `wire`, read at once, fails the connection with a protocol error and 1007 on the wire.
+fn fails_with_1007(wire: &[u8], what: &str) {
+    let mut c = conn();
+    feed(&mut c, wire);
+    let got = events(&mut c);
+    assert!(
+        matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
+        "{what}: {got:?}"
+    );
+    assert_eq!(
+        written(&mut c),
+        [(0x88, 1007u16.to_be_bytes().to_vec())],
+        "{what}"
+    );
 }
 
 /// Checking text as it arrives fails nothing valid: characters split between reads, and
@@ -1272,11 +1279,6 @@ fn no_pong_is_written_after_the_servers_close() {
 /// server that stalls never makes it. Small and large (own buffer) frames.
 #[test]
 fn invalid_bytes_opening_a_continuation_fail_as_they_arrive() {
-    let header = |first: u8, len: usize| -> Vec<u8> {
-        let mut f = frame(first, &vec![b'x'; len]);
-        f.truncate(f.len() - len);
-        f
-    };
     for len in [100, 60_000] {
         for (what, first, bad) in [
             (
@@ -1290,20 +1292,9 @@ fn invalid_bytes_opening_a_continuation_fail_as_they_arrive() {
                 &b"\xA9\x80\x80 and more"[..],
             ),
         ] {
-            let mut wire = [frame(0x01, first), header(0x80, len)].concat();
+            let mut wire = [frame(0x01, first), header_only(0x80, len)].concat();
             wire.extend_from_slice(bad);
-            let mut c = conn();
-            feed(&mut c, &wire);
-            let got = events(&mut c);
-            assert!(
-                matches!(ended(&got), Some(End::Failed(Error::Protocol { .. }))),
-                "{what}, {len} bytes: {got:?}"
-            );
-            assert_eq!(
-                written(&mut c),
-                [(0x88, 1007u16.to_be_bytes().to_vec())],
-                "{what}, {len} bytes"
-            );
+            fails_with_1007(&wire, &format!("{what}, {len} bytes"));
         }
     }
 }

@@ -1036,10 +1036,7 @@ fn a_callback_that_closes_sees_closing_at_once() {
 fn a_late_onopen_sees_its_own_connections_protocol_and_extensions() {
     let _g = shared();
     let server = alpha_then_beta_server();
-    let (ws, events) = WebSocket::builder()
-        .subprotocol("alpha")
-        .subprotocol("beta")
-        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
+    let (ws, events) = alpha_or_beta_at_once()
         .connect_pull(&server.url_with("/"))
         .expect("connect");
     for i in 0..2 {
@@ -1071,10 +1068,7 @@ fn a_late_onopen_on_the_callback_thread_sees_its_own_connections_handshake() {
     let _g = shared();
     let server = alpha_then_beta_server();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let ws = WebSocket::builder()
-        .subprotocol("alpha")
-        .subprotocol("beta")
-        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
+    let ws = alpha_or_beta_at_once()
         .open(&server.url_with("/"), SeesItsOwn(tx))
         .expect("open");
     let guard = ws.handler();
@@ -1102,10 +1096,7 @@ fn a_late_onopen_on_the_callback_thread_sees_its_own_connections_handshake() {
 fn dispatch_batches_sees_each_connections_handshake_event_by_event() {
     let _g = shared();
     let server = alpha_then_beta_server();
-    let (ws, batches) = WebSocket::builder()
-        .subprotocol("alpha")
-        .subprotocol("beta")
-        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
+    let (ws, batches) = alpha_or_beta_at_once()
         .connect_batches(&server.url_with("/"))
         .expect("connect");
     // (The second connection is made once the consumer has taken the first one's end,
@@ -1136,6 +1127,14 @@ fn dispatch_batches_sees_each_connections_handshake_event_by_event() {
     assert!(ws.wait_closed_timeout(WAIT).is_some());
     drop(ws);
     server.join();
+}
+
+/// Offers "alpha" and "beta", and reconnects at once.
+fn alpha_or_beta_at_once() -> nwebsocket::Builder {
+    WebSocket::builder()
+        .subprotocol("alpha")
+        .subprotocol("beta")
+        .reconnect(Reconnect::new().initial_delay(Duration::ZERO).jitter(0.0))
 }
 
 /// Two connections: the first chooses "alpha" and permessage-deflate and is then lost,
