@@ -623,17 +623,22 @@ fn delivered(event: &Event) -> Option<Delivered> {
     }
 }
 
+/// Where two readings part: the first index at which they differ, or where the shorter
+/// one ends.
+fn first_difference<T: PartialEq>(a: &[T], b: &[T]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}
+
 /// Rule 3 (every complete message delivered once, in order), rule 6 (the server's code and
 /// reason), rule 4 (a failure is an `Error`, of the right kind), against the reference.
 fn compare_with_reference(input: &[u8], seen: &[Event], limits: Limits) -> Result<(), String> {
     let expected = reference(input, limits);
     let got: Vec<Delivered> = seen.iter().filter_map(delivered).collect();
     if got != expected.delivered {
-        let first = got
-            .iter()
-            .zip(&expected.delivered)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(expected.delivered.len()));
+        let first = first_difference(&got, &expected.delivered);
         return Err(format!(
             "delivered {} messages/pings/pongs, tungstenite reads {}; first difference at #{first}: {:?} vs {:?}",
             got.len(),
@@ -1359,11 +1364,7 @@ fn against_reference(
     close: &CloseEvent,
 ) -> Result<(), String> {
     if got != expected.delivered {
-        let first = got
-            .iter()
-            .zip(&expected.delivered)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(expected.delivered.len()));
+        let first = first_difference(got, &expected.delivered);
         return Err(format!(
             "delivered {} messages/pings/pongs, the reference reads {}; first difference at #{first}: {:?} vs {:?} (reference end: {:?})",
             got.len(),

@@ -382,57 +382,16 @@ impl crate::websocket::Shared {
 /// `None` unless the text is one JSON document (nothing after it) whose field appears once.
 fn extract_id(text: &str, field: &str) -> Option<u64> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let id = IdSeed(field).deserialize(&mut de).ok().flatten()?;
+    let id = IdSeed(Some(field)).deserialize(&mut de).ok().flatten()?;
     de.end().ok()?;
     Some(id)
 }
 
-struct IdSeed<'f>(&'f str);
-
-/// The id field's value: a `u64`, or anything else, skipped without being built.
-struct IdField;
-
-impl<'de> DeserializeSeed<'de> for IdField {
-    type Value = Option<u64>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for IdField {
-    type Value = Option<u64>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Option<u64>, E> {
-        Ok(Some(v))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-}
+/// Reads a JSON value without building it. `Some(field)`: an object's `field`, as a
+/// `u64`; `None`: the value itself, as a `u64`. Anything else is `None`, skipped (a huge
+/// or deeply nested value costs no memory: a `Value` of a 16 MiB id would have cost
+/// hundreds of MiB).
+struct IdSeed<'f>(Option<&'f str>);
 
 impl<'de> DeserializeSeed<'de> for IdSeed<'_> {
     type Value = Option<u64>;
@@ -445,18 +404,16 @@ impl<'de> Visitor<'de> for IdSeed<'_> {
     type Value = Option<u64>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+        f.write_str("a JSON value")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
         let mut found = None;
         let mut seen = 0;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == self.0 {
+            if Some(&*key) == self.0 {
                 seen += 1;
-                // Read without building it: a huge or deeply nested value here costs no
-                // memory (a `Value` of a 16 MiB id would have cost hundreds of MiB).
-                found = map.next_value_seed(IdField)?;
+                found = map.next_value_seed(IdSeed(None))?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -471,13 +428,13 @@ impl<'de> Visitor<'de> for IdSeed<'_> {
         Ok(None)
     }
 
+    fn visit_u64<E>(self, v: u64) -> Result<Option<u64>, E> {
+        Ok(self.0.is_none().then_some(v))
+    }
     fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
         Ok(None)
     }
     fn visit_i64<E>(self, _: i64) -> Result<Option<u64>, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Option<u64>, E> {
         Ok(None)
     }
     fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
