@@ -91,14 +91,12 @@ impl IoThread {
                 shared.enqueue(super::Command::Resolved(id, Box::new(answer)));
             }
         };
-        match lookup.spawn(answer) {
-            Ok(()) => {
-                self.io.lookup_running = Some((id, names));
-                self.phase = Phase::Resolving { id };
-                Ok(())
-            }
-            Err(lookup) => self.resolved(lookup.run()),
+        if !lookup.spawn(answer) {
+            return self.resolved(lookup.run());
         }
+        self.io.lookup_running = Some((id, names));
+        self.phase = Phase::Resolving { id };
+        Ok(())
     }
 
     /// The answer of lookup `id`: on to connecting if it is the one awaited. (A lookup
@@ -739,6 +737,7 @@ pub(crate) fn build_request(
 
 /// The names one attempt must resolve: the host to connect to (the server's, or the
 /// proxy's), and for a `socks5://` proxy the server's too.
+#[derive(Clone)]
 struct Lookup {
     resolver: Option<crate::config::Resolver>,
     socks_target: Option<(String, u16)>,
@@ -776,32 +775,16 @@ impl Lookup {
     /// Resolves on a thread of its own, which calls `answer` with the result. That may
     /// come after the attempt ended: a resolver blocks (the system's for up to its own
     /// timeouts, 5 s per try by default) and cannot be stopped, so it is left to finish,
-    /// and its thread ends then. The lookup back if no thread could be started.
-    fn spawn(
-        self,
-        answer: impl FnOnce(Result<Resolved, Error>) + Send + 'static,
-    ) -> Result<(), Self> {
-        // Handed over through a slot, to be had back if the thread never starts.
-        let slot = Arc::new(std::sync::Mutex::new(Some(self)));
-        let theirs = Arc::clone(&slot);
+    /// and its thread ends then. `false` if no thread could be started.
+    fn spawn(&self, answer: impl FnOnce(Result<Resolved, Error>) + Send + 'static) -> bool {
+        let lookup = self.clone();
         let spawned = std::thread::Builder::new()
             .name("nwebsocket-dns".into())
-            .spawn(move || {
-                let lookup = theirs.lock().ok().and_then(|mut slot| slot.take());
-                if let Some(lookup) = lookup {
-                    answer(lookup.run());
-                }
-            });
-        if let Err(e) = spawned {
+            .spawn(move || answer(lookup.run()));
+        if let Err(e) = &spawned {
             log::warn!("no thread for DNS ({e}); resolving on the I/O thread");
-            let mut slot = slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(lookup) = slot.take() {
-                return Err(lookup);
-            }
         }
-        Ok(())
+        spawned.is_ok()
     }
 
     /// Resolves, blocking.
