@@ -14,6 +14,7 @@
 //! Both are bounded, in events and in payload bytes: when the outlet is full the I/O
 //! thread stops reading the socket.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Deref;
@@ -77,7 +78,127 @@ pub(crate) enum Outlet {
         gone: Arc<AtomicBool>,
         /// Set once [`EventBatches::receiver`] was used: takes through it wake nobody.
         raw: Arc<AtomicBool>,
+        /// Pull style ([`Events`]), until the caller first uses the raw receiver: then
+        /// this outlet turns into [`Outlet::Events`] (see [`Lane`]).
+        lane: Option<LaneEnd>,
     },
+}
+
+/// Pull style's two ways over, shared by the I/O thread and the caller's [`Events`].
+///
+/// Until the caller uses the raw receiver, whole read bursts go over as in callback style
+/// ([`Outlet::Batches`]), into a buffer in each `Events`, whose takes then cost no
+/// atomic operation. The caller's first use of the raw receiver (`select!`) moves all that
+/// waits (its buffer, the batch in the channel, the last events set aside) into the
+/// per-event channel under `state`'s lock, and marks the lane raw; the I/O thread sends
+/// its batches under the same lock, so it sees the mark before it could send another, and
+/// from then on sends one event per channel slot ([`Outlet::Events`]). So the raw
+/// receiver sees every event not yet taken, in order.
+pub(crate) struct Lane {
+    state: Mutex<LaneState>,
+    room: Arc<Room>,
+    /// Set while `LaneState::front` holds events (checked without the lock).
+    front_waiting: AtomicBool,
+    /// Events in the batches that wait in the channel (for `Events::len`).
+    in_channel: AtomicUsize,
+    /// The per-event channel's bounds, once raw: `incoming_queue` and its bytes.
+    limit: usize,
+    bytes_limit: usize,
+}
+
+struct LaneState {
+    /// The caller has used the raw receiver: one event per slot from now on.
+    raw: bool,
+    /// The per-event channel's sender: the I/O thread's once raw; `None` once that thread
+    /// has ended raw, or a move after its end is done (the raw receiver then disconnects).
+    tx: Option<Sender<Event>>,
+    /// The I/O thread has ended.
+    io_done: bool,
+    /// Events that an `Events` clone had taken in a burst and not handed out when it was
+    /// dropped: the next taker's, before anything in the channel.
+    front: VecDeque<Event>,
+}
+
+impl Lane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The I/O thread's hold on the [`Lane`]: when that thread ends (dropping its outlet), the
+/// lane learns it, and a raw lane's channel disconnects once the I/O thread's own sender
+/// goes too.
+pub(crate) struct LaneEnd {
+    lane: Arc<Lane>,
+    /// The batches in the channel, oldest first: (events, payload bytes) of each; the
+    /// channel's length tells how many of the oldest the caller has taken.
+    sent: VecDeque<(usize, usize)>,
+    /// Their sums.
+    events: usize,
+    bytes: usize,
+    /// Batches sent so far.
+    batches: u64,
+    /// Since the caller's last take (counted in batches): see [`Pull::busy_since`].
+    unread: Option<Unread>,
+}
+
+impl LaneEnd {
+    /// Events and payload bytes waiting in the channel.
+    fn waiting(&mut self, tx: &Sender<Vec<Event>>) -> (usize, usize) {
+        let left = tx.len();
+        while self.sent.len() > left {
+            let (events, bytes) = self.sent.pop_front().unwrap_or_default();
+            self.events -= events;
+            self.bytes -= bytes;
+        }
+        (self.events, self.bytes)
+    }
+
+    /// Whether the channel holds the bound (`incoming_queue` events or their bytes).
+    fn full(&mut self, tx: &Sender<Vec<Event>>) -> bool {
+        let (events, bytes) = self.waiting(tx);
+        events >= self.lane.limit || bytes >= self.lane.bytes_limit
+    }
+
+    /// Notes a batch sent: a delivery, as [`Pull::push`] counts them.
+    fn delivered(&mut self, tx: &Sender<Vec<Event>>) {
+        let taken = self.batches - (tx.len() as u64).min(self.batches);
+        self.batches += 1;
+        match &mut self.unread {
+            Some(unread) if unread.taken == taken => unread.again = true,
+            _ => {
+                self.unread = Some(Unread {
+                    taken,
+                    since: Instant::now(),
+                    again: false,
+                })
+            }
+        }
+    }
+
+    /// As [`Pull::busy_since`]: since when the caller has taken nothing while batches
+    /// keep coming for it.
+    fn busy_since(&self, tx: &Sender<Vec<Event>>) -> Option<Instant> {
+        let unread = self.unread?;
+        let taken = self.batches - (tx.len() as u64).min(self.batches);
+        (unread.again && !tx.is_empty() && taken == unread.taken).then_some(unread.since)
+    }
+
+    /// Whether more than half of the bound waits.
+    fn crowded(&mut self, tx: &Sender<Vec<Event>>) -> bool {
+        let (events, bytes) = self.waiting(tx);
+        events * 2 > self.lane.limit || bytes * 2 > self.lane.bytes_limit
+    }
+}
+
+impl Drop for LaneEnd {
+    fn drop(&mut self) {
+        let mut state = self.lane.lock();
+        state.io_done = true;
+        if state.raw {
+            state.tx = None;
+        }
+    }
 }
 
 /// Pull style's outlet: the caller's channel, and what waits in it.
@@ -119,6 +240,8 @@ pub(crate) struct Pull {
     taken_bytes: u64,
     /// Since the caller's last take: see [`Unread`] and [`Pull::busy_since`].
     unread: Option<Unread>,
+    /// Pull style's lane, once switched to this outlet (see [`Lane`]): held to the end.
+    _lane: Option<LaneEnd>,
 }
 
 /// The deliveries to a pull-style caller since its last take.
@@ -196,12 +319,28 @@ impl Pull {
             marks: VecDeque::new(),
             taken_bytes: 0,
             unread: None,
+            _lane: None,
         }
     }
 
-    /// Events the caller has taken so far.
+    /// The outlet after the caller's first use of the raw receiver, which put what waited
+    /// into `tx` (counted as sent, their bytes not).
+    fn switched(tx: Sender<Event>, lane: LaneEnd) -> Self {
+        let mut pull = Pull::new(
+            tx,
+            Arc::clone(&lane.lane.room),
+            lane.lane.limit,
+            lane.lane.bytes_limit,
+        );
+        pull.sent = pull.tx.len() as u64;
+        pull._lane = Some(lane);
+        pull
+    }
+
+    /// Events the caller has taken so far. (Saturating: an `Events` clone that uses the
+    /// raw receiver after the switch puts its buffer in too, uncounted.)
     fn taken(&self) -> u64 {
-        self.sent - self.tx.len() as u64
+        self.sent.saturating_sub(self.tx.len() as u64)
     }
 
     /// Since when the caller has taken nothing while events wait for it (the first
@@ -251,7 +390,7 @@ impl Pull {
             self.taken_bytes = self.sent_bytes;
             return (0, 0);
         }
-        let taken = self.sent - events as u64;
+        let taken = self.sent.saturating_sub(events as u64);
         while let Some(&(sent, bytes)) = self.marks.front() {
             if sent > taken {
                 break;
@@ -259,7 +398,10 @@ impl Pull {
             self.taken_bytes = bytes;
             self.marks.pop_front();
         }
-        (events, (self.sent_bytes - self.taken_bytes) as usize)
+        (
+            events,
+            self.sent_bytes.saturating_sub(self.taken_bytes) as usize,
+        )
     }
 
     /// Asks [`Events`] to wake this thread once the caller has taken half of what waits;
@@ -435,53 +577,221 @@ fn missed(event: Event, pending: &mut VecDeque<Event>) -> Vec<Event> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Events {
+    /// The per-event channel: the raw receiver, fed once a caller has used it.
     rx: Receiver<Event>,
     room: Arc<Room>,
     shared: Arc<Shared>,
+    /// The bursts' end, shared by the clones.
+    end: Arc<PullEnd>,
+    /// Events of a burst this clone took and has not handed out yet, oldest first.
+    buf: RefCell<VecDeque<Event>>,
+    /// This clone has used the raw receiver (and moved its buffer there).
+    moved: Cell<bool>,
+}
+
+/// The caller's end of pull style's bursts (see [`Lane`]), shared by its `Events` clones;
+/// dropped with the last one (its `Batches` then tells the I/O thread).
+pub(crate) struct PullEnd {
+    batches: Batches,
+    lane: Arc<Lane>,
 }
 
 impl Events {
-    pub(crate) fn new(rx: Receiver<Event>, room: Arc<Room>, shared: Arc<Shared>) -> Self {
-        Events { rx, room, shared }
+    pub(crate) fn new(
+        rx: Receiver<Event>,
+        room: Arc<Room>,
+        shared: Arc<Shared>,
+        mut batches: Batches,
+        lane: Arc<Lane>,
+    ) -> Self {
+        batches.shared = Some(Arc::clone(&shared));
+        Events {
+            rx,
+            room,
+            shared,
+            end: Arc::new(PullEnd { batches, lane }),
+            buf: RefCell::new(VecDeque::new()),
+            moved: Cell::new(false),
+        }
     }
 
     /// Blocks until an event arrives; an error once the connection has ended and every
     /// event was taken.
     #[inline]
     pub fn recv(&self) -> Result<Event, RecvError> {
-        if self.rx.is_empty() {
-            Self::before_blocking();
+        match self.pop() {
+            Some(event) => Ok(event),
+            None => self.wait(None).map_err(|_| RecvError),
         }
-        // The channel's own `Result`, passed on as it is: unwrapped and wrapped again, the
-        // 64-byte event was copied twice through misaligned stack slots (measured: pull
-        // stream_small 0.72x raw tungstenite against 0.83x).
-        let event = self.rx.recv();
-        if let Ok(e) = &event {
-            self.took(e);
-        }
-        event
     }
 
     /// As [`recv`](Self::recv), for at most `timeout` (`Duration::MAX`: no limit).
     #[inline]
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
-        self.recv_deadline(crate::protocol::saturating_deadline(
-            Instant::now(),
-            timeout,
-        ))
+        match self.pop() {
+            Some(event) => Ok(event),
+            None => self.wait(Some(crate::protocol::saturating_deadline(
+                Instant::now(),
+                timeout,
+            ))),
+        }
     }
 
     /// As [`recv`](Self::recv), until `deadline`.
     #[inline]
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Event, RecvTimeoutError> {
-        if self.rx.is_empty() && Instant::now() < deadline {
+        match self.pop() {
+            Some(event) => Ok(event),
+            None => self.wait(Some(deadline)),
+        }
+    }
+
+    /// An event if one is waiting, without blocking.
+    #[inline]
+    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
+        match self.pop() {
+            Some(event) => Ok(event),
+            None => self.refill_now(),
+        }
+    }
+
+    /// The next event of this clone's buffer.
+    #[inline]
+    fn pop(&self) -> Option<Event> {
+        let event = self.buf.borrow_mut().pop_front()?;
+        self.took(&event);
+        Some(event)
+    }
+
+    /// The buffer is empty: the next burst (or, once raw, the next event), waiting for it
+    /// until `deadline` (`None`: for ever).
+    #[inline(never)]
+    fn wait(&self, deadline: Option<Instant>) -> Result<Event, RecvTimeoutError> {
+        loop {
+            if self.take_front() {
+                if let Some(event) = self.pop() {
+                    return Ok(event);
+                }
+            }
+            if self.is_raw() {
+                return self.recv_raw(deadline);
+            }
+            let batches = &self.end.batches;
+            let batch = match batches.look(deadline) {
+                Some(Ok(batch)) => Some(batch),
+                Some(Err(RecvError)) => None,
+                None => {
+                    let got = match deadline {
+                        Some(d) => batches.rx.recv_deadline(d),
+                        None => batches
+                            .rx
+                            .recv()
+                            .map_err(|_| RecvTimeoutError::Disconnected),
+                    };
+                    match got {
+                        Ok(batch) => Some(batches.took(batch)),
+                        Err(RecvTimeoutError::Timeout) => return Err(RecvTimeoutError::Timeout),
+                        Err(RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+            };
+            match batch {
+                Some(batch) => {
+                    self.fill(batch);
+                    if let Some(event) = self.pop() {
+                        return Ok(event);
+                    }
+                }
+                // The bursts' channel disconnected: the connection ended, or the I/O
+                // thread switched to the raw channel (then the loop takes from it).
+                None if self.is_raw() || self.take_front() => {}
+                None => return Err(RecvTimeoutError::Disconnected),
+            }
+        }
+    }
+
+    /// As [`wait`](Self::wait), without waiting.
+    #[inline(never)]
+    fn refill_now(&self) -> Result<Event, TryRecvError> {
+        loop {
+            if self.take_front() {
+                if let Some(event) = self.pop() {
+                    return Ok(event);
+                }
+            }
+            if self.is_raw() {
+                let event = self.rx.try_recv();
+                if let Ok(e) = &event {
+                    self.took(e);
+                }
+                return event;
+            }
+            let batches = &self.end.batches;
+            let batch = match batches.rx.try_recv() {
+                Ok(batch) => Some(batches.took(batch)),
+                Err(TryRecvError::Empty) => return Err(TryRecvError::Empty),
+                Err(TryRecvError::Disconnected) => None,
+            };
+            match batch {
+                Some(batch) => {
+                    self.fill(batch);
+                    if let Some(event) = self.pop() {
+                        return Ok(event);
+                    }
+                }
+                None if self.is_raw() || self.take_front() => {}
+                None => return Err(TryRecvError::Disconnected),
+            }
+        }
+    }
+
+    /// Once raw: the next event of the per-event channel.
+    fn recv_raw(&self, deadline: Option<Instant>) -> Result<Event, RecvTimeoutError> {
+        if self.rx.is_empty() && deadline.is_none_or(|d| Instant::now() < d) {
             Self::before_blocking();
         }
-        let event = self.rx.recv_deadline(deadline);
+        let event = match deadline {
+            Some(d) => self.rx.recv_deadline(d),
+            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
         if let Ok(e) = &event {
             self.took(e);
         }
         event
+    }
+
+    /// Puts a burst taken from the channel behind what the buffer holds; an emptied
+    /// buffer's allocation goes back to the I/O thread for its next burst.
+    fn fill(&self, batch: Vec<Event>) {
+        self.end.lane.in_channel.fetch_sub(batch.len(), SeqCst);
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() {
+            let emptied = std::mem::replace(&mut *buf, VecDeque::from(batch));
+            self.end.batches.recycle(Vec::from(emptied));
+        } else {
+            buf.extend(batch);
+        }
+    }
+
+    /// Takes the events a dropped clone left (see [`Lane`]'s `front`) into the buffer;
+    /// `false` if there were none.
+    fn take_front(&self) -> bool {
+        let lane = &self.end.lane;
+        if !lane.front_waiting.load(SeqCst) {
+            return false;
+        }
+        let mut state = lane.lock();
+        lane.front_waiting.store(false, SeqCst);
+        if state.front.is_empty() {
+            return false;
+        }
+        self.buf.borrow_mut().extend(state.front.drain(..));
+        true
+    }
+
+    /// Whether events go one per slot of the raw channel now (a clone used it).
+    fn is_raw(&self) -> bool {
+        self.room.raw.load(SeqCst)
     }
 
     /// Finding the channel empty, the caller yields the thread once before it blocks in
@@ -498,16 +808,6 @@ impl Events {
         std::thread::yield_now();
     }
 
-    /// An event if one is waiting, without blocking.
-    #[inline]
-    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
-        let event = self.rx.try_recv();
-        if let Ok(e) = &event {
-            self.took(e);
-        }
-        event
-    }
-
     /// The events as they come, blocking for each, until the channel disconnects.
     pub fn iter(&self) -> EventsIter<'_> {
         EventsIter(self)
@@ -518,39 +818,72 @@ impl Events {
         EventsTryIter(self)
     }
 
-    /// How many events wait.
-    #[inline]
+    /// How many events wait for this receiver: those it took in a burst and has not
+    /// handed out, and those waiting in the channel.
     pub fn len(&self) -> usize {
-        self.rx.len()
+        self.take_front();
+        self.buf.borrow().len() + self.end.lane.in_channel.load(SeqCst) + self.rx.len()
     }
 
-    /// Whether no event waits.
-    #[inline]
+    /// Whether no event waits for this receiver.
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.len() == 0
     }
 
-    /// The raw crossbeam receiver, for `select!` and the rest of its API. Takes through it
-    /// wake nobody (see above): from now on a full queue is also looked at after naps, and
-    /// with reconnect, callbacks see the latest connection's
-    /// [`protocol`](crate::WebSocketRef::protocol) rather than their own.
+    /// The raw crossbeam receiver, for `select!` and the rest of its API. Its first use
+    /// moves the events that wait into it, and from then on the I/O thread hands events
+    /// over one per channel slot (see above). Takes through it wake nobody: from now on a
+    /// full queue is also looked at after naps, and with reconnect, callbacks see the
+    /// latest connection's [`protocol`](crate::WebSocketRef::protocol) rather than their
+    /// own.
     pub fn receiver(&self) -> &Receiver<Event> {
-        if !self.room.raw.load(Relaxed) {
+        if !self.moved.get() {
             self.first_raw_use();
         }
         &self.rx
     }
 
+    /// Moves what waits for this receiver into the raw channel, in order (its buffer, the
+    /// events a dropped clone left, the burst in the channel, the last events set aside),
+    /// and marks the lane raw, under the lane's lock (see [`Lane`]); then tells the I/O
+    /// thread, which switches to one event per slot.
+    ///
     /// From now on takes may wake nobody: an I/O thread that waits for room without a
     /// nap is woken to wait again with one. (It reads `raw` after storing `below`, and
     /// this swaps `below` after storing `raw`: either it sees `raw`, or this sees it wait.)
     #[cold]
     fn first_raw_use(&self) {
+        self.moved.set(true);
         self.shared.untrack_opens();
-        self.room.raw.store(true, SeqCst);
+        let lane = &self.end.lane;
+        {
+            let mut state = lane.lock();
+            state.raw = true;
+            self.room.raw.store(true, SeqCst);
+            if let Some(tx) = state.tx.clone() {
+                let mut waiting: Vec<Event> = self.buf.borrow_mut().drain(..).collect();
+                waiting.extend(state.front.drain(..));
+                lane.front_waiting.store(false, SeqCst);
+                let batches = &self.end.batches;
+                while let Ok(batch) = batches.rx.try_recv() {
+                    lane.in_channel.fetch_sub(batch.len(), SeqCst);
+                    waiting.extend(batches.took(batch));
+                }
+                // Unbounded, and this receiver lives: the sends cannot fail.
+                for event in waiting {
+                    let _ = tx.send(event);
+                }
+                if state.io_done {
+                    // Nothing more comes: the raw receiver disconnects after these.
+                    state.tx = None;
+                }
+            }
+        }
         if self.room.below.swap(usize::MAX, SeqCst) != usize::MAX {
             self.shared.enqueue(Command::Room);
         }
+        // The I/O thread switches now, rather than at its next delivery.
+        self.shared.enqueue(Command::Room);
     }
 
     /// After each take: notes an `Open` (see [`Shared::open_taken`]), and wakes the I/O
@@ -582,12 +915,17 @@ impl Events {
 }
 
 impl Clone for Events {
+    /// Another receiver of the same events, with a buffer of its own: each event goes to
+    /// one of them.
     fn clone(&self) -> Self {
         self.room.receivers.fetch_add(1, SeqCst);
         Events {
             rx: self.rx.clone(),
             room: Arc::clone(&self.room),
             shared: Arc::clone(&self.shared),
+            end: Arc::clone(&self.end),
+            buf: RefCell::new(VecDeque::new()),
+            moved: Cell::new(false),
         }
     }
 }
@@ -602,11 +940,19 @@ impl Deref for Events {
 }
 
 impl Drop for Events {
-    /// The I/O thread learns at once that this receiver is gone: a full queue's, rather
-    /// than when the caller would have made room; and if it was the last, the connection
-    /// closes with 1001 (and reconnecting ends) even when it is idle, rather than at the
-    /// next delivery.
+    /// Events this receiver took in a burst and did not hand out go to the next clone
+    /// that takes. The I/O thread learns at once that this receiver is gone: a full
+    /// queue's, rather than when the caller would have made room; and if it was the last,
+    /// the connection closes with 1001 (and reconnecting ends) even when it is idle,
+    /// rather than at the next delivery.
     fn drop(&mut self) {
+        let left = std::mem::take(self.buf.get_mut());
+        if !left.is_empty() && self.room.receivers.load(SeqCst) > 1 {
+            let lane = &self.end.lane;
+            let mut state = lane.lock();
+            state.front.extend(left);
+            lane.front_waiting.store(true, SeqCst);
+        }
         drop(std::mem::replace(&mut self.rx, crossbeam_channel::never()));
         let waited = self.room.below.swap(usize::MAX, SeqCst) != usize::MAX;
         // The last receiver: an I/O thread waiting to reconnect learns at once that
@@ -622,6 +968,7 @@ impl Drop for Events {
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Events")
+            .field("buffered", &self.buf.borrow().len())
             .field("waiting", &self.rx.len())
             .finish()
     }
@@ -945,7 +1292,18 @@ impl Batches {
 /// An outlet for callback style, in batches of up to `limit` events, and the callback
 /// thread's end of it.
 pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    batches_over(crossbeam_channel::bounded(1), limit, bytes_limit)
+}
+
+/// As [`batches`], over `channel`: bounded to one batch (callback style, batches), or
+/// unbounded (pull style's lane: the connection's last events go over without waiting,
+/// as in its raw channel, and the I/O thread's own rule, no batch while one waits, bounds
+/// the rest).
+fn batches_over(
+    (tx, rx): (Sender<Vec<Event>>, Receiver<Vec<Event>>),
+    limit: usize,
+    bytes_limit: usize,
+) -> (Outlet, Batches) {
     let (spare_tx, spare) = crossbeam_channel::bounded(1);
     let tail = Arc::new(Mutex::new(Vec::new()));
     let take_wanted = Arc::new(AtomicBool::new(false));
@@ -960,6 +1318,7 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
         take_wanted: Arc::clone(&take_wanted),
         gone: Arc::clone(&gone),
         raw: Arc::clone(&raw),
+        lane: None,
     };
     (
         outlet,
@@ -974,6 +1333,63 @@ pub(crate) fn batches(limit: usize, bytes_limit: usize) -> (Outlet, Batches) {
             raw,
         },
     )
+}
+
+/// Pull style's outlet and the caller's end of it (see [`Lane`]): batches of up to
+/// [`PULL_BATCH`] events while fewer than `limit` events and `bytes_limit` bytes wait in
+/// the channel, then, once the raw receiver is used, one event per slot of `tx`'s
+/// channel under the same bounds.
+pub(crate) fn pull_lanes(
+    tx: Sender<Event>,
+    room: Arc<Room>,
+    limit: usize,
+    bytes_limit: usize,
+) -> (Outlet, Batches, Arc<Lane>) {
+    let (mut outlet, batches) = batches_over(
+        crossbeam_channel::unbounded(),
+        limit.clamp(1, PULL_BATCH),
+        bytes_limit.max(1),
+    );
+    let lane = Arc::new(Lane {
+        state: Mutex::new(LaneState {
+            raw: false,
+            tx: Some(tx),
+            io_done: false,
+            front: VecDeque::new(),
+        }),
+        room,
+        front_waiting: AtomicBool::new(false),
+        in_channel: AtomicUsize::new(0),
+        limit: limit.max(1),
+        bytes_limit: bytes_limit.max(1),
+    });
+    if let Outlet::Batches { lane: end, .. } = &mut outlet {
+        *end = Some(LaneEnd {
+            lane: Arc::clone(&lane),
+            sent: VecDeque::new(),
+            events: 0,
+            bytes: 0,
+            batches: 0,
+            unread: None,
+        });
+    }
+    (outlet, batches, lane)
+}
+
+/// The most events in one of pull style's batches: callback style's default batch.
+const PULL_BATCH: usize = 512;
+
+/// What [`Outlet::lane_send`] did.
+enum LaneSent {
+    /// The batch went over (or nothing was pending).
+    Sent,
+    /// A batch still waits in the channel: nothing went.
+    Full,
+    /// The caller had used the raw receiver: the outlet is [`Outlet::Events`] now, and
+    /// nothing went yet.
+    Switched,
+    /// The consumer is gone: the events, dropped.
+    Gone(Vec<Event>),
 }
 
 /// What [`Outlet::push_wait`] saw first.
@@ -1015,9 +1431,12 @@ impl Outlet {
     /// to spare (so the socket is read on): asks the consumer to wake this thread with
     /// [`Command::Room`] at its next take. `false` when there is room already (the batch
     /// was taken meanwhile): then nothing is asked, and the caller hands over at once.
-    pub fn wake_on_take(&self) -> bool {
+    pub fn wake_on_take(&mut self) -> bool {
         let Outlet::Batches {
-            tx, take_wanted, ..
+            tx,
+            take_wanted,
+            lane,
+            ..
         } = self
         else {
             return false;
@@ -1025,7 +1444,11 @@ impl Outlet {
         take_wanted.store(true, SeqCst);
         // Pairs with the fence in `Batches::took` (see there).
         fence(SeqCst);
-        if tx.is_full() {
+        let waits = match lane {
+            Some(lane) => lane.full(tx),
+            None => !tx.is_empty(),
+        };
+        if waits {
             return true;
         }
         take_wanted.store(false, Relaxed);
@@ -1060,9 +1483,59 @@ impl Outlet {
         }
     }
 
+    /// Pull style in bursts: since when the caller has taken nothing while bursts keep
+    /// coming for it (see [`Pull::busy_since`]).
+    pub fn lane_busy_since(&self) -> Option<Instant> {
+        match self {
+            Outlet::Batches {
+                tx,
+                lane: Some(lane),
+                ..
+            } => lane.busy_since(tx),
+            _ => None,
+        }
+    }
+
+    /// Pull style in bursts: this thread stops watching the socket for a busy caller (see
+    /// [`Pull::moderating`]).
+    pub fn lane_moderating(&mut self) {
+        if let Outlet::Batches {
+            lane: Some(lane), ..
+        } = self
+        {
+            if let Some(unread) = &mut lane.unread {
+                unread.again = false;
+            }
+        }
+    }
+
+    /// In batches: asks the consumer to wake this thread at its next take; `false` if it
+    /// has taken all that was handed over meanwhile.
+    pub fn wake_on_next_take(&mut self) -> bool {
+        let Outlet::Batches {
+            tx, take_wanted, ..
+        } = self
+        else {
+            return false;
+        };
+        take_wanted.store(true, SeqCst);
+        // Pairs with the fence in `Batches::took` (see there).
+        fence(SeqCst);
+        if !tx.is_empty() {
+            return true;
+        }
+        take_wanted.store(false, Relaxed);
+        false
+    }
+
+    /// Pull style before its raw receiver is used: batches into the caller's `Events`.
+    pub fn is_lane(&self) -> bool {
+        matches!(self, Outlet::Batches { lane: Some(_), .. })
+    }
+
     /// In batches: whether the consumer has yet to take the batch handed over last.
     pub fn batch_untaken(&self) -> bool {
-        matches!(self, Outlet::Batches { tx, .. } if tx.is_full())
+        matches!(self, Outlet::Batches { tx, .. } if !tx.is_empty())
     }
 
     /// Whether the consumer has taken everything handed over so far.
@@ -1078,7 +1551,12 @@ impl Outlet {
     pub fn crowded(&mut self) -> bool {
         match self {
             Outlet::Events(pull) => pull.level() == Level::High,
-            Outlet::Batches { tx, .. } => tx.is_full(),
+            Outlet::Batches {
+                tx,
+                lane: Some(lane),
+                ..
+            } => lane.crowded(tx),
+            Outlet::Batches { tx, .. } => !tx.is_empty(),
         }
     }
 
@@ -1088,9 +1566,14 @@ impl Outlet {
     pub fn push(&mut self, pending: &mut VecDeque<Event>) -> Result<usize, Vec<Event>> {
         match self {
             Outlet::Events(pull) => pull.push(pending, true),
+            Outlet::Batches { lane: Some(_), .. } => match self.lane_send(pending, false) {
+                LaneSent::Switched => self.push(pending),
+                LaneSent::Sent | LaneSent::Full => Ok(0),
+                LaneSent::Gone(events) => Err(events),
+            },
             Outlet::Batches { tx, spare, .. } => {
                 // Only this thread sends: once there is room, `try_send` cannot find it full.
-                if pending.is_empty() || tx.is_full() {
+                if pending.is_empty() || !tx.is_empty() {
                     return Ok(0);
                 }
                 let batch = take_batch(spare, pending);
@@ -1122,6 +1605,11 @@ impl Outlet {
     pub fn push_last(&mut self, pending: &mut VecDeque<Event>) -> Result<(), Vec<Event>> {
         match self {
             Outlet::Events(pull) => pull.push(pending, false).map(drop),
+            Outlet::Batches { lane: Some(_), .. } => match self.lane_send(pending, true) {
+                LaneSent::Switched => self.push_last(pending),
+                LaneSent::Sent | LaneSent::Full => Ok(()),
+                LaneSent::Gone(events) => Err(events),
+            },
             Outlet::Batches {
                 tx, spare, tail, ..
             } => {
@@ -1154,6 +1642,12 @@ impl Outlet {
                 Ok(_) => Waited::Sent,
                 Err(gone) => Waited::Gone(gone),
             },
+            // As the raw channel: all goes over at once (an unbounded channel).
+            Outlet::Batches { lane: Some(_), .. } => match self.lane_send(pending, true) {
+                LaneSent::Switched => self.push_wait(pending, commands, deadline),
+                LaneSent::Sent | LaneSent::Full => Waited::Sent,
+                LaneSent::Gone(events) => Waited::Gone(events),
+            },
             Outlet::Batches { tx, spare, .. } => {
                 if pending.is_empty() {
                     return Waited::Sent;
@@ -1176,6 +1670,91 @@ impl Outlet {
                 }
             }
         }
+    }
+}
+
+impl Outlet {
+    /// Pull style in bursts: hands `pending` over as one batch if none waits in the
+    /// channel (`last`: whatever waits), under the lane's lock, unless the caller has used the raw receiver: then switches
+    /// to one event per slot (see [`Lane`]).
+    fn lane_send(&mut self, pending: &mut VecDeque<Event>, last: bool) -> LaneSent {
+        let Outlet::Batches {
+            tx,
+            spare,
+            lane: Some(end),
+            ..
+        } = self
+        else {
+            unreachable!("pull style's outlet")
+        };
+        let lane = Arc::clone(&end.lane);
+        let state = lane.lock();
+        if state.raw {
+            let raw_tx = state
+                .tx
+                .clone()
+                .expect("the sender stays while this thread runs");
+            drop(state);
+            let end = end_of(self);
+            // Drops the batches' sender: a caller blocked on it wakes, and finds the lane raw.
+            *self = Outlet::Events(Pull::switched(raw_tx, end));
+            return LaneSent::Switched;
+        }
+        if pending.is_empty() {
+            return LaneSent::Sent;
+        }
+        // Up to the bound, but for the connection's last events: as many as fit, whole
+        // if they do (the pending queue's buffer goes as it is).
+        let (events, bytes) = end.waiting(tx);
+        let (room, bytes_room) = if last {
+            (usize::MAX, usize::MAX)
+        } else {
+            (
+                lane.limit.saturating_sub(events),
+                lane.bytes_limit.saturating_sub(bytes),
+            )
+        };
+        let mut n = 0;
+        let mut batch_bytes = 0;
+        for event in pending.iter() {
+            if n == room || batch_bytes >= bytes_room {
+                break;
+            }
+            n += 1;
+            batch_bytes += payload_len(event);
+        }
+        if n == 0 {
+            return LaneSent::Full;
+        }
+        let batch = if n == pending.len() {
+            take_batch(spare, pending)
+        } else {
+            let mut batch = spare.try_recv().unwrap_or_default();
+            batch.extend(pending.drain(..n));
+            batch
+        };
+        end.sent.push_back((n, batch_bytes));
+        end.events += n;
+        end.bytes += batch_bytes;
+        lane.in_channel.fetch_add(n, SeqCst);
+        end.delivered(tx);
+        match tx.try_send(batch) {
+            Ok(()) => LaneSent::Sent,
+            // (Unbounded: never full.)
+            Err(TrySendError::Full(mut batch) | TrySendError::Disconnected(mut batch)) => {
+                lane.in_channel.fetch_sub(n, SeqCst);
+                batch.extend(pending.drain(..));
+                LaneSent::Gone(batch)
+            }
+        }
+    }
+}
+
+/// Takes the lane's end out of a pull-style batches outlet about to be replaced.
+fn end_of(outlet: &mut Outlet) -> LaneEnd {
+    match outlet {
+        Outlet::Batches { lane, .. } => lane.take().expect("pull style's outlet"),
+        Outlet::Events(_) => unreachable!("pull style in bursts"),
     }
 }
 

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tungstenite::Bytes;
 
 use crate::config::{Builder, Config, CALLBACK_QUEUE, PULL_QUEUE};
-use crate::delivery::{Batches, EventBatches, Events, Outlet, Pull, Room};
+use crate::delivery::{Batches, EventBatches, Events, Outlet, Room};
 use crate::error::{Error, Result, SendError, Timeout};
 use crate::handler::{dispatch, Dispatching, Handler};
 use crate::io::{Command, IoThread};
@@ -916,9 +916,10 @@ impl WebSocket {
         let (tx, rx) = crossbeam_channel::unbounded();
         let room = Arc::new(Room::default());
         let bytes = config.incoming_queue_bytes;
-        let pull = Pull::new(tx, Arc::clone(&room), limit, bytes);
-        let (ws, io) = start(config, url, Outlet::Events(pull), false)?;
-        let events = Events::new(rx, room, Arc::clone(&ws.shared));
+        let (outlet, batches, lane) =
+            crate::delivery::pull_lanes(tx, Arc::clone(&room), limit, bytes);
+        let (ws, io) = start(config, url, outlet, false)?;
+        let events = Events::new(rx, room, Arc::clone(&ws.shared), batches, lane);
         Ok((WebSocket::without_handler(ws, io), events))
     }
 

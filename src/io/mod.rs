@@ -271,10 +271,9 @@ impl IoThread {
             log::error!("{}: the I/O thread panicked: {what}", self.io.url());
             self.phase = Phase::Done; // drops the socket
             self.io.stopped = true;
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                self.io.finish(End::Failed(Error::Internal(what)), true);
-            }));
-            // Whatever happened above, every waiter is released.
+            // CLOSED before the `Close` event goes, as after any other end (see
+            // `drain_after_end`): a caller that takes it finds the state CLOSED. And
+            // whatever happens below, every waiter is released.
             shared.transition(
                 &[
                     ReadyState::Connecting,
@@ -283,6 +282,9 @@ impl IoThread {
                 ],
                 ReadyState::Closed,
             );
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                self.io.finish(End::Failed(Error::Internal(what)), true);
+            }));
             shared.set_open(Err(Error::Aborted));
             self.io.last_close.get_or_insert_with(CloseEvent::abnormal);
         }
@@ -576,6 +578,36 @@ impl IoThread {
                     if nap.is_some_and(|nap| Instant::now() >= nap) {
                         io.nap = next_nap(io.nap, pull.level());
                     }
+                    io.write_blocked &= !retry_writes;
+                    io.deliver_pending();
+                    Ok(())
+                }
+            };
+        }
+        if io.outlet.is_lane() {
+            // Pull style in bursts: its channel takes all (for the connection's last
+            // events); the burst waits for the caller's next take, which wakes this thread.
+            if !io.outlet.wake_on_take() {
+                io.deliver_pending(); // taken meanwhile
+                return Ok(());
+            }
+            let got = match deadline {
+                Some(d) => io.commands.recv_deadline(d),
+                None => io
+                    .commands
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            io.outlet.stop_waking_on_take();
+            return match got {
+                Ok(command) => {
+                    // Woken within microseconds: the caller keeps up after all.
+                    if matches!(command, Command::Room) && blocked.elapsed() < SPIN {
+                        io.consumer_keeps_up = true;
+                    }
+                    self.command(command)
+                }
+                Err(_) => {
                     io.write_blocked &= !retry_writes;
                     io.deliver_pending();
                     Ok(())
@@ -926,7 +958,8 @@ impl Io {
     fn holds_reading(&self) -> bool {
         !self.pending.is_empty()
             && match self.outlet {
-                Outlet::Events(_) => true,
+                // Pull style, in bursts too: its channel holds the bound.
+                Outlet::Events(_) | Outlet::Batches { lane: Some(_), .. } => true,
                 Outlet::Batches { .. } => self.pending_full(),
             }
     }
@@ -1114,6 +1147,11 @@ impl Io {
             // as many as then), as pull style's `busy_since`: a caller that takes nothing
             // from a silent server had this thread wake every `MODERATE`, 800-900 times a
             // second, until 2026-12-07.
+            // Pull style in bursts, as in its raw channel.
+            Outlet::Batches { lane: Some(_), .. } => self
+                .outlet
+                .lane_busy_since()
+                .is_some_and(|since| now - since >= MODERATE_AFTER),
             Outlet::Batches { .. } => {
                 !self.pending.is_empty()
                     && self.outlet.batch_untaken()
@@ -1126,7 +1164,7 @@ impl Io {
         let tcp = open.transport.tcp()?;
         let asked = match &mut self.outlet {
             Outlet::Events(pull) => pull.wake_on_take(),
-            Outlet::Batches { .. } => self.outlet.wake_on_take(),
+            Outlet::Batches { .. } => self.outlet.wake_on_next_take(),
         };
         if !asked {
             return None;
@@ -1137,6 +1175,7 @@ impl Io {
         }
         match &mut self.outlet {
             Outlet::Events(pull) => pull.moderating(),
+            Outlet::Batches { lane: Some(_), .. } => self.outlet.lane_moderating(),
             Outlet::Batches { .. } => self.moderated_behind = Some(self.pending.len()),
         }
         Some(now + MODERATE)

@@ -17,6 +17,8 @@
 //!   pings, requests, two consumers) against a raw server that records the wire.
 //! - `load`: 16 senders × 100,000 messages; 1,000 connect/close cycles leak nothing.
 //! - `proxy`: HTTP CONNECT through an in-process proxy.
+//! - `pull_switch`: pull style's events taken through the crate's methods, then the raw
+//!   receiver (`select!`), by clones, across a full queue, the end and a reconnect.
 //! - `deflate`: permessage-deflate against a raw server using flate2 (issue 16).
 //! - `keepalive`, `reconnect`, `tls`, `redirect`: staying connected (issue 4): pings under a
 //!   busy main thread, half-open peers, backoff, certificates, redirects.
@@ -47,6 +49,7 @@ mod load;
 mod messages;
 mod protocol;
 mod proxy;
+mod pull_switch;
 mod races;
 mod reconnect;
 mod redirect;

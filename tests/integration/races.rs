@@ -519,7 +519,6 @@ fn dispatch_pending_and_recv_on_two_threads_share_the_events_exactly_once() {
         .incoming_queue(64)
         .connect_pull(&server.url())
         .expect("connect");
-    let events = Arc::new(events);
     let done = Arc::new(AtomicUsize::new(0));
     struct Take(Vec<usize>, Arc<AtomicUsize>);
     impl nwebsocket::Handler for Take {
@@ -529,7 +528,7 @@ fn dispatch_pending_and_recv_on_two_threads_share_the_events_exactly_once() {
         }
     }
     let dispatcher = {
-        let (ws, events, done) = (ws.downgrade(), Arc::clone(&events), Arc::clone(&done));
+        let (ws, events, done) = (ws.downgrade(), events.clone(), Arc::clone(&done));
         thread::spawn(move || {
             let mut h = Take(Vec::new(), Arc::clone(&done));
             let deadline = Instant::now() + WAIT;
