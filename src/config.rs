@@ -358,17 +358,18 @@ impl Builder {
     /// How many events may wait for the consumer. When the queue is full the I/O thread
     /// stops reading the socket, so TCP slows the server down and memory stays bounded.
     ///
-    /// - Pull style: how many events may wait in your [`Events`], plus the events
-    ///   of one read burst (256) not yet in it. The channel is unbounded to crossbeam (its
-    ///   `capacity()` is `None`); the bound is the I/O thread's. Its slots (72 bytes each)
-    ///   are allocated in blocks while events wait and freed as you take them, so an idle
-    ///   connection holds none. Payload is bounded too: the I/O thread puts no more
-    ///   messages in while 2 MiB of payload waits there, and reads no more while its burst
-    ///   holds 2 MiB. What waits stays below `incoming_queue` × 72 bytes plus about 4 MiB
-    ///   and two messages of `max_message_size`. While the channel is full the I/O thread
-    ///   sleeps; the take that brings it down to half wakes it. Defaults to
-    ///   4096: on a shared core your thread and the I/O thread then take turns once per
-    ///   thousands of messages, not once per hundred.
+    /// - Pull style: how many events may wait in your [`Events`]' channel, besides the
+    ///   read burst (up to 512 events) it is handing out and one burst (up to 512) the
+    ///   I/O thread has read and not handed over. Events go over in bursts, each a
+    ///   vector of 64 bytes per event allocated while events flow (and, once you use the
+    ///   raw receiver, in crossbeam slots of 72 bytes, allocated in blocks while events
+    ///   wait). Payload is bounded too: the I/O thread puts no more messages in while
+    ///   2 MiB of payload waits there, and reads no more while its burst holds 2 MiB.
+    ///   What waits stays below (`incoming_queue` + 1,024) × 72 bytes plus about 6 MiB
+    ///   and three messages of `max_message_size`. While the channel is full the I/O
+    ///   thread sleeps; your next take of a burst wakes it. Defaults to 4096: on a shared
+    ///   core your thread and the I/O thread then take turns once per thousands of
+    ///   messages, not once per hundred.
     /// - Callback style, and pull style in batches ([`connect_batches`](Self::connect_batches)):
     ///   the I/O thread hands events over in batches of up to this many events or 2 MiB
     ///   of payload; one batch waits while another is

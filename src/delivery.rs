@@ -2,9 +2,10 @@
 //!
 //! The I/O thread gathers the events of a read burst in its `pending` queue, then hands
 //! them over through an [`Outlet`]:
-//! - **pull style**: the caller's [`Events`], a crossbeam `Receiver<Event>`, one channel
-//!   slot per event, since the caller owns that receiver and may `select!` on it; its
-//!   takes wake the I/O thread when it waits for room (see [`Room`]);
+//! - **pull style**: the caller's [`Events`], in whole bursts as below into a buffer of
+//!   its own, until the caller uses the crossbeam `Receiver<Event>` inside it (to
+//!   `select!` on it): from then on one channel slot per event, and its takes wake the
+//!   I/O thread when it waits for room (see [`Lane`] and [`Room`]);
 //! - **callback style**, and **pull style in batches** ([`EventBatches`]): the receiver is
 //!   the crate's own callback thread or a caller who asked for batches, so a whole burst
 //!   goes over as one `Vec<Event>`. One channel operation (and at most one wake-up) per
@@ -87,9 +88,10 @@ pub(crate) enum Outlet {
 /// Pull style's two ways over, shared by the I/O thread and the caller's [`Events`].
 ///
 /// Until the caller uses the raw receiver, whole read bursts go over as in callback style
-/// ([`Outlet::Batches`]), into a buffer in each `Events`, whose takes then cost no
-/// atomic operation. The caller's first use of the raw receiver (`select!`) moves all that
-/// waits (its buffer, the batch in the channel, the last events set aside) into the
+/// ([`Outlet::Batches`], over an unbounded channel, bounded by [`LaneEnd`]'s count of
+/// what waits there), into a buffer in each `Events`, whose takes then cost no atomic
+/// operation. The caller's first use of the raw receiver (`select!`) moves all that
+/// waits (its buffer, what a dropped clone left, the bursts in the channel) into the
 /// per-event channel under `state`'s lock, and marks the lane raw; the I/O thread sends
 /// its batches under the same lock, so it sees the mark before it could send another, and
 /// from then on sends one event per channel slot ([`Outlet::Events`]). So the raw
@@ -524,8 +526,9 @@ fn missed(event: Event, pending: &mut VecDeque<Event>) -> Vec<Event> {
     gone
 }
 
-/// Pull style's events, from [`connect_pull`](crate::Builder::connect_pull): a crossbeam
-/// [`Receiver<Event>`] that also tells the I/O thread when it has made room.
+/// Pull style's events, from [`connect_pull`](crate::Builder::connect_pull): the
+/// connection's [`Event`]s, in order, with a crossbeam [`Receiver<Event>`] inside for
+/// `select!`.
 ///
 /// `Open`, the messages, `Ping`/`Pong` if asked for, then `Error` on failure and `Close`,
 /// last; after `Close` (the last connection's, with reconnect on) the channel disconnects.
@@ -534,19 +537,30 @@ fn missed(event: Event, pending: &mut VecDeque<Event>) -> Vec<Event> {
 /// [`dispatch_pending`](crate::WebSocketRef::dispatch_pending), which runs your
 /// [`Handler`](crate::Handler) on your thread.
 ///
-/// At most [`incoming_queue`](crate::Builder::incoming_queue) events (4,096 by default) or
-/// [`incoming_queue_bytes`](crate::Builder::incoming_queue_bytes) of payload wait here;
-/// while that much does, the I/O thread stops reading the socket (TCP slows the server
-/// down) and sleeps. The take that brings the queue down to half wakes it, once: a
-/// program that computes for seconds between takes costs that thread nothing meanwhile.
-/// A caller that has taken nothing for 300 µs while events wait for it is taken to be
-/// busy elsewhere: the I/O thread then reads the socket at your next take or after 1 ms,
-/// whichever comes first, all that came in one go, instead of waking for each message
-/// (a ping's pong waits at most that millisecond more).
+/// The I/O thread hands events over a whole read burst at a time (up to 512), which
+/// `Events` keeps in a buffer of its own and hands out one by one: a take costs no atomic
+/// operation, so a flood of small messages costs about what raw tungstenite's own loop
+/// does. That is why `Events` is `Send` but not `Sync`: to take events on several threads,
+/// give each a [`clone`](Clone::clone) (each event goes to one of them; a clone dropped
+/// with events in its buffer leaves them to the next one that takes).
 ///
-/// It dereferences to the [`Receiver`], so `select!` takes it beside your own channels.
-/// Events taken that way, past the crate's methods, wake nobody: once you have used the
-/// raw receiver, a full queue is also looked at again after a nap (0.1 to 5 ms) instead.
+/// At most [`incoming_queue`](crate::Builder::incoming_queue) events (4,096 by default) or
+/// [`incoming_queue_bytes`](crate::Builder::incoming_queue_bytes) of payload wait in the
+/// channel, besides the burst you are taking; while that much does, the I/O thread stops
+/// reading the socket (TCP slows the server down) and sleeps until you take the next
+/// burst: a program that computes for seconds between takes costs that thread nothing
+/// meanwhile. A caller that has taken nothing for 300 µs while events keep coming is
+/// taken to be busy elsewhere: the I/O thread then reads the socket at your next take or
+/// after 1 ms, whichever comes first, all that came in one go, instead of waking for each
+/// message (a ping's pong waits at most that millisecond more).
+///
+/// It dereferences to the raw [`Receiver`], so `select!` takes it beside your own
+/// channels. The first use of the raw receiver (through `Deref` or
+/// [`receiver`](Self::receiver)) moves what waits for this `Events` into it, in order,
+/// and from then on the I/O thread puts each event in a slot of its own (35–40 ns an
+/// event more). Events taken that way, past the crate's methods, wake nobody: once you
+/// have used the raw receiver, a full queue is also looked at again after a nap (0.1 to
+/// 5 ms).
 ///
 /// ```
 /// # let addr = nwebsocket_doc_server();
@@ -844,7 +858,7 @@ impl Events {
     }
 
     /// Moves what waits for this receiver into the raw channel, in order (its buffer, the
-    /// events a dropped clone left, the burst in the channel, the last events set aside),
+    /// events a dropped clone left, the bursts in the channel),
     /// and marks the lane raw, under the lane's lock (see [`Lane`]); then tells the I/O
     /// thread, which switches to one event per slot.
     ///

@@ -1139,6 +1139,11 @@ impl Io {
             Outlet::Events(pull) => pull
                 .busy_since()
                 .is_some_and(|since| now - since >= MODERATE_AFTER),
+            // Pull style in bursts, as in its raw channel.
+            Outlet::Batches { lane: Some(_), .. } => self
+                .outlet
+                .lane_busy_since()
+                .is_some_and(|since| now - since >= MODERATE_AFTER),
             // A batch untaken with events behind it: the consumer did not take it while
             // this thread gave it the CPU (`wait`). Not while nothing new waits: a batch
             // left untaken (an `Open` nobody takes while sending, say) would make every
@@ -1147,11 +1152,6 @@ impl Io {
             // as many as then), as pull style's `busy_since`: a caller that takes nothing
             // from a silent server had this thread wake every `MODERATE`, 800-900 times a
             // second, until 2026-12-07.
-            // Pull style in bursts, as in its raw channel.
-            Outlet::Batches { lane: Some(_), .. } => self
-                .outlet
-                .lane_busy_since()
-                .is_some_and(|since| now - since >= MODERATE_AFTER),
             Outlet::Batches { .. } => {
                 !self.pending.is_empty()
                     && self.outlet.batch_untaken()
