@@ -9,9 +9,11 @@
 //!   style (`onmessage` sends the next one).
 //! - `handoff`: no socket: what handing events to another thread costs per event, on one
 //!   thread, 256 at a time (an I/O thread's read burst): through a crossbeam unbounded
-//!   channel one by one (pull style's `Events`), through a bounded one (an array, which
-//!   writes all its slots up front), and as one `Vec` per burst (callback style, batches).
-//!   The floor under pull style's small-message rate (see the bench notes).
+//!   channel one by one (pull style's raw receiver, once `select!` used it), through a
+//!   bounded one (an array, which writes all its slots up front), as one `Vec` per burst
+//!   (callback style, batches), and as one `Vec` per burst popped from a buffer one event
+//!   at a time (pull style's `Events`). What separated pull style's small-message rate
+//!   from the others' (see the bench notes).
 //!
 //! `cargo bench --bench hot_paths` (add `-- send` to run one group). The side-by-side
 //! comparison with raw tungstenite and tokio-tungstenite is `benches/compare`.
@@ -383,6 +385,32 @@ fn handoff(c: &mut Criterion) {
             }
             assert_eq!(n, BURST);
             spare = batch;
+        })
+    });
+    // Pull style's `Events`: each burst taken into a buffer, handed out one event at a time.
+    let (tx, rx) = cb::unbounded::<Vec<Event>>();
+    let buf = std::cell::RefCell::new(std::collections::VecDeque::<Event>::new());
+    let mut spare = Vec::with_capacity(BURST);
+    g.bench_function("batch_popped", |b| {
+        b.iter(|| {
+            let mut batch = std::mem::take(&mut spare);
+            for _ in 0..BURST {
+                batch.push(Event::Open);
+            }
+            tx.try_send(batch).expect("room");
+            let mut n = 0;
+            loop {
+                let next = buf.borrow_mut().pop_front();
+                match next {
+                    Some(event) => n += black_box(matches!(event, Event::Open)) as usize,
+                    None => {
+                        let Ok(batch) = rx.try_recv() else { break };
+                        let emptied = std::mem::replace(&mut *buf.borrow_mut(), batch.into());
+                        spare = emptied.into();
+                    }
+                }
+            }
+            assert_eq!(n, BURST);
         })
     });
     g.finish();
