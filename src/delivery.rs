@@ -15,7 +15,7 @@
 //! Both are bounded, in events and in payload bytes: when the outlet is full the I/O
 //! thread stops reading the socket.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Deref;
@@ -96,11 +96,20 @@ pub(crate) enum Outlet {
 /// its batches under the same lock, so it sees the mark before it could send another, and
 /// from then on sends one event per channel slot ([`Outlet::Events`]). So the raw
 /// receiver sees every event not yet taken, in order.
+///
+/// Events a clone still held in its buffer when dropped wait in `front` for the next
+/// taker (a clone blocked on the bursts is woken through `wake`), or, once the lane is
+/// raw, go into the raw channel. A clone whose first use of the raw receiver comes after
+/// the raw channel has ended gets one of its own for what it holds.
 pub(crate) struct Lane {
     state: Mutex<LaneState>,
     room: Arc<Room>,
     /// Set while `LaneState::front` holds events (checked without the lock).
     front_waiting: AtomicBool,
+    /// Wakes an `Events` clone blocked on the bursts' channel when another leaves events
+    /// in `front` (bounded to one: a wake-up not yet taken stands for any number).
+    wake: Sender<()>,
+    woken: Receiver<()>,
     /// Events in the batches that wait in the channel (for `Events::len`).
     in_channel: AtomicUsize,
     /// The per-event channel's bounds, once raw: `incoming_queue` and its bytes.
@@ -117,7 +126,8 @@ struct LaneState {
     /// The I/O thread has ended.
     io_done: bool,
     /// Events that an `Events` clone had taken in a burst and not handed out when it was
-    /// dropped: the next taker's, before anything in the channel.
+    /// dropped: the next taker's, before anything in the channel. (Once the lane is raw,
+    /// they go into the raw channel instead while it lasts.)
     front: VecDeque<Event>,
 }
 
@@ -542,7 +552,8 @@ fn missed(event: Event, pending: &mut VecDeque<Event>) -> Vec<Event> {
 /// operation, so a flood of small messages costs about what raw tungstenite's own loop
 /// does. That is why `Events` is `Send` but not `Sync`: to take events on several threads,
 /// give each a [`clone`](Clone::clone) (each event goes to one of them; a clone dropped
-/// with events in its buffer leaves them to the next one that takes).
+/// with events in its buffer leaves them to the next one that takes, at once even if it
+/// is blocked in `recv`, and once the raw receiver was used, to the raw receiver).
 ///
 /// At most [`incoming_queue`](crate::Builder::incoming_queue) events (4,096 by default) or
 /// [`incoming_queue_bytes`](crate::Builder::incoming_queue_bytes) of payload wait in the
@@ -601,6 +612,10 @@ pub struct Events {
     buf: RefCell<VecDeque<Event>>,
     /// This clone has used the raw receiver (and moved its buffer there).
     moved: Cell<bool>,
+    /// A raw channel of this clone's own, made by its first use of the raw receiver
+    /// when the shared one had ended already (after the connection's end, once another
+    /// clone used it): what this clone held, then its end.
+    own: OnceCell<Receiver<Event>>,
 }
 
 /// The caller's end of pull style's bursts (see [`Lane`]), shared by its `Events` clones;
@@ -626,6 +641,7 @@ impl Events {
             end: Arc::new(PullEnd { batches, lane }),
             buf: RefCell::new(VecDeque::new()),
             moved: Cell::new(false),
+            own: OnceCell::new(),
         }
     }
 
@@ -682,10 +698,10 @@ impl Events {
     #[inline(never)]
     fn wait(&self, deadline: Option<Instant>) -> Result<Event, RecvTimeoutError> {
         loop {
-            if self.take_front() {
-                if let Some(event) = self.pop() {
-                    return Ok(event);
-                }
+            // (Whether or not it took any now: a turn below may have taken them.)
+            self.take_front();
+            if let Some(event) = self.pop() {
+                return Ok(event);
             }
             if self.is_raw() {
                 return self.recv_raw(deadline);
@@ -694,23 +710,18 @@ impl Events {
             let batch = match batches.look(deadline) {
                 Some(Ok(batch)) => Some(batch),
                 Some(Err(RecvError)) => None,
-                None => {
-                    let got = match deadline {
-                        Some(d) => batches.rx.recv_deadline(d),
-                        None => batches
-                            .rx
-                            .recv()
-                            .map_err(|_| RecvTimeoutError::Disconnected),
-                    };
-                    match got {
-                        Ok(batch) => Some(batches.took(batch)),
-                        Err(RecvTimeoutError::Timeout) => return Err(RecvTimeoutError::Timeout),
-                        Err(RecvTimeoutError::Disconnected) => None,
-                    }
-                }
+                None => match self.block(deadline) {
+                    Ok(Some(batch)) => Some(batches.took(batch)),
+                    // Woken: a clone left events in front.
+                    Ok(None) => continue,
+                    Err(RecvTimeoutError::Timeout) => return Err(RecvTimeoutError::Timeout),
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
             };
             match batch {
                 Some(batch) => {
+                    // What a dropped clone left came before anything in the channel.
+                    self.take_front();
                     self.fill(batch);
                     if let Some(event) = self.pop() {
                         return Ok(event);
@@ -728,13 +739,12 @@ impl Events {
     #[inline(never)]
     fn refill_now(&self) -> Result<Event, TryRecvError> {
         loop {
-            if self.take_front() {
-                if let Some(event) = self.pop() {
-                    return Ok(event);
-                }
+            self.take_front();
+            if let Some(event) = self.pop() {
+                return Ok(event);
             }
             if self.is_raw() {
-                let event = self.rx.try_recv();
+                let event = self.raw_rx().try_recv();
                 if let Ok(e) = &event {
                     self.took(e);
                 }
@@ -748,6 +758,7 @@ impl Events {
             };
             match batch {
                 Some(batch) => {
+                    self.take_front();
                     self.fill(batch);
                     if let Some(event) = self.pop() {
                         return Ok(event);
@@ -759,14 +770,54 @@ impl Events {
         }
     }
 
+    /// Blocks for the next burst until `deadline`; `Ok(None)` when woken instead because
+    /// another clone left events in front (see [`Lane`]'s `wake`). Without other clones
+    /// (none can be made meanwhile: this one is busy here), on the bursts alone.
+    fn block(&self, deadline: Option<Instant>) -> Result<Option<Vec<Event>>, RecvTimeoutError> {
+        let rx = &self.end.batches.rx;
+        if self.room.receivers.load(SeqCst) == 1 {
+            return match deadline {
+                Some(d) => rx.recv_deadline(d).map(Some),
+                None => rx
+                    .recv()
+                    .map(Some)
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+        }
+        let woken = &self.end.lane.woken;
+        let mut select = Select::new();
+        let bursts = select.recv(rx);
+        select.recv(woken);
+        let op = match deadline {
+            Some(d) => select
+                .select_deadline(d)
+                .map_err(|_| RecvTimeoutError::Timeout)?,
+            None => select.select(),
+        };
+        if op.index() == bursts {
+            return op
+                .recv(rx)
+                .map(Some)
+                .map_err(|_| RecvTimeoutError::Disconnected);
+        }
+        let _ = op.recv(woken);
+        Ok(None)
+    }
+
+    /// The raw receiver: the shared one, or this clone's own (see `own`).
+    fn raw_rx(&self) -> &Receiver<Event> {
+        self.own.get().unwrap_or(&self.rx)
+    }
+
     /// Once raw: the next event of the per-event channel.
     fn recv_raw(&self, deadline: Option<Instant>) -> Result<Event, RecvTimeoutError> {
-        if self.rx.is_empty() && deadline.is_none_or(|d| Instant::now() < d) {
+        let rx = self.raw_rx();
+        if rx.is_empty() && deadline.is_none_or(|d| Instant::now() < d) {
             Self::before_blocking();
         }
         let event = match deadline {
-            Some(d) => self.rx.recv_deadline(d),
-            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_deadline(d),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         if let Ok(e) = &event {
             self.took(e);
@@ -833,10 +884,16 @@ impl Events {
     }
 
     /// How many events wait for this receiver: those it took in a burst and has not
-    /// handed out, and those waiting in the channel.
+    /// handed out, those a dropped clone left, and those waiting in the channel.
     pub fn len(&self) -> usize {
-        self.take_front();
-        self.buf.borrow().len() + self.end.lane.in_channel.load(SeqCst) + self.rx.len()
+        // Counted, not taken: a clone that only counts must not keep them from the others.
+        let lane = &self.end.lane;
+        let front = if lane.front_waiting.load(SeqCst) {
+            lane.lock().front.len()
+        } else {
+            0
+        };
+        self.buf.borrow().len() + front + lane.in_channel.load(SeqCst) + self.raw_rx().len()
     }
 
     /// Whether no event waits for this receiver.
@@ -854,7 +911,7 @@ impl Events {
         if !self.moved.get() {
             self.first_raw_use();
         }
-        &self.rx
+        self.raw_rx()
     }
 
     /// Moves what waits for this receiver into the raw channel, in order (its buffer, the
@@ -874,10 +931,10 @@ impl Events {
             let mut state = lane.lock();
             state.raw = true;
             self.room.raw.store(true, SeqCst);
+            let mut waiting: Vec<Event> = self.buf.borrow_mut().drain(..).collect();
+            waiting.extend(state.front.drain(..));
+            lane.front_waiting.store(false, SeqCst);
             if let Some(tx) = state.tx.clone() {
-                let mut waiting: Vec<Event> = self.buf.borrow_mut().drain(..).collect();
-                waiting.extend(state.front.drain(..));
-                lane.front_waiting.store(false, SeqCst);
                 let batches = &self.end.batches;
                 while let Ok(batch) = batches.rx.try_recv() {
                     lane.in_channel.fetch_sub(batch.len(), SeqCst);
@@ -891,6 +948,14 @@ impl Events {
                     // Nothing more comes: the raw receiver disconnects after these.
                     state.tx = None;
                 }
+            } else if !waiting.is_empty() {
+                // The shared raw channel has ended (another clone used it after the end):
+                // one of this clone's own, that ends after what it held.
+                let (tx, rx) = crossbeam_channel::unbounded();
+                for event in waiting {
+                    let _ = tx.send(event);
+                }
+                let _ = self.own.set(rx);
             }
         }
         if self.room.below.swap(usize::MAX, SeqCst) != usize::MAX {
@@ -916,7 +981,7 @@ impl Events {
 
     #[cold]
     fn made_room(&self, below: usize) {
-        if self.rx.len() <= below
+        if self.raw_rx().len() <= below
             && self
                 .room
                 .below
@@ -940,6 +1005,7 @@ impl Clone for Events {
             end: Arc::clone(&self.end),
             buf: RefCell::new(VecDeque::new()),
             moved: Cell::new(false),
+            own: OnceCell::new(),
         }
     }
 }
@@ -964,8 +1030,21 @@ impl Drop for Events {
         if !left.is_empty() && self.room.receivers.load(SeqCst) > 1 {
             let lane = &self.end.lane;
             let mut state = lane.lock();
-            state.front.extend(left);
-            lane.front_waiting.store(true, SeqCst);
+            match state.tx.as_ref().filter(|_| state.raw) {
+                // Raw: where every other clone takes from now on, `select!` too (behind
+                // what waits there already). This receiver lives: the sends cannot fail.
+                Some(tx) => {
+                    for event in left {
+                        let _ = tx.send(event);
+                    }
+                }
+                None => {
+                    state.front.extend(left);
+                    lane.front_waiting.store(true, SeqCst);
+                    // A clone blocked on the bursts' channel looks at them now.
+                    let _ = lane.wake.try_send(());
+                }
+            }
         }
         drop(std::mem::replace(&mut self.rx, crossbeam_channel::never()));
         let waited = self.room.below.swap(usize::MAX, SeqCst) != usize::MAX;
@@ -983,7 +1062,7 @@ impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Events")
             .field("buffered", &self.buf.borrow().len())
-            .field("waiting", &self.rx.len())
+            .field("waiting", &self.raw_rx().len())
             .finish()
     }
 }
@@ -1364,6 +1443,7 @@ pub(crate) fn pull_lanes(
         limit.clamp(1, PULL_BATCH),
         bytes_limit.max(1),
     );
+    let (wake, woken) = crossbeam_channel::bounded(1);
     let lane = Arc::new(Lane {
         state: Mutex::new(LaneState {
             raw: false,
@@ -1373,6 +1453,8 @@ pub(crate) fn pull_lanes(
         }),
         room,
         front_waiting: AtomicBool::new(false),
+        wake,
+        woken,
         in_channel: AtomicUsize::new(0),
         limit: limit.max(1),
         bytes_limit: bytes_limit.max(1),

@@ -61,9 +61,9 @@
 //!    (`nwebsocket-cb`). [`WebSocket::handler`] locks the handler so your own thread can
 //!    read the state the callbacks fill in, with no locking of your own.
 //! 2. **Pull style**: [`WebSocket::connect_pull(url)`](WebSocket::connect_pull) returns
-//!    [`Events`], a crossbeam `Receiver<Event>` that also wakes the I/O thread when you
-//!    make room in a full queue. Use `recv`, `recv_timeout`, `try_recv`, or `select!`
-//!    beside your own channels; or
+//!    [`Events`]: the events, handed over a read burst at a time and taken one by one,
+//!    with a crossbeam `Receiver<Event>` inside (it dereferences to it). Use `recv`,
+//!    `recv_timeout`, `try_recv`, or `select!` beside your own channels; or
 //!    [`dispatch_pending`](WebSocketRef::dispatch_pending) to run a handler on *your*
 //!    thread at the moments you choose (between chunks of numeric work), with no `Send`
 //!    bound and no lock.

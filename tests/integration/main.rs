@@ -19,6 +19,8 @@
 //! - `proxy`: HTTP CONNECT through an in-process proxy.
 //! - `pull_switch`: pull style's events taken through the crate's methods, then the raw
 //!   receiver (`select!`), by clones, across a full queue, the end and a reconnect.
+//! - `pull_review`: what an `Events` clone holds in its buffer reaches the others when it
+//!   is dropped (one blocked in `recv`, the raw receiver) or switches after the end.
 //! - `deflate`: permessage-deflate against a raw server using flate2 (issue 16).
 //! - `keepalive`, `reconnect`, `tls`, `redirect`: staying connected (issue 4): pings under a
 //!   busy main thread, half-open peers, backoff, certificates, redirects.
@@ -49,6 +51,7 @@ mod load;
 mod messages;
 mod protocol;
 mod proxy;
+mod pull_review;
 mod pull_switch;
 mod races;
 mod reconnect;
