@@ -89,7 +89,7 @@ impl Handler for ChatState {
     }
 
     fn onerror(&mut self, _ws: &WebSocketRef, err: Error) {
-        eprintln!("{}: error: {err}", self.name);
+        eprintln!("{}: error: {}", self.name, err.chain());
     }
 
     fn onclose(&mut self, _ws: &WebSocketRef, event: CloseEvent) {
@@ -362,6 +362,12 @@ mod server {
 
         'serve: loop {
             for msg in outbox.try_iter() {
+                // Once the client's Close is in, only the reply may go (the flush below
+                // sends it): a broadcast written then failed, and the thread hung up
+                // without the reply (the client saw 1006, about 1 run in 15).
+                if !ws.can_write() {
+                    continue;
+                }
                 if ws.write(msg).is_err() {
                     break 'serve;
                 }
