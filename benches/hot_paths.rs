@@ -350,7 +350,7 @@ fn handoff(c: &mut Criterion) {
     const BURST: usize = 256;
     let mut g = c.benchmark_group("handoff");
     g.throughput(Throughput::Elements(BURST as u64));
-    // An event the size of any other (64 bytes), so each hand-off copies a whole slot.
+    // An event the size of any other (56 bytes), so each hand-off copies a whole slot.
     let one_by_one = |tx: Sender<Event>, rx: cb::Receiver<Event>| {
         move || {
             for _ in 0..BURST {

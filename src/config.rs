@@ -361,11 +361,11 @@ impl Builder {
     /// - Pull style: how many events may wait in your [`Events`]' channel, besides the
     ///   read burst (up to 512 events) it is handing out and one burst (up to 512) the
     ///   I/O thread has read and not handed over. Events go over in bursts, each a
-    ///   vector of 64 bytes per event allocated while events flow (and, once you use the
-    ///   raw receiver, in crossbeam slots of 72 bytes, allocated in blocks while events
+    ///   vector of 56 bytes per event allocated while events flow (and, once you use the
+    ///   raw receiver, in crossbeam slots of 64 bytes, allocated in blocks while events
     ///   wait). Payload is bounded too: the I/O thread puts no more messages in while
     ///   2 MiB of payload waits there, and reads no more while its burst holds 2 MiB.
-    ///   What waits stays below (`incoming_queue` + 1,024) × 72 bytes plus about 6 MiB
+    ///   What waits stays below (`incoming_queue` + 1,024) × 64 bytes plus about 6 MiB
     ///   and three messages of `max_message_size`. While the channel is full the I/O
     ///   thread sleeps; your next take of a burst wakes it. Defaults to 4096: on a shared
     ///   core your thread and the I/O thread then take turns once per thousands of

@@ -174,7 +174,9 @@ pub enum Error {
         /// [`request`](crate::WebSocketRef::request)'s reply, whole, when it does not fit
         /// the type asked for (a server's error answer, say): taken from the stream as the
         /// reply, it is not delivered as a message.
-        reply: Option<crate::message::Message>,
+        ///
+        /// Boxed: every [`Event`](crate::Event) is as large as the largest `Error`.
+        reply: Option<Box<crate::message::Message>>,
     },
     /// A callback panicked; the panic was caught and the connection carries on.
     #[error("a callback panicked: {0}")]

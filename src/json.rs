@@ -323,7 +323,7 @@ impl WebSocketRef {
             Err(Error::Json { source, .. }) => Err(Error::Json {
                 message: "the reply is not the JSON expected".into(),
                 source,
-                reply: Some(reply),
+                reply: Some(Box::new(reply)),
             }),
             Err(e) => Err(e),
         }

@@ -12,7 +12,13 @@ use crate::websocket::WebSocketRef;
 /// returns the `101` response (with an empty body); a rejection carries its response in
 /// [`Error::HandshakeRejected`](crate::Error::HandshakeRejected).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct HandshakeResponse {
+pub struct HandshakeResponse(Box<Parts>);
+
+/// Behind a box: [`Error::HandshakeRejected`](crate::Error::HandshakeRejected) carries a
+/// response, and every [`Event`](crate::Event) is as large as the largest `Error`; inline,
+/// its two vectors made each event 80 bytes, which every hand-over copies.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Parts {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -31,27 +37,28 @@ impl HandshakeResponse {
                 (name.as_str().to_owned(), value)
             })
             .collect();
-        HandshakeResponse {
+        HandshakeResponse(Box::new(Parts {
             status: response.status().as_u16(),
             headers,
             body,
-        }
+        }))
     }
 
     /// The HTTP status code (`101` once OPEN).
     pub fn status(&self) -> u16 {
-        self.status
+        self.0.status
     }
 
     /// Every header, in the order received, names in lower case (values that are not
     /// UTF-8 are converted lossily).
     pub fn headers(&self) -> &[(String, String)] {
-        &self.headers
+        &self.0.headers
     }
 
     /// The first value of the header `name` (any case), if the server sent it.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
+        self.0
+            .headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
@@ -61,12 +68,12 @@ impl HandshakeResponse {
     /// 64 KiB, read until its `Content-Length`, the end of the stream, or the handshake
     /// timeout; empty once OPEN.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        &self.0.body
     }
 
     /// The body as text, if it is UTF-8.
     pub fn body_text(&self) -> Option<&str> {
-        std::str::from_utf8(&self.body).ok()
+        std::str::from_utf8(&self.0.body).ok()
     }
 
     /// For `Display` of a rejection: `": "` and the body's first line, if it is short text.
@@ -98,11 +105,11 @@ impl WebSocketRef {
 impl fmt::Debug for HandshakeResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("HandshakeResponse");
-        d.field("status", &self.status)
-            .field("headers", &self.headers);
+        d.field("status", &self.0.status)
+            .field("headers", &self.0.headers);
         match self.body_text() {
             Some(text) => d.field("body", &text),
-            None => d.field("body", &format_args!("<{} bytes>", self.body.len())),
+            None => d.field("body", &format_args!("<{} bytes>", self.0.body.len())),
         };
         d.finish()
     }
