@@ -647,7 +647,7 @@ impl Events {
 
     /// Blocks until an event arrives; an error once the connection has ended and every
     /// event was taken.
-    #[inline]
+    #[inline(always)]
     pub fn recv(&self) -> Result<Event, RecvError> {
         let mut buf = self.buf.borrow_mut();
         match buf.front() {
@@ -684,7 +684,7 @@ impl Events {
     }
 
     /// An event if one is waiting, without blocking.
-    #[inline]
+    #[inline(always)]
     pub fn try_recv(&self) -> Result<Event, TryRecvError> {
         // The event goes from its slot straight into the result: taken out first (an
         // `Option`) and wrapped again, it was copied through stack slots whose loads
