@@ -618,6 +618,15 @@ pub struct Events {
     own: OnceCell<Receiver<Event>>,
 }
 
+/// What [`Events::took_burst`] found.
+enum Next {
+    Event(Event),
+    /// Nothing yet: look again.
+    Again,
+    /// The connection has ended and everything was taken.
+    Ended,
+}
+
 /// The caller's end of pull style's bursts (see [`Lane`]), shared by its `Events` clones;
 /// dropped with the last one (its `Batches` then tells the I/O thread).
 pub(crate) struct PullEnd {
@@ -735,19 +744,10 @@ impl Events {
                     Err(RecvTimeoutError::Disconnected) => None,
                 },
             };
-            match batch {
-                Some(batch) => {
-                    // What a dropped clone left came before anything in the channel.
-                    self.take_front();
-                    self.fill(batch);
-                    if let Some(event) = self.pop() {
-                        return Ok(event);
-                    }
-                }
-                // The bursts' channel disconnected: the connection ended, or the I/O
-                // thread switched to the raw channel (then the loop takes from it).
-                None if self.is_raw() || self.take_front() => {}
-                None => return Err(RecvTimeoutError::Disconnected),
+            match self.took_burst(batch) {
+                Next::Event(event) => return Ok(event),
+                Next::Again => {}
+                Next::Ended => return Err(RecvTimeoutError::Disconnected),
             }
         }
     }
@@ -773,17 +773,28 @@ impl Events {
                 Err(TryRecvError::Empty) => return Err(TryRecvError::Empty),
                 Err(TryRecvError::Disconnected) => None,
             };
-            match batch {
-                Some(batch) => {
-                    self.take_front();
-                    self.fill(batch);
-                    if let Some(event) = self.pop() {
-                        return Ok(event);
-                    }
-                }
-                None if self.is_raw() || self.take_front() => {}
-                None => return Err(TryRecvError::Disconnected),
+            match self.took_burst(batch) {
+                Next::Event(event) => return Ok(event),
+                Next::Again => {}
+                Next::Ended => return Err(TryRecvError::Disconnected),
             }
+        }
+    }
+
+    /// After a take from the bursts' channel (`None`: it had disconnected): the burst's
+    /// first event, or whether to look again or report the end.
+    fn took_burst(&self, batch: Option<Vec<Event>>) -> Next {
+        match batch {
+            Some(batch) => {
+                // What a dropped clone left came before anything in the channel.
+                self.take_front();
+                self.fill(batch);
+                self.pop().map_or(Next::Again, Next::Event)
+            }
+            // The bursts' channel disconnected: the connection ended, or the I/O thread
+            // switched to the raw channel (then the caller's loop takes from it).
+            None if self.is_raw() || self.take_front() => Next::Again,
+            None => Next::Ended,
         }
     }
 
