@@ -804,13 +804,7 @@ impl Events {
     fn block(&self, deadline: Option<Instant>) -> Result<Option<Vec<Event>>, RecvTimeoutError> {
         let rx = &self.end.batches.rx;
         if self.room.receivers.load(SeqCst) == 1 {
-            return match deadline {
-                Some(d) => rx.recv_deadline(d).map(Some),
-                None => rx
-                    .recv()
-                    .map(Some)
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            return recv_until(rx, deadline).map(Some);
         }
         let woken = &self.end.lane.woken;
         let mut select = Select::new();
@@ -843,10 +837,7 @@ impl Events {
         if rx.is_empty() && deadline.is_none_or(|d| Instant::now() < d) {
             Self::before_blocking();
         }
-        let event = match deadline {
-            Some(d) => rx.recv_deadline(d),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
+        let event = recv_until(rx, deadline);
         if let Ok(e) = &event {
             self.took(e);
         }
@@ -1915,6 +1906,17 @@ fn claim(batch: &mut Vec<Event>) {
 fn put_back(pending: &mut VecDeque<Event>, batch: Vec<Event>) {
     let later = std::mem::replace(pending, VecDeque::from(batch));
     pending.extend(later);
+}
+
+/// The next item of `rx`, waiting until `deadline` (`None`: for as long as it takes).
+pub(crate) fn recv_until<T>(
+    rx: &Receiver<T>,
+    deadline: Option<Instant>,
+) -> Result<T, RecvTimeoutError> {
+    match deadline {
+        Some(d) => rx.recv_deadline(d),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    }
 }
 
 /// What [`select_send`] saw first.

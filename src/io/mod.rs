@@ -42,7 +42,7 @@ use mio::{Events, Interest, Poll, Token};
 use tungstenite::handshake::client::{ClientHandshake, Request};
 use tungstenite::handshake::MidHandshake;
 
-use crate::delivery::{Level, Outlet, Waited};
+use crate::delivery::{recv_until, Level, Outlet, Waited};
 use crate::error::{Error, Timeout};
 use crate::message::{CloseEvent, Event};
 use crate::protocol::{after, End, Outbox};
@@ -564,13 +564,7 @@ impl IoThread {
             }
             let nap = pull.raw().then_some(blocked + io.nap);
             let wake = [deadline, nap].into_iter().flatten().min();
-            let got = match wake {
-                Some(wake) => io.commands.recv_deadline(wake),
-                None => io
-                    .commands
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let got = recv_until(&io.commands, wake);
             pull.stop_waiting();
             return match got {
                 Ok(command) => self.command(command),
@@ -591,13 +585,7 @@ impl IoThread {
                 io.deliver_pending(); // taken meanwhile
                 return Ok(());
             }
-            let got = match deadline {
-                Some(d) => io.commands.recv_deadline(d),
-                None => io
-                    .commands
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let got = recv_until(&io.commands, deadline);
             io.outlet.stop_waking_on_take();
             return match got {
                 Ok(command) => {
@@ -853,13 +841,7 @@ impl Io {
         );
         let deadline = after(Instant::now(), Some(delay));
         loop {
-            let next = match deadline {
-                Some(deadline) => self.commands.recv_deadline(deadline),
-                None => self
-                    .commands
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let next = recv_until(&self.commands, deadline);
             match next {
                 Err(RecvTimeoutError::Timeout) => return !self.stopped,
                 Err(RecvTimeoutError::Disconnected) => return false,
