@@ -499,18 +499,33 @@ impl IoThread {
             && Instant::now() < spin_until
             && self.io.spin.should();
         let mut polled = if spinning {
+            // Looking, the thread is awake: a command is seen by the look itself, and the
+            // thread that sends it need not write to the waker.
+            shared.io_sleeping.store(false, SeqCst);
             let mut polled = self.io.poll.poll(events, Some(Duration::ZERO));
-            while matches!(polled, Ok(())) && events.is_empty() && Instant::now() < spin_until {
+            while matches!(polled, Ok(()))
+                && events.is_empty()
+                && self.io.commands.is_empty()
+                && Instant::now() < spin_until
+            {
                 std::thread::yield_now();
                 polled = self.io.poll.poll(events, Some(Duration::ZERO));
             }
-            self.io.spin.paid(!events.is_empty());
+            self.io
+                .spin
+                .paid(!events.is_empty() || !self.io.commands.is_empty());
+            shared.io_sleeping.store(true, SeqCst);
+            fence(SeqCst);
             polled
         } else {
             self.io.poll.poll(events, timeout)
         };
         if matches!(polled, Ok(())) && events.is_empty() && timeout != Some(Duration::ZERO) {
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            // (A command that came during the look: no sleep.)
+            let timeout = match self.io.commands.is_empty() {
+                true => deadline.map(|d| d.saturating_duration_since(Instant::now())),
+                false => Some(Duration::ZERO),
+            };
             polled = self.io.poll.poll(events, timeout);
         }
         shared.io_sleeping.store(false, SeqCst);

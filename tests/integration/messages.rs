@@ -98,6 +98,29 @@ fn ten_thousand_echoes_round_trip_in_order() {
     assert_eq!(server.join(), MANY);
 }
 
+/// One message in flight at a time: each send comes just after the I/O thread handed over
+/// the echo before it, while it still looks for more (the look after a write), which a
+/// send does not wake it from. A send that neither the look nor a wake-up saw would wait
+/// for a timer this connection does not have.
+#[test]
+fn strict_round_trips_each_go_out_at_once() {
+    let _g = shared();
+    let server = echo_server();
+    let (ws, events) = WebSocket::connect_pull(&server.url()).expect("connect");
+    assert!(matches!(next_event(&events), Event::Open));
+    const ROUND_TRIPS: usize = 2_000;
+    for i in 0..ROUND_TRIPS {
+        ws.send(nth_expected(i)).expect("send");
+        match next_event(&events) {
+            Event::Message(m) => assert_eq!(m, nth_expected(i), "echo {i}"),
+            other => panic!("echo {i}: got {other:?}"),
+        }
+    }
+    close_cleanly(&ws, &events);
+    drop(ws);
+    assert_eq!(server.join(), ROUND_TRIPS);
+}
+
 #[test]
 fn fragmented_messages_are_reassembled() {
     let _g = shared();
