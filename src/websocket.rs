@@ -140,6 +140,9 @@ pub(crate) struct Shared {
     waker: mio::Waker,
     /// Set by the I/O thread while it sleeps in `poll`; senders wake it only then.
     pub io_sleeping: AtomicBool,
+    /// Set by the I/O thread while it looks for an answer after a write (see `SPIN` in
+    /// `io`): a consumer waiting for an event yields on meanwhile (`Batches::look`).
+    pub io_looking: AtomicBool,
     /// Bytes of application data accepted by `send` and not yet handed to the OS.
     buffered: Padded<AtomicUsize>,
     drain_waiters: AtomicUsize,
@@ -1307,6 +1310,7 @@ fn start(
         commands: commands_tx,
         waker,
         io_sleeping: AtomicBool::new(false),
+        io_looking: AtomicBool::new(false),
         buffered: Padded(AtomicUsize::new(0)),
         drain_waiters: AtomicUsize::new(0),
         drained: (Mutex::new(()), Condvar::new()),

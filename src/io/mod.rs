@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{fence, Ordering::SeqCst};
+use std::sync::atomic::{fence, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,6 +188,8 @@ struct Io {
     handshake_deadline: Option<Instant>,
     /// When this thread last wrote to the socket (see `SPIN`).
     wrote_at: Instant,
+    /// Whether events went to the consumer since that write (see `IoThread::wait`).
+    handed_over: bool,
     spin: Spin,
 }
 
@@ -244,6 +246,7 @@ impl IoThread {
                 wrote_at: Instant::now()
                     .checked_sub(SPIN)
                     .unwrap_or_else(Instant::now),
+                handed_over: false,
                 spin: Spin::default(),
             },
         }
@@ -483,52 +486,53 @@ impl IoThread {
         if let Some(until) = moderated {
             deadline = Some(deadline.map_or(until, |d| d.min(until)));
         }
-        let shared = &self.io.shared;
-        shared.io_sleeping.store(true, SeqCst);
-        fence(SeqCst);
-        let timeout = if busy || !self.io.commands.is_empty() {
-            Some(Duration::ZERO)
-        } else {
-            deadline.map(|d| d.saturating_duration_since(Instant::now()))
-        };
         // Just after a write an answer is likely within microseconds: look a few times,
         // yielding the CPU in between, before sleeping for real (see `Spin`).
         let spin_until = self.io.wrote_at + SPIN;
         let spinning = moderated.is_none()
-            && timeout != Some(Duration::ZERO)
+            && !busy
+            && self.io.commands.is_empty()
             && Instant::now() < spin_until
             && self.io.spin.should();
-        let mut polled = if spinning {
-            // Looking, the thread is awake: a command is seen by the look itself, and the
-            // thread that sends it need not write to the waker.
-            shared.io_sleeping.store(false, SeqCst);
+        let polled = if spinning {
+            // After a hand-over, the consumer's answer (its next send) is likely what comes:
+            // the thread counts as awake and the look watches the command channel, so that
+            // send costs no write to the waker. After a write alone (a stream of sends) it
+            // counts as asleep, as it always did: the first send of each batch writes to
+            // the waker, which the look sees (send_small on one core 2-6 % faster than
+            // with every look awake). Waiting consumers yield on while it looks
+            // (`io_looking`, see `Batches::look`).
+            let awake = self.io.handed_over;
+            let shared = &self.io.shared;
+            shared.io_looking.store(true, Relaxed);
+            if !awake {
+                shared.io_sleeping.store(true, SeqCst);
+                fence(SeqCst);
+            }
             let mut polled = self.io.poll.poll(events, Some(Duration::ZERO));
             while matches!(polled, Ok(()))
                 && events.is_empty()
-                && self.io.commands.is_empty()
+                && (!awake || self.io.commands.is_empty())
                 && Instant::now() < spin_until
             {
                 std::thread::yield_now();
                 polled = self.io.poll.poll(events, Some(Duration::ZERO));
             }
-            self.io
-                .spin
-                .paid(!events.is_empty() || !self.io.commands.is_empty());
-            shared.io_sleeping.store(true, SeqCst);
-            fence(SeqCst);
-            polled
+            shared.io_looking.store(false, Relaxed);
+            let found = !events.is_empty() || (awake && !self.io.commands.is_empty());
+            self.io.spin.paid(found);
+            match polled {
+                Ok(()) if !found => self.io.sleep(events, until(deadline)),
+                polled => {
+                    self.io.shared.io_sleeping.store(false, SeqCst);
+                    polled
+                }
+            }
+        } else if busy {
+            self.io.poll.poll(events, Some(Duration::ZERO))
         } else {
-            self.io.poll.poll(events, timeout)
+            self.io.sleep(events, until(deadline))
         };
-        if matches!(polled, Ok(())) && events.is_empty() && timeout != Some(Duration::ZERO) {
-            // (A command that came during the look: no sleep.)
-            let timeout = match self.io.commands.is_empty() {
-                true => deadline.map(|d| d.saturating_duration_since(Instant::now())),
-                false => Some(Duration::ZERO),
-            };
-            polled = self.io.poll.poll(events, timeout);
-        }
-        shared.io_sleeping.store(false, SeqCst);
         if take_wanted {
             // Woken by the take, or by anything else: hand over what can go now.
             self.io.outlet.stop_waking_on_take();
@@ -729,6 +733,11 @@ const FULL_PATIENCE: Duration = Duration::from_secs(10);
 const DRAIN_BYTES: usize = 16 << 20;
 const DRAIN_EVENTS: usize = 1 << 16;
 
+/// The time left until `deadline` (`None`: no limit).
+fn until(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
 /// How often output stuck behind a full socket is retried while the consumer is also full.
 const RETRY: Duration = Duration::from_millis(5);
 
@@ -737,12 +746,14 @@ impl Io {
         self.target.url.as_str()
     }
 
-    /// Sleeps in `poll` (on the socket and the waker) for at most `timeout`, outside the
-    /// main loop's one place ([`IoThread::wait`]) and wakeable as there: a command queued
-    /// meanwhile (`close`, the last handle's drop) wakes it, or it does not sleep at all.
-    /// (Until 2026-12-07 the wait for a rejection's body polled without `io_sleeping`
-    /// set, so no command woke it: a drop there gave up joining the threads after the
-    /// close timeout and a second, and they lived on until the handshake timeout.)
+    /// Sleeps in `poll` (on the socket and the waker) for at most `timeout`: marked asleep
+    /// (`io_sleeping`) first, then the command channel looked at, so that a command
+    /// queued meanwhile either is seen here (then it does not sleep at all) or wakes the
+    /// poll (pairs with the fence in `Shared::wake_io`). The main loop's sleep
+    /// ([`IoThread::wait`]), and the wait for a rejection's body. (Until 2026-12-07 that
+    /// wait polled without `io_sleeping` set, so no command woke it: a drop there gave up
+    /// joining the threads after the close timeout and a second, and they lived on until
+    /// the handshake timeout.)
     fn sleep(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         self.shared.io_sleeping.store(true, SeqCst);
         fence(SeqCst);
@@ -1021,6 +1032,7 @@ impl Io {
         if !self.pending.is_empty() && self.outlet.is_empty() {
             self.consumer_keeps_up = true;
         }
+        let waiting = self.pending.len();
         match self.outlet.push(&mut self.pending) {
             // (Walking all of `pending` to count its bytes again cost a turn up to 0.3 ms
             // with 65,536 events waiting past the consumer's bound.)
@@ -1031,6 +1043,7 @@ impl Io {
                 self.recount_pending();
             }
         }
+        self.handed_over |= self.pending.len() < waiting;
         self.watch_full();
     }
 

@@ -311,6 +311,7 @@ impl Io {
                         self.ping_unsent = open.transport.unsent();
                     }
                     self.wrote_at = now;
+                    self.handed_over = false;
                     wrote = true;
                     // Senders that found the outbox busy did not say so again.
                     self.outbox_waiting |= !open.conn.has_data();
