@@ -760,6 +760,7 @@ impl Io {
         let polled = if self.commands.is_empty() {
             self.poll.poll(events, timeout)
         } else {
+            events.clear(); // (what an earlier poll found is no news)
             Ok(())
         };
         self.shared.io_sleeping.store(false, SeqCst);
