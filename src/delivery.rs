@@ -1366,8 +1366,8 @@ impl Batches {
     /// After a small batch, it yields on for up to [`AWAKE_LOOK`] while the I/O thread is
     /// awake or looks for an answer after a write (a round trip: the answer is on its
     /// way): on a shared core each yield runs it or the server, and the answer is handed
-    /// over without a futex wake-up (rtt on one core, CPU per round trip 1.58–1.62 →
-    /// 1.46–1.51× raw tungstenite's, with the I/O thread's own change of the same
+    /// over without a futex wake-up (rtt on one core, CPU per round trip 1.58–1.60 →
+    /// 1.48–1.50× raw tungstenite's, with the I/O thread's own change of the same
     /// stop: see the bench notes, stop 25).
     fn look(&self, deadline: Option<Instant>) -> Option<Result<Vec<Event>, RecvError>> {
         let flood = self.last.load(Relaxed) >= FLOOD;

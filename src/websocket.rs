@@ -138,7 +138,8 @@ pub(crate) struct Shared {
     /// pile up (`ping` refuses more).
     ping: Mutex<VecDeque<Bytes>>,
     waker: mio::Waker,
-    /// Set by the I/O thread while it sleeps in `poll`; senders wake it only then.
+    /// Set by the I/O thread while it sleeps in `poll`, and while it looks for an answer
+    /// after a write with nothing handed over since; senders wake it only then.
     pub io_sleeping: AtomicBool,
     /// Set by the I/O thread while it looks for an answer after a write (see `SPIN` in
     /// `io`): a consumer waiting for an event yields on meanwhile (`Batches::look`).
@@ -301,7 +302,8 @@ impl Shared {
         self.wake_io();
     }
 
-    /// Wakes the I/O thread if it sleeps in `poll` (pairs with the fence in `IoThread::wait`).
+    /// Wakes the I/O thread if it sleeps in `poll` (pairs with the fences in `Io::sleep` and
+    /// in the look of `IoThread::wait`).
     fn wake_io(&self) {
         fence(SeqCst);
         // A plain load first: while the I/O thread is awake, no read-modify-write at all.

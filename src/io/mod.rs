@@ -733,13 +733,13 @@ const FULL_PATIENCE: Duration = Duration::from_secs(10);
 const DRAIN_BYTES: usize = 16 << 20;
 const DRAIN_EVENTS: usize = 1 << 16;
 
+/// How often output stuck behind a full socket is retried while the consumer is also full.
+const RETRY: Duration = Duration::from_millis(5);
+
 /// The time left until `deadline` (`None`: no limit).
 fn until(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
-
-/// How often output stuck behind a full socket is retried while the consumer is also full.
-const RETRY: Duration = Duration::from_millis(5);
 
 impl Io {
     fn url(&self) -> &str {
